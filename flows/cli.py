@@ -1,0 +1,179 @@
+"""The ``tomoflow`` command line: thin wrappers that parse options and call tasks or flows."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Sequence
+
+from tasks.config import DataConfig, PrepareConfig, ReportsConfig, SlicesConfig
+
+
+def _frames_arg(text: str) -> list[int]:
+    try:
+        frames = [int(part) for part in text.split(",") if part.strip() != ""]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"--frames {text!r}: expected comma-separated frame indices such as 0,5,12"
+        ) from None
+    if not frames or any(f < 0 for f in frames):
+        raise argparse.ArgumentTypeError(f"--frames {text!r}: expected non-negative frame indices")
+    return frames
+
+
+def _cmd_synth(args: argparse.Namespace) -> int:
+    from tasks.synthetic import generate_dataset
+
+    frames = None
+    if args.frames:
+        lo, _, hi = args.frames.partition("-")
+        frames = (int(lo), int(hi or lo))
+    summary = generate_dataset(
+        args.out,
+        patients=args.patients,
+        seed=args.seed,
+        full_size=args.full_size,
+        frames=frames,
+        positive_fraction=args.positive_fraction,
+        reports=not args.no_reports,
+        **({"rows": args.rows, "columns": args.columns} if args.rows and args.columns else {}),
+    )
+    print(json.dumps(summary, sort_keys=True, default=str))
+    return 0
+
+
+def _cmd_export_slices(args: argparse.Namespace) -> int:
+    from tasks.dicom import export_slices
+
+    records = export_slices(
+        args.file, args.out, frames=args.frames, view=args.view, image_size=args.image_size
+    )
+    for record in records:
+        print(json.dumps(record, sort_keys=True, default=str))
+    return 0
+
+
+def prepare_config_from_args(args: argparse.Namespace) -> PrepareConfig:
+    """Build the ``prepare-data`` configuration from CLI options (validated before any work)."""
+    slices: dict[str, object] = {
+        "strategy": args.strategy,
+        "image_size": args.image_size,
+        "seed": args.seed,
+        "normal_fraction": args.normal_fraction,
+    }
+    if args.workers:
+        slices["workers"] = args.workers
+    if args.executor:
+        slices["executor"] = args.executor
+    return PrepareConfig(
+        data=DataConfig(
+            data_root=str(args.data_root),
+            output_dir=str(args.out),
+            reports=str(args.reports) if args.reports else None,
+            use_labels=not args.no_labels,
+        ),
+        slices=SlicesConfig(**slices),
+        reports=ReportsConfig(),
+    )
+
+
+def _cmd_prepare(args: argparse.Namespace) -> int:
+    from flows.prepare import prepare_data
+
+    config = prepare_config_from_args(args)
+    result = prepare_data(config=config)
+    print(json.dumps(result, sort_keys=True, default=str))
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    out = Path(args.out)
+    data = out / "data"
+    print(f"[demo] writing a synthetic BCS-DBT dataset to {data}", flush=True)
+    synth = argparse.Namespace(
+        out=data, patients=args.patients, seed=args.seed, full_size=False, frames=None,
+        positive_fraction=0.3, no_reports=False, rows=None, columns=None,
+    )
+    _cmd_synth(synth)
+    prepared = out / "prepared"
+    print(f"[demo] preparing slices (single-slice strategy) into {prepared}", flush=True)
+    prep = argparse.Namespace(
+        data_root=data, out=prepared, strategy="single-slice", image_size=args.image_size,
+        seed=args.seed, normal_fraction=0.15, reports=None, no_labels=False, workers=None,
+        executor=None,
+    )
+    _cmd_prepare(prep)
+    print(f"[demo] manifest: {prepared / 'manifest.parquet'}")
+    print(f"[demo] audit:    {prepared / 'cohort_summary.json'}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of the ``tomoflow`` command."""
+    parser = argparse.ArgumentParser(
+        prog="tomoflow",
+        description="Breast tomosynthesis (BCS-DBT) to a trained tumour classifier, as Prefect flows.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("synth", help="write a synthetic, BCS-DBT-shaped dataset")
+    p.add_argument("out", type=Path, help="output folder")
+    p.add_argument("--patients", type=int, default=40, help="number of patients (default 40)")
+    p.add_argument("--seed", type=int, default=0, help="random seed; same seed, same bytes (default 0)")
+    p.add_argument("--full-size", action="store_true", help="2457 x 1890 frames as in BCS-DBT")
+    p.add_argument("--rows", type=int, default=None, help="frame rows (small default)")
+    p.add_argument("--columns", type=int, default=None, help="frame columns (small default)")
+    p.add_argument("--frames", default=None, help="frames per volume as MIN-MAX, e.g. 49-95")
+    p.add_argument("--positive-fraction", type=float, default=None,
+                   help="fraction of positive patients (default: the collection's proportions)")
+    p.add_argument("--no-reports", action="store_true", help="do not write reports.csv")
+    p.set_defaults(func=_cmd_synth)
+
+    p = sub.add_parser("export-slices", help="write frames of one DICOM as 8-bit PNGs")
+    p.add_argument("file", type=Path, help="a DICOM file")
+    p.add_argument("--out", type=Path, required=True, help="output folder for NNNN.png files")
+    p.add_argument("--frames", type=_frames_arg, default=None, help="comma-separated frame indices (default: all)")
+    p.add_argument("--view", default=None, choices=["lcc", "lmlo", "rcc", "rmlo"],
+                   help="orient DBT frames by the reference rule for this view")
+    p.add_argument("--image-size", type=int, default=None, help="letterbox to N x N")
+    p.set_defaults(func=_cmd_export_slices)
+
+    p = sub.add_parser("prepare", help="run the prepare-data flow: cohorts, slices, splits, manifest")
+    p.add_argument("--data-root", type=Path, required=True, help="folder with the BCS-DBT CSVs and images")
+    p.add_argument("--out", type=Path, required=True, help="output folder")
+    p.add_argument("--strategy", default="all-slices", choices=["all-slices", "single-slice", "lesion-slices"])
+    p.add_argument("--image-size", type=int, default=224, help="PNG side in pixels (default 224)")
+    p.add_argument("--seed", type=int, default=0, help="seed for sampling and splits (default 0)")
+    p.add_argument("--normal-fraction", type=float, default=0.15,
+                   help="fraction of normal frames sampled (default 0.15)")
+    p.add_argument("--reports", type=Path, default=None, help="report export (CSV or Parquet)")
+    p.add_argument("--no-labels", action="store_true", help="ignore the labels CSV; cohorts from --reports")
+    p.add_argument("--workers", type=int, default=None, help="extraction processes (default: CPU count)")
+    p.add_argument("--executor", default=None, choices=["process", "serial", "dask"])
+    p.set_defaults(func=_cmd_prepare)
+
+    p = sub.add_parser("demo", help="the whole pipeline on a small synthetic dataset (CPU)")
+    p.add_argument("--out", type=Path, default=Path("demo-output"), help="output folder")
+    p.add_argument("--patients", type=int, default=40)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--image-size", type=int, default=128)
+    p.set_defaults(func=_cmd_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``tomoflow`` console script."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except (ValueError, NotImplementedError, FileNotFoundError) as exc:
+        print(f"tomoflow {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

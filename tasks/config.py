@@ -1,0 +1,116 @@
+"""Configuration objects: one frozen pydantic model per flow, grouped by concern.
+
+Every field has a default and a description, so the Prefect UI renders each flow's
+configuration as a form, the CLI fills it from options and ``prefect.yaml`` from
+parameters. Validation happens here, before any work starts (DESIGN convention 7).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+#: Bumped whenever a change alters what a cached step would produce.
+CODE_VERSION = "tomoflow-0.1.0/cache-1"
+
+Strategy = Literal["all-slices", "single-slice", "lesion-slices"]
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class DataConfig(_Frozen):
+    """Where the inputs are and where the outputs go."""
+
+    data_root: str = Field(
+        "data",
+        description="Folder holding the BCS-DBT CSVs (file paths, labels, boxes) and the "
+        "Breast-Cancer-Screening-DBT image folder (or a folder above it).",
+    )
+    output_dir: str = Field("output", description="Folder for the manifest, slices and audit files.")
+    reports: str | None = Field(
+        None,
+        description="Optional report export (CSV or Parquet with report_id, patient_id, study_uid, "
+        "report_type, report_date, text) to derive cohorts from.",
+    )
+    use_labels: bool = Field(
+        True, description="Use the BCS-DBT labels CSV when present (it wins over report-derived cohorts)."
+    )
+
+
+class SlicesConfig(_Frozen):
+    """Which frames become training images, how they are split and how they are extracted."""
+
+    strategy: Strategy = Field(
+        "all-slices",
+        description="all-slices: every frame of positive volumes + a sample of normal frames (study "
+        "method 1); single-slice: the boxed frame of positives + the middle frame of one normal view "
+        "per patient (method 2); lesion-slices: only frames near the lesion count as positive.",
+    )
+    image_size: int = Field(224, ge=32, le=2048, description="Side of the square, letterboxed PNG in pixels.")
+    normal_fraction: float = Field(
+        0.15, gt=0.0, le=1.0, description="Fraction of each normal volume's frames sampled (all-slices, lesion-slices)."
+    )
+    lesion_window: int = Field(
+        2, ge=0, le=50, description="Frames either side of a box's Slice that count as lesion frames."
+    )
+    seed: int = Field(0, description="Seed for every random choice (frame sampling, splits).")
+    split_fractions: tuple[float, float, float] = Field(
+        (0.7, 0.15, 0.15), description="Train, validation, test fractions of patients."
+    )
+    shard_size: int = Field(8, ge=1, le=10_000, description="Volumes per extraction task.")
+    workers: int | None = Field(
+        None, ge=1, description="Extraction processes; default: the machine's CPU count."
+    )
+    executor: Literal["process", "serial", "dask"] = Field(
+        "process",
+        description="process: a local process pool; serial: in the flow's process (debugging); "
+        "dask: prefect-dask's DaskTaskRunner (see dask_address).",
+    )
+    dask_address: str | None = Field(
+        None, description="Address of an existing Dask scheduler; none starts a LocalCluster."
+    )
+
+    @field_validator("split_fractions")
+    @classmethod
+    def _fractions_sum_to_one(cls, v: tuple[float, float, float]) -> tuple[float, float, float]:
+        if any(f < 0 for f in v) or abs(sum(v) - 1.0) > 1e-6 or v[0] <= 0:
+            raise ValueError(
+                f"split_fractions {v}: need three non-negative fractions (train > 0) that sum to 1"
+            )
+        return v
+
+
+class ReportsConfig(_Frozen):
+    """DEDUCE-style report filtering and report-derived cohorts."""
+
+    radiology_type: str = Field("radiology", description="report_type value of radiology reports.")
+    pathology_type: str = Field("pathology", description="report_type value of pathology reports.")
+    radiology_terms: tuple[str, ...] = Field(
+        ("tomosynthesis",), description="A radiology report is kept if it contains one of these whole words."
+    )
+    pathology_terms: tuple[str, ...] = Field(
+        ("breast",), description="A pathology report is kept if it contains one of these whole words."
+    )
+    start_date: dt.date = Field(dt.date(2014, 1, 1), description="First report date kept (inclusive).")
+    end_date: dt.date = Field(dt.date(2018, 1, 30), description="Last report date kept (inclusive).")
+    pathology_window_days: int = Field(
+        180, ge=0, description="Pathology dated 0..N days after a radiology report belongs to it."
+    )
+
+    @model_validator(mode="after")
+    def _dates_ordered(self) -> "ReportsConfig":
+        if self.end_date < self.start_date:
+            raise ValueError(f"end_date {self.end_date} is before start_date {self.start_date}")
+        return self
+
+
+class PrepareConfig(_Frozen):
+    """Configuration of the ``prepare-data`` flow."""
+
+    data: DataConfig = Field(default_factory=DataConfig, description="Inputs and outputs.")
+    slices: SlicesConfig = Field(default_factory=SlicesConfig, description="Slice selection and extraction.")
+    reports: ReportsConfig = Field(default_factory=ReportsConfig, description="Report filtering rules.")
