@@ -1,0 +1,76 @@
+"""Content-based cache keys for Prefect tasks.
+
+Prefect's default cache key contains the flow run id, and a path argument is keyed by
+its string, not by what the file holds. tomoflow keys every cached task on the content
+of its input files (bytes, or size + mtime + path for big files), the parameters that
+matter and :data:`tasks.config.CODE_VERSION`, so a second run with nothing changed does
+no work and a changed input file is noticed even under the same name.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+from pydantic import BaseModel
+
+from tasks.config import CODE_VERSION
+from tasks.io import file_fingerprint
+
+
+def _fingerprint_any(value: Any) -> Any:
+    """Fingerprint a path, a list of paths or None; anything else passes through."""
+    if value is None:
+        return None
+    if isinstance(value, (list, tuple)):
+        return [_fingerprint_any(v) for v in value]
+    path = Path(os.fspath(value))
+    if path.is_dir():
+        return {"dir": str(path), "files": {str(p.relative_to(path)): file_fingerprint(p)
+                                            for p in sorted(path.rglob("*")) if p.is_file()}}
+    if not path.exists():
+        return {"missing": str(path)}
+    return {"file": file_fingerprint(path)}
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, BaseModel):
+        return value.model_dump(mode="json")
+    return value
+
+
+def content_key(
+    parameters: dict[str, Any], *, files: Iterable[str] = (), ignore: Iterable[str] = (), salt: str = ""
+) -> str:
+    """A stable hex key from task parameters, with the named ones keyed on file content.
+
+    Args:
+        parameters: The task's bound parameters.
+        files: Names of parameters that hold paths (or lists of paths) to key on content.
+        ignore: Names of parameters that do not change the result (e.g. output folders).
+        salt: Extra text, e.g. the task name.
+    """
+    files, ignore = set(files), set(ignore)
+    payload: dict[str, Any] = {"code": CODE_VERSION, "salt": salt}
+    for name in sorted(parameters):
+        if name in ignore:
+            continue
+        value = parameters[name]
+        payload[name] = _fingerprint_any(value) if name in files else _plain(value)
+    blob = json.dumps(payload, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()
+
+
+def content_cache_key_fn(
+    *, files: Iterable[str] = (), ignore: Iterable[str] = ()
+) -> Callable[[Any, dict[str, Any]], str]:
+    """A Prefect ``cache_key_fn`` keyed on the content of the ``files`` parameters."""
+    files, ignore = tuple(files), tuple(ignore)
+
+    def key_fn(context: Any, parameters: dict[str, Any]) -> str:
+        return content_key(parameters, files=files, ignore=ignore, salt=context.task.name)
+
+    return key_fn

@@ -1,0 +1,301 @@
+"""DEDUCE-style report filtering and the text rules that turn reports into findings.
+
+Report text is patient-identifying. It is read here, matched against fixed patterns, and
+dropped: nothing in this module writes, logs or returns report text; outputs carry only
+ids, types, dates and derived categories.
+
+Why hand-written rules rather than medspacy/negspacy: the categories needed are few and
+closed (a BI-RADS number, a handful of malignant and benign terms, a short list of
+negation phrases); rules are transparent, fast on hundreds of thousands of reports, need
+no model download (this must run offline in a hospital), and each negation case is
+tested one by one. A NegEx-style window (negation trigger before the term, within the
+same sentence, not across "but"/"however") covers the phrasings in scope.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable
+
+import pandas as pd
+
+log = logging.getLogger(__name__)
+
+REPORT_COLUMNS = ("report_id", "patient_id", "study_uid", "report_type", "report_date", "text")
+KEPT_COLUMNS = ["report_id", "patient_id", "study_uid", "report_type", "report_date", "birads", "finding", "side"]
+
+
+@dataclass(frozen=True)
+class FilterResult:
+    """Kept reports (without text), rejected rows and the counts of every step."""
+
+    kept: pd.DataFrame
+    rejects: pd.DataFrame
+    counts: dict[str, object] = field(default_factory=dict)
+
+
+def read_reports(path: str | os.PathLike[str]) -> pd.DataFrame:
+    """Read a report export (CSV or Parquet) and check its columns.
+
+    Raises:
+        ValueError: the file is missing, of an unknown type, or lacks a required column.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise ValueError(f"report export {p} does not exist: pass the CSV or Parquet file with --reports")
+    suffix = p.suffix.lower()
+    if suffix == ".parquet":
+        frame = pd.read_parquet(p)
+    elif suffix in (".csv", ".txt"):
+        frame = pd.read_csv(p, dtype=str, keep_default_na=False)
+    else:
+        raise ValueError(f"report export {p}: unknown file type {suffix!r} (allowed: .csv, .parquet)")
+    missing = [c for c in REPORT_COLUMNS if c not in frame.columns]
+    if missing:
+        raise ValueError(
+            f"report export {p} lacks column(s) {missing}; required: {list(REPORT_COLUMNS)}"
+        )
+    return frame[list(REPORT_COLUMNS)].astype({c: "string" for c in REPORT_COLUMNS if c != "report_date"})
+
+
+def term_pattern(terms: Iterable[str]) -> re.Pattern[str]:
+    """Whole-word, case-insensitive pattern matching any of ``terms``."""
+    words = [re.escape(t.strip()) for t in terms if t and t.strip()]
+    if not words:
+        raise ValueError("at least one search term is needed")
+    return re.compile(r"(?<![\w-])(?:" + "|".join(words) + r")(?![\w-])", re.IGNORECASE)
+
+
+def parse_report_date(value: object) -> dt.date | None:
+    """An ISO date (``YYYY-MM-DD``, optionally with a time), or None if malformed."""
+    if isinstance(value, (dt.date, pd.Timestamp)):
+        return pd.Timestamp(value).date()
+    text = str(value).strip() if value is not None else ""
+    if not re.fullmatch(r"\d{4}-\d{2}-\d{2}([ T][\d:.]+)?", text):
+        return None
+    try:
+        return dt.date.fromisoformat(text[:10])
+    except ValueError:
+        return None
+
+
+def filter_reports(
+    reports: pd.DataFrame,
+    *,
+    radiology_type: str = "radiology",
+    pathology_type: str = "pathology",
+    radiology_terms: Iterable[str] = ("tomosynthesis",),
+    pathology_terms: Iterable[str] = ("breast",),
+    start_date: dt.date = dt.date(2014, 1, 1),
+    end_date: dt.date = dt.date(2018, 1, 30),
+) -> FilterResult:
+    """Keep radiology reports naming a radiology term and pathology reports naming a pathology
+    term, dated within ``start_date``..``end_date`` inclusive.
+
+    Rows with a malformed date or an unknown report type are rejected with their
+    ``report_id`` and the reason; the other rows go on. The returned frames never hold text.
+    """
+    patterns = {radiology_type.lower(): term_pattern(radiology_terms),
+                pathology_type.lower(): term_pattern(pathology_terms)}
+    kept, rejects = [], []
+    counts: dict[str, object] = {"read": int(len(reports))}
+    no_term = {t: 0 for t in patterns}
+    out_of_range = {t: 0 for t in patterns}
+    for row in reports.itertuples(index=False):
+        rtype = str(row.report_type).strip().lower()
+        if rtype not in patterns:
+            rejects.append({"report_id": str(row.report_id), "patient_id": str(row.patient_id),
+                            "study_uid": str(row.study_uid),
+                            "reason": f"unknown report_type {str(row.report_type)!r} "
+                                      f"(allowed: {sorted(patterns)})"})
+            continue
+        date = parse_report_date(row.report_date)
+        if date is None:
+            rejects.append({"report_id": str(row.report_id), "patient_id": str(row.patient_id),
+                            "study_uid": str(row.study_uid),
+                            "reason": f"malformed report_date {str(row.report_date)!r} (expected YYYY-MM-DD)"})
+            continue
+        if not (start_date <= date <= end_date):
+            out_of_range[rtype] += 1
+            continue
+        text = str(row.text) if row.text is not None else ""
+        if not patterns[rtype].search(text):
+            no_term[rtype] += 1
+            continue
+        # Derive the categories now, so the text can be dropped here and never travel on.
+        is_radiology = rtype == radiology_type.lower()
+        kept.append({"report_id": str(row.report_id), "patient_id": str(row.patient_id),
+                     "study_uid": str(row.study_uid), "report_type": rtype, "report_date": date,
+                     "birads": parse_birads(text) if is_radiology else None,
+                     "finding": None if is_radiology else classify_pathology(text),
+                     "side": None if is_radiology else pathology_side(text)})
+    kept_df = pd.DataFrame(kept, columns=KEPT_COLUMNS).astype(
+        {"report_id": "string", "patient_id": "string", "study_uid": "string", "report_type": "string",
+         "birads": "Int8", "finding": "string", "side": "string"})
+    kept_df["report_date"] = pd.to_datetime(kept_df["report_date"])
+    rejects_df = pd.DataFrame(rejects, columns=["report_id", "patient_id", "study_uid", "reason"])
+    counts["kept"] = {t: int((kept_df["report_type"] == t).sum()) for t in sorted(patterns)}
+    counts["without_term"] = no_term
+    counts["out_of_date_range"] = out_of_range
+    counts["rejected"] = _reason_counts(rejects_df["reason"])
+    log.info("reports: read %d, kept %s, rejected %d", len(reports), counts["kept"], len(rejects_df))
+    return FilterResult(kept_df, rejects_df, counts)
+
+
+def _reason_counts(reasons: pd.Series) -> dict[str, int]:
+    kinds = reasons.str.extract(r"^([a-z_ ]+?)(?: [\"'(]|$)")[0].fillna("other") if len(reasons) else reasons
+    return {str(k): int(v) for k, v in kinds.value_counts().sort_index().items()}
+
+
+# --- BI-RADS -----------------------------------------------------------------------------
+
+_BIRADS = re.compile(
+    r"\bBI[\s\-]*RADS\b[\s:#\-]*(?:(?:assessment\s+)?category|cat\.?)?[\s:#\-]*([0-6])(?![\d])",
+    re.IGNORECASE,
+)
+
+
+#: Order of concern: 0 (incomplete, recall) ranks above 3 (short follow-up), below 4.
+BIRADS_CONCERN = {1: 0, 2: 1, 3: 2, 0: 3, 4: 4, 5: 5, 6: 6}
+
+
+def most_concerning(categories: Iterable[int]) -> int | None:
+    """The BI-RADS category of most concern among ``categories`` (None if empty)."""
+    values = [int(c) for c in categories]
+    return max(values, key=BIRADS_CONCERN.__getitem__) if values else None
+
+
+def parse_birads(text: str) -> int | None:
+    """The BI-RADS category a report states ("BI-RADS 4", "BIRADS: 2", "Bi-Rads category 0",
+    "BI-RADS: 2 - benign"); the most concerning when several are given; None when none is
+    readable."""
+    return most_concerning(int(m.group(1)) for m in _BIRADS.finditer(text or ""))
+
+
+# --- Pathology findings ------------------------------------------------------------------
+
+_MALIGNANT = re.compile(
+    r"\b(?:carcinoma|carcinomas|DCIS|malignant|malignancy|invasive\s+\w+|adenocarcinoma|"
+    r"ductal\s+carcinoma\s+in\s+situ|lobular\s+carcinoma)\b",
+    re.IGNORECASE,
+)
+_BENIGN = re.compile(
+    r"\b(?:benign|fibroadenoma|fibroadenomas|fibrocystic|fibroadenomatoid|papilloma|"
+    r"fat\s+necrosis|cyst|cysts|usual\s+ductal\s+hyperplasia|stromal\s+fibrosis)\b",
+    re.IGNORECASE,
+)
+# Negation triggers that precede the finding (NegEx-style pre-negation).
+_NEGATION = re.compile(
+    r"\b(?:no|not|negative\s+for|no\s+evidence\s+of|without(?:\s+evidence\s+of)?|free\s+of|"
+    r"absence\s+of|absent|rules?\s+out|ruled\s+out)\b",
+    re.IGNORECASE,
+)
+# Words that end a negation's scope inside a sentence.
+_TERMINATION = re.compile(r"\b(?:but|however|although|except|yet)\b", re.IGNORECASE)
+_SENTENCE = re.compile(r"[.;\n]+")
+_NEGATION_WINDOW_WORDS = 6
+
+
+def _negated(sentence: str, start: int) -> bool:
+    before = sentence[:start]
+    stops = list(_TERMINATION.finditer(before))
+    if stops:
+        before = before[stops[-1].end():]
+    words = before.split()
+    window = " ".join(words[-_NEGATION_WINDOW_WORDS:]) if words else ""
+    return bool(_NEGATION.search(window))
+
+
+def classify_pathology(text: str) -> str | None:
+    """``"malignant"``, ``"benign"`` or None (no finding recognised) for a pathology report.
+
+    Malignant terms that are not negated make it malignant; otherwise benign terms or a
+    negated malignancy ("negative for malignancy", "no evidence of carcinoma") make it
+    benign.
+    """
+    malignant = negated = benign = False
+    for sentence in _SENTENCE.split(text or ""):
+        for m in _MALIGNANT.finditer(sentence):
+            if _negated(sentence, m.start()):
+                negated = True
+            else:
+                malignant = True
+        if _BENIGN.search(sentence):
+            benign = True
+    if malignant:
+        return "malignant"
+    if benign or negated:
+        return "benign"
+    return None
+
+
+_SIDE = re.compile(r"\b(left|right)\b", re.IGNORECASE)
+
+
+def pathology_side(text: str) -> str | None:
+    """``"L"`` or ``"R"`` when the report names exactly one side, else None."""
+    sides = {m.group(1).upper()[0] for m in _SIDE.finditer(text or "")}
+    return sides.pop() if len(sides) == 1 else None
+
+
+# --- Study cohorts -------------------------------------------------------------------------
+
+STUDY_COLUMNS = ["patient_id", "study_uid", "cohort", "side", "birads", "pathology_reports"]
+
+
+def study_cohorts(
+    kept: pd.DataFrame, *, radiology_type: str = "radiology", pathology_type: str = "pathology",
+    window_days: int = 180,
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Derive each study's cohort from its kept radiology and pathology reports.
+
+    For every study with a kept radiology report: pathology of the same patient dated 0 to
+    ``window_days`` days after one of the study's radiology reports decides (a malignant
+    finding makes ``cancer``, otherwise a benign one ``benign``); without such pathology the
+    most concerning BI-RADS decides (0, 3, 4, 5 or 6: ``actionable``; 1 or 2: ``normal``).
+    A radiology report with no readable BI-RADS is rejected with its reason.
+
+    Returns:
+        ``(studies, rejects)``: one row per study with ``cohort`` and the pathology's
+        ``side`` (``L``/``R``/None); rejected radiology reports with ``report_id`` and reason.
+    """
+    rtype, ptype = radiology_type.lower(), pathology_type.lower()
+    radiology = kept[kept["report_type"] == rtype]
+    pathology = kept[(kept["report_type"] == ptype) & kept["finding"].notna()]
+    unreadable = radiology[radiology["birads"].isna()]
+    rejects = pd.DataFrame({
+        "report_id": unreadable["report_id"].astype(str), "patient_id": unreadable["patient_id"].astype(str),
+        "study_uid": unreadable["study_uid"].astype(str),
+        "reason": "no readable BI-RADS category in radiology report",
+    }, columns=["report_id", "patient_id", "study_uid", "reason"])
+    path_by_patient = {p: g for p, g in pathology.groupby("patient_id")}
+    rows = []
+    for (patient, study), reports in radiology.groupby(["patient_id", "study_uid"], sort=True):
+        readable = reports["birads"].dropna()
+        if readable.empty:
+            continue
+        birads = most_concerning(readable)
+        candidates = path_by_patient.get(patient)
+        matched = pd.DataFrame(columns=pathology.columns)
+        if candidates is not None:
+            lags = [(candidates["report_date"] - d).dt.days for d in reports["report_date"]]
+            within = pd.concat([(lag >= 0) & (lag <= window_days) for lag in lags], axis=1).any(axis=1)
+            matched = candidates[within]
+        side = None
+        if not matched.empty:
+            malignant = matched[matched["finding"] == "malignant"]
+            deciding = malignant if not malignant.empty else matched
+            cohort = "cancer" if not malignant.empty else "benign"
+            sides = set(deciding["side"].dropna())
+            side = sides.pop() if len(sides) == 1 and deciding["side"].notna().all() else None
+        else:
+            cohort = "normal" if birads in (1, 2) else "actionable"
+        rows.append({"patient_id": str(patient), "study_uid": str(study), "cohort": cohort, "side": side,
+                     "birads": birads, "pathology_reports": int(len(matched))})
+    studies = pd.DataFrame(rows, columns=STUDY_COLUMNS)
+    return studies, rejects

@@ -1,0 +1,120 @@
+"""Thin Prefect task wrappers around the plain functions of each stage.
+
+Tasks hand each other paths to files they wrote, never DataFrames of images. Cached
+tasks are keyed on the content of their input files (``tasks.caching``); retries sit on
+the tasks that touch disk.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from prefect import task
+
+from tasks import cohorts as cohorts_mod
+from tasks import slices as slices_mod
+from tasks import splits as splits_mod
+from tasks.caching import content_cache_key_fn
+from tasks.config import PrepareConfig
+from tasks.extract import extract_shard
+from tasks.io import atomic_write_json, atomic_write_parquet
+from tasks.manifest import REJECT_COLUMNS, build_manifest, typed_frame
+
+_CACHED = {"persist_result": True, "retries": 2, "retry_delay_seconds": 1}
+
+
+def _work(out_dir: str) -> Path:
+    return Path(out_dir) / ".work"
+
+
+@task(name="group-cohorts", cache_key_fn=content_cache_key_fn(files=("csv_files", "reports")), **_CACHED)
+def group_cohorts(csv_files: list[str], data_root: str, reports: str | None, config: PrepareConfig) -> dict[str, str]:
+    """Group volumes into cohorts from the labels CSV (and reports, when given)."""
+    tables = cohorts_mod.load_bcs_tables(data_root)
+    cohorts, label_rejects = cohorts_mod.cohorts_from_labels(tables.labels)
+    combined, disagreements = cohorts_mod.combine_cohorts([cohorts])
+    volumes = cohorts_mod.build_volume_table(tables.file_paths, combined, tables.boxes)
+    work = _work(config.data.output_dir)
+    summary = {
+        "volumes": cohorts_mod.volume_counts(volumes),
+        "label_rejects": int(len(label_rejects)),
+        "disagreements": disagreements,
+    }
+    rejects = typed_frame(
+        [{"kind": "label", **r, "reason": r.get("reason")} for r in label_rejects.to_dict("records")],
+        REJECT_COLUMNS,
+    )
+    return {
+        "volumes": str(atomic_write_parquet(work / "volumes.parquet", volumes)),
+        "boxes": str(atomic_write_parquet(work / "boxes.parquet", tables.boxes)),
+        "rejects": str(atomic_write_parquet(work / "cohort_rejects.parquet", rejects)),
+        "summary": str(atomic_write_json(work / "cohort_summary.part.json", summary)),
+    }
+
+
+@task(name="select-slices", cache_key_fn=content_cache_key_fn(files=("volumes", "boxes")), **_CACHED)
+def select_slices(volumes: str, boxes: str, config: PrepareConfig) -> str:
+    """Plan which frames of which volumes become images (the configured strategy)."""
+    s = config.slices
+    plan = slices_mod.select_slices(
+        pd.read_parquet(volumes), pd.read_parquet(boxes), strategy=s.strategy,
+        normal_fraction=s.normal_fraction, seed=s.seed, lesion_window=s.lesion_window,
+    )
+    return str(atomic_write_parquet(_work(config.data.output_dir) / "plan.parquet", plan))
+
+
+@task(name="split-patients", cache_key_fn=content_cache_key_fn(files=("volumes",)), **_CACHED)
+def split_patients(volumes: str, config: PrepareConfig) -> str:
+    """Assign every patient to train, validation or test (stratified, patient-disjoint)."""
+    table = pd.read_parquet(volumes)
+    splits = splits_mod.split_patients(
+        table, fractions=config.slices.split_fractions, seed=config.slices.seed
+    )
+    return str(atomic_write_parquet(_work(config.data.output_dir) / "splits.parquet", splits))
+
+
+@task(name="extract-shard", retries=2, retry_delay_seconds=1)
+def extract_shard_task(jobs: list[dict[str, Any]], data_root: str, out_dir: str, image_size: int, seed: int) -> dict[str, Any]:
+    """Decode and write one shard of volumes (records make reruns skip finished volumes)."""
+    return extract_shard(jobs, data_root=data_root, out_dir=out_dir, image_size=image_size, seed=seed)
+
+
+@task(name="write-manifest", cache_key_fn=content_cache_key_fn(files=("plan", "splits", "records", "cohort_parts")),
+      **_CACHED)
+def write_manifest(plan: str, splits: str, records: list[str], cohort_parts: list[str], config: PrepareConfig) -> dict[str, str]:
+    """Write manifest.parquet, rejects.parquet and cohort_summary.json (with the leak audit)."""
+    out = Path(config.data.output_dir)
+    plan_df, splits_df = pd.read_parquet(plan), pd.read_parquet(splits)
+    manifest, volume_rejects = build_manifest(
+        plan_df, splits_df, records, out_dir=out, lesion_window=config.slices.lesion_window
+    )
+    splits_mod.assert_disjoint(manifest)
+    earlier = [pd.read_parquet(p) for p in cohort_parts if p.endswith(".parquet")]
+    rejects = pd.concat([*earlier, volume_rejects], ignore_index=True) if earlier else volume_rejects
+    summary: dict[str, Any] = {}
+    for part in cohort_parts:
+        if part.endswith(".json"):
+            summary.update(json.loads(Path(part).read_text()))
+    summary.update({
+        "strategy": config.slices.strategy,
+        "image_size": config.slices.image_size,
+        "seed": config.slices.seed,
+        "split_fractions": list(config.slices.split_fractions),
+        "planned_volumes": int(len(plan_df)),
+        "rejects": {str(k): int(v) for k, v in rejects["kind"].value_counts().sort_index().items()},
+        "rejected_volumes": int((rejects["kind"] == "volume").sum()),
+        "images": int(len(manifest)),
+        "images_per_split_label": {
+            f"{s}/{lab}": int(n)
+            for (s, lab), n in manifest.groupby(["split", "label"]).size().sort_index().items()
+        },
+        "audit": splits_mod.split_audit(manifest),
+    })
+    return {
+        "manifest": str(atomic_write_parquet(out / "manifest.parquet", manifest)),
+        "rejects": str(atomic_write_parquet(out / "rejects.parquet", rejects)),
+        "summary": str(atomic_write_json(out / "cohort_summary.json", summary)),
+    }
