@@ -23,7 +23,7 @@ from typing import Any, Iterable
 from tasks.config import CODE_VERSION
 from tasks.dicom import read_frames, read_info
 from tasks.io import atomic_write_json, atomic_write_png
-from tasks.slices import resolve_frames, resolve_volume_path
+from tasks.slices import VolumeResolver, resolve_frames, volume_key
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +74,7 @@ def _load_record(record_path: Path, key: str) -> dict[str, Any] | None:
 
 def extract_volume(
     job: dict[str, Any], *, data_root: str | os.PathLike[str], out_dir: str | os.PathLike[str],
-    image_size: int, seed: int,
+    image_size: int, seed: int, resolver: VolumeResolver | None = None,
 ) -> tuple[Path, bool]:
     """Extract one volume's selected frames; return (record path, whether work was done).
 
@@ -85,12 +85,14 @@ def extract_volume(
         out_dir: The run's output folder (PNGs go under ``out_dir/slices``).
         image_size: Side of the letterboxed output.
         seed: Seed for sampled frame rules.
+        resolver: Path resolver to reuse across a shard (caches directory listings).
     """
     ids = (str(job["patient_id"]), str(job["study_uid"]), str(job["view"]))
     vdir = volume_dir(out_dir, *ids)
     record_path = vdir / RECORD_NAME
-    path, how = resolve_volume_path(
-        data_root, job.get("descriptive_path"), job.get("classic_path"), ids[0]
+    resolver = resolver or VolumeResolver(data_root)
+    path, how = resolver.resolve(
+        job.get("descriptive_path"), job.get("classic_path"), ids[0], study_uid=ids[1]
     )
     key = _volume_key(job, path, image_size, seed)
     cached = _load_record(record_path, key)
@@ -107,7 +109,7 @@ def extract_volume(
     try:
         info = read_info(path)
         frames = resolve_frames(
-            str(job["frames_rule"]), info.n_frames, seed=seed, key="/".join(ids)
+            str(job["frames_rule"]), info.n_frames, seed=seed, key=volume_key(*ids)
         )
         rows = []
         for frame in read_frames(path, frames, view=ids[2], image_size=image_size):
@@ -142,9 +144,10 @@ def extract_shard(
     """Extract a shard of volumes; return the record paths and how many volumes were decoded."""
     records: list[str] = []
     decoded = 0
+    resolver = VolumeResolver(data_root)
     for job in jobs:
         record_path, worked = extract_volume(
-            job, data_root=data_root, out_dir=out_dir, image_size=image_size, seed=seed
+            job, data_root=data_root, out_dir=out_dir, image_size=image_size, seed=seed, resolver=resolver
         )
         records.append(str(record_path))
         decoded += int(worked)

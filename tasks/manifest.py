@@ -133,7 +133,7 @@ def build_manifest(
                 "pad_y": fr["pad_y"],
                 "box_x": mapped[0], "box_y": mapped[1], "box_width": mapped[2], "box_height": mapped[3],
                 "box_slice": int(box["slice"]) if box else None,
-                "box_class": str(box.get("class_", box.get("class"))) if box else None,
+                "box_class": str(box["box_class"]) if box else None,
                 "augmented_from": None,
             })
     manifest = typed_frame(rows, MANIFEST_COLUMNS)

@@ -36,7 +36,9 @@ def group_cohorts(csv_files: list[str], data_root: str, reports: str | None, con
     tables = cohorts_mod.load_bcs_tables(data_root)
     cohorts, label_rejects = cohorts_mod.cohorts_from_labels(tables.labels)
     combined, disagreements = cohorts_mod.combine_cohorts([cohorts])
-    volumes = cohorts_mod.build_volume_table(tables.file_paths, combined, tables.boxes)
+    volumes = cohorts_mod.build_volume_table(
+        tables.file_paths, combined, tables.boxes, cohort_rejects=label_rejects
+    )
     work = _work(config.data.output_dir)
     summary = {
         "volumes": cohorts_mod.volume_counts(volumes),

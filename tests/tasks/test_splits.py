@@ -1,0 +1,152 @@
+"""Tests for tasks.splits: patient-level, stratified, deterministic splits."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pytest
+
+from tasks.splits import (
+    SPLITS,
+    SplitLeakError,
+    allocate,
+    assert_disjoint,
+    assign_splits,
+    split_audit,
+    split_patients,
+)
+
+FRACTIONS = [
+    (0.7, 0.15, 0.15),
+    (0.8, 0.2, 0.0),
+    (0.5, 0.0, 0.5),
+    (1.0, 0.0, 0.0),
+    (0.0, 0.0, 1.0),
+    (0.0, 0.5, 0.5),
+    (1 / 3, 1 / 3, 1 / 3),
+    (0.9, 0.05, 0.05),
+]
+
+
+def make_volumes() -> pd.DataFrame:
+    """60 normal, 8 benign, 2 cancer and 1 actionable-only patient, several volumes each."""
+    rows = []
+    for i in range(71):
+        pid = f"DBT-P{i:05d}"
+        worst = "cancer" if i < 2 else "benign" if i < 10 else "actionable" if i == 70 else "normal"
+        n_views = 1 if worst == "actionable" else 1 + i % 4
+        for view in ("lcc", "lmlo", "rcc", "rmlo")[:n_views]:
+            cohort = worst if view == "lcc" else "normal"
+            reason = "actionable" if cohort == "actionable" else None
+            rows.append((pid, f"S{i}", view, cohort, reason))
+    frame = pd.DataFrame(rows, columns=["patient_id", "study_uid", "view", "cohort", "excluded_reason"])
+    frame["label"] = frame["cohort"].map({"normal": 0, "benign": 1, "cancer": 1}).astype("Int8")
+    return frame
+
+
+VOLUMES = make_volumes()
+
+
+def test_allocate_counts() -> None:
+    assert allocate(2, (0.7, 0.15, 0.15)) == (1, 0, 1)  # two cancer patients: not both in train
+    assert allocate(1, (0.7, 0.15, 0.15)) == (1, 0, 0)
+    assert allocate(3, (0.7, 0.15, 0.15)) == (1, 1, 1)
+    assert allocate(100, (0.7, 0.15, 0.15)) == (70, 15, 15)
+    assert allocate(2, (0.0, 0.0, 1.0)) == (0, 0, 2)
+    assert allocate(5, (0.8, 0.2, 0.0)) == (4, 1, 0)
+    for n in range(30):
+        for fractions in FRACTIONS:
+            counts = allocate(n, fractions)
+            assert sum(counts) == n
+            assert all(c == 0 for c, f in zip(counts, fractions) if f == 0)
+
+
+@pytest.mark.parametrize("fractions", FRACTIONS)
+def test_split_is_by_patient_for_any_fractions_and_seed(fractions: tuple[float, float, float]) -> None:
+    used = VOLUMES.loc[VOLUMES["excluded_reason"].isna()]
+    for seed in range(20):
+        splits = split_patients(VOLUMES, fractions=fractions, seed=seed)
+        assert splits["patient_id"].is_unique
+        assert set(splits["patient_id"]) == set(used["patient_id"])  # the actionable-only patient is out
+        assert set(splits["split"]) <= set(SPLITS)
+        manifest = assign_splits(used, splits)
+        assert_disjoint(manifest)
+        assert split_audit(manifest)["overlap_patients"] == 0
+        for split, fraction in zip(SPLITS, fractions):
+            if fraction == 0:
+                assert not (splits["split"] == split).any()
+        strata = splits.groupby("stratum")["split"]
+        if fractions[0] > 0:  # every stratum is represented in train
+            assert strata.apply(lambda s: (s == "train").any()).all()
+        if sum(f > 0 for f in fractions) >= 2:  # the two cancer patients are not in one split
+            assert strata.nunique()["cancer"] == 2
+
+
+def test_proportions_follow_the_fractions() -> None:
+    splits = split_patients(VOLUMES, fractions=(0.7, 0.15, 0.15), seed=0)
+    normal = splits.loc[splits["stratum"] == "normal", "split"].value_counts()
+    assert normal.to_dict() == {"train": 42, "validation": 9, "test": 9}
+    assert splits.loc[splits["stratum"] == "benign", "split"].value_counts().to_dict() == {
+        "train": 6, "validation": 1, "test": 1}
+
+
+def test_stratum_is_the_most_severe_used_cohort() -> None:
+    splits = split_patients(VOLUMES, seed=0).set_index("patient_id")["stratum"]
+    assert splits["DBT-P00001"] == "cancer"  # one cancer volume among normals
+    assert splits["DBT-P00005"] == "benign"
+    assert splits["DBT-P00011"] == "normal"
+    assert "DBT-P00070" not in splits.index  # its only volume is excluded (actionable)
+
+
+def test_deterministic_and_independent_of_row_order() -> None:
+    a = split_patients(VOLUMES, seed=3)
+    b = split_patients(VOLUMES.sample(frac=1, random_state=1).reset_index(drop=True), seed=3)
+    pd.testing.assert_frame_equal(a, b)
+    assert a["patient_id"].is_monotonic_increasing
+    c = split_patients(VOLUMES, seed=4)
+    assert not a["split"].equals(c["split"])  # the seed matters
+
+
+def test_tiny_strata_do_not_crash() -> None:
+    one = VOLUMES.loc[VOLUMES["patient_id"].isin(["DBT-P00000", "DBT-P00020"])]
+    splits = split_patients(one, fractions=(0.7, 0.15, 0.15), seed=0)
+    assert dict(zip(splits["stratum"], splits["split"])) == {"cancer": "train", "normal": "train"}
+    empty = split_patients(VOLUMES.iloc[:0], seed=0)
+    assert empty.empty and list(empty.columns) == ["patient_id", "split", "stratum"]
+
+
+@pytest.mark.parametrize("fractions", [(0.7, 0.2, 0.2), (0.7, 0.3), (1.2, -0.1, -0.1), (0.5, float("nan"), 0.5), "abc"])
+def test_bad_fractions_are_rejected(fractions: object) -> None:
+    with pytest.raises(ValueError, match="fractions"):
+        split_patients(VOLUMES, fractions=fractions)  # type: ignore[arg-type]
+
+
+def test_assert_disjoint_names_the_leaked_patients() -> None:
+    table = pd.DataFrame({"patient_id": ["P1", "P1", "P2", "P3", "P3"],
+                          "split": ["train", "test", "train", "validation", "validation"]})
+    with pytest.raises(SplitLeakError) as err:
+        assert_disjoint(table)
+    assert "P1" in str(err.value) and "P3" not in str(err.value)
+    assert isinstance(err.value, ValueError) and isinstance(err.value, AssertionError)
+    assert_disjoint(table.iloc[1:])
+
+
+def test_split_audit_counts() -> None:
+    used = VOLUMES.loc[VOLUMES["excluded_reason"].isna()]
+    manifest = assign_splits(used, split_patients(VOLUMES, seed=0))
+    audit = split_audit(manifest)
+    json.dumps(audit)
+    assert audit["overlap_patients"] == 0
+    assert audit["patients"] == 70 and audit["rows"] == len(used)
+    assert sum(s["rows"] for s in audit["splits"].values()) == len(used)
+    assert audit["splits"]["test"]["by_cohort"]["cancer"] == {"patients": 1, "rows": 1}
+    assert sum(s["by_label"]["1"]["rows"] for s in audit["splits"].values()) == 10
+    leaked = pd.concat([manifest, manifest.iloc[:1].assign(split="test" if manifest["split"].iloc[0] != "test" else "train")])
+    assert split_audit(leaked)["overlap_patients"] == 1
+
+
+def test_assign_splits_requires_every_patient() -> None:
+    splits = split_patients(VOLUMES.loc[VOLUMES["patient_id"] != "DBT-P00003"], seed=0)
+    with pytest.raises(ValueError, match="DBT-P00003"):
+        assign_splits(VOLUMES.loc[VOLUMES["excluded_reason"].isna()], splits)
