@@ -1,0 +1,406 @@
+"""Backbones: offline weights, hash checks, input handling, aux logits, freezing.
+
+Inception v3 (27 M parameters) carries most tests; VGG16 (138 M) is built only where
+its own behaviour is under test.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import logging
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+import torchvision.models as tvm
+from torch import nn
+from torchvision.models import Inception_V3_Weights, VGG16_Weights
+
+from models import backbones
+from models.backbones import (
+    INCEPTION_AUX_MIN_SIZE,
+    TumorClassifier,
+    WeightsNotFoundError,
+    build_backbone,
+    build_model,
+    gray_to_rgb,
+    imagenet_weights_file,
+    inception_v3,
+    weights_transforms,
+)
+from models.heads import ClassifierOutput, classification_loss
+
+
+@pytest.fixture
+def torch_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """An empty torchvision cache; any attempt to download fails the test."""
+    home = tmp_path / "torch_home"
+    monkeypatch.setenv("TORCH_HOME", str(home))
+    assert Path(torch.hub.get_dir()) == home / "hub", "torch.hub.set_dir() was called elsewhere"
+
+    def no_network(*args: object, **kwargs: object) -> None:
+        pytest.fail(f"network access attempted: {args}")
+
+    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", no_network)
+    monkeypatch.setattr(torch.hub, "download_url_to_file", no_network)
+    monkeypatch.setattr(urllib.request, "urlopen", no_network)
+    yield home
+    for path in home.rglob("*.pth"):  # pytest keeps recent temp folders; these are big
+        path.unlink()
+
+
+@pytest.fixture
+def weights_dir(tmp_path: Path) -> Iterator[Path]:
+    """A folder for weights files, emptied afterwards (pytest keeps recent temp folders)."""
+    yield tmp_path
+    for path in tmp_path.rglob("*.pt*"):
+        path.unlink()
+
+
+@pytest.fixture(scope="module")
+def _inception75() -> TumorClassifier:
+    return build_model(model="inception_v3", weights=None, image_size=75, seed=0)
+
+
+@pytest.fixture(scope="module")
+def _inception299() -> TumorClassifier:
+    return build_model(model="inception_v3", weights=None, image_size=299, seed=0)
+
+
+@pytest.fixture
+def inception75(_inception75: TumorClassifier) -> TumorClassifier:
+    """A scratch Inception v3 classifier for 75 x 75 inputs (no aux head), seed 0."""
+    return copy.deepcopy(_inception75)
+
+
+@pytest.fixture
+def inception299(_inception299: TumorClassifier) -> TumorClassifier:
+    """A scratch Inception v3 classifier for 299 x 299 inputs, with the aux head, seed 0."""
+    return copy.deepcopy(_inception299)
+
+
+@pytest.fixture(scope="module")
+def inception_file(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, dict[str, torch.Tensor]]]:
+    """A scratch Inception v3 state_dict saved to disk, and the tensors in it."""
+    torch.manual_seed(0)
+    # init_weights=False: PyTorch's default init, much faster than Inception's truncated normal.
+    state = tvm.inception_v3(weights=None, aux_logits=True, init_weights=False).state_dict()
+    path = tmp_path_factory.mktemp("weights") / "inception.pth"
+    torch.save(state, path)
+    yield path, state
+    path.unlink()  # 100 MB: don't leave it in pytest's retained temp folders
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _assert_same_tensors(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
+    loaded = model.state_dict()
+    assert set(loaded) <= set(state)
+    for key, value in loaded.items():
+        assert torch.equal(value, state[key]), key
+
+
+# ---------------------------------------------------------------- ImageNet weights, offline
+
+
+def test_cache_location_follows_torch_home(torch_home: Path) -> None:
+    checkpoints = torch_home / "hub" / "checkpoints"
+    assert imagenet_weights_file("vgg16") == checkpoints / "vgg16-397923af.pth"
+    assert imagenet_weights_file("inception_v3") == checkpoints / "inception_v3_google-0cc3c7bd.pth"
+
+
+@pytest.mark.parametrize(
+    ("name", "file_name", "url"),
+    [
+        ("vgg16", "vgg16-397923af.pth", VGG16_Weights.IMAGENET1K_V1.url),
+        ("inception_v3", "inception_v3_google-0cc3c7bd.pth", Inception_V3_Weights.IMAGENET1K_V1.url),
+    ],
+)
+def test_missing_imagenet_weights_fail_fast_offline(
+    torch_home: Path, monkeypatch: pytest.MonkeyPatch, name: str, file_name: str, url: str
+) -> None:
+    # The error must come before any network is built, let alone trained.
+    monkeypatch.setattr(tvm, "vgg16", lambda **kw: pytest.fail("built VGG16 before checking weights"))
+    monkeypatch.setattr(tvm, "inception_v3", lambda **kw: pytest.fail("built Inception before checking weights"))
+    with pytest.raises(WeightsNotFoundError) as info:
+        build_model(model=name, weights="imagenet", image_size=299)  # type: ignore[arg-type]
+    message = str(info.value)
+    assert isinstance(info.value, FileNotFoundError)
+    assert file_name in message
+    assert str(torch_home / "hub" / "checkpoints") in message
+    assert url in message
+    assert "--weights PATH" in message and "--weights none" in message
+
+
+def test_vgg16_imagenet_weights_load_from_cache(torch_home: Path) -> None:
+    # A locally made file under torchvision's name: its SHA-256 doesn't start with
+    # 397923af, and the cache route (like torchvision's) must not check it.
+    torch.manual_seed(1)
+    state = tvm.vgg16(weights=None, init_weights=False).state_dict()
+    cached = torch_home / "hub" / "checkpoints" / "vgg16-397923af.pth"
+    cached.parent.mkdir(parents=True)
+    torch.save(state, cached)
+
+    backbone, n_features = build_backbone("vgg16", weights="imagenet")
+
+    assert n_features == 512 * 7 * 7
+    assert isinstance(backbone.classifier, nn.Identity)
+    assert not any(k.startswith("classifier.") for k in backbone.state_dict())
+    _assert_same_tensors(backbone, state)
+    backbone.eval()
+    with torch.no_grad():
+        assert backbone(torch.randn(2, 3, 32, 32)).shape == (2, n_features)
+        assert backbone(torch.randn(1, 3, 48, 40)).shape == (1, n_features)
+
+
+def test_weights_enum_reads_the_cache(torch_home: Path, inception_file: tuple[Path, dict]) -> None:
+    path, state = inception_file
+    cached = torch_home / "hub" / "checkpoints" / "inception_v3_google-0cc3c7bd.pth"
+    cached.parent.mkdir(parents=True)
+    cached.hardlink_to(path)
+    _assert_same_tensors(inception_v3(weights=Inception_V3_Weights.IMAGENET1K_V1), state)
+    with pytest.raises(ValueError, match="VGG16_Weights.IMAGENET1K_V1"):
+        inception_v3(weights=VGG16_Weights.IMAGENET1K_V1)
+
+
+# ---------------------------------------------------------------- weights from a path
+
+
+def test_path_with_matching_hash_suffix_is_accepted(weights_dir: Path, inception_file: tuple[Path, dict]) -> None:
+    source, state = inception_file
+    named = weights_dir / f"inception-{_sha256(source)[:8]}.pth"
+    named.hardlink_to(source)
+    _assert_same_tensors(inception_v3(weights=named), state)
+
+
+def test_path_with_wrong_hash_suffix_is_refused(weights_dir: Path, inception_file: tuple[Path, dict]) -> None:
+    source, _ = inception_file
+    actual = _sha256(source)
+    wrong = "deadbeef" if not actual.startswith("deadbeef") else "feedface"
+    named = weights_dir / f"inception-{wrong}.pth"
+    named.hardlink_to(source)
+    with pytest.raises(ValueError) as info:
+        inception_v3(weights=str(named))
+    message = str(info.value)
+    assert wrong in message and actual[:8] in message and str(named) in message
+
+
+def test_path_without_hash_suffix_is_accepted(inception_file: tuple[Path, dict]) -> None:
+    path, state = inception_file
+    _assert_same_tensors(inception_v3(weights=path), state)
+
+
+def test_checkpoint_dict_with_model_key_is_accepted(weights_dir: Path, inception_file: tuple[Path, dict]) -> None:
+    _, state = inception_file
+    path = weights_dir / "checkpoint.pt"
+    torch.save({"epoch": 3, "model": state}, path)
+    _assert_same_tensors(inception_v3(weights=path), state)
+
+
+def test_file_without_state_dict_is_refused(weights_dir: Path) -> None:
+    path = weights_dir / "not-weights.pt"
+    torch.save({"epoch": 3}, path)
+    with pytest.raises(ValueError, match="not a state_dict"):
+        inception_v3(weights=path)
+
+
+def test_state_dict_for_another_architecture_names_keys(weights_dir: Path, inception_file: tuple[Path, dict]) -> None:
+    _, state = inception_file
+    bad = dict(state)
+    del bad["Conv2d_1a_3x3.conv.weight"]
+    bad["bogus.weight"] = torch.zeros(1)
+    bad["fc.weight"] = torch.zeros(2, 2048)
+    path = weights_dir / "bad.pth"
+    torch.save(bad, path)
+    with pytest.raises(ValueError) as info:
+        inception_v3(weights=path)
+    message = str(info.value)
+    for expected in (str(path), "Conv2d_1a_3x3.conv.weight", "bogus.weight", "fc.weight"):
+        assert expected in message
+
+
+def test_missing_weights_path(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="nowhere.pth"):
+        build_model(model="inception_v3", weights=tmp_path / "nowhere.pth", image_size=75)
+
+
+# ---------------------------------------------------------------- from scratch
+
+
+def test_scratch_build_is_seeded_and_rebuilt_from_config(inception75: TumorClassifier) -> None:
+    model = inception75.eval()
+    assert model.config == {"model": "inception_v3", "head": "single", "image_size": 75, "dropout": 0.5, "aux_logits": False}
+    torch.manual_seed(123)
+    expected_draw = torch.rand(1)
+    torch.manual_seed(123)
+    twin = build_model(**model.config, weights="none", seed=0).eval()
+    assert torch.equal(torch.rand(1), expected_draw), "a seeded build must leave the global RNG alone"
+
+    state, twin_state = model.state_dict(), twin.state_dict()
+    assert state.keys() == twin_state.keys()
+    assert all(torch.equal(state[k], twin_state[k]) for k in state)
+    x = torch.rand(1, 1, 75, 75)
+    with torch.no_grad():
+        assert torch.equal(model(x), twin(x))
+
+
+def test_other_seed_differs_and_aux_is_disabled_with_a_note(
+    inception75: TumorClassifier, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.INFO, logger=backbones.__name__):
+        other = build_model(model="inception_v3", weights=None, image_size=224, seed=1)
+    assert "auxiliary classifier disabled" in caplog.text and "299" in caplog.text
+    assert other.aux_head is None and other.backbone.AuxLogits is None
+    assert other.config["aux_logits"] is False
+    out = other.train()(torch.rand(2, 1, 75, 75))
+    assert isinstance(out, torch.Tensor) and out.shape == (2,)
+
+    a, b = inception75.state_dict(), other.state_dict()
+    assert not torch.equal(a["backbone.Conv2d_1a_3x3.conv.weight"], b["backbone.Conv2d_1a_3x3.conv.weight"])
+    assert not torch.equal(a["head.0.weight"], b["head.0.weight"])
+
+
+# ---------------------------------------------------------------- inputs
+
+
+@pytest.mark.parametrize(("name", "minimum"), [("inception_v3", 75), ("vgg16", 32)])
+def test_too_small_image_size_is_rejected(monkeypatch: pytest.MonkeyPatch, name: str, minimum: int) -> None:
+    monkeypatch.setattr(tvm, name, lambda **kw: pytest.fail("built the network before checking the size"))
+    with pytest.raises(ValueError, match=rf"minimum input size is {minimum}x{minimum}"):
+        build_model(model=name, weights=None, image_size=minimum - 1)  # type: ignore[arg-type]
+
+
+def test_bad_names_are_rejected_before_building(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(tvm, "inception_v3", lambda **kw: pytest.fail("built the network"))
+    with pytest.raises(ValueError, match=r"'resnet50'.*\['inception_v3', 'vgg16'\]"):
+        build_model(model="resnet50", weights=None)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=r"'dense5'"):
+        build_model(model="inception_v3", weights=None, head="dense5", image_size=299)  # type: ignore[arg-type]
+
+
+def test_inception_accepts_the_study_sizes(inception299: TumorClassifier) -> None:
+    # On the meta device: every layer's shape rules are checked, nothing is computed.
+    model = inception299.to("meta")
+    for side in (299, 500):
+        out = model.train()(torch.empty(2, 1, side, side, device="meta"))
+        assert isinstance(out, ClassifierOutput) and out.logits.shape == out.aux_logits.shape == (2,)
+    for side in (75, 224, 299, 500):
+        assert model.eval()(torch.empty(2, 3, side, side, device="meta")).shape == (2,)
+    with pytest.raises(ValueError, match="minimum of 75x75"):
+        model(torch.empty(1, 1, 74, 74, device="meta"))
+    with pytest.raises(ValueError, match="auxiliary classifier"):
+        model.train()(torch.empty(2, 1, 224, 224, device="meta"))
+
+
+def test_gray_input_equals_preprocessed_rgb(inception75: TumorClassifier) -> None:
+    model = inception75.eval()
+    gray = torch.rand(2, 1, 75, 75)
+    rgb = weights_transforms("inception_v3")(gray)
+    assert rgb.shape == (2, 3, 75, 75)
+    with torch.no_grad():
+        assert torch.allclose(model(gray), model(rgb), atol=1e-5)
+
+
+def test_weights_transforms_use_imagenet_statistics() -> None:
+    mean, std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+    for name in ("vgg16", "inception_v3"):
+        preprocess = weights_transforms(name)  # type: ignore[arg-type]
+        assert preprocess.mean == pytest.approx(mean) and preprocess.std == pytest.approx(std)
+    white = weights_transforms("vgg16")(torch.full((4, 5), 255, dtype=torch.uint8))
+    assert white.shape == (3, 4, 5) and white.dtype == torch.float32
+    expected = torch.tensor([(1 - m) / s for m, s in zip(mean, std)])
+    assert torch.allclose(white[:, 0, 0], expected)
+
+
+def test_gray_to_rgb_is_a_view() -> None:
+    gray = torch.rand(2, 1, 8, 8)
+    rgb = gray_to_rgb(gray)
+    assert rgb.shape == (2, 3, 8, 8)
+    assert rgb.data_ptr() == gray.data_ptr() and rgb.stride(1) == 0
+    assert torch.equal(rgb[:, 2], gray[:, 0])
+    with pytest.raises(ValueError, match=r"\(2, 2, 8, 8\)"):
+        gray_to_rgb(torch.rand(2, 2, 8, 8))
+
+
+# ---------------------------------------------------------------- Inception's auxiliary head
+
+
+def test_aux_min_size_matches_torchvision() -> None:
+    # Run torchvision's own AuxLogits on Mixed_6e's output at the boundary (meta device:
+    # shapes only).
+    with torch.device("meta"):
+        net = tvm.inception_v3(weights=None, aux_logits=True, init_weights=False).eval()
+    mixed6: list[torch.Tensor] = []
+    net.Mixed_6e.register_forward_hook(lambda mod, inp, out: mixed6.append(out))
+    for side in (INCEPTION_AUX_MIN_SIZE, INCEPTION_AUX_MIN_SIZE - 1):
+        net(torch.empty(1, 3, side, side, device="meta"))
+    assert net.AuxLogits(mixed6[0]).shape == (1, 1000)
+    with pytest.raises(RuntimeError, match="Kernel size"):
+        net.AuxLogits(mixed6[1])
+    assert INCEPTION_AUX_MIN_SIZE == 299
+
+
+def test_aux_loss_in_training_only(inception299: TumorClassifier) -> None:
+    model = inception299
+    model.set_backbone_trainable(False)  # only the new layers need gradients here
+    assert model.aux_head is not None and model.aux_head.in_features == 768 and model.aux_head.out_features == 1
+    assert isinstance(model.backbone.AuxLogits.fc, nn.Identity)
+    x, y = torch.rand(2, 1, 299, 299), torch.tensor([1.0, 0.0])
+
+    out = model.train()(x)
+    assert isinstance(out, ClassifierOutput)
+    assert out.logits.shape == out.aux_logits.shape == (2,)
+    main = F.binary_cross_entropy_with_logits(out.logits, y)
+    aux = F.binary_cross_entropy_with_logits(out.aux_logits, y)
+    assert torch.allclose(classification_loss(out, y), main + 0.4 * aux)
+    classification_loss(out, y).backward()
+    assert model.aux_head.weight.grad is not None
+
+    with torch.no_grad():
+        logits = model.eval()(x)
+    assert isinstance(logits, torch.Tensor) and logits.shape == (2,)
+    assert torch.allclose(classification_loss(logits, y), F.binary_cross_entropy_with_logits(logits, y))
+
+
+# ---------------------------------------------------------------- freezing
+
+
+def test_freeze_and_unfreeze_backbone(inception75: TumorClassifier) -> None:
+    model = inception75
+    backbone, head = model.backbone_parameters(), model.head_parameters()
+    n_total = sum(p.numel() for p in model.parameters())
+    n_head = sum(p.numel() for p in head)
+    assert n_head == 2048 * 100 + 100 + 100 + 1
+    assert sum(p.numel() for p in backbone) + n_head == n_total
+    assert {id(p) for p in backbone}.isdisjoint(id(p) for p in head)
+
+    model.set_backbone_trainable(False)
+    model.train()
+    assert not model.backbone_trainable
+    assert not any(p.requires_grad for p in backbone) and all(p.requires_grad for p in head)
+    batchnorms = [m for m in model.backbone.modules() if isinstance(m, nn.BatchNorm2d)]
+    assert batchnorms and not any(m.training for m in batchnorms)
+    assert model.training and model.head.training
+    stats = batchnorms[0].running_mean.clone()
+    classification_loss(model(torch.rand(2, 1, 75, 75)), torch.tensor([1, 0])).backward()
+    assert all(p.grad is None for p in backbone) and all(p.grad is not None for p in head)
+    assert torch.equal(batchnorms[0].running_mean, stats)
+
+    model.set_backbone_trainable(True)
+    assert all(p.requires_grad for p in model.parameters())
+    assert all(m.training for m in batchnorms)
+    model(torch.rand(2, 1, 75, 75))
+    assert not torch.equal(batchnorms[0].running_mean, stats)
+
+
+def test_head_parameters_include_aux_head(inception299: TumorClassifier) -> None:
+    model = inception299
+    ids = {id(p) for p in model.head_parameters()}
+    assert id(model.aux_head.weight) in ids and id(model.aux_head.bias) in ids
+    assert not ids & {id(p) for p in model.backbone_parameters()}
