@@ -114,3 +114,72 @@ class PrepareConfig(_Frozen):
     data: DataConfig = Field(default_factory=DataConfig, description="Inputs and outputs.")
     slices: SlicesConfig = Field(default_factory=SlicesConfig, description="Slice selection and extraction.")
     reports: ReportsConfig = Field(default_factory=ReportsConfig, description="Report filtering rules.")
+
+
+class ModelConfig(_Frozen):
+    """The network: backbone, its starting weights and the new dense head."""
+
+    model: Literal["vgg16", "inception_v3"] = Field("vgg16", description="torchvision backbone.")
+    weights: str = Field(
+        "imagenet",
+        description="imagenet (torchvision's cache, $TORCH_HOME/hub/checkpoints), none (from scratch) "
+        "or a path to a state_dict file.",
+    )
+    head: Literal["single", "dense4"] = Field(
+        "single", description="single: one dense layer of 100 units; dense4: 8192, 2048, 512, 128 units."
+    )
+    dropout: float = Field(0.5, ge=0.0, lt=1.0, description="Dropout in the head.")
+
+
+class TrainParams(_Frozen):
+    """Optimisation, schedule and hardware."""
+
+    optimizer: Literal["sgd", "adam"] = Field("sgd", description="SGD with momentum (the study) or Adam.")
+    lr: float = Field(0.001, gt=0, description="Learning rate.")
+    momentum: float = Field(0.9, ge=0, lt=1, description="SGD momentum.")
+    batch_size: int = Field(64, ge=1, description="Images per batch.")
+    epochs: int = Field(10, ge=1, description="Maximum number of epochs.")
+    patience: int | None = Field(
+        20, ge=1, description="Early stopping: epochs without a better validation loss; none disables it."
+    )
+    freeze_epochs: int = Field(0, ge=0, description="Epochs with the backbone frozen before fine-tuning.")
+    unfreeze_lr_factor: float = Field(
+        0.1, gt=0, le=1, description="Backbone learning rate after unfreezing, as a fraction of lr."
+    )
+    class_balance: Literal["weights", "sampler", "none"] = Field(
+        "weights", description="Counter the rare positive class by loss weighting or a balanced sampler."
+    )
+    image_size: int = Field(224, ge=32, le=1024, description="Network input side (224, 299, 500).")
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: CUDA when available.")
+    num_workers: int | None = Field(None, ge=0, description="DataLoader workers; default from the CPU count.")
+    seed: int = Field(0, description="Seed for initialisation, shuffling, dropout and augmentation.")
+    max_batches: int | None = Field(
+        None, ge=1, description="Cap on batches per epoch (smoke tests and demos only)."
+    )
+
+
+class AugmentConfig(_Frozen):
+    """Augmentation, online during training and offline for class balancing."""
+
+    online: bool = Field(True, description="Random flips, rotations, zoom, shifts and brightness in training.")
+    flip_p: float = Field(0.5, ge=0, le=1, description="Probability of each horizontal and vertical flip.")
+    max_rotation: float = Field(90.0, ge=0, le=180, description="Rotations up to this many degrees.")
+    zoom: tuple[float, float] = Field((0.9, 1.1), description="Zoom (scale) range.")
+    shift: float = Field(0.1, ge=0, le=0.5, description="Shifts up to this fraction of the side.")
+    brightness: float = Field(0.2, ge=0, le=1, description="Brightness jitter.")
+    offline_balance: bool = Field(
+        False, description="Write augmented copies of training positives up to target_ratio (single-slice)."
+    )
+    target_ratio: float = Field(
+        1.0, gt=0, le=1, description="Offline balancing: positives per negative in the training split."
+    )
+
+
+class TrainConfig(_Frozen):
+    """Configuration of the ``train-classifier`` flow."""
+
+    manifest: str = Field("output/manifest.parquet", description="manifest.parquet written by prepare-data.")
+    run_dir: str = Field("runs/run", description="Folder for checkpoints, history and the config.")
+    model: ModelConfig = Field(default_factory=ModelConfig, description="Network.")
+    train: TrainParams = Field(default_factory=TrainParams, description="Optimisation.")
+    augment: AugmentConfig = Field(default_factory=AugmentConfig, description="Augmentation.")
