@@ -1,0 +1,64 @@
+"""Shared fixtures: tiny synthetic DICOMs shaped like BCS-DBT volumes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import pytest
+
+from tasks.synthetic import write_dbt_dicom
+
+
+def breast_phantom(
+    n_frames: int = 5, rows: int = 64, columns: int = 48, *, side: str = "R", seed: int = 0
+) -> np.ndarray:
+    """Stored 10-bit frames with a half-ellipse "breast" touching the ``side`` edge.
+
+    Each frame has its own texture, so frames can be told apart; the background is dark,
+    so Duke's edge-sum rule finds the breast on ``side``.
+    """
+    rng = np.random.default_rng(seed)
+    r = np.arange(rows, dtype=np.float64)[:, None]
+    c = np.arange(columns, dtype=np.float64)[None, :]
+    from_edge = (columns - 1 - c) if side == "R" else c
+    inside = ((r - rows / 2) / (0.45 * rows)) ** 2 + (from_edge / (0.8 * columns)) ** 2 < 1
+    frames = np.empty((n_frames, rows, columns), dtype=np.uint16)
+    for k in range(n_frames):
+        noise = rng.integers(-60, 60, (rows, columns))
+        tissue = 520 + 330 * np.sin(r / 5 + k) * np.cos(c / 7 - k) + noise
+        frames[k] = np.clip(np.where(inside, tissue, 12 + 3 * k), 0, 1023)
+    return frames
+
+
+@pytest.fixture
+def make_dbt(tmp_path: Path) -> Callable[..., tuple[Path, np.ndarray]]:
+    """Factory: ``make_dbt(name, frames=None, *, view="rcc", **write_dbt_dicom_kwargs)``.
+
+    Writes a multi-frame JPEG 2000 DBT file (window 512/600 in the shared functional groups
+    unless overridden) and returns ``(path, stored_frames)``.
+    """
+
+    def make(name: str = "volume.dcm", frames: np.ndarray | None = None, **kwargs: Any):
+        view = kwargs.pop("view", "rcc")
+        if frames is None:
+            frames = breast_phantom(side=view[0].upper())
+        options = {"patient_id": "DBT-P00001", "study_uid": "DBT-S00001", "window_center": 512.0,
+                   "window_width": 600.0, **kwargs}
+        path = write_dbt_dicom(tmp_path / name, frames, view=view, **options)
+        return path, frames
+
+    return make
+
+
+@pytest.fixture
+def dbt_volume(make_dbt: Callable[..., tuple[Path, np.ndarray]]) -> tuple[Path, np.ndarray]:
+    """A 5-frame 64 x 48 rcc volume stored the right way round: ``(path, stored_frames)``."""
+    return make_dbt()
+
+
+@pytest.fixture
+def phantom() -> Callable[..., np.ndarray]:
+    """The :func:`breast_phantom` generator, for tests that build their own volumes."""
+    return breast_phantom
