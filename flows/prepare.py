@@ -16,7 +16,7 @@ from prefect.runtime import flow_run
 from tasks import cohorts as cohorts_mod
 from tasks import steps
 from tasks.config import PrepareConfig
-from tasks.extract import remove_stale_temporaries, shard_jobs
+from tasks.extract import remove_stale_temporaries, shard_jobs, split_finished
 
 
 def _run_name() -> str:
@@ -38,7 +38,30 @@ def _task_runner(config: PrepareConfig) -> Any:
                                               "threads_per_worker": 1, "processes": True})
     from prefect.task_runners import ProcessPoolTaskRunner
 
+    _share_ephemeral_api()
     return ProcessPoolTaskRunner(max_workers=s.workers or os.cpu_count() or 1)
+
+
+def _share_ephemeral_api() -> None:
+    """Point worker processes at this process's temporary Prefect server.
+
+    Without a configured PREFECT_API_URL each spawned worker would start a temporary
+    server of its own (seconds each) and its task runs would not show in this run's
+    view. Prefect keeps its temporary servers in a class-level registry; there is no
+    public accessor, so this reads it and does nothing when none is running.
+    """
+    if os.environ.get("PREFECT_API_URL"):
+        return
+    from prefect.settings import get_current_settings
+
+    if get_current_settings().api.url:
+        return
+    from prefect.server.api.server import SubprocessASGIServer
+
+    for server in list(getattr(SubprocessASGIServer, "_instances", {}).values()):
+        if getattr(server, "running", False):
+            os.environ["PREFECT_API_URL"] = server.api_url
+            return
 
 
 def _extract(jobs: list[dict[str, Any]], config: PrepareConfig) -> list[str]:
@@ -48,17 +71,25 @@ def _extract(jobs: list[dict[str, Any]], config: PrepareConfig) -> list[str]:
     logger = get_run_logger()
     out = config.data.output_dir
     s = config.slices
-    shards = shard_jobs(jobs, s.shard_size)
+    done, todo = split_finished(jobs, data_root=config.data.data_root, out_dir=out,
+                                image_size=s.image_size, seed=s.seed)
+    if not todo:
+        logger.info("extraction: all %d volumes already extracted with the same inputs", len(jobs))
+        create_progress_artifact(100.0, key="extraction-progress",
+                                 description=f"Extraction of {len(jobs)} volumes: nothing to do")
+        return done
+    shards = shard_jobs(todo, s.shard_size)
     params = [{"jobs": shard, "data_root": config.data.data_root, "out_dir": out,
                "image_size": s.image_size, "seed": s.seed} for shard in shards]
-    artifact = create_progress_artifact(0.0, key="extraction-progress",
-                                        description=f"Extraction of {len(jobs)} volumes in {len(shards)} shards")
-    records: list[str] = []
+    artifact = create_progress_artifact(
+        100.0 * len(done) / len(jobs), key="extraction-progress",
+        description=f"Extraction of {len(todo)} of {len(jobs)} volumes in {len(shards)} shards")
+    records: list[str] = list(done)
     decoded = 0
     runner = _task_runner(config)
     bar = Progress(disable=not sys.stderr.isatty(), transient=False)
     with bar, (runner if runner is not None else nullcontext()):
-        todo = bar.add_task("extracting volumes", total=len(jobs))
+        bar_task = bar.add_task("extracting volumes", total=len(todo))
         if runner is None:
             results = (steps.extract_shard_task(**p) for p in params)
         else:
@@ -67,11 +98,25 @@ def _extract(jobs: list[dict[str, Any]], config: PrepareConfig) -> list[str]:
         for done, (shard, result) in enumerate(zip(shards, results), start=1):
             records.extend(result["records"])
             decoded += result["decoded"]
-            bar.advance(todo, len(shard))
+            bar.advance(bar_task, len(shard))
             update_progress_artifact(artifact, 100.0 * done / max(len(shards), 1))
-    logger.info("extraction: %d volumes, %d decoded, %d reused from earlier runs",
+    logger.info("extraction: %d volumes, %d extracted now, %d reused from earlier runs",
                 len(jobs), decoded, len(jobs) - decoded)
     return records
+
+
+def _output_paths(result: Any) -> list[Path]:
+    values = result.values() if isinstance(result, dict) else [result]
+    return [Path(v) for v in values if isinstance(v, str)]
+
+
+def _cached(step: Any, cache: dict[str, Any], *args: Any) -> Any:
+    """Call a cached task; if its cached result names files that are gone, run it again."""
+    result = step.with_options(**cache)(*args)
+    if not all(p.exists() for p in _output_paths(result)):
+        get_run_logger().info("%s: cached outputs are missing, recomputing", step.name)
+        result = step.with_options(**cache, refresh_cache=True)(*args)
+    return result
 
 
 @flow(name="prepare-data", flow_run_name=_run_name, log_prints=True)
@@ -94,17 +139,14 @@ def prepare_data(config: PrepareConfig = PrepareConfig()) -> dict[str, Any]:
 
     csvs = cohorts_mod.find_bcs_csvs(config.data.data_root)
     csv_files = sorted(str(p) for paths in csvs.values() for p in paths)
-    cohort = steps.group_cohorts.with_options(**cache)(
-        csv_files, config.data.data_root, config.data.reports, config
-    )
-    plan = steps.select_slices.with_options(**cache)(cohort["volumes"], cohort["boxes"], config)
-    splits = steps.split_patients.with_options(**cache)(cohort["volumes"], config)
+    cohort = _cached(steps.group_cohorts, cache, csv_files, config.data.data_root, config.data.reports, config)
+    plan = _cached(steps.select_slices, cache, cohort["volumes"], cohort["boxes"], config)
+    splits = _cached(steps.split_patients, cache, cohort["volumes"], config)
     jobs = pd.read_parquet(plan)[["patient_id", "study_uid", "view", "descriptive_path",
                                   "classic_path", "frames_rule"]].to_dict("records")
     records = _extract(jobs, config)
-    outputs = steps.write_manifest.with_options(**cache)(
-        plan, splits, sorted(records), [cohort["summary"], cohort["rejects"]], config
-    )
+    outputs = _cached(steps.write_manifest, cache, plan, splits, sorted(records),
+                      [cohort["summary"], cohort["rejects"]], config)
     manifest = pd.read_parquet(outputs["manifest"])
     table = (manifest.groupby(["split", "cohort"]).agg(images=("image_path", "size"),
                                                         patients=("patient_id", "nunique"))

@@ -72,6 +72,41 @@ def _load_record(record_path: Path, key: str) -> dict[str, Any] | None:
     return record
 
 
+def finished_record(
+    job: dict[str, Any], *, data_root: str | os.PathLike[str], out_dir: str | os.PathLike[str],
+    image_size: int, seed: int, resolver: VolumeResolver,
+) -> Path | None:
+    """The record of ``job`` if an earlier run already extracted it with the same inputs."""
+    ids = (str(job["patient_id"]), str(job["study_uid"]), str(job["view"]))
+    path, _ = resolver.resolve(job.get("descriptive_path"), job.get("classic_path"), ids[0], study_uid=ids[1])
+    if path is None:
+        return None  # missing volumes are looked for again on every run
+    record_path = volume_dir(out_dir, *ids) / RECORD_NAME
+    key = _volume_key(job, path, image_size, seed)
+    return record_path if _load_record(record_path, key) is not None else None
+
+
+def split_finished(
+    jobs: list[dict[str, Any]], *, data_root: str, out_dir: str, image_size: int, seed: int
+) -> tuple[list[str], list[dict[str, Any]]]:
+    """Split the plan into records already done (same inputs) and jobs still to extract.
+
+    This costs a directory listing and a small JSON read per volume, so a rerun with
+    nothing changed starts no worker at all.
+    """
+    resolver = VolumeResolver(data_root)
+    done: list[str] = []
+    todo: list[dict[str, Any]] = []
+    for job in jobs:
+        record = finished_record(job, data_root=data_root, out_dir=out_dir, image_size=image_size,
+                                 seed=seed, resolver=resolver)
+        if record is None:
+            todo.append(job)
+        else:
+            done.append(str(record))
+    return done, todo
+
+
 def extract_volume(
     job: dict[str, Any], *, data_root: str | os.PathLike[str], out_dir: str | os.PathLike[str],
     image_size: int, seed: int, resolver: VolumeResolver | None = None,

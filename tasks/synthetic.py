@@ -224,16 +224,12 @@ def write_dbt_dicom(
     if frames.ndim != 3:
         raise ValueError(f"frames must be (n, rows, cols), got shape {frames.shape}")
     n, rows, cols = frames.shape
-    ds = _dbt_dataset(
-        n=n, rows=rows, cols=cols, patient_id=patient_id, study_uid=study_uid, view=view,
-        window_center=window_center, window_width=window_width,
-        frame_laterality=frame_laterality, bits_stored=bits_stored, photometric=photometric,
-        window_location=window_location,
+    return write_dbt_dicom_frames(
+        path, iter(frames), n_frames=n, rows=rows, columns=cols, patient_id=patient_id,
+        study_uid=study_uid, view=view, window_center=window_center, window_width=window_width,
+        frame_laterality=frame_laterality, transfer_syntax=transfer_syntax, bits_stored=bits_stored,
+        photometric=photometric, window_location=window_location,
     )
-    ds.PixelData = frames.tobytes()
-    if transfer_syntax != ExplicitVRLittleEndian:
-        ds.compress(transfer_syntax, frames, generate_instance_uid=False)
-    return _save_atomic(ds, path)
 
 
 def write_dbt_dicom_frames(

@@ -1,0 +1,82 @@
+"""Extraction records: reuse on rerun, only new volumes extracted, rejects recorded."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from tasks.cohorts import build_volume_table, cohorts_from_labels, load_bcs_tables
+from tasks.extract import extract_shard, remove_stale_temporaries, split_finished
+from tasks.slices import select_slices
+
+
+@pytest.fixture(scope="module")
+def plan_and_root(tmp_path_factory: pytest.TempPathFactory) -> tuple[pd.DataFrame, Path]:
+    from tasks.synthetic import generate_dataset
+
+    root = tmp_path_factory.mktemp("extract-data")
+    generate_dataset(root, patients=20, seed=5, rows=64, columns=48, frames=(6, 9), reports=False)
+    tables = load_bcs_tables(root)
+    cohorts, rejects = cohorts_from_labels(tables.labels)
+    volumes = build_volume_table(tables.file_paths, cohorts, tables.boxes, cohort_rejects=rejects)
+    plan = select_slices(volumes, tables.boxes, strategy="single-slice", seed=0)
+    return plan, root
+
+
+def _jobs(plan: pd.DataFrame) -> list[dict]:
+    return plan[["patient_id", "study_uid", "view", "descriptive_path", "classic_path", "frames_rule"]].to_dict("records")
+
+
+def test_adding_patients_extracts_only_theirs(plan_and_root, tmp_path) -> None:
+    plan, root = plan_and_root
+    jobs = _jobs(plan)
+    patients = sorted({j["patient_id"] for j in jobs})
+    first = [j for j in jobs if j["patient_id"] in patients[: len(patients) // 2]]
+    out = str(tmp_path / "out")
+    result = extract_shard(first, data_root=str(root), out_dir=out, image_size=32, seed=0)
+    assert result["decoded"] == len(first)
+    pngs = {p: p.stat().st_mtime_ns for p in Path(out).rglob("*.png")}
+
+    done, todo = split_finished(jobs, data_root=str(root), out_dir=out, image_size=32, seed=0)
+    assert len(done) == len(first) and len(todo) == len(jobs) - len(first)
+    again = extract_shard(jobs, data_root=str(root), out_dir=out, image_size=32, seed=0)
+    assert again["decoded"] == len(jobs) - len(first)
+    assert {p: p.stat().st_mtime_ns for p in pngs} == pngs
+
+    # A different image size is different work.
+    _, todo = split_finished(jobs, data_root=str(root), out_dir=out, image_size=48, seed=0)
+    assert len(todo) == len(jobs)
+
+
+def test_missing_and_corrupt_volumes_become_rejects(plan_and_root, tmp_path) -> None:
+    plan, root = plan_and_root
+    jobs = _jobs(plan)[:3]
+    broken = dict(jobs[0], descriptive_path="Breast-Cancer-Screening-DBT/DBT-P99999/x/y/1-1.dcm",
+                  classic_path="Breast-Cancer-Screening-DBT/DBT-P99999/a/b/1-1.dcm", patient_id="DBT-P99999")
+    corrupt_file = tmp_path / "data" / "Breast-Cancer-Screening-DBT" / "DBT-P88888" / "s" / "1.000000-1" / "1-1.dcm"
+    corrupt_file.parent.mkdir(parents=True)
+    corrupt_file.write_bytes(b"this is not a DICOM file" * 10)
+    corrupt = dict(jobs[1], patient_id="DBT-P88888",
+                   descriptive_path="Breast-Cancer-Screening-DBT/DBT-P88888/s/1.000000-1/1-1.dcm")
+    out = tmp_path / "out"
+    result = extract_shard([broken], data_root=str(root), out_dir=str(out), image_size=32, seed=0)
+    record = json.loads(Path(result["records"][0]).read_text())
+    assert record["reject"].startswith("missing volume: not found")
+    result = extract_shard([corrupt], data_root=str(tmp_path / "data"), out_dir=str(out), image_size=32, seed=0)
+    record = json.loads(Path(result["records"][0]).read_text())
+    assert "1-1.dcm" in record["reject"] and record["frames"] == []
+    good = extract_shard([jobs[2]], data_root=str(root), out_dir=str(out), image_size=32, seed=0)
+    assert json.loads(Path(good["records"][0]).read_text())["reject"] is None
+
+
+def test_stale_temporaries_removed(tmp_path) -> None:
+    (tmp_path / "slices" / "p").mkdir(parents=True)
+    stale = tmp_path / "slices" / "p" / ".0001.png.abc123.tmp"
+    stale.write_bytes(b"partial")
+    keep = tmp_path / "slices" / "p" / "0001.png"
+    keep.write_bytes(b"png")
+    assert remove_stale_temporaries(tmp_path) == 1
+    assert not stale.exists() and keep.exists()
