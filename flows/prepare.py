@@ -137,16 +137,23 @@ def prepare_data(config: PrepareConfig = PrepareConfig()) -> dict[str, Any]:
         logger.info("removed %d temporary files left by an interrupted run", stale)
     cache = {"result_storage": (out / ".cache").resolve()}
 
-    csvs = cohorts_mod.find_bcs_csvs(config.data.data_root)
+    reports = None
+    if config.data.reports:
+        reports = _cached(steps.filter_reports, cache, config.data.reports, config)
+    csvs = cohorts_mod.find_bcs_csvs(config.data.data_root,
+                                     require_labels=config.data.use_labels and reports is None)
     csv_files = sorted(str(p) for paths in csvs.values() for p in paths)
-    cohort = _cached(steps.group_cohorts, cache, csv_files, config.data.data_root, config.data.reports, config)
+    cohort = _cached(steps.group_cohorts, cache, csv_files, config.data.data_root,
+                     reports["studies"] if reports else None, config)
     plan = _cached(steps.select_slices, cache, cohort["volumes"], cohort["boxes"], config)
     splits = _cached(steps.split_patients, cache, cohort["volumes"], config)
     jobs = pd.read_parquet(plan)[["patient_id", "study_uid", "view", "descriptive_path",
                                   "classic_path", "frames_rule"]].to_dict("records")
     records = _extract(jobs, config)
-    outputs = _cached(steps.write_manifest, cache, plan, splits, sorted(records),
-                      [cohort["summary"], cohort["rejects"]], config)
+    parts = [cohort["summary"], cohort["rejects"]]
+    if reports:
+        parts += [reports["summary"], reports["rejects"]]
+    outputs = _cached(steps.write_manifest, cache, plan, splits, sorted(records), parts, config)
     manifest = pd.read_parquet(outputs["manifest"])
     table = (manifest.groupby(["split", "cohort"]).agg(images=("image_path", "size"),
                                                         patients=("patient_id", "nunique"))

@@ -142,7 +142,7 @@ def _kind_of(match: re.Match[str]) -> str:
     return "file-paths" if kind == "filepaths" else kind
 
 
-def find_bcs_csvs(data_root: str | os.PathLike[str]) -> dict[str, list[Path]]:
+def find_bcs_csvs(data_root: str | os.PathLike[str], *, require_labels: bool = True) -> dict[str, list[Path]]:
     """Find the BCS-DBT CSVs in ``data_root`` or up to two folder levels below it.
 
     Both spellings of the names are accepted, case-insensitively:
@@ -156,10 +156,11 @@ def find_bcs_csvs(data_root: str | os.PathLike[str]) -> dict[str, list[Path]]:
     Args:
         data_root: The download folder (the CSVs may sit beside ``Breast-Cancer-Screening-DBT``
             or in a sub-folder such as ``manifest-1617905855234/``).
+        require_labels: Fail without a labels CSV (False when cohorts come from reports).
 
     Returns:
         ``{"file-paths": [...], "labels": [...], "boxes": [...]}``, each list sorted by path
-        (``boxes`` may be empty).
+        (``boxes`` and, without ``require_labels``, ``labels`` may be empty).
 
     Raises:
         ValueError: ``data_root`` is not a folder, or no file-paths or no labels CSV was found.
@@ -201,7 +202,8 @@ def find_bcs_csvs(data_root: str | os.PathLike[str]) -> dict[str, list[Path]]:
     for kind in found:
         found[kind].sort()
 
-    missing = [kind for kind in ("file-paths", "labels") if not found[kind]]
+    needed = ("file-paths", "labels") if require_labels else ("file-paths",)
+    missing = [kind for kind in needed if not found[kind]]
     if missing:
         listing = ", ".join(p.name for p in [*sum(found.values(), []), *other]) or "no CSV files"
         raise ValueError(
@@ -354,7 +356,7 @@ def _dedupe(table: pd.DataFrame, kind: str, key: list[str]) -> pd.DataFrame:
     return table.reset_index(drop=True)
 
 
-def load_bcs_tables(data_root: str | os.PathLike[str]) -> BcsTables:
+def load_bcs_tables(data_root: str | os.PathLike[str], *, require_labels: bool = True) -> BcsTables:
     """Find, read, validate and concatenate the BCS-DBT CSVs of every split.
 
     Column names become snake_case (``PatientID`` -> ``patient_id``, ``Class`` ->
@@ -365,6 +367,7 @@ def load_bcs_tables(data_root: str | os.PathLike[str]) -> BcsTables:
 
     Args:
         data_root: The download folder (see :func:`find_bcs_csvs`).
+        require_labels: See :func:`find_bcs_csvs`; without labels the table is empty.
 
     Returns:
         The three tables.
@@ -375,7 +378,7 @@ def load_bcs_tables(data_root: str | os.PathLike[str]) -> BcsTables:
             box coordinate, a box class other than benign/cancer); the message names the file,
             the line and the value.
     """
-    found = find_bcs_csvs(data_root)
+    found = find_bcs_csvs(data_root, require_labels=require_labels)
     file_paths = _dedupe(_load_kind(found["file-paths"], "file-paths"), "file-paths", KEY)
     labels = _dedupe(_load_kind(found["labels"], "labels"), "labels", KEY)
     boxes = _dedupe(_load_kind(found["boxes"], "boxes"), "boxes", _REQUIRED["boxes"])
@@ -461,6 +464,38 @@ def cohorts_from_labels(labels: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFram
     kept["cohort_source"] = "labels"
     kept["n_flags"] = n_flags[~none].astype("int64")
     return kept[COHORT_COLUMNS], rejects[REJECT_COLUMNS]
+
+
+def cohorts_from_reports(studies: pd.DataFrame, file_paths: pd.DataFrame) -> pd.DataFrame:
+    """Per-volume cohorts from report-derived study cohorts (:func:`tasks.reports.study_cohorts`).
+
+    A study's cohort applies to its volumes (the views the file-paths table lists for it).
+    Where the deciding pathology names one side (``side`` ``L``/``R``), only that side's
+    views take the cohort and the other side's views are ``normal``: a cancer in the left
+    breast does not make the right breast a tumour.
+
+    Args:
+        studies: ``patient_id, study_uid, cohort, side`` per study.
+        file_paths: :attr:`BcsTables.file_paths` (which views each study has).
+
+    Returns:
+        A cohort source with :data:`COHORT_COLUMNS` and ``cohort_source="reports"``.
+    """
+    missing = [c for c in ("patient_id", "study_uid", "cohort", "side") if c not in studies.columns]
+    if missing:
+        raise ValueError(f"report study cohorts: missing columns {missing}")
+    views = file_paths[KEY].astype(str).drop_duplicates()
+    merged = views.merge(studies.astype({"patient_id": str, "study_uid": str}),
+                         on=["patient_id", "study_uid"], how="inner")
+    side = merged["side"].astype("object")
+    other_side = side.notna() & (merged["view"].str[0].str.upper() != side.fillna(""))
+    cohort = merged["cohort"].astype(str).where(~other_side, "normal")
+    out = merged[KEY].copy()
+    out["cohort"] = cohort.to_numpy()
+    out["label"] = _label_for(out["cohort"])
+    out["cohort_source"] = "reports"
+    out["n_flags"] = pd.array([pd.NA] * len(out), dtype="Int64")
+    return out[COHORT_COLUMNS].sort_values(KEY, kind="stable").reset_index(drop=True)
 
 
 def combine_cohorts(sources: Sequence[pd.DataFrame]) -> tuple[pd.DataFrame, dict[str, int]]:

@@ -15,6 +15,7 @@ import pandas as pd
 from prefect import task
 
 from tasks import cohorts as cohorts_mod
+from tasks import reports as reports_mod
 from tasks import slices as slices_mod
 from tasks import splits as splits_mod
 from tasks.caching import content_cache_key_fn
@@ -30,24 +31,67 @@ def _work(out_dir: str) -> Path:
     return Path(out_dir) / ".work"
 
 
-@task(name="group-cohorts", cache_key_fn=content_cache_key_fn(files=("csv_files", "reports")), **_CACHED)
-def group_cohorts(csv_files: list[str], data_root: str, reports: str | None, config: PrepareConfig) -> dict[str, str]:
-    """Group volumes into cohorts from the labels CSV (and reports, when given)."""
-    tables = cohorts_mod.load_bcs_tables(data_root)
-    cohorts, label_rejects = cohorts_mod.cohorts_from_labels(tables.labels)
-    combined, disagreements = cohorts_mod.combine_cohorts([cohorts])
+@task(name="filter-reports", cache_key_fn=content_cache_key_fn(files=("reports",)), **_CACHED)
+def filter_reports(reports: str, config: PrepareConfig) -> dict[str, str]:
+    """DEDUCE-style filter of the report export; derive each study's cohort (no text kept)."""
+    r = config.reports
+    result = reports_mod.filter_reports(
+        reports_mod.read_reports(reports), radiology_type=r.radiology_type, pathology_type=r.pathology_type,
+        radiology_terms=r.radiology_terms, pathology_terms=r.pathology_terms,
+        start_date=r.start_date, end_date=r.end_date,
+    )
+    studies, unreadable = reports_mod.study_cohorts(
+        result.kept, radiology_type=r.radiology_type, pathology_type=r.pathology_type,
+        window_days=r.pathology_window_days,
+    )
+    out = Path(config.data.output_dir)
+    rejects = typed_frame(
+        [{"kind": "report", **row} for row in pd.concat([result.rejects, unreadable]).to_dict("records")],
+        REJECT_COLUMNS,
+    )
+    counts = dict(result.counts)
+    counts["radiology_without_birads"] = int(len(unreadable))
+    counts["studies_per_derived_cohort"] = {
+        str(k): int(v) for k, v in studies["cohort"].value_counts().sort_index().items()
+    }
+    return {
+        "kept": str(atomic_write_parquet(out / "reports_filtered.parquet", result.kept)),
+        "studies": str(atomic_write_parquet(_work(str(out)) / "report_studies.parquet", studies)),
+        "rejects": str(atomic_write_parquet(_work(str(out)) / "report_rejects.parquet", rejects)),
+        "summary": str(atomic_write_json(_work(str(out)) / "reports_summary.json", {"reports": counts})),
+    }
+
+
+@task(name="group-cohorts", cache_key_fn=content_cache_key_fn(files=("csv_files", "report_studies")), **_CACHED)
+def group_cohorts(csv_files: list[str], data_root: str, report_studies: str | None,
+                  config: PrepareConfig) -> dict[str, str]:
+    """Group volumes into cohorts from the labels CSV and/or report-derived study cohorts."""
+    use_labels = config.data.use_labels
+    tables = cohorts_mod.load_bcs_tables(data_root, require_labels=use_labels and report_studies is None)
+    sources, label_rejects = [], tables.labels.iloc[0:0][["patient_id", "study_uid", "view"]].assign(reason="")
+    if use_labels and len(tables.labels):
+        from_labels, label_rejects = cohorts_mod.cohorts_from_labels(tables.labels)
+        sources.append(from_labels)
+    if report_studies is not None:
+        sources.append(cohorts_mod.cohorts_from_reports(pd.read_parquet(report_studies), tables.file_paths))
+    if not sources:
+        raise ValueError(
+            f"{data_root}: no cohort source: no labels CSV was used and no report export was given; "
+            "pass --reports FILE or put the BCS-DBT labels CSVs in the data root"
+        )
+    combined, disagreements = cohorts_mod.combine_cohorts(sources)
     volumes = cohorts_mod.build_volume_table(
         tables.file_paths, combined, tables.boxes, cohort_rejects=label_rejects
     )
     work = _work(config.data.output_dir)
     summary = {
+        "cohort_sources": [str(s["cohort_source"].iloc[0]) for s in sources if len(s)],
         "volumes": cohorts_mod.volume_counts(volumes),
         "label_rejects": int(len(label_rejects)),
         "disagreements": disagreements,
     }
     rejects = typed_frame(
-        [{"kind": "label", **r, "reason": r.get("reason")} for r in label_rejects.to_dict("records")],
-        REJECT_COLUMNS,
+        [{"kind": "label", **r} for r in label_rejects.to_dict("records")], REJECT_COLUMNS
     )
     return {
         "volumes": str(atomic_write_parquet(work / "volumes.parquet", volumes)),
