@@ -1,0 +1,66 @@
+"""The `tomoflow` command line: synth, export-slices and error reporting."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from flows.cli import main
+
+
+@pytest.fixture(scope="module")
+def synth_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("cli") / "data"
+    assert main(["synth", str(root), "--patients", "20", "--seed", "2", "--rows", "64", "--columns", "48",
+                 "--frames", "6-8"]) == 0
+    return root
+
+
+def test_synth_writes_bcs_dbt_layout(synth_root: Path, capsys) -> None:
+    names = {p.name for p in synth_root.glob("*.csv")}
+    assert "BCS-DBT file-paths-train-v2.csv" in names and "BCS-DBT-labels-validation-v2.csv" in names
+    assert (synth_root / "reports.csv").is_file()
+    assert len(list((synth_root / "Breast-Cancer-Screening-DBT").rglob("1-1.dcm"))) >= 60
+
+
+def test_export_slices_files_and_json_lines(synth_root: Path, tmp_path: Path, capsys) -> None:
+    dcm = sorted((synth_root / "Breast-Cancer-Screening-DBT").rglob("1-1.dcm"))[0]
+    out = tmp_path / "frames"
+    assert main(["export-slices", str(dcm), "--out", str(out), "--frames", "0,2", "--view", "rcc",
+                 "--image-size", "40"]) == 0
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [rec["frame"] for rec in lines] == [0, 2]
+    for rec in lines:
+        assert {"frame", "path", "window_center", "window_width", "window_source", "rotated", "scale",
+                "pad_x", "pad_y"} <= set(rec)
+        assert rec["window_source"] == "shared"
+    assert sorted(p.name for p in out.iterdir()) == ["0000.png", "0002.png"]
+    with Image.open(out / "0002.png") as im:
+        assert im.mode == "L" and im.size == (40, 40)
+
+
+def test_export_slices_native_size_all_frames(synth_root: Path, tmp_path: Path, capsys) -> None:
+    dcm = sorted((synth_root / "Breast-Cancer-Screening-DBT").rglob("1-1.dcm"))[0]
+    assert main(["export-slices", str(dcm), "--out", str(tmp_path)]) == 0
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert len(lines) >= 6 and all(rec["scale"] == 1.0 and rec["rotated"] is False for rec in lines)
+    with Image.open(tmp_path / "0000.png") as im:
+        assert im.size == (48, 64)
+
+
+def test_bad_file_gives_clear_error_and_exit_code(tmp_path: Path, capsys) -> None:
+    bogus = tmp_path / "not-dicom.dcm"
+    bogus.write_bytes(b"hello" * 100)
+    assert main(["export-slices", str(bogus), "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert "not-dicom.dcm" in err and "error" in err
+
+
+def test_prepare_rejects_bad_configuration_before_work(tmp_path: Path, capsys) -> None:
+    assert main(["prepare", "--data-root", str(tmp_path), "--out", str(tmp_path / "o"),
+                 "--normal-fraction", "1.5"]) == 2
+    assert "normal_fraction" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
