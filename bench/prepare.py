@@ -77,13 +77,17 @@ def _reference_whole_volume(path: Path, view: str) -> float:
 
 
 def _worker_peak_rss(root: Path, jobs: list[dict], out: Path) -> float:
-    """Peak RSS (MiB) of a fresh process that extracts ``jobs`` like one worker does."""
+    """Peak RSS (MiB) of a fresh process that extracts ``jobs`` like one worker does.
+
+    Read from the child's own VmHWM: ru_maxrss would carry the parent's high-water mark
+    (this benchmark's whole-volume reference decode) across fork and exec.
+    """
     code = (
-        "import json,sys,resource; sys.path.insert(0, %r)\n"
+        "import json,sys; sys.path.insert(0, %r)\n"
         "from tasks.extract import extract_shard\n"
         "jobs=json.loads(sys.stdin.read())\n"
         "extract_shard(jobs, data_root=%r, out_dir=%r, image_size=224, seed=0)\n"
-        "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)\n"
+        "print(next(l.split()[1] for l in open('/proc/self/status') if l.startswith('VmHWM')))\n"
     ) % (str(REPO), str(root), str(out))
     res = subprocess.run([sys.executable, "-c", code], input=json.dumps(jobs), capture_output=True,
                          text=True, check=True)

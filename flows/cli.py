@@ -89,6 +89,36 @@ def _cmd_prepare(args: argparse.Namespace) -> int:
     return 0
 
 
+def train_config_from_args(args: argparse.Namespace) -> "TrainConfig":
+    """Build the ``train-classifier`` configuration from CLI options."""
+    from tasks.config import ModelConfig, TrainConfig, TrainParams, AugmentConfig
+
+    train: dict[str, object] = {"optimizer": args.optimizer, "device": args.device}
+    for name in ("epochs", "batch_size", "image_size", "patience", "lr", "freeze_epochs", "seed",
+                 "max_batches", "num_workers"):
+        value = getattr(args, name, None)
+        if value is not None:
+            train[name] = value
+    if getattr(args, "no_early_stopping", False):
+        train["patience"] = None
+    weights = args.weights
+    return TrainConfig(
+        manifest=str(args.manifest),
+        run_dir=str(args.out),
+        model=ModelConfig(model=args.model, weights=weights, head=args.head),
+        train=TrainParams(**train),
+        augment=AugmentConfig(online=not args.no_augment, offline_balance=args.balance),
+    )
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from flows.train import train_classifier
+
+    result = train_classifier(config=train_config_from_args(args))
+    print(json.dumps(result, sort_keys=True, default=str))
+    return 0
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     out = Path(args.out)
     data = out / "data"
@@ -154,6 +184,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=None, help="extraction processes (default: CPU count)")
     p.add_argument("--executor", default=None, choices=["process", "serial", "dask"])
     p.set_defaults(func=_cmd_prepare)
+
+    p = sub.add_parser("train", help="run the train-classifier flow on a prepared manifest")
+    p.add_argument("--manifest", type=Path, required=True, help="manifest.parquet from tomoflow prepare")
+    p.add_argument("--out", type=Path, required=True, help="run folder (checkpoints, history); rerun resumes")
+    p.add_argument("--model", default="vgg16", choices=["vgg16", "inception_v3"])
+    p.add_argument("--weights", default="imagenet",
+                   help="imagenet (torchvision's cache), none (from scratch) or a state_dict path")
+    p.add_argument("--head", default="single", choices=["single", "dense4"])
+    p.add_argument("--optimizer", default="sgd", choices=["sgd", "adam"])
+    p.add_argument("--epochs", type=int, default=None, help="maximum epochs (default 10)")
+    p.add_argument("--batch-size", type=int, default=None, help="default 64")
+    p.add_argument("--image-size", type=int, default=None, help="network input side (default 224)")
+    p.add_argument("--patience", type=int, default=None, help="early-stopping patience (default 20)")
+    p.add_argument("--no-early-stopping", action="store_true")
+    p.add_argument("--lr", type=float, default=None, help="learning rate (default 0.001)")
+    p.add_argument("--freeze-epochs", type=int, default=None, help="epochs with the backbone frozen")
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--max-batches", type=int, default=None, help="cap batches per epoch (smoke tests)")
+    p.add_argument("--num-workers", type=int, default=None, help="data loader workers")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--no-augment", action="store_true", help="no online augmentation")
+    p.add_argument("--balance", action="store_true", help="offline balancing of training positives")
+    p.set_defaults(func=_cmd_train)
 
     p = sub.add_parser("demo", help="the whole pipeline on a small synthetic dataset (CPU)")
     p.add_argument("--out", type=Path, default=Path("demo-output"), help="output folder")

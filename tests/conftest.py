@@ -2,6 +2,20 @@
 
 from __future__ import annotations
 
+import os
+import tempfile
+
+# Tests never touch the user's ~/.prefect: a throw-away Prefect home unless CI set one.
+os.environ.setdefault("PREFECT_HOME", tempfile.mkdtemp(prefix="tomoflow-prefect-home-"))
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+
+# Prefect's console log handler binds to the sys.stderr of the moment logging is first
+# configured. Configure it now, at collection, so it binds to pytest's session-long
+# capture rather than to a per-test capsys stream that is closed after that test.
+from prefect.logging.configuration import ensure_logging_setup  # noqa: E402
+
+ensure_logging_setup()
+
 from pathlib import Path
 from typing import Any, Callable
 

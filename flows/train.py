@@ -1,0 +1,84 @@
+"""The ``train-classifier`` flow: optional offline balancing, then resumable training."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_progress_artifact, create_table_artifact, update_progress_artifact
+from prefect.runtime import flow_run
+
+from tasks.caching import content_cache_key_fn
+from tasks.config import TrainConfig
+
+
+def _run_name() -> str:
+    config = flow_run.parameters.get("config")
+    cfg = config if isinstance(config, TrainConfig) else TrainConfig.model_validate(config or {})
+    weights = "" if cfg.model.weights == "imagenet" else " scratch" if cfg.model.weights in ("none", "None") else " custom-weights"
+    return f"train {cfg.model.model} {cfg.train.optimizer}{weights}"
+
+
+@task(name="check-weights")
+def check_weights(config: TrainConfig) -> str:
+    """Fail before any work if the starting weights are not on this machine."""
+    from models.backbones import resolve_weights
+
+    return str(resolve_weights(config.model.model, config.model.weights))
+
+
+@task(name="balance-offline", cache_key_fn=content_cache_key_fn(files=("manifest",)), persist_result=True,
+      retries=2, retry_delay_seconds=1)
+def balance_offline(manifest: str, config: TrainConfig) -> str:
+    """Write augmented copies of training positives up to the target ratio (single-slice)."""
+    from tasks.augment import balance_offline as balance
+
+    return str(balance(manifest, target_ratio=config.augment.target_ratio, seed=config.train.seed,
+                       cfg=config.augment))
+
+
+@task(name="fit-model", retries=2, retry_delay_seconds=5)
+def fit_model(config: TrainConfig) -> dict[str, Any]:
+    """Train (or resume from the run folder's last checkpoint) and return the run's files."""
+    from models.train import fit
+
+    logger = get_run_logger()
+    artifact = create_progress_artifact(0.0, key="training-progress",
+                                        description=f"Training {config.model.model} for up to {config.train.epochs} epochs")
+
+    def progress(epoch: int, row: dict[str, Any]) -> None:
+        update_progress_artifact(artifact, 100.0 * epoch / config.train.epochs)
+        logger.info("epoch %d/%d: train loss %.4f acc %.3f, val loss %.4f acc %.3f", epoch, config.train.epochs,
+                    row["train_loss"], row["train_accuracy"], row["val_loss"], row["val_accuracy"])
+
+    result = fit(config, progress=progress)
+    update_progress_artifact(artifact, 100.0)
+    return result
+
+
+@flow(name="train-classifier", flow_run_name=_run_name, log_prints=True)
+def train_classifier(config: TrainConfig = TrainConfig()) -> dict[str, Any]:
+    """Fine-tune VGG16 or Inception v3 (or train from scratch) on a prepared manifest.
+
+    Args:
+        config: Manifest, run folder, network, optimisation and augmentation.
+
+    Returns:
+        Paths of ``best``, ``last``, ``history`` and ``config`` in the run folder, and a summary.
+    """
+    logger = get_run_logger()
+    check_weights(config)
+    if config.augment.offline_balance:
+        cache = {"result_storage": (Path(config.run_dir) / ".cache").resolve()}
+        balanced = balance_offline.with_options(**cache)(config.manifest, config)
+        config = config.model_copy(update={"manifest": balanced})
+    result = fit_model(config)
+    import pandas as pd
+
+    history = pd.read_csv(result["history"])
+    create_table_artifact(history.round(4).to_dict("records"), key="training-history",
+                          description=f"Per-epoch loss and accuracy of {config.run_dir}")
+    logger.info("best epoch %s (val loss %s), %d epochs, run folder %s", result.get("best_epoch"),
+                result.get("best_val_loss"), result.get("epochs_run"), config.run_dir)
+    return result
