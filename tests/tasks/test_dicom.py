@@ -524,3 +524,33 @@ def test_real_bad_files(name, fault):
     with pytest.raises(DicomReadError, match=fault) as err:
         list(read_frames(path))
     assert path in str(err.value)
+
+
+@pytest.mark.parametrize("signed", [False, True])
+@pytest.mark.parametrize("photometric", ["MONOCHROME2", "MONOCHROME1"])
+def test_table_path_equals_per_pixel_path(signed: bool, photometric: str) -> None:
+    """Large integer frames go through a value table; the output must not change by a bit."""
+    from pydicom.dataset import Dataset
+
+    from tasks import dicom
+
+    ds = Dataset()
+    ds.PhotometricInterpretation = photometric
+    ds.BitsStored = 12
+    ds.PixelRepresentation = int(signed)
+    ds.RescaleSlope = 1.5
+    ds.RescaleIntercept = -100
+    ds.WindowCenter = 300
+    ds.WindowWidth = 900
+    info = dicom.VolumeInfo(path="x.dcm", n_frames=1, rows=700, columns=500, photometric=photometric,
+                            bits_stored=12, pixel_representation=int(signed), transfer_syntax="1.2.840.10008.1.2.1",
+                            sop_class_uid="", modality="MG")
+    rng = np.random.default_rng(1)
+    low, high = (-2048, 2047) if signed else (0, 4095)
+    raw = rng.integers(low, high + 1, (700, 500)).astype(np.int16 if signed else np.uint16)
+    raw[0, :4] = [low, high, 0, 1]
+    fast, center, width, source = dicom._render(raw, ds, 0, info)
+    slow, *_ = dicom._render_pixels(raw, ds, 0, info)
+    assert raw.size > 4 * 65536  # the table path was taken
+    assert fast.dtype == np.uint8 and np.array_equal(fast, slow)
+    assert (center, width, source) == (300.0, 900.0, "top-level")
