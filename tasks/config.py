@@ -183,3 +183,22 @@ class TrainConfig(_Frozen):
     model: ModelConfig = Field(default_factory=ModelConfig, description="Network.")
     train: TrainParams = Field(default_factory=TrainParams, description="Optimisation.")
     augment: AugmentConfig = Field(default_factory=AugmentConfig, description="Augmentation.")
+
+
+class EvaluateConfig(_Frozen):
+    """Configuration of the ``evaluate-model`` flow."""
+
+    run_dir: str = Field("runs/run", description="Training run folder (best.pt, history.csv, config.json).")
+    manifest: str | None = Field(None, description="Manifest to evaluate on; default: the one the run trained on.")
+    split: Literal["train", "validation", "test"] = Field("test", description="Split to evaluate.")
+    aggregate: Literal["max", "mean"] = Field(
+        "max", description="How slice probabilities become volume and patient probabilities."
+    )
+    threshold: float = Field(0.5, gt=0, lt=1, description="Probability at or above which a case is called tumour.")
+    bootstrap: int = Field(1000, ge=0, description="Bootstrap resamples of patients for the 95% intervals (0: none).")
+    ci: float = Field(0.95, gt=0, lt=1, description="Confidence level of the intervals.")
+    seed: int = Field(0, description="Seed of the bootstrap and of the example selection.")
+    gradcam_examples: int = Field(3, ge=0, le=20, description="Grad-CAM examples per kind (TP, FP, FN) in the report.")
+    batch_size: int = Field(64, ge=1, description="Inference batch size.")
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: CUDA when available.")
+    calibration_bins: int = Field(10, ge=2, le=50, description="Bins of the reliability diagram.")
