@@ -273,3 +273,23 @@ def test_volume_table_keeps_excluded_rows_with_reasons(tmp_path: Path) -> None:
     assert counts["excluded"] == {"actionable": 1, "no-file-path": 1, "no-flag": 1, "no-label": 1}
     assert counts["included_by_cohort"] == {"benign": 1, "cancer": 1}
     assert counts["positives_without_boxes"] == 0
+
+
+def test_cohorts_from_reports_apply_side_and_study_views() -> None:
+    from tasks.cohorts import cohorts_from_reports
+
+    file_paths = pd.DataFrame({
+        "patient_id": ["P1"] * 4 + ["P2"] * 2,
+        "study_uid": ["S1"] * 4 + ["S2"] * 2,
+        "view": ["lcc", "lmlo", "rcc", "rmlo", "lcc", "rcc"],
+        "descriptive_path": ["x"] * 6, "classic_path": ["y"] * 6,
+    })
+    studies = pd.DataFrame({"patient_id": ["P1", "P2"], "study_uid": ["S1", "S2"],
+                            "cohort": ["cancer", "benign"], "side": ["L", None]})
+    out = cohorts_from_reports(studies, file_paths).set_index("view")
+    p1 = out[out["patient_id"] == "P1"]["cohort"].to_dict()
+    assert p1 == {"lcc": "cancer", "lmlo": "cancer", "rcc": "normal", "rmlo": "normal"}
+    p2 = out[out["patient_id"] == "P2"]["cohort"].to_dict()
+    assert p2 == {"lcc": "benign", "rcc": "benign"}
+    assert set(out["cohort_source"]) == {"reports"}
+    assert out.loc[out["cohort"] == "normal", "label"].eq(0).all()
