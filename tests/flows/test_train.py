@@ -1,0 +1,56 @@
+"""The train-classifier flow: a tiny model for 2 epochs on a generated dataset, then resume."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from tasks.config import DataConfig, ModelConfig, PrepareConfig, SlicesConfig, TrainConfig, TrainParams
+
+
+@pytest.fixture(scope="module")
+def prepared(prefect_harness, small_dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from flows.prepare import prepare_data
+
+    out = tmp_path_factory.mktemp("prepared-for-train")
+    config = PrepareConfig(data=DataConfig(data_root=str(small_dataset), output_dir=str(out)),
+                           slices=SlicesConfig(strategy="all-slices", image_size=48, executor="serial"))
+    return Path(prepare_data(config=config)["manifest"])
+
+
+def _train_config(manifest: Path, run: Path, **train) -> TrainConfig:
+    return TrainConfig(
+        manifest=str(manifest), run_dir=str(run),
+        model=ModelConfig(model="vgg16", weights="none", head="single"),
+        train=TrainParams(**{"epochs": 2, "batch_size": 8, "image_size": 32, "max_batches": 2,
+                             "num_workers": 0, "device": "cpu", **train}),
+    )
+
+
+def test_train_flow_two_epochs_then_rerun_resumes(prefect_harness, prepared: Path, tmp_path: Path) -> None:
+    from flows.train import train_classifier
+
+    run = tmp_path / "run"
+    result = train_classifier(config=_train_config(prepared, run))
+    history = pd.read_csv(result["history"])
+    assert list(history["epoch"]) == [1, 2]
+    assert {"train_loss", "train_accuracy", "val_loss", "val_accuracy"} <= set(history.columns)
+    assert Path(result["best"]).is_file() and Path(result["last"]).is_file()
+    assert result["resumed_from"] == 0
+
+    again = train_classifier(config=_train_config(prepared, run))
+    assert again["resumed_from"] == 2 and again["epochs_run"] == 2
+    assert pd.read_csv(again["history"]).equals(history)
+
+
+def test_train_cli_offline_weights_error_names_the_file(prepared: Path, tmp_path: Path, monkeypatch, capsys) -> None:
+    from flows.cli import main
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty-torch-home"))
+    code = main(["train", "--manifest", str(prepared), "--out", str(tmp_path / "run"), "--weights", "imagenet"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "vgg16-397923af.pth" in err and str(tmp_path / "empty-torch-home") in err
+    assert not (tmp_path / "run" / "last.pt").exists()
