@@ -120,6 +120,21 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from flows.evaluate import evaluate_model
+    from tasks.config import EvaluateConfig
+
+    fields: dict[str, object] = {"run_dir": str(args.run), "split": args.split, "aggregate": args.aggregate,
+                                 "device": args.device}
+    for name in ("manifest", "out", "bootstrap", "threshold", "seed"):
+        value = getattr(args, name)
+        if value is not None:
+            fields["output_dir" if name == "out" else name] = str(value) if name in ("manifest", "out") else value
+    result = evaluate_model(config=EvaluateConfig(**fields))
+    print(json.dumps(result, sort_keys=True, default=str))
+    return 0
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     out = Path(args.out)
     data = out / "data"
@@ -208,6 +223,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-augment", action="store_true", help="no online augmentation")
     p.add_argument("--balance", action="store_true", help="offline balancing of training positives")
     p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser("evaluate", help="run the evaluate-model flow on a training run")
+    p.add_argument("--run", type=Path, required=True, help="training run folder (tomoflow train --out RUN)")
+    p.add_argument("--manifest", type=Path, default=None, help="default: the manifest the run trained on")
+    p.add_argument("--out", type=Path, default=None, help="output folder (default: the run folder)")
+    p.add_argument("--split", default="test", choices=["train", "validation", "test"])
+    p.add_argument("--aggregate", default="max", choices=["max", "mean"],
+                   help="slice to volume/patient aggregation (default max)")
+    p.add_argument("--threshold", type=float, default=None, help="decision threshold (default 0.5)")
+    p.add_argument("--bootstrap", type=int, default=None, help="bootstrap resamples (default 1000)")
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.set_defaults(func=_cmd_evaluate)
 
     p = sub.add_parser("demo", help="the whole pipeline on a small synthetic dataset (CPU)")
     p.add_argument("--out", type=Path, default=Path("demo-output"), help="output folder")

@@ -190,6 +190,9 @@ class EvaluateConfig(_Frozen):
 
     run_dir: str = Field("runs/run", description="Training run folder (best.pt, history.csv, config.json).")
     manifest: str | None = Field(None, description="Manifest to evaluate on; default: the one the run trained on.")
+    output_dir: str | None = Field(
+        None, description="Where predictions, metrics and the report go; default: the run folder."
+    )
     split: Literal["train", "validation", "test"] = Field("test", description="Split to evaluate.")
     aggregate: Literal["max", "mean"] = Field(
         "max", description="How slice probabilities become volume and patient probabilities."
@@ -202,3 +205,24 @@ class EvaluateConfig(_Frozen):
     batch_size: int = Field(64, ge=1, description="Inference batch size.")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: CUDA when available.")
     calibration_bins: int = Field(10, ge=2, le=50, description="Bins of the reliability diagram.")
+
+
+class PipelineConfig(_Frozen):
+    """Configuration of the ``tomoflow-pipeline`` flow: prepare, train and evaluate in one form.
+
+    Paths inside the sections that the pipeline derives (the prepared folder, the training
+    run folder, the manifest) are filled in by the pipeline from ``data``.
+    """
+
+    data: DataConfig = Field(default_factory=DataConfig, description="Inputs, and the output root.")
+    slices: SlicesConfig = Field(default_factory=SlicesConfig, description="Slice selection and extraction.")
+    reports: ReportsConfig = Field(default_factory=ReportsConfig, description="Report filtering rules.")
+    model: ModelConfig = Field(default_factory=ModelConfig, description="Network.")
+    train: TrainParams = Field(default_factory=TrainParams, description="Optimisation.")
+    augment: AugmentConfig = Field(default_factory=AugmentConfig, description="Augmentation.")
+    evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig, description="Evaluation.")
+    train_deployment: str | None = Field(
+        None,
+        description="Run training as this deployment (e.g. train-classifier/gpu-train, in the GPU work "
+        "pool) with run_deployment; none runs it as a subflow in this process.",
+    )
