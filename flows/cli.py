@@ -135,6 +135,14 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_run(args: argparse.Namespace) -> int:
+    from flows.pipeline import tomoflow_pipeline
+
+    result = tomoflow_pipeline(data_root=str(args.data_root), output_root=str(args.out), preset=args.preset)
+    print(json.dumps(result, sort_keys=True, default=str))
+    return 0
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     out = Path(args.out)
     data = out / "data"
@@ -144,16 +152,25 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         positive_fraction=0.3, no_reports=False, rows=None, columns=None,
     )
     _cmd_synth(synth)
-    prepared = out / "prepared"
-    print(f"[demo] preparing slices (single-slice strategy) into {prepared}", flush=True)
-    prep = argparse.Namespace(
-        data_root=data, out=prepared, strategy="single-slice", image_size=args.image_size,
-        seed=args.seed, normal_fraction=0.15, reports=None, no_labels=False, workers=None,
-        executor=None,
-    )
-    _cmd_prepare(prep)
-    print(f"[demo] manifest: {prepared / 'manifest.parquet'}")
-    print(f"[demo] audit:    {prepared / 'cohort_summary.json'}")
+    print("[demo] running the tomoflow-pipeline flow (preset 'demo': prepare, train, evaluate) on the CPU",
+          flush=True)
+    from flows.pipeline import tomoflow_pipeline
+
+    result = tomoflow_pipeline(data_root=str(data), output_root=str(out / "outputs"), preset="demo")
+    if result.get("note"):
+        print(f"[demo] NOTE: {result['note']}")
+    print(f"[demo] manifest: {result['manifest']}")
+    print(f"[demo] metrics:  {result['metrics']}")
+    print(f"[demo] report:   {result['report']}")
+    return 0
+
+
+def _cmd_experiments(args: argparse.Namespace) -> int:
+    from flows.pipeline import run_experiments
+
+    result = run_experiments(data_root=str(args.data_root), output_root=str(args.out),
+                             presets=args.preset or None)
+    print(json.dumps(result, sort_keys=True, default=str))
     return 0
 
 
@@ -236,6 +253,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.set_defaults(func=_cmd_evaluate)
+
+    p = sub.add_parser("run", help="run the whole tomoflow-pipeline flow (prepare, train, evaluate)")
+    p.add_argument("--data-root", type=Path, required=True)
+    p.add_argument("--out", type=Path, required=True, help="output root")
+    p.add_argument("--preset", default=None, help="a preset from configs/ (e.g. demo, m1-baseline)")
+    p.set_defaults(func=_cmd_run)
+
+    p = sub.add_parser("experiments", help="run the study's experiment presets and compare them")
+    p.add_argument("--data-root", type=Path, required=True)
+    p.add_argument("--out", type=Path, required=True, help="output root; comparison.md and .csv go here")
+    p.add_argument("--preset", action="append", default=None,
+                   help="run only this preset (repeatable); default: the study's sequence")
+    p.set_defaults(func=_cmd_experiments)
 
     p = sub.add_parser("demo", help="the whole pipeline on a small synthetic dataset (CPU)")
     p.add_argument("--out", type=Path, default=Path("demo-output"), help="output folder")

@@ -221,6 +221,11 @@ class PipelineConfig(_Frozen):
     train: TrainParams = Field(default_factory=TrainParams, description="Optimisation.")
     augment: AugmentConfig = Field(default_factory=AugmentConfig, description="Augmentation.")
     evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig, description="Evaluation.")
+    scratch_if_no_weights: bool = Field(
+        False,
+        description="If the ImageNet weights file is not in torchvision's cache, train from scratch with a "
+        "logged note instead of stopping (the demo preset does; real runs should not).",
+    )
     train_deployment: str | None = Field(
         None,
         description="Run training as this deployment (e.g. train-classifier/gpu-train, in the GPU work "

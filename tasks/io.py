@@ -16,6 +16,17 @@ from typing import Any, Callable
 import numpy as np
 
 
+def _current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+# mkstemp creates files readable by the owner only; outputs are shared within a lab, so
+# they get the permissions an ordinary open() would give them.
+_FILE_MODE = 0o666 & ~_current_umask()
+
+
 def _atomic(path: str | os.PathLike[str], write: Callable[[Path], None]) -> Path:
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -24,6 +35,7 @@ def _atomic(path: str | os.PathLike[str], write: Callable[[Path], None]) -> Path
     tmp = Path(tmp_name)
     try:
         write(tmp)
+        os.chmod(tmp, _FILE_MODE)
         os.replace(tmp, target)
     except BaseException:
         tmp.unlink(missing_ok=True)

@@ -1,0 +1,79 @@
+"""Named experiment presets (``configs/*.yaml``) loaded into the pipeline configuration."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from tasks.config import PipelineConfig
+
+CONFIGS_DIR = Path(__file__).resolve().parents[1] / "configs"
+
+#: The study's sequence, in the order the experiments command runs it.
+STUDY_PRESETS = ("m1-baseline", "m1-augment", "m1-dense4", "m1-adam", "m2-baseline", "m2-inception",
+                 "m2-inception-scratch")
+
+
+def list_presets() -> list[str]:
+    """Names of the presets in ``configs/``."""
+    return sorted(p.stem for p in CONFIGS_DIR.glob("*.yaml"))
+
+
+def load_preset(name: str) -> dict[str, Any]:
+    """The preset's sections as a dict (without its ``description``).
+
+    Raises:
+        ValueError: unknown preset (the message lists the known ones) or malformed YAML.
+    """
+    path = CONFIGS_DIR / f"{name}.yaml"
+    if not path.is_file():
+        raise ValueError(f"unknown preset {name!r}; known presets: {', '.join(list_presets())} (in {CONFIGS_DIR})")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ValueError(f"{path}: not valid YAML: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a mapping of sections (slices, model, train, ...)")
+    data.pop("description", None)
+    return data
+
+
+def preset_description(name: str) -> str:
+    """The one-line description at the top of a preset."""
+    path = CONFIGS_DIR / f"{name}.yaml"
+    return str((yaml.safe_load(path.read_text()) or {}).get("description", name))
+
+
+def _merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in override.items():
+        out[key] = _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+def pipeline_config(
+    *, preset: str | None = None, data_root: str | None = None, output_root: str | None = None,
+    base: PipelineConfig | dict[str, Any] | None = None,
+) -> PipelineConfig:
+    """The pipeline configuration: ``base`` (or the defaults), then the preset, then the two paths."""
+    merged: dict[str, Any] = (base.model_dump(mode="json") if isinstance(base, PipelineConfig)
+                              else dict(base or {}))
+    if preset:
+        merged = _merge(merged, load_preset(preset))
+    data = dict(merged.get("data") or {})
+    if data_root:
+        data["data_root"] = str(data_root)
+    if output_root:
+        data["output_dir"] = str(output_root)
+    merged["data"] = data
+    return PipelineConfig.model_validate(merged)
+
+
+def short_key(*parts: Any) -> str:
+    """An 8-hex key of JSON-able parts (for content-addressed output folders)."""
+    blob = json.dumps(parts, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:8]
