@@ -33,6 +33,9 @@ from tasks.presets import pipeline_config, short_key
 
 def _resolve(config: PipelineConfig | dict[str, Any] | None, data_root: str | None, output_root: str | None,
              preset: str | None) -> PipelineConfig:
+    # A scheduled deployment carries no paths: the worker's environment says where the data is.
+    data_root = data_root or os.environ.get("TOMOFLOW_DATA_ROOT") or None
+    output_root = output_root or os.environ.get("TOMOFLOW_OUTPUT_ROOT") or None
     return pipeline_config(preset=preset, data_root=data_root, output_root=output_root, base=config)
 
 
