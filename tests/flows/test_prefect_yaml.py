@@ -1,0 +1,73 @@
+"""prefect.yaml: pools defined once, the deployments the users run, pull steps that work."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def spec() -> dict:
+    return yaml.safe_load((REPO / "prefect.yaml").read_text())
+
+
+def test_pools_defined_once_and_used(spec: dict) -> None:
+    pools = spec["definitions"]["work_pools"]
+    assert {p["name"] for p in pools.values()} == {"cpu-pool", "gpu-pool"}
+    by_name = {d["name"]: d for d in spec["deployments"]}
+    assert by_name["gpu-train"]["work_pool"]["name"] == "gpu-pool"
+    assert "CUDA_VISIBLE_DEVICES" in by_name["gpu-train"]["work_pool"]["job_variables"]["env"]
+    assert all(d["work_pool"]["name"] == "cpu-pool" for n, d in by_name.items() if n != "gpu-train")
+
+
+def test_deployments_cover_schedule_adhoc_and_every_preset(spec: dict) -> None:
+    from tasks.presets import STUDY_PRESETS
+
+    by_name = {d["name"]: d for d in spec["deployments"]}
+    assert by_name["nightly"]["schedules"][0]["cron"] == "0 2 * * *"
+    assert "schedules" not in by_name["adhoc-retrain"]
+    for preset in STUDY_PRESETS:
+        assert by_name[preset]["parameters"]["preset"] == preset
+    for name, deployment in by_name.items():
+        module, func = deployment["entrypoint"].split(":")
+        assert (REPO / module).is_file() and f"def {func}(" in (REPO / module).read_text()
+
+
+def _run_pull_steps(steps: list, env: dict[str, str], cwd: Path) -> dict:
+    from prefect.deployments.steps.core import run_steps
+
+    old_env, old_cwd = dict(os.environ), Path.cwd()
+    os.environ.update(env)
+    os.chdir(cwd)
+    try:
+        return asyncio.run(run_steps(steps))
+    finally:
+        os.chdir(old_cwd)
+        os.environ.clear()
+        os.environ.update(old_env)
+
+
+def test_pull_from_checkout(prefect_harness, spec: dict, tmp_path: Path) -> None:
+    steps = spec["pull"]
+    out = _run_pull_steps(steps, {"TOMOFLOW_HOME": str(REPO)}, tmp_path)
+    assert Path(out["directory"]) == REPO
+
+
+def test_pull_from_git_clone(prefect_harness, spec: dict, tmp_path: Path) -> None:
+    import subprocess
+
+    branch = subprocess.run(["git", "rev-parse", "--abbrev-ref", "HEAD"], cwd=REPO, capture_output=True,
+                            text=True).stdout.strip()
+    if not branch or branch == "HEAD":
+        pytest.skip("the checkout is not on a branch, nothing to clone by name")
+    steps = spec["definitions"]["pull_steps"]["from_git"]
+    out = _run_pull_steps(steps, {"TOMOFLOW_GIT_URL": f"file://{REPO}", "TOMOFLOW_GIT_BRANCH": branch}, tmp_path)
+    cloned = Path(out["directory"])
+    assert cloned.is_relative_to(tmp_path)
+    assert (cloned / "flows" / "pipeline.py").is_file() and (cloned / "prefect.yaml").is_file()
