@@ -52,9 +52,25 @@ def fit_model(config: TrainConfig) -> dict[str, Any]:
         logger.info("epoch %d/%d: train loss %.4f acc %.3f, val loss %.4f acc %.3f", epoch, config.train.epochs,
                     row["train_loss"], row["train_accuracy"], row["val_loss"], row["val_accuracy"])
 
-    result = fit(config, progress=progress)
+    gpus = _visible_gpus(config)
+    if gpus > 1:
+        from models.distributed import train_with_torchrun
+
+        logger.info("training on %d GPUs with torchrun (DistributedDataParallel)", gpus)
+        result = train_with_torchrun(config, gpus)
+    else:
+        result = fit(config, progress=progress)
     update_progress_artifact(artifact, 100.0)
     return result
+
+
+def _visible_gpus(config: TrainConfig) -> int:
+    """GPUs to train on: all visible ones when allowed, else one (or none on the CPU)."""
+    if config.train.device == "cpu" or not config.train.multi_gpu:
+        return 0
+    import torch
+
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
 
 
 @flow(name="train-classifier", flow_run_name=_run_name, log_prints=True)

@@ -32,15 +32,25 @@ Run folder (``cfg.run_dir``):
 * ``config.json``: the configuration of the latest invocation.
 
 No file is named like ``name-<hex>.pth``: the weights loader would hash-check it.
+
+Several GPUs. Launched by ``torchrun`` (``WORLD_SIZE`` > 1), :func:`fit` trains with
+DistributedDataParallel, one process per GPU: ``train.batch_size`` stays the global batch,
+each epoch's ``(seed, epoch)`` order is sharded over the ranks, metrics are summed over
+them, and only rank 0 writes the run folder; see :mod:`models.distributed`. The entry
+point for ``torchrun`` is :func:`main`::
+
+    torchrun --standalone --nproc_per_node=4 -m models.train --config RUN/config.json
 """
 
 from __future__ import annotations
 
+import argparse
+import json
 import logging
 import math
 import os
 import random
-import tempfile
+import sys
 import time
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
@@ -53,11 +63,12 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, Sampler, WeightedRandomSampler
 from torchvision.transforms.v2 import functional as TF
 
+from models import distributed
 from models.backbones import TumorClassifier, build_model, resolve_weights
 from models.heads import classification_loss, logits_of
 from tasks.augment import apply_seeded, derive_seed, eval_transforms, open_gray, train_transforms
 from tasks.config import TrainConfig, TrainParams
-from tasks.io import atomic_write_json, atomic_write_text, file_fingerprint
+from tasks.io import atomic_write, atomic_write_json, atomic_write_text, file_fingerprint
 
 __all__ = [
     "BEST_NAME",
@@ -79,6 +90,7 @@ __all__ = [
     "fit",
     "load_classifier",
     "load_manifest",
+    "main",
     "make_loaders",
     "resolve_device",
     "train_one_epoch",
@@ -111,7 +123,8 @@ REQUIRED_COLUMNS = ("patient_id", "label", "split", "image_path")
 #: resumed with different values: where it runs, how many loader workers, how many epochs
 #: in all (no schedule depends on it; raising it extends a finished run), where the run
 #: folder is, and the manifest's path (its *content* is checked by fingerprint instead).
-RESUME_IGNORED_FIELDS = frozenset({"run_dir", "manifest", "train.device", "train.num_workers", "train.epochs"})
+RESUME_IGNORED_FIELDS = frozenset({"run_dir", "manifest", "train.device", "train.num_workers", "train.epochs",
+                                   "train.multi_gpu"})
 
 ProgressFn = Callable[[int, dict[str, Any]], None]
 BatchHook = Callable[[int, int], None]
@@ -263,14 +276,31 @@ class EpochSampler(Sampler[tuple[int, int]]):
         weights: Per-sample weights: draw ``num_samples`` with replacement through
             ``WeightedRandomSampler`` (class balancing); ``None`` shuffles without
             replacement.
-        num_samples: Samples per epoch; default ``n``.
+        num_samples: Samples per epoch (over all replicas); default ``n``.
+        num_replicas: Ranks of a data-parallel job sharing the epoch: each draws the same
+            order and seeds and keeps its share (:func:`~models.distributed.shard`, padded
+            to a multiple of ``num_replicas`` so every rank takes as many steps).
+        rank: This replica's share, in ``[0, num_replicas)``.
     """
 
-    def __init__(self, n: int, *, seed: int, weights: Tensor | None = None, num_samples: int | None = None) -> None:
+    def __init__(
+        self,
+        n: int,
+        *,
+        seed: int,
+        weights: Tensor | None = None,
+        num_samples: int | None = None,
+        num_replicas: int = 1,
+        rank: int = 0,
+    ) -> None:
+        if num_replicas < 1 or not 0 <= rank < num_replicas:
+            raise ValueError(f"rank {rank} is not in [0, num_replicas={num_replicas})")
         self.n = int(n)
         self.seed = int(seed)
         self.weights = None if weights is None else torch.as_tensor(weights, dtype=torch.double)
         self.num_samples = self.n if num_samples is None else int(num_samples)
+        self.num_replicas = int(num_replicas)
+        self.rank = int(rank)
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -278,7 +308,7 @@ class EpochSampler(Sampler[tuple[int, int]]):
         self.epoch = int(epoch)
 
     def __len__(self) -> int:
-        return self.num_samples
+        return -(-self.num_samples // self.num_replicas)
 
     def __iter__(self) -> Iterator[tuple[int, int]]:
         generator = torch.Generator().manual_seed(derive_seed(self.seed, "sampler", self.epoch))
@@ -287,7 +317,10 @@ class EpochSampler(Sampler[tuple[int, int]]):
         else:
             order = torch.randperm(self.n, generator=generator).tolist()[: self.num_samples]
         seeds = torch.randint(0, 2**62, (len(order),), generator=generator).tolist()
-        return iter(list(zip(order, seeds)))
+        pairs = list(zip(order, seeds))
+        if self.num_replicas > 1:
+            pairs = distributed.shard(pairs, self.rank, self.num_replicas, pad=True)
+        return iter(pairs)
 
 
 def default_num_workers() -> int:
@@ -322,7 +355,11 @@ def _seed_worker(worker_id: int) -> None:
 
 
 def make_loaders(
-    cfg: TrainConfig, *, manifest: pd.DataFrame | None = None
+    cfg: TrainConfig,
+    *,
+    manifest: pd.DataFrame | None = None,
+    rank: int = 0,
+    world_size: int = 1,
 ) -> tuple[DataLoader, DataLoader, dict[str, Any]]:
     """The training and validation loaders of a configuration.
 
@@ -335,19 +372,32 @@ def make_loaders(
     ``train.seed``; pinned memory on CUDA. The last training batch is dropped only when it
     would hold a single image (BatchNorm cannot train on one 1 x 1 map).
 
+    With ``world_size`` > 1 (one rank of a DDP job) both loaders hold this rank's share:
+    batches of ``batch_size / world_size`` (:func:`~models.distributed.per_rank_batch_size`),
+    the training order sharded by :class:`EpochSampler` (padded, so all ranks take the same
+    number of steps), every ``world_size``-th validation image from ``rank`` on (not
+    padded); default workers :func:`default_num_workers` divided by the ranks on this machine.
+
     Args:
         cfg: The configuration.
         manifest: The manifest already read by :func:`load_manifest`; default: read and
             check ``cfg.manifest``.
+        rank: This process's rank in a data-parallel job.
+        world_size: Processes in the job; 1 for a single process.
 
     Returns:
         ``(train_loader, val_loader, info)``; ``info`` holds ``n_train``, ``n_val``,
         ``n_train_pos``, ``n_train_neg``, ``n_val_pos``, ``n_val_neg``, ``pos_weight``
         (``n_neg / n_pos`` of the training split with ``class_balance="weights"``, else
-        ``None``), ``class_balance``, ``num_workers``, ``device``. Call
+        ``None``), ``class_balance``, ``num_workers``, ``device``, ``world_size`` and
+        ``batch_size_per_rank``. Counts are of the whole splits. Call
         ``train_loader.sampler.set_epoch(epoch)`` before each epoch.
+
+    Raises:
+        ValueError: ``batch_size`` not a multiple of ``world_size``.
     """
     params = cfg.train
+    batch_size = distributed.per_rank_batch_size(params.batch_size, world_size)
     manifest_path = Path(cfg.manifest)
     frame = load_manifest(manifest_path) if manifest is None else manifest
     root = manifest_path.parent
@@ -367,11 +417,14 @@ def make_loaders(
         # Each class draws half the samples on average.
         per_class = np.where(train_ds.labels > 0.5, 0.5 / n_pos, 0.5 / n_neg)
         weights = torch.from_numpy(per_class)
-    sampler = EpochSampler(len(train_ds), seed=params.seed, weights=weights)
+    sampler = EpochSampler(len(train_ds), seed=params.seed, weights=weights, num_replicas=world_size, rank=rank)
 
     workers = default_num_workers() if params.num_workers is None else params.num_workers
+    if world_size > 1 and params.num_workers is None:
+        # The ranks on one machine share its cores.
+        workers = max(1, workers // distributed.current_env().local_world_size)
     common: dict[str, Any] = {
-        "batch_size": params.batch_size,
+        "batch_size": batch_size,
         "num_workers": workers,
         "pin_memory": device.type == "cuda",
         "persistent_workers": workers > 0,
@@ -379,9 +432,13 @@ def make_loaders(
         "generator": torch.Generator().manual_seed(derive_seed(params.seed, "workers")),
     }
     train_loader = DataLoader(
-        train_ds, sampler=sampler, drop_last=len(sampler) % params.batch_size == 1, **common
+        train_ds, sampler=sampler, drop_last=len(sampler) % batch_size == 1, **common
     )
-    val_loader = DataLoader(val_ds, shuffle=False, **common)
+    if world_size > 1:
+        val_loader = DataLoader(val_ds, sampler=distributed.shard(range(len(val_ds)), rank, world_size, pad=False),
+                                **common)
+    else:
+        val_loader = DataLoader(val_ds, shuffle=False, **common)
     info = {
         "n_train": len(train_ds),
         "n_val": len(val_ds),
@@ -393,6 +450,8 @@ def make_loaders(
         "class_balance": params.class_balance,
         "num_workers": workers,
         "device": str(device),
+        "world_size": world_size,
+        "batch_size_per_rank": batch_size,
     }
     return train_loader, val_loader, info
 
@@ -587,16 +646,7 @@ def evaluate(
 
 def _atomic_save(obj: Any, path: Path) -> None:
     """``torch.save`` to a temporary file beside ``path``, then rename (no half-written file)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    atomic_write(path, lambda tmp: torch.save(obj, tmp))
 
 
 def _flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -692,6 +742,15 @@ def fit(
     and call ``progress``. Early stopping ends the run after ``patience`` epochs without a
     lower validation loss.
 
+    Under ``torchrun`` (``WORLD_SIZE`` > 1) every process runs ``fit`` with the same
+    configuration: it joins the process group (NCCL on ``cuda:LOCAL_RANK``, gloo on the
+    CPU), trains the model in DistributedDataParallel on its share of each epoch's order
+    and of the validation split (``train.batch_size`` is the global batch and must be a
+    multiple of ``WORLD_SIZE``), sums the metrics over all ranks so every rank computes the
+    same history row and early-stopping decision, and leaves the process group at the end.
+    Only rank 0 writes the run folder and calls ``progress``; ``on_batch`` is called on
+    every rank. See :mod:`models.distributed`. Without ``torchrun`` nothing of this happens.
+
     Args:
         cfg: The configuration.
         progress: Called after each epoch with ``(epoch, row)``, ``epoch`` 1-based and
@@ -704,20 +763,41 @@ def fit(
         ``best``, ``last``, ``history``, ``config`` (paths as str; ``best`` is ``None`` if
         no epoch produced a finite validation loss), ``epochs_run`` (epochs in the
         history), ``best_epoch``, ``best_val_loss``, ``stopped_early``, ``device``,
-        ``resumed_from`` (completed epochs found in ``last.pt``, 0 for a fresh run).
+        ``resumed_from`` (completed epochs found in ``last.pt``, 0 for a fresh run),
+        ``world_size`` (processes that trained, 1 without ``torchrun``).
 
     Raises:
         WeightsNotFoundError, FileNotFoundError: Weights, manifest or PNGs missing.
         ValueError: Bad device, a ``last.pt`` with another configuration or manifest
-            (the message names the fields), or a manifest that can't train a classifier.
+            (the message names the fields), a manifest that can't train a classifier, or
+            (under ``torchrun``) a batch size that doesn't split over the processes.
     """
-    params = cfg.train
     resolve_weights(cfg.model.model, cfg.model.weights)
-    device = resolve_device(params.device)
+    device = resolve_device(cfg.train.device)
+    env = distributed.current_env()
+    if env.enabled:
+        distributed.per_rank_batch_size(cfg.train.batch_size, env.world_size)
+        device = distributed.device_for(env, device)
+    with distributed.process_group(env, device) as group:
+        return _fit(cfg, device, group, progress=progress, on_batch=on_batch)
+
+
+def _fit(
+    cfg: TrainConfig,
+    device: torch.device,
+    group: distributed.Group,
+    *,
+    progress: ProgressFn | None,
+    on_batch: BatchHook | None,
+) -> dict[str, Any]:
+    """:func:`fit` once the device and the process group (if any) are settled."""
+    params = cfg.train
     run_dir = Path(cfg.run_dir)
     last_path, best_path = run_dir / LAST_NAME, run_dir / BEST_NAME
     history_path, config_path = run_dir / HISTORY_NAME, run_dir / CONFIG_NAME
     manifest_path = Path(cfg.manifest)
+    # Every rank computes the same; one of them says so.
+    say = log.info if group.is_writer else log.debug
 
     state: dict[str, Any] | None = None
     if last_path.is_file():
@@ -746,6 +826,8 @@ def fit(
         )
 
     history: list[dict[str, Any]] = [] if state is None else [dict(r) for r in state["history"]]
+    # Images trained and validated on per epoch (over all ranks); not in history.csv.
+    samples: list[dict[str, Any]] = [] if state is None else [dict(r) for r in state.get("samples", [])]
     start = 0 if state is None else int(state["epoch"])
     best_val = math.inf if state is None else float(state["best_val_loss"])
     best_epoch: int | None = None if state is None else state["best_epoch"]
@@ -764,22 +846,27 @@ def fit(
             "stopped_early": stopped,
             "device": str(device),
             "resumed_from": start,
+            "world_size": group.world_size,
         }
 
-    run_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(config_path, cfg.model_dump(mode="json"))
+    if group.is_writer:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(config_path, cfg.model_dump(mode="json"))
     if stopped or start >= params.epochs:
-        log.info(
+        say(
             "run in '%s' is already complete (%d epochs%s); nothing to do",
             run_dir, start, ", stopped early" if stopped else "",
         )
         return summary()
 
-    train_loader, val_loader, info = make_loaders(cfg, manifest=frame)
-    log.info(
+    train_loader, val_loader, info = make_loaders(cfg, manifest=frame, rank=group.rank, world_size=group.world_size)
+    say(
         "training %s (%s weights, %s head) on %s: %d training images (%d tumour, %d normal), %d validation "
         "images; class balance %s%s; %d loader workers; %s",
-        cfg.model.model, cfg.model.weights, cfg.model.head, device, info["n_train"], info["n_train_pos"],
+        cfg.model.model, cfg.model.weights, cfg.model.head,
+        device if group.world_size == 1 else
+        f"{group.world_size} processes ({device.type}, {info['batch_size_per_rank']} images per process and step)",
+        info["n_train"], info["n_train_pos"],
         info["n_train_neg"], info["n_val"], info["class_balance"],
         f" (pos_weight {info['pos_weight']:.3g})" if info["pos_weight"] is not None else "",
         info["num_workers"], f"resuming after epoch {start}" if state is not None else "fresh run",
@@ -812,20 +899,32 @@ def fit(
     try:
         for epoch in range(start, params.epochs):
             apply_schedule(model, optimizer, params, epoch)
+            # DDP (several ranks), rebuilt when the schedule changed what trains; else the model.
+            trainee = group.wrap(model)
             train_loader.sampler.set_epoch(epoch)
-            # Dropout's stream, reseeded per epoch so a resumed epoch replays exactly.
-            torch.manual_seed(derive_seed(params.seed, "epoch", epoch))
+            # Dropout's stream, reseeded per epoch so a resumed epoch replays exactly (and
+            # per rank, so the ranks' masks differ).
+            torch.manual_seed(
+                derive_seed(params.seed, "epoch", epoch) if group.world_size == 1
+                else derive_seed(params.seed, "epoch", epoch, "rank", group.rank)
+            )
             started = time.perf_counter()
             hook = None if on_batch is None else (lambda b, e=epoch + 1: on_batch(e, b))
             train = train_one_epoch(
-                model, train_loader, optimizer, device, pos_weight=info["pos_weight"],
+                trainee, train_loader, optimizer, device, pos_weight=info["pos_weight"],
                 autocast_dtype=autocast_dtype, channels_last=channels_last, max_batches=params.max_batches,
                 on_batch=hook,
             )
-            val = evaluate(
+            # Rank 0's BatchNorm statistics everywhere, then a check that the replicas agree.
+            group.broadcast_buffers(model)
+            group.check_in_sync(model)
+            # The unwrapped model: no collective depends on how many batches a rank holds.
+            val = None if group.world_size > 1 and len(val_loader) == 0 else evaluate(
                 model, val_loader, device, pos_weight=info["pos_weight"], autocast_dtype=autocast_dtype,
                 channels_last=channels_last, max_batches=params.max_batches,
             )
+            if group.world_size > 1:
+                train, val = group.sum_metrics(train), group.sum_metrics(val)
             row = {
                 "epoch": epoch + 1,
                 "train_loss": train["loss"],
@@ -834,60 +933,72 @@ def fit(
                 "val_accuracy": val["accuracy"],
                 "lr": optimizer.param_groups[0]["lr"],
                 "backbone_lr": optimizer.param_groups[1]["lr"],
-                "seconds": time.perf_counter() - started,
+                "seconds": group.max(time.perf_counter() - started),
             }
             history.append(row)
-            if val["loss"] < best_val:  # False for NaN
+            samples.append({"epoch": epoch + 1, "train": int(train["n"]), "validation": int(val["n"]),
+                            "world_size": group.world_size})
+            improved = val["loss"] < best_val  # False for NaN
+            if improved:
                 best_val, best_epoch, bad_epochs = val["loss"], epoch + 1, 0
+            else:
+                bad_epochs += 1
+            stopped = params.patience is not None and bad_epochs >= params.patience
+            if group.is_writer:
+                if improved:
+                    _atomic_save(
+                        {
+                            "format": _FORMAT,
+                            "epoch": epoch + 1,
+                            "model": model.state_dict(),
+                            "model_config": dict(model.config),
+                            "config": cfg.model_dump(mode="json"),
+                            "val_loss": val["loss"],
+                            "val_accuracy": val["accuracy"],
+                            "world_size": group.world_size,
+                            "rank": group.rank,
+                        },
+                        best_path,
+                    )
+                atomic_write_text(history_path, _history_csv(history))
                 _atomic_save(
                     {
                         "format": _FORMAT,
                         "epoch": epoch + 1,
                         "model": model.state_dict(),
                         "model_config": dict(model.config),
+                        "optimizer": optimizer.state_dict(),
+                        "scheduler": None,
                         "config": cfg.model_dump(mode="json"),
-                        "val_loss": val["loss"],
-                        "val_accuracy": val["accuracy"],
+                        "history": history,
+                        "best_val_loss": best_val,
+                        "best_epoch": best_epoch,
+                        "epochs_without_improvement": bad_epochs,
+                        "stopped_early": stopped,
+                        "rng": _rng_state(),
+                        "manifest_fingerprint": fingerprint,
+                        "samples": samples,
+                        "world_size": group.world_size,
+                        "rank": group.rank,
                     },
-                    best_path,
+                    last_path,
                 )
-            else:
-                bad_epochs += 1
-            stopped = params.patience is not None and bad_epochs >= params.patience
-            atomic_write_text(history_path, _history_csv(history))
-            _atomic_save(
-                {
-                    "format": _FORMAT,
-                    "epoch": epoch + 1,
-                    "model": model.state_dict(),
-                    "model_config": dict(model.config),
-                    "optimizer": optimizer.state_dict(),
-                    "scheduler": None,
-                    "config": cfg.model_dump(mode="json"),
-                    "history": history,
-                    "best_val_loss": best_val,
-                    "best_epoch": best_epoch,
-                    "epochs_without_improvement": bad_epochs,
-                    "stopped_early": stopped,
-                    "rng": _rng_state(),
-                    "manifest_fingerprint": fingerprint,
-                },
-                last_path,
-            )
-            log.info(
+            # The others wait until rank 0 has committed the epoch.
+            group.barrier()
+            say(
                 "epoch %d/%d: train loss %.4f acc %.3f, val loss %.4f acc %.3f, lr %.3g / backbone %.3g, %.1fs%s",
                 epoch + 1, params.epochs, row["train_loss"], row["train_accuracy"], row["val_loss"],
                 row["val_accuracy"], row["lr"], row["backbone_lr"], row["seconds"],
                 " (best)" if best_epoch == epoch + 1 else "",
             )
-            if progress is not None:
+            if progress is not None and group.is_writer:
                 progress(
                     epoch + 1,
                     {**row, "epochs": params.epochs, "best_val_loss": best_val, "best_epoch": best_epoch,
                      "stopped_early": stopped},
                 )
             if stopped:
-                log.info(
+                say(
                     "early stopping after epoch %d: no lower validation loss for %d epochs (best %.4f at epoch %s)",
                     epoch + 1, bad_epochs, best_val, best_epoch,
                 )
@@ -896,3 +1007,78 @@ def fit(
         torch.use_deterministic_algorithms(deterministic, warn_only=warn_only)
         torch.backends.cudnn.benchmark = benchmark
     return summary()
+
+
+# --------------------------------------------------------------------------------------
+# Entry point for torchrun
+# --------------------------------------------------------------------------------------
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m models.train --config CONFIG.json``: :func:`fit` outside Prefect.
+
+    The entry point for ``torchrun`` (every rank runs it; a Prefect flow would start one
+    flow run per rank)::
+
+        torchrun --standalone --nproc_per_node=4 -m models.train --config RUN/config.json
+
+    ``CONFIG.json`` is a ``TrainConfig`` as JSON, such as the ``config.json`` every run
+    writes to its folder; rerunning with it resumes that run. Without ``torchrun`` it
+    trains in this one process.
+
+    Args:
+        argv: Arguments; default ``sys.argv[1:]``.
+
+    Returns:
+        0, or 2 when the configuration, the data or the weights are bad (the error is
+        printed to stderr).
+    """
+    parser = argparse.ArgumentParser(
+        prog="python -m models.train",
+        description="Train a classifier from a TrainConfig JSON (one process, or one per GPU under torchrun).",
+    )
+    parser.add_argument("--config", type=Path, required=True,
+                        help="TrainConfig as JSON, e.g. the config.json of a run folder")
+    parser.add_argument("--run-dir", default=None, help="override the configuration's run_dir")
+    parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default=None,
+                        help="override train.device (each torchrun process uses cuda:LOCAL_RANK)")
+    parser.add_argument("--summary", type=Path, default=None,
+                        help="rank 0 writes fit()'s result here as JSON")
+    args = parser.parse_args(argv)
+
+    try:
+        env = distributed.current_env()
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    logging.basicConfig(
+        level=logging.INFO if env.rank == 0 else logging.WARNING,
+        format=f"%(asctime)s [rank {env.rank}/{env.world_size}] %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        cfg = TrainConfig.model_validate_json(args.config.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:  # pydantic's ValidationError is a ValueError
+        print(f"error: cannot read the training configuration '{args.config}': {exc}", file=sys.stderr)
+        return 2
+    if args.run_dir is not None:
+        cfg = cfg.model_copy(update={"run_dir": args.run_dir})
+    if args.device is not None:
+        cfg = cfg.model_copy(update={"train": cfg.train.model_copy(update={"device": args.device})})
+    try:
+        result = fit(cfg)
+    except (ValueError, FileNotFoundError, NotImplementedError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if env.rank == 0:
+        if args.summary is not None:
+            atomic_write_json(args.summary, result)
+        print(json.dumps(result, sort_keys=True, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    # Run the imported module's main, not this __main__ copy: the loader workers and
+    # pickles then refer to models.train's classes.
+    from models.train import main as _main
+
+    raise SystemExit(_main())

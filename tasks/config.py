@@ -151,6 +151,9 @@ class TrainParams(_Frozen):
     )
     image_size: int = Field(224, ge=32, le=1024, description="Network input side (224, 299, 500).")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: CUDA when available.")
+    multi_gpu: bool = Field(
+        True, description="With more than one visible GPU, train on all of them with torchrun (DDP)."
+    )
     num_workers: int | None = Field(None, ge=0, description="DataLoader workers; default from the CPU count.")
     seed: int = Field(0, description="Seed for initialisation, shuffling, dropout and augmentation.")
     max_batches: int | None = Field(

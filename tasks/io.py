@@ -27,7 +27,8 @@ def _current_umask() -> int:
 _FILE_MODE = 0o666 & ~_current_umask()
 
 
-def _atomic(path: str | os.PathLike[str], write: Callable[[Path], None]) -> Path:
+def atomic_write(path: str | os.PathLike[str], write: Callable[[Path], None]) -> Path:
+    """Call ``write(tmp)`` on a temporary file beside ``path``, then rename it to ``path``."""
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
@@ -45,12 +46,12 @@ def _atomic(path: str | os.PathLike[str], write: Callable[[Path], None]) -> Path
 
 def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
     """Write ``data`` to ``path`` atomically."""
-    return _atomic(path, lambda tmp: tmp.write_bytes(data))
+    return atomic_write(path, lambda tmp: tmp.write_bytes(data))
 
 
 def atomic_write_text(path: str | os.PathLike[str], text: str) -> Path:
     """Write ``text`` (UTF-8) to ``path`` atomically."""
-    return _atomic(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+    return atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
 
 
 def atomic_write_json(path: str | os.PathLike[str], obj: Any) -> Path:
@@ -64,12 +65,12 @@ def atomic_write_png(path: str | os.PathLike[str], image: np.ndarray) -> Path:
 
     if image.dtype != np.uint8 or image.ndim != 2:
         raise ValueError(f"{path}: expected a 2-D uint8 image, got {image.dtype} {image.shape}")
-    return _atomic(path, lambda tmp: Image.fromarray(image, mode="L").save(tmp, format="PNG"))
+    return atomic_write(path, lambda tmp: Image.fromarray(image, mode="L").save(tmp, format="PNG"))
 
 
 def atomic_write_parquet(path: str | os.PathLike[str], table: Any) -> Path:
     """Write a pandas DataFrame (no index) to Parquet atomically."""
-    return _atomic(path, lambda tmp: table.to_parquet(tmp, index=False))
+    return atomic_write(path, lambda tmp: table.to_parquet(tmp, index=False))
 
 
 def file_fingerprint(path: str | os.PathLike[str], *, content: bool | None = None) -> str:

@@ -38,7 +38,7 @@ from pydicom.sequence import Sequence as DicomSequence
 from pydicom.uid import UID, ExplicitVRLittleEndian, JPEG2000Lossless, generate_uid
 from pydicom.valuerep import VR
 
-from tasks.io import atomic_write_text
+from tasks.io import atomic_write, atomic_write_text
 
 BREAST_TOMOSYNTHESIS_STORAGE = "1.2.840.10008.5.1.4.1.1.13.1.3"
 
@@ -176,12 +176,7 @@ def _dbt_dataset(
 
 
 def _save_atomic(ds: Dataset, path: str | os.PathLike[str]) -> Path:
-    out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
-    ds.save_as(tmp, enforce_file_format=True)
-    os.replace(tmp, out)
-    return out
+    return atomic_write(path, lambda tmp: ds.save_as(tmp, enforce_file_format=True))
 
 
 def write_dbt_dicom(

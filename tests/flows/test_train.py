@@ -54,3 +54,30 @@ def test_train_cli_offline_weights_error_names_the_file(prepared: Path, tmp_path
     assert code == 2
     assert "vgg16-397923af.pth" in err and str(tmp_path / "empty-torch-home") in err
     assert not (tmp_path / "run" / "last.pt").exists()
+
+
+def test_several_visible_gpus_train_with_torchrun(prefect_harness, monkeypatch, tmp_path: Path) -> None:
+    import torch
+
+    import models.distributed
+    from flows.train import _visible_gpus, fit_model
+
+    cfg = _train_config(tmp_path / "m.parquet", tmp_path / "run", device="auto")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
+    assert _visible_gpus(cfg) == 4
+    assert _visible_gpus(cfg.model_copy(update={"train": cfg.train.model_copy(update={"multi_gpu": False})})) == 0
+    assert _visible_gpus(cfg.model_copy(update={"train": cfg.train.model_copy(update={"device": "cpu"})})) == 0
+
+    launched = {}
+
+    def fake_torchrun(config, nproc):
+        launched["nproc"] = nproc
+        return {"history": "h.csv", "epochs_run": 0}
+
+    monkeypatch.setattr(models.distributed, "train_with_torchrun", fake_torchrun)
+    from prefect.logging import disable_run_logger
+
+    with disable_run_logger():
+        result = fit_model.fn(cfg)
+    assert launched == {"nproc": 4} and result["epochs_run"] == 0
