@@ -121,15 +121,20 @@ def main() -> None:
         print(f"dataset: {summary['volumes']} full-size volumes ({summary['rows']}x{summary['columns']}, "
               f"{lo}-{hi} frames) generated in {time.perf_counter() - t:.0f} s")
 
-        # 1. extraction vs decode-only on the same frames (lesion-slices: several frames per volume)
+        # 1. extraction vs decode-only on the same frames (lesion-slices: several frames per volume);
+        #    each measured twice, interleaved, best of two (the machine may be shared).
         jobs = _plan(root, "lesion-slices")
-        out = tmp_path / "extract"
-        t = time.perf_counter()
-        extract_shard(jobs, data_root=str(root), out_dir=str(out), image_size=224, seed=0)
-        extract_s = time.perf_counter() - t
-        frames, decode_s = _decode_only(root, jobs, out)
+        extract_times, decode_times = [], []
+        for attempt in range(2):
+            out = tmp_path / f"extract-{attempt}"
+            t = time.perf_counter()
+            extract_shard(jobs, data_root=str(root), out_dir=str(out), image_size=224, seed=0)
+            extract_times.append(time.perf_counter() - t)
+            frames, decode_s = _decode_only(root, jobs, out)
+            decode_times.append(decode_s)
+        extract_s, decode_s = min(extract_times), min(decode_times)
         print(f"extraction: {frames / extract_s:.2f} frames/s; decode only: {frames / decode_s:.2f} frames/s; "
-              f"ratio {decode_s / extract_s:.2f}x (target >= 0.9x) over {frames} frames")
+              f"ratio {decode_s / extract_s:.2f}x (target >= 0.9x) over {frames} frames, best of 2")
 
         # 2. single-slice vs the reference reader's whole-volume decode, per volume
         single = _plan(root, "single-slice")
