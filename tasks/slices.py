@@ -354,7 +354,8 @@ def resolve_frames(rule: str, n_frames: int, *, seed: int, key: str) -> list[int
     """The sorted frame indices a rule selects in a volume of ``n_frames`` frames.
 
     Args:
-        rule: ``"all"``, ``"middle"``, ``"frames:a,b,..."`` or ``"fraction:f"`` (0 < f <= 1).
+        rule: ``"all"``, ``"middle"``, ``"frames:a,b,..."``, ``"lesion:w:a,b,..."`` (frames
+            within ``w`` of each box slice, clipped to the volume) or ``"fraction:f"`` (0 < f <= 1).
         n_frames: The volume's frame count (from its header).
         seed: The run's seed.
         key: The volume's :func:`volume_key`; ``fraction`` samples from a generator seeded
@@ -391,6 +392,25 @@ def resolve_frames(rule: str, n_frames: int, *, seed: int, key: str) -> list[int
                     f"with the file's NumberOfFrames: reject the volume or fix the CSV"
                 )
         return frames
+    if name == "lesion":
+        window_text, _, centres_text = argument.partition(":")
+        try:
+            window = int(window_text)
+            centres = sorted({int(c) for c in centres_text.split(",")})
+        except ValueError:
+            raise ValueError(
+                f"volume {key}: rule {rule!r} must read 'lesion:<window>:<slice>,...', e.g. 'lesion:2:12,30'"
+            ) from None
+        frames_set: set[int] = set()
+        for centre in centres:
+            if not 0 <= centre < n_frames:
+                raise ValueError(
+                    f"volume {key}: box Slice {centre} is out of range for a volume of {n_frames} frames "
+                    f"(valid 0..{n_frames - 1}); the boxes CSV disagrees with the file: reject the volume "
+                    f"or fix the CSV"
+                )
+            frames_set.update(range(max(0, centre - window), min(n_frames - 1, centre + window) + 1))
+        return sorted(frames_set)
     if name == "fraction":
         try:
             fraction = float(argument)
@@ -558,6 +578,10 @@ def select_slices(
             rules.append(None)
         elif strategy == "single-slice":
             rules.append(_frames_rule(int(b["slice"]) for b in vol_boxes))
+        elif any(b.get("volume_slices") is None for b in vol_boxes):
+            # The CSV lacks VolumeSlices: clip the window to the file's frame count at extraction.
+            centres = ",".join(str(int(b["slice"])) for b in sorted(vol_boxes, key=lambda b: int(b["slice"])))
+            rules.append(f"lesion:{int(lesion_window)}:{centres}")
         else:
             rules.append(_frames_rule(lesion_frames(vol_boxes, int(lesion_window))))
     if unboxed:

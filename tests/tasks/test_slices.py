@@ -322,3 +322,15 @@ def test_plan_is_deterministic_and_order_free() -> None:
     frames_b = [resolve_frames(r.frames_rule, 70, seed=5, key=volume_key(r.patient_id, r.study_uid, r.view))
                 for r in b.iloc[::-1].itertuples()][::-1]
     assert frames_a == frames_b
+
+
+def test_lesion_window_without_volume_slices_is_clipped_at_extraction() -> None:
+    boxes = BOXES.copy()
+    boxes["volume_slices"] = pd.array([pd.NA] * len(boxes), dtype="Int64")
+    plan = select_slices(VOLUMES, boxes, strategy="lesion-slices", lesion_window=2)
+    rule = rules(plan)["P3/S3/lcc"]
+    assert rule.startswith("lesion:2:")
+    assert resolve_frames(rule, 50, seed=0, key="P3/S3/lcc") == [0, 1, 2, 3, 47, 48, 49]
+    assert resolve_frames(rule, 60, seed=0, key="P3/S3/lcc") == [0, 1, 2, 3, 47, 48, 49, 50, 51]
+    with pytest.raises(ValueError, match="out of range"):
+        resolve_frames(rule, 40, seed=0, key="P3/S3/lcc")
