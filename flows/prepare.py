@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import os
 import sys
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
+from collections.abc import Iterator
 from typing import Any
 
 import pandas as pd
@@ -38,7 +39,6 @@ def _task_runner(config: PrepareConfig) -> Any:
         return _dask_runner(s.dask_address, s.workers or os.cpu_count() or 1)
     from prefect.task_runners import ProcessPoolTaskRunner
 
-    _share_ephemeral_api()
     return ProcessPoolTaskRunner(max_workers=s.workers or os.cpu_count() or 1)
 
 
@@ -77,8 +77,7 @@ def _dask_runner(address: str | None, workers: int) -> Any:
             return False  # a host name: assume another machine
 
     configured = get_current_settings().api.url
-    _share_ephemeral_api()
-    api_url = configured or os.environ.get("PREFECT_API_URL")
+    api_url = configured or os.environ.get("PREFECT_API_URL") or _ephemeral_api_url()
     if address and api_url and not is_loopback(address) and is_loopback(api_url):
         raise ValueError(
             f"dask_address {address!r} is a scheduler on another machine, but the Prefect API "
@@ -111,26 +110,45 @@ def _dask_runner(address: str | None, workers: int) -> Any:
     })
 
 
-def _share_ephemeral_api() -> None:
-    """Point worker processes at this process's temporary Prefect server.
+def _ephemeral_api_url() -> str | None:
+    """The URL of this process's temporary Prefect server, when no API is configured.
 
     Without a configured PREFECT_API_URL each spawned worker would start a temporary
     server of its own (seconds each) and its task runs would not show in this run's
     view. Prefect keeps its temporary servers in a class-level registry; there is no
-    public accessor, so this reads it and does nothing when none is running.
+    public accessor, so this reads it, and returns None when an API is configured or no
+    temporary server runs.
     """
     if os.environ.get("PREFECT_API_URL"):
-        return
+        return None
     from prefect.settings import get_current_settings
 
     if get_current_settings().api.url:
-        return
+        return None
     from prefect.server.api.server import SubprocessASGIServer
 
     for server in list(getattr(SubprocessASGIServer, "_instances", {}).values()):
         if getattr(server, "running", False):
-            os.environ["PREFECT_API_URL"] = server.api_url
-            return
+            return str(server.api_url)
+    return None
+
+
+@contextmanager
+def _workers_see_ephemeral_api() -> Iterator[None]:
+    """While extraction runs, let spawned workers inherit the temporary server's URL.
+
+    The variable is removed again afterwards: the temporary server stops with the flow,
+    and a URL left in the environment would point later runs in this process at nothing.
+    """
+    url = _ephemeral_api_url()
+    if url is None:
+        yield
+        return
+    os.environ["PREFECT_API_URL"] = url
+    try:
+        yield
+    finally:
+        os.environ.pop("PREFECT_API_URL", None)
 
 
 def _extract(jobs: list[dict[str, Any]], config: PrepareConfig) -> list[str]:
@@ -157,7 +175,7 @@ def _extract(jobs: list[dict[str, Any]], config: PrepareConfig) -> list[str]:
     decoded = 0
     runner = _task_runner(config)
     bar = Progress(disable=not sys.stderr.isatty(), transient=False)
-    with bar, (runner if runner is not None else nullcontext()):
+    with _workers_see_ephemeral_api(), bar, (runner if runner is not None else nullcontext()):
         bar_task = bar.add_task("extracting volumes", total=len(todo))
         if runner is None:
             results = (steps.extract_shard_task(**p) for p in params)
