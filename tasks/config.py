@@ -47,8 +47,9 @@ class SlicesConfig(_Frozen):
     strategy: Strategy = Field(
         "all-slices",
         description="all-slices: every frame of positive volumes + a sample of normal frames (study "
-        "method 1); single-slice: the boxed frame of positives + the middle frame of one normal view "
-        "per patient (method 2); lesion-slices: only frames near the lesion count as positive.",
+        "method 1); single-slice: exactly one image per patient, the boxed frame of a positive patient's "
+        "largest lesion or one seeded frame of one normal view (method 2); lesion-slices: every boxed "
+        "frame and its neighbours count as positive.",
     )
     image_size: int = Field(224, ge=32, le=2048, description="Side of the square, letterboxed PNG in pixels.")
     normal_fraction: float = Field(

@@ -53,7 +53,7 @@ def _volume_key(job: dict[str, Any], path: Path | None, image_size: int, seed: i
         "rule": job["frames_rule"],
         "view": job["view"],
         "image_size": image_size,
-        "seed": seed if str(job["frames_rule"]).startswith("fraction") else None,
+        "seed": seed if str(job["frames_rule"]).startswith(("fraction", "pick")) else None,  # seeded rules
     }
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:20]
 

@@ -19,6 +19,7 @@ Frame rules:
 - ``"middle"``: frame ``n_frames // 2``.
 - ``"frames:12,30"``: exactly these 0-based frames (out of range is an error).
 - ``"fraction:0.15"``: a seeded sample of ``max(1, round(0.15 * n_frames))`` frames.
+- ``"pick:1"``: a seeded sample of exactly one frame (``single-slice``'s normals).
 """
 
 from __future__ import annotations
@@ -355,7 +356,8 @@ def resolve_frames(rule: str, n_frames: int, *, seed: int, key: str) -> list[int
 
     Args:
         rule: ``"all"``, ``"middle"``, ``"frames:a,b,..."``, ``"lesion:w:a,b,..."`` (frames
-            within ``w`` of each box slice, clipped to the volume) or ``"fraction:f"`` (0 < f <= 1).
+            within ``w`` of each box slice, clipped to the volume), ``"pick:n"`` (``n`` seeded
+            frames, at most all) or ``"fraction:f"`` (0 < f <= 1).
         n_frames: The volume's frame count (from its header).
         seed: The run's seed.
         key: The volume's :func:`volume_key`; ``fraction`` samples from a generator seeded
@@ -411,6 +413,15 @@ def resolve_frames(rule: str, n_frames: int, *, seed: int, key: str) -> list[int
                 )
             frames_set.update(range(max(0, centre - window), min(n_frames - 1, centre + window) + 1))
         return sorted(frames_set)
+    if name == "pick":
+        try:
+            count = int(argument)
+        except ValueError:
+            count = 0
+        if count < 1:
+            raise ValueError(f"volume {key}: rule {rule!r} needs a positive frame count, e.g. 'pick:1'")
+        rng = np.random.default_rng(stable_seed(seed, "pick", key))
+        return sorted(int(f) for f in rng.choice(n_frames, size=min(count, n_frames), replace=False))
     if name == "fraction":
         try:
             fraction = float(argument)
@@ -422,8 +433,8 @@ def resolve_frames(rule: str, n_frames: int, *, seed: int, key: str) -> list[int
         rng = np.random.default_rng(stable_seed(seed, "fraction", key))
         return sorted(int(f) for f in rng.choice(n_frames, size=size, replace=False))
     raise ValueError(
-        f"volume {key}: unknown frame rule {rule!r}; expected 'all', 'middle', 'frames:a,b,...' "
-        f"or 'fraction:f'"
+        f"volume {key}: unknown frame rule {rule!r}; expected 'all', 'middle', 'frames:a,b,...', "
+        f"'lesion:w:a,b,...', 'pick:n' or 'fraction:f'"
     )
 
 
@@ -517,11 +528,13 @@ def select_slices(
     - ``"all-slices"`` (the study's method 1): every frame of each benign/cancer volume
       (rule ``"all"``, label 1) and a seeded ``normal_fraction`` of each normal volume's
       frames (rule ``"fraction:0.15"``, label 0).
-    - ``"single-slice"`` (method 2): each benign/cancer volume's frames at its boxes'
-      ``slice`` (rule ``"frames:12"`` or ``"frames:12,30"``, one frame per box, label 1);
-      one frame per normal patient (a patient whose included volumes are all normal): the
-      middle frame (rule ``"middle"``) of one of the patient's normal volumes, chosen by
-      ``(seed, patient_id)``.
+    - ``"single-slice"`` (method 2): **exactly one image per patient**, so that volume- and
+      patient-level aggregation cannot reward a patient for having more images. A positive
+      patient gives the boxed slice of its largest lesion (largest box area over all of the
+      patient's boxed benign/cancer volumes; ties go to the first by study, view and slice):
+      rule ``"frames:12"``, label 1. A normal patient (one whose included volumes are all
+      normal) gives one seeded slice (rule ``"pick:1"``, a frame drawn from ``(seed,
+      volume)``) of one of its normal volumes, chosen by ``(seed, patient_id)``.
     - ``"lesion-slices"``: each benign/cancer volume's frames within ``lesion_window`` of a
       box's ``slice``, clipped to ``0..VolumeSlices-1`` (``"frames:10,11,12,13,14"``,
       label 1; the rest of the volume is not used); normals as in ``"all-slices"``.
@@ -577,7 +590,7 @@ def select_slices(
             unboxed.append(volume_key(*key))
             rules.append(None)
         elif strategy == "single-slice":
-            rules.append(_frames_rule(int(b["slice"]) for b in vol_boxes))
+            rules.append(None)  # one volume per positive patient, chosen below
         elif any(b.get("volume_slices") is None for b in vol_boxes):
             # The CSV lacks VolumeSlices: clip the window to the file's frame count at extraction.
             centres = ",".join(str(int(b["slice"])) for b in sorted(vol_boxes, key=lambda b: int(b["slice"])))
@@ -591,6 +604,18 @@ def select_slices(
         )
 
     if strategy == "single-slice":
+        # The largest lesion of each positive patient: one image per patient (method 2).
+        largest: dict[str, tuple[float, int, int]] = {}
+        for i, (key, y) in enumerate(zip(keys, label)):
+            if y != 1:
+                continue
+            for box in by_volume.get(key, []):
+                area = float(box.get("width") or 0) * float(box.get("height") or 0)
+                # Rows and boxes are sorted, so a strict ">" keeps the first of equal boxes.
+                if key[0] not in largest or area > largest[key[0]][0]:
+                    largest[key[0]] = (area, i, int(box["slice"]))
+        for _, i, frame in largest.values():
+            rules[i] = _frames_rule([frame])
         positive_patients = {k[0] for k, y in zip(keys, label) if y == 1}
         normal_rows: dict[str, list[int]] = {}
         for i, (key, y) in enumerate(zip(keys, label)):
@@ -599,7 +624,7 @@ def select_slices(
         for patient, rows in normal_rows.items():
             # rows are sorted by (study_uid, view); the pick depends only on (seed, patient).
             pick = rows[stable_seed(seed, "single-slice", patient) % len(rows)]
-            rules[pick] = "middle"
+            rules[pick] = "pick:1"
 
     plan = used.copy()
     plan["frames_rule"] = pd.Series(rules, dtype="object")

@@ -80,3 +80,27 @@ def test_stale_temporaries_removed(tmp_path) -> None:
     keep.write_bytes(b"png")
     assert remove_stale_temporaries(tmp_path) == 1
     assert not stale.exists() and keep.exists()
+
+
+def test_single_slice_is_one_image_per_patient_on_the_generated_dataset(plan_and_root, tmp_path) -> None:
+    """Method 2: every patient contributes exactly one image, a positive its largest lesion's slice."""
+    from tasks.manifest import build_manifest
+
+    plan, root = plan_and_root
+    out = tmp_path / "out"
+    result = extract_shard(_jobs(plan), data_root=str(root), out_dir=str(out), image_size=32, seed=0)
+    splits = pd.DataFrame({"patient_id": sorted(plan["patient_id"].unique()), "split": "test"})
+    manifest, rejects = build_manifest(plan, splits, result["records"], out_dir=out, lesion_window=2)
+    assert rejects.empty
+    assert manifest["label"].nunique() == 2  # the dataset has both kinds of patient
+    assert manifest.groupby("patient_id").size().eq(1).all()
+    assert len(manifest) == plan["patient_id"].nunique()
+    positives = manifest[manifest["label"] == 1]
+    assert positives["box_x"].notna().all() and positives["slice_index"].eq(positives["box_slice"]).all()
+    tables = load_bcs_tables(root)
+    boxes = tables.boxes.assign(area=tables.boxes["width"] * tables.boxes["height"])
+    largest = boxes.groupby("patient_id")["area"].max()
+    for _, row in positives.iterrows():
+        own = boxes[(boxes["patient_id"] == row["patient_id"]) & (boxes["study_uid"] == row["study_uid"])
+                    & (boxes["view"] == row["view"]) & (boxes["slice"] == row["slice_index"])]
+        assert own["area"].max() == largest[row["patient_id"]]

@@ -266,21 +266,42 @@ def test_all_slices_rules() -> None:
     assert plan.loc[plan["label"] == 0, "boxes"].eq("[]").all()
 
 
-def test_single_slice_one_frame_per_box_and_per_normal_patient(caplog: pytest.LogCaptureFixture) -> None:
+def test_single_slice_one_image_per_patient(caplog: pytest.LogCaptureFixture) -> None:
+    boxes = BOXES.copy()
+    # P2's box at slice 30 is the larger lesion; P3's two boxes are equal (the first wins).
+    boxes.loc[(boxes["patient_id"] == "P2") & (boxes["slice"] == 30), "width"] = 50
     with caplog.at_level(logging.WARNING, logger="tasks.slices"):
-        plan = select_slices(VOLUMES, BOXES, strategy="single-slice", seed=0)
+        plan = select_slices(VOLUMES, boxes, strategy="single-slice", seed=0)
     got = rules(plan)
-    assert got["P2/S2/rcc"] == "frames:12,30"  # one frame per box
-    assert got["P3/S3/lcc"] == "frames:1,49"
+    assert got["P2/S2/rcc"] == "frames:30"  # the boxed slice of the largest lesion only
+    assert got["P3/S3/lcc"] == "frames:1"
     assert "P6/S7/rcc" not in got  # a positive without a box cannot be used
     assert any("P6/S7/rcc" in r.getMessage() for r in caplog.records)
     normals = plan.loc[plan["label"] == 0]
-    assert (normals["frames_rule"] == "middle").all()
+    assert (normals["frames_rule"] == "pick:1").all()
     # One row per normal patient; P2 has a cancer volume, so is not a normal patient.
     assert sorted(normals["patient_id"]) == ["P1", "P4"]
-    # Frame counts: 2 + 2 boxes, 1 per normal patient.
+    assert plan["patient_id"].is_unique
+    # Exactly one image per patient.
     n_frames = sum(len(plan_row_frames(row, 60, seed=0)) for _, row in plan.iterrows())
-    assert n_frames == 2 + 2 + 2
+    assert n_frames == plan["patient_id"].nunique() == 4
+
+
+def test_single_slice_largest_lesion_across_volumes() -> None:
+    volumes = volume_table([("P7", "S8", "lcc", "cancer", None), ("P7", "S8", "rcc", "benign", None)])
+    boxes = box_table([("P7", "S8", "lcc", 5, 60), ("P7", "S8", "rcc", 9, 60)])
+    boxes.loc[boxes["view"] == "rcc", "height"] = 90
+    plan = select_slices(volumes, boxes, strategy="single-slice", seed=0)
+    assert rules(plan) == {"P7/S8/rcc": "frames:9"}
+
+
+def test_pick_rule_is_one_seeded_frame() -> None:
+    picked = {tuple(resolve_frames("pick:1", 40, seed=s, key="P1/S1/lcc")) for s in range(8)}
+    assert all(len(p) == 1 and 0 <= p[0] < 40 for p in picked)
+    assert len(picked) > 1  # the seed moves it
+    assert resolve_frames("pick:1", 40, seed=3, key="k") == resolve_frames("pick:1", 40, seed=3, key="k")
+    with pytest.raises(ValueError, match="pick"):
+        resolve_frames("pick:0", 40, seed=0, key="k")
 
 
 def test_single_slice_view_choice_depends_on_seed_only() -> None:
