@@ -15,6 +15,17 @@ Undefined metrics. A metric that cannot be computed (sensitivity without a singl
 case, PPV when no case was called positive, ROC AUC with one class) is ``None``, and the
 ``undefined`` dict next to it says why. No metric is ever a silent 0 or NaN.
 
+Null baseline. Aggregating to volumes and patients can reward image counts: with max
+aggregation a patient with three images beats a patient with one three times in four on
+*random* scores. :func:`null_roc_auc` measures that floor: the model's slice scores are
+shuffled across the slices (a random scorer with the model's score distribution), aggregated
+exactly as the model's, and scored; the mean and 95% range of 200 seeded draws sit beside
+every level's AUC, and ``better_than_null`` says whether the model's interval clears it.
+
+Degenerate models. :func:`degeneracy` flags a model whose test probabilities barely vary
+(a collapsed network's AUC comes from float noise) or all fall on one side of the
+threshold; ``metrics.json`` carries ``degenerate`` and ``degenerate_reason``.
+
 Intervals. Slices, volumes and views of one patient are not independent, so
 :func:`bootstrap_intervals` resamples **patients** with replacement (all of a patient's
 rows go together), recomputes every metric at the level, and reports percentile intervals
@@ -46,7 +57,11 @@ __all__ = [
     "binary_metrics",
     "bootstrap_intervals",
     "calibration",
+    "chance_losses",
+    "constant_predictor_loss",
+    "degeneracy",
     "evaluate_predictions",
+    "null_roc_auc",
 ]
 
 Level = Literal["slice", "volume", "patient"]
@@ -74,6 +89,13 @@ POSITIVE_COHORTS: tuple[str, ...] = ("benign", "cancer")
 COHORT_SEVERITY: dict[str, int] = {"normal": 0, "actionable": 1, "benign": 2, "cancer": 3}
 
 _HOWS = ("max", "mean")
+
+#: Draws of the permutation null of every level's ROC AUC.
+NULL_DRAWS = 200
+
+#: Test probabilities whose standard deviation is below this are "negligible spread":
+#: a collapsed model (VGG16 from scratch at a high learning rate outputs 0.494899 +- 6e-7).
+DEGENERATE_SPREAD = 1e-3
 
 
 # --------------------------------------------------------------------------------------
@@ -515,6 +537,225 @@ def calibration(labels: Any, probabilities: Any, n_bins: int = 10) -> dict[str, 
 
 
 # --------------------------------------------------------------------------------------
+# Null baseline and degenerate models
+# --------------------------------------------------------------------------------------
+
+
+def _unit_codes(pred: pd.DataFrame, level: str) -> tuple[np.ndarray, int]:
+    """Each slice's unit (0..n_units-1, in :func:`aggregate`'s sorted order) and the unit count."""
+    keys = LEVEL_KEYS[level]
+    if not keys:
+        return np.arange(len(pred)), len(pred)
+    codes = pred.groupby(keys, sort=True, observed=True).ngroup().to_numpy()
+    return codes, int(codes.max()) + 1 if len(codes) else 0
+
+
+def _auc_rows(labels: np.ndarray, scores: np.ndarray) -> np.ndarray:
+    """Mann-Whitney ROC AUC (ties count one half) of each row of ``scores`` against ``labels``."""
+    from scipy.stats import rankdata
+
+    positive = labels == 1
+    n_pos, n_neg = int(positive.sum()), int((~positive).sum())
+    ranks = rankdata(scores, axis=1)
+    return (ranks[:, positive].sum(axis=1) - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg)
+
+
+def null_roc_auc(
+    pred: pd.DataFrame,
+    level: Level = "patient",
+    how: How = "max",
+    *,
+    draws: int = NULL_DRAWS,
+    seed: int = 0,
+    ci: float = 0.95,
+) -> dict[str, Any]:
+    """The ROC AUC a random scorer gets at ``level``, aggregated exactly as the model's.
+
+    Each draw permutes the slice probabilities across the slices (so the random scorer has
+    the model's score distribution, ties included), aggregates them to ``level`` with
+    ``how`` as :func:`aggregate` does, and computes the ROC AUC against the units' labels.
+    With max aggregation this rewards units with more slices: a positive patient with
+    ``k`` images and normals with one get ``k / (k + 1)`` on random scores.
+
+    Args:
+        pred: Slice prediction table (see :func:`aggregate`).
+        level: ``"slice"``, ``"volume"`` or ``"patient"``.
+        how: ``"max"`` or ``"mean"``.
+        draws: Number of permutations.
+        seed: Seed of the permutations.
+        ci: Width of the reported range (0.95: the 2.5th to the 97.5th percentile).
+
+    Returns:
+        ``null_roc_auc`` (mean over draws, ``None`` when the AUC is undefined at the
+        level, with ``reason``), ``null_roc_auc_range`` (``[low, high]`` or ``None``),
+        ``draws``, ``seed``, ``method`` (``"permutation"``).
+
+    Raises:
+        ValueError: Bad level, method, ``draws`` or ``ci``.
+    """
+    _check_level(level, how)
+    if isinstance(draws, bool) or not isinstance(draws, (int, np.integer)) or draws < 1:
+        raise ValueError(f"null draws must be a positive int, got {draws!r}")
+    if not 0.0 < float(ci) < 1.0:
+        raise ValueError(f"ci must be in (0, 1), e.g. 0.95, got {ci!r}")
+    out: dict[str, Any] = {"null_roc_auc": None, "null_roc_auc_range": None, "draws": int(draws),
+                           "seed": int(seed), "method": "permutation"}
+    frame = pred.reset_index(drop=True)
+    codes, n_units = _unit_codes(frame, level)
+    labels = np.zeros(n_units, dtype=np.int64)
+    np.maximum.at(labels, codes, frame["label"].to_numpy(dtype=np.int64))
+    if labels.min(initial=1) == labels.max(initial=0):
+        out["reason"] = f"the {level} level has only one class, so ROC AUC is undefined"
+        return out
+    order = np.argsort(codes, kind="stable")
+    starts = np.flatnonzero(np.r_[True, np.diff(codes[order]) != 0])
+    sizes = np.diff(np.r_[starts, len(codes)])
+    probabilities = frame["probability"].to_numpy(dtype=np.float64)
+    rng = np.random.default_rng(seed)
+    block = max(1, min(int(draws), 2_000_000 // max(1, len(probabilities))))
+    aucs: list[np.ndarray] = []
+    done = 0
+    while done < draws:
+        size = min(block, int(draws) - done)
+        # Each draw is its own permutation, in order, so the result doesn't depend on blocking.
+        shuffled = np.stack([probabilities[rng.permutation(len(probabilities))] for _ in range(size)])[:, order]
+        if how == "max":
+            units = np.maximum.reduceat(shuffled, starts, axis=1)
+        else:
+            units = np.add.reduceat(shuffled, starts, axis=1) / sizes
+        aucs.append(_auc_rows(labels, units))
+        done += size
+    values = np.concatenate(aucs)
+    alpha = (1.0 - float(ci)) / 2.0
+    low, high = np.quantile(values, [alpha, 1.0 - alpha])
+    out["null_roc_auc"] = float(values.mean())
+    out["null_roc_auc_range"] = [float(low), float(high)]
+    return out
+
+
+def degeneracy(
+    probabilities: Sequence[float] | np.ndarray | pd.Series,
+    threshold: float = 0.5,
+    *,
+    spread: float = DEGENERATE_SPREAD,
+) -> tuple[bool, str | None]:
+    """Whether a model's test probabilities are degenerate, and why.
+
+    Degenerate: the standard deviation of the probabilities is below ``spread`` (the
+    model gives every image about the same score, so its ranking, and its AUC, come from
+    noise), or every image falls on one side of ``threshold`` (all called tumour, or all
+    called normal).
+
+    Returns:
+        ``(degenerate, reason)``; ``reason`` is ``None`` when not degenerate.
+    """
+    p = np.asarray(pd.Series(probabilities).astype("float64"), dtype=np.float64)
+    t = _check_threshold(threshold)
+    if p.size == 0:
+        return False, None
+    reasons = []
+    std = float(p.std())
+    if std < spread:
+        reasons.append(
+            f"the test probabilities hardly vary (standard deviation {std:.2g}, from {p.min():.6f} to "
+            f"{p.max():.6f}, below {spread:g}): the model gives every image the same score, so its ROC AUC "
+            "comes from numerical noise"
+        )
+    called = int((p >= t).sum())
+    if called == 0:
+        reasons.append(f"every one of the {p.size} test images is called normal (probability below {t:g})")
+    elif called == p.size:
+        reasons.append(f"every one of the {p.size} test images is called tumour (probability at or above {t:g})")
+    return bool(reasons), ("; ".join(reasons) if reasons else None)
+
+
+def constant_predictor_loss(n_positive: int, n_negative: int, pos_weight: float | None = None) -> float | None:
+    """The mean binary cross-entropy of the best constant predictor: the loss of chance.
+
+    Matches ``binary_cross_entropy_with_logits(..., pos_weight=w)`` with mean reduction:
+    a positive's loss is weighted by ``w``, and the sum is divided by the number of cases.
+    The best constant probability is ``w * n_pos / (w * n_pos + n_neg)``.
+
+    Returns:
+        The loss, or ``None`` without cases.
+    """
+    n = int(n_positive) + int(n_negative)
+    if n == 0:
+        return None
+    a = (1.0 if pos_weight is None else float(pos_weight)) * int(n_positive)
+    b = float(int(n_negative))
+    if a == 0.0 or b == 0.0:
+        return 0.0
+    p = a / (a + b)
+    return float((-a * np.log(p) - b * np.log1p(-p)) / n)
+
+
+def chance_losses(
+    manifest: pd.DataFrame, class_balance: str = "weights", *, aux_weight: float = 0.0
+) -> dict[str, Any]:
+    """The loss of a constant predictor on the training and validation splits, as training measures it.
+
+    The class weights are the ones training used (:func:`models.train.make_loaders`):
+    ``"weights"`` weights positives by ``n_neg / n_pos`` of the training split (training
+    and validation losses alike); ``"sampler"`` draws both classes equally in training (an
+    unweighted loss on a balanced stream) and leaves validation unweighted; ``"none"``
+    weights nothing.
+
+    Args:
+        manifest: The manifest training read (``split``, ``label``).
+        class_balance: ``TrainParams.class_balance``.
+        aux_weight: Weight of Inception's auxiliary loss, which the training loss adds
+            (a constant auxiliary output costs the same again, times this weight).
+
+    Returns:
+        ``train`` and ``validation`` (float or ``None`` without cases), ``pos_weight``,
+        ``class_balance``.
+    """
+    split = manifest["split"].astype("string")
+    label = manifest["label"].astype("int64")
+    counts = {}
+    for name in ("train", "validation"):
+        rows = split.eq(name).fillna(False).astype(bool)
+        counts[name] = (int(label[rows].sum()), int((label[rows] == 0).sum()))
+    n_pos, n_neg = counts["train"]
+    pos_weight = n_neg / n_pos if class_balance == "weights" and n_pos else None
+    if class_balance == "sampler":
+        train = constant_predictor_loss(1, 1) if n_pos and n_neg else constant_predictor_loss(n_pos, n_neg)
+    else:
+        train = constant_predictor_loss(n_pos, n_neg, pos_weight)
+    if train is not None:
+        train *= 1.0 + float(aux_weight)
+    return {
+        "train": train,
+        "validation": constant_predictor_loss(*counts["validation"], pos_weight),
+        "pos_weight": pos_weight,
+        "class_balance": class_balance,
+    }
+
+
+def _null_verdict(entry: dict[str, Any], null: Mapping[str, Any]) -> None:
+    """``better_than_null`` and ``null_warning`` of one level's entry."""
+    auc = entry["metrics"].get("roc_auc")
+    high = (null.get("null_roc_auc_range") or [None, None])[1]
+    if auc is None or high is None:
+        entry["better_than_null"] = None
+        entry["null_warning"] = None
+        return
+    interval = entry["intervals"].get("roc_auc")
+    low = interval[0] if interval else auc
+    entry["better_than_null"] = bool(low > high)
+    if entry["better_than_null"]:
+        entry["null_warning"] = None
+    else:
+        what = "its interval's lower end" if interval else "the AUC (no interval)"
+        entry["null_warning"] = (
+            f"ROC AUC {auc:.3f}: {what} ({low:.3f}) does not clear the {high:.3f} that random scores "
+            f"aggregated the same way reach (null {null['null_roc_auc']:.3f}, 95% range "
+            f"{null['null_roc_auc_range'][0]:.3f}-{high:.3f}): not better than chance at this level"
+        )
+
+
+# --------------------------------------------------------------------------------------
 # Everything
 # --------------------------------------------------------------------------------------
 
@@ -548,6 +789,7 @@ def evaluate_predictions(
     ci: float = 0.95,
     seed: int = 0,
     calibration_bins: int = 10,
+    null_draws: int = NULL_DRAWS,
 ) -> dict[str, Any]:
     """All metrics of a prediction table, per slice, volume and patient (``metrics.json``).
 
@@ -559,6 +801,7 @@ def evaluate_predictions(
         ci: Confidence level of the intervals.
         seed: Seed of the bootstrap (every level uses the same patient draws).
         calibration_bins: Bins of the reliability diagram.
+        null_draws: Permutations of the null ROC AUC (:func:`null_roc_auc`), seeded with ``seed``.
 
     Returns:
         A JSON-able dict (no NaN anywhere):
@@ -572,7 +815,14 @@ def evaluate_predictions(
           (metric -> ``[low, high]`` or ``None``), ``n_valid`` (metric -> valid
           resamples), ``by_cohort`` (cohort -> ``sensitivity``, ``roc_auc``,
           ``n_positive``, ``n_negative``, ``true_positives``, ``undefined``,
-          ``intervals``, ``n_valid``) and ``calibration`` (see :func:`calibration`).
+          ``intervals``, ``n_valid``) and ``calibration`` (see :func:`calibration`);
+          ``null_roc_auc`` (the mean ROC AUC of random scores aggregated the same way,
+          :func:`null_roc_auc`), ``null_roc_auc_range`` (its 95% range),
+          ``better_than_null`` (whether the AUC's interval, or the AUC without one, lies
+          above that range; ``None`` when undefined) and ``null_warning`` (text, or ``None``);
+        * ``null``: ``draws``, ``seed``, ``method``;
+        * ``degenerate`` (bool) and ``degenerate_reason`` (text or ``None``): see
+          :func:`degeneracy`.
 
     Raises:
         ValueError: Bad arguments, labels or probabilities, or an empty table.
@@ -594,7 +844,9 @@ def evaluate_predictions(
         "bootstrap": {"n_resamples": int(bootstrap), "seed": int(seed), "unit": "patient", "method": "percentile"},
         "n": {},
         "levels": {},
+        "null": {"draws": int(null_draws), "seed": int(seed), "method": "permutation"},
     }
+    result["degenerate"], result["degenerate_reason"] = degeneracy(pred["probability"], t)
     for level in LEVELS:
         table = aggregate(pred, level, how)
         point = binary_metrics(table["label"], table["probability"], t)
@@ -618,4 +870,9 @@ def evaluate_predictions(
             "by_cohort": by_cohort,
             "calibration": calibration(table["label"], table["probability"], calibration_bins),
         }
+        null = null_roc_auc(pred, level, how, draws=null_draws, seed=seed)
+        entry = result["levels"][level]
+        entry["null_roc_auc"] = null["null_roc_auc"]
+        entry["null_roc_auc_range"] = null["null_roc_auc_range"]
+        _null_verdict(entry, null)
     return result

@@ -319,3 +319,97 @@ def test_evaluate_predictions_reports_undefined_metrics_per_cohort() -> None:
 def test_evaluate_predictions_rejects_empty_table() -> None:
     with pytest.raises(ValueError, match="empty"):
         evaluate_predictions(pd.DataFrame(columns=["patient_id", "label", "probability"]))
+
+
+# --------------------------------------------------------------------------------------
+# Null baseline, degenerate models, chance loss
+# --------------------------------------------------------------------------------------
+
+
+def _random_scores_manifest(n_pos: int = 40, n_neg: int = 60, pos_images: int = 3, seed: int = 1) -> pd.DataFrame:
+    """A prediction table with random scores: each positive patient has ``pos_images`` images, each normal one."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for i in range(n_pos + n_neg):
+        label = int(i < n_pos)
+        for s in range(pos_images if label else 1):
+            rows.append({"patient_id": f"P{i:03d}", "study_uid": f"S{i:03d}", "view": "lcc", "slice_index": s,
+                         "label": label, "probability": float(rng.random()), "split": "test"})
+    return pd.DataFrame(rows)
+
+
+def test_random_scores_null_auc_matches_hand_computation_and_is_flagged() -> None:
+    pred = _random_scores_manifest()
+    result = evaluate_predictions(pred, bootstrap=200, seed=3)
+    patient = result["levels"]["patient"]
+    # By hand: a positive patient's score is the max of 3 uniform draws, a normal's is one
+    # draw, so P(positive above normal) = 3/4.
+    assert patient["null_roc_auc"] == pytest.approx(3 / 4, abs=0.03)
+    low, high = patient["null_roc_auc_range"]
+    assert low < patient["null_roc_auc"] < high
+    # The image (slice) level has no aggregation: its null is 1/2.
+    assert result["levels"]["slice"]["null_roc_auc"] == pytest.approx(0.5, abs=0.03)
+    for level in ("slice", "volume", "patient"):
+        assert result["levels"][level]["better_than_null"] is False
+        assert "not better than chance" in result["levels"][level]["null_warning"]
+    assert result["null"] == {"draws": 200, "seed": 3, "method": "permutation"}
+    _no_nan(result)
+
+
+def test_null_auc_is_seeded_and_mean_aggregation_removes_the_count_bias() -> None:
+    pred = _random_scores_manifest(n_pos=20, n_neg=20, pos_images=4)
+    a = metrics_mod.null_roc_auc(pred, "patient", "max", draws=50, seed=7)
+    b = metrics_mod.null_roc_auc(pred, "patient", "max", draws=50, seed=7)
+    assert a == b
+    assert a["null_roc_auc"] == pytest.approx(0.8, abs=0.04)  # 4 / (4 + 1)
+    mean = metrics_mod.null_roc_auc(pred, "patient", "mean", draws=50, seed=7)
+    assert mean["null_roc_auc"] == pytest.approx(0.5, abs=0.05)
+    one_class = metrics_mod.null_roc_auc(pred[pred["label"] == 1], "patient", draws=5)
+    assert one_class["null_roc_auc"] is None and "one class" in one_class["reason"]
+
+
+def test_a_model_that_separates_is_better_than_the_null() -> None:
+    pred = _random_scores_manifest(pos_images=1)
+    pred["probability"] = np.where(pred["label"] == 1, 0.6 + 0.3 * pred["probability"], 0.4 * pred["probability"])
+    result = evaluate_predictions(pred, bootstrap=100, null_draws=50)
+    assert result["levels"]["patient"]["better_than_null"] is True
+    assert result["levels"]["patient"]["null_warning"] is None
+    assert result["degenerate"] is False and result["degenerate_reason"] is None
+
+
+def test_constant_output_model_is_degenerate() -> None:
+    pred = _random_scores_manifest(n_pos=10, n_neg=10)
+    # The collapsed VGG16 of the issue: 0.494899 +- 6e-7 for every image, all called normal.
+    pred["probability"] = 0.494899 + 6e-7 * np.random.default_rng(0).standard_normal(len(pred))
+    result = evaluate_predictions(pred, bootstrap=0, null_draws=20)
+    assert result["degenerate"] is True
+    assert "hardly vary" in result["degenerate_reason"]
+    assert "called normal" in result["degenerate_reason"]
+    # All called tumour, with spread: degenerate for the other reason only.
+    flagged, why = metrics_mod.degeneracy(np.linspace(0.6, 0.9, 20), 0.5)
+    assert flagged and "called tumour" in why and "hardly vary" not in why
+    assert metrics_mod.degeneracy(np.linspace(0.1, 0.9, 20), 0.5) == (False, None)
+
+
+def test_constant_predictor_loss_is_the_weighted_chance_loss() -> None:
+    import torch
+    import torch.nn.functional as F
+
+    # Unweighted: the entropy of the prevalence.
+    assert metrics_mod.constant_predictor_loss(1, 3) == pytest.approx(-(0.25 * math.log(0.25) + 0.75 * math.log(0.75)))
+    # Weighted by n_neg / n_pos: the best constant is 1/2 and the loss 2 * n_neg / n * log 2.
+    loss = metrics_mod.constant_predictor_loss(10, 90, 9.0)
+    assert loss == pytest.approx(2 * 90 / 100 * math.log(2))
+    # No constant logit does better in torch's own weighted BCE.
+    target = torch.tensor([1.0] * 10 + [0.0] * 90)
+    best = min(float(F.binary_cross_entropy_with_logits(torch.full((100,), z), target, pos_weight=torch.tensor(9.0)))
+               for z in np.linspace(-3, 3, 601))
+    assert best == pytest.approx(loss, abs=1e-4)
+    manifest = pd.DataFrame({"split": ["train"] * 100 + ["validation"] * 20,
+                             "label": [1] * 10 + [0] * 90 + [1] * 4 + [0] * 16})
+    chance = metrics_mod.chance_losses(manifest, "weights")
+    assert chance["train"] == pytest.approx(loss) and chance["pos_weight"] == pytest.approx(9.0)
+    assert chance["validation"] == pytest.approx(metrics_mod.constant_predictor_loss(4, 16, 9.0))
+    assert metrics_mod.chance_losses(manifest, "sampler")["train"] == pytest.approx(math.log(2))
+    assert metrics_mod.chance_losses(manifest, "none", aux_weight=0.4)["train"] == pytest.approx(
+        1.4 * metrics_mod.constant_predictor_loss(10, 90))
