@@ -9,8 +9,18 @@ upsampled bilinearly to the input size with :meth:`captum.attr.LayerAttribution.
 and divided by its maximum, so each map lies in [0, 1].
 
 :func:`box_hit_fraction` is the localisation check: over the positive slices with a lesion
-box, the fraction whose heat-map peak falls inside the box. :func:`gradcam_examples`
-picks true positives, false positives and false negatives for the report.
+box, the fraction whose heat-map peak falls inside the box. It only means something when the
+map is fine enough to tell the box from its surroundings: at 64 px VGG16's last map is
+4 x 4 and at 128 px Inception v3's is 2 x 2, where one map cell covers a quarter of the
+image. :func:`localisation_layer` therefore reads the last layer whose map is at least
+:data:`MIN_MAP_SIDE` on each side, and says that localisation is not measurable where no
+layer is; every result carries the map's resolution.
+
+:func:`occlusion_check` is the measure a reader can trust that the model looks at the
+lesion: each positive test image's box is filled with the median of the tissue around it,
+and the fraction of tumour calls that flip to normal, and the mean drop in P(tumour), are
+reported. :func:`gradcam_examples` picks true positives, false positives and false
+negatives for the report.
 """
 
 from __future__ import annotations
@@ -30,12 +40,17 @@ from torch import Tensor, nn
 from tasks.augment import eval_transforms, open_gray
 
 __all__ = [
+    "MIN_MAP_SIDE",
     "Box",
     "box_hit_fraction",
     "box_of",
     "gradcam",
     "gradcam_examples",
+    "hide_boxes",
     "load_inputs",
+    "localisation_layer",
+    "map_resolutions",
+    "occlusion_check",
     "peak_in_box",
     "target_layer",
 ]
@@ -44,6 +59,13 @@ __all__ = [
 Box = tuple[float, float, float, float]
 
 _BOX_COLUMNS = ("box_x", "box_y", "box_width", "box_height")
+
+#: The coarsest Grad-CAM map that can localise a lesion: 8 x 8 cells.
+MIN_MAP_SIDE = 8
+
+#: Inception v3's blocks, input to output: the candidates for a finer Grad-CAM layer.
+_INCEPTION_BLOCKS = ("Conv2d_4a_3x3", "Mixed_5b", "Mixed_5c", "Mixed_5d", "Mixed_6a", "Mixed_6b", "Mixed_6c",
+                     "Mixed_6d", "Mixed_6e", "Mixed_7a", "Mixed_7b", "Mixed_7c")
 
 
 def target_layer(model: nn.Module) -> nn.Module:
@@ -65,6 +87,91 @@ def target_layer(model: nn.Module) -> nn.Module:
     if not convs:
         raise ValueError(f"{type(model).__name__} has no Conv2d layer for Grad-CAM; pass layer= explicitly")
     return convs[-1]
+
+
+def _candidate_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """Layers Grad-CAM may read, input to output, named as in ``model.named_modules()``."""
+    backbone = getattr(model, "backbone", model)
+    prefix = "backbone." if backbone is not model else ""
+    if isinstance(getattr(backbone, "Mixed_7c", None), nn.Module):
+        return [(prefix + n, getattr(backbone, n)) for n in _INCEPTION_BLOCKS if hasattr(backbone, n)]
+    features = getattr(backbone, "features", None)
+    if isinstance(features, nn.Module):
+        scope, prefix = features, prefix + "features."
+    else:
+        scope, prefix = model, ""
+    return [(prefix + n, m) for n, m in scope.named_modules() if isinstance(m, nn.Conv2d)]
+
+
+def map_resolutions(model: nn.Module, image_size: int, layers: Sequence[nn.Module]) -> list[tuple[int, int]]:
+    """The ``(height, width)`` of each layer's output for an ``image_size`` square input (one forward pass)."""
+    sizes: dict[int, tuple[int, int]] = {}
+
+    def record(module: nn.Module, _inputs: Any, output: Tensor) -> None:
+        # Returns None: a forward hook that returns a value would replace the layer's output.
+        sizes.setdefault(id(module), tuple(output.shape[-2:]))
+
+    hooks = [layer.register_forward_hook(record) for layer in layers]
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            model(torch.zeros(1, 1, image_size, image_size, device=_device_of(model)))
+    finally:
+        model.train(was_training)
+        for hook in hooks:
+            hook.remove()
+    return [tuple(int(v) for v in sizes.get(id(layer), (0, 0))) for layer in layers]  # type: ignore[misc]
+
+
+def localisation_layer(model: nn.Module, image_size: int, *, min_side: int = MIN_MAP_SIDE) -> dict[str, Any]:
+    """The layer to explain at this input size, and whether localisation is measurable.
+
+    The default is :func:`target_layer`. Where its map is coarser than ``min_side`` x
+    ``min_side`` (VGG16 at 64 px: 4 x 4; Inception v3 at 128 px: 2 x 2), the last earlier
+    candidate layer (VGG16: a ``Conv2d`` of ``features``; Inception v3: a ``Mixed_*``
+    block) whose map is at least that fine is used instead. Where no layer is, the
+    default stays and ``measurable`` is False.
+
+    Returns:
+        ``layer`` (the module), ``name``, ``map_resolution`` (``[h, w]`` of the chosen
+        layer), ``target_layer`` and ``target_resolution`` (the default's name and
+        ``[h, w]``), ``measurable`` (bool) and ``note`` (what was done and why, or ``None``).
+    """
+    default = target_layer(model)
+    candidates = _candidate_layers(model)
+    if not any(m is default for _, m in candidates):
+        candidates.append((type(default).__name__, default))
+    resolutions = map_resolutions(model, image_size, [m for _, m in candidates])
+    default_name, default_res = next((n, r) for (n, m), r in zip(candidates, resolutions) if m is default)
+    out: dict[str, Any] = {"layer": default, "name": default_name, "map_resolution": list(default_res),
+                           "target_layer": default_name, "target_resolution": list(default_res),
+                           "measurable": True, "note": None}
+    if min(default_res) >= min_side:
+        return out
+    position = next(i for i, (_, m) in enumerate(candidates) if m is default)
+    finer = [i for i in range(position) if min(resolutions[i]) >= min_side]
+    coarse = f"{default_res[0]} x {default_res[1]}"
+    if not finer:
+        out["measurable"] = False
+        out["note"] = (f"localisation is not measurable at this size: at {image_size} px the last layer's Grad-CAM "
+                       f"map ({default_name}) is {coarse} and no layer's map reaches {min_side} x {min_side}")
+        return out
+    i = finer[-1]
+    out.update(layer=candidates[i][1], name=candidates[i][0], map_resolution=list(resolutions[i]))
+    out["note"] = (f"at {image_size} px the last layer's map ({default_name}) is only {coarse}, too coarse to "
+                   f"localise a lesion; Grad-CAM reads {candidates[i][0]} "
+                   f"({resolutions[i][0]} x {resolutions[i][1]}) instead")
+    return out
+
+
+def _layer_choice(model: nn.Module, image_size: int, layer: nn.Module | None) -> dict[str, Any]:
+    if layer is None:
+        return localisation_layer(model, image_size)
+    (res,) = map_resolutions(model, image_size, [layer])
+    name = next((n for n, m in model.named_modules() if m is layer), type(layer).__name__)
+    return {"layer": layer, "name": name, "map_resolution": list(res), "target_layer": name,
+            "target_resolution": list(res), "measurable": True, "note": None}
 
 
 def _device_of(model: nn.Module) -> torch.device:
@@ -249,13 +356,22 @@ def box_hit_fraction(
         layer: Layer to explain; default :func:`target_layer`.
 
     Returns:
-        ``fraction`` (``None`` when no slice qualifies, with ``reason``), ``n`` (slices
-        checked), ``hits``, ``n_no_signal`` (maps with no positive value, counted as misses).
+        ``fraction`` (``None`` when no slice qualifies or localisation is not measurable at
+        this size, with ``reason``), ``n`` (slices checked), ``hits``, ``n_no_signal``
+        (maps with no positive value, counted as misses), and the map's ``layer``,
+        ``map_resolution`` (``[h, w]``), ``target_layer``, ``target_resolution`` and
+        ``note`` (see :func:`localisation_layer`; ``layer=None`` chooses).
     """
     rows = _boxed_positives(manifest_rows)
+    choice = _layer_choice(model, image_size, layer)
+    layer = choice["layer"]
+    described = {k: choice[k] for k in ("map_resolution", "target_layer", "target_resolution", "note")}
+    described["layer"] = choice["name"]
     if rows.empty:
         return {"fraction": None, "n": 0, "hits": 0, "n_no_signal": 0,
-                "reason": "no positive slice with a lesion box in these rows"}
+                "reason": "no positive slice with a lesion box in these rows", **described}
+    if not choice["measurable"]:
+        return {"fraction": None, "n": 0, "hits": 0, "n_no_signal": 0, "reason": choice["note"], **described}
     hits = flat = 0
     for start in range(0, len(rows), batch_size):
         images, boxes = load_inputs(rows.iloc[start : start + batch_size], root, image_size)
@@ -265,7 +381,136 @@ def box_hit_fraction(
                 flat += 1
             elif box is not None and peak_in_box(heat, box):
                 hits += 1
-    return {"fraction": hits / len(rows), "n": int(len(rows)), "hits": int(hits), "n_no_signal": int(flat)}
+    return {"fraction": hits / len(rows), "n": int(len(rows)), "hits": int(hits), "n_no_signal": int(flat),
+            **described}
+
+
+def _box_pixels(box: Box, height: int, width: int) -> tuple[slice, slice]:
+    """Rows and columns whose pixel centres lie in the box (the :func:`peak_in_box` convention)."""
+    x, y, w, h = box
+    c0, c1 = max(0, math.ceil(x - 0.5)), min(width, math.floor(x + w - 0.5) + 1)
+    r0, r1 = max(0, math.ceil(y - 0.5)), min(height, math.floor(y + h - 0.5) + 1)
+    return slice(r0, max(r0, r1)), slice(c0, max(c0, c1))
+
+
+def hide_boxes(images: Tensor, boxes: Sequence[Box | None], *, margin: int | None = None) -> Tensor:
+    """Copies of ``images`` with each box filled with the median of the tissue around it.
+
+    The surround is a ring ``margin`` pixels wide outside the box (default: a quarter of
+    the box's longer side, at least 2); pixels that are exactly 0 (air, letterbox padding)
+    are left out of the median when any tissue is there. An image without a box is
+    returned unchanged.
+
+    Args:
+        images: ``(B, C, H, W)`` float images.
+        boxes: One ``(x, y, w, h)`` box (input pixels) or ``None`` per image.
+        margin: Width of the ring in pixels.
+    """
+    out = images.clone()
+    height, width = images.shape[-2:]
+    for i, box in enumerate(boxes):
+        if box is None:
+            continue
+        rows, cols = _box_pixels(box, height, width)
+        if rows.start >= rows.stop or cols.start >= cols.stop:
+            continue
+        m = margin if margin is not None else max(2, round(max(box[2], box[3]) / 4))
+        outer_r = slice(max(0, rows.start - m), min(height, rows.stop + m))
+        outer_c = slice(max(0, cols.start - m), min(width, cols.stop + m))
+        ring = torch.ones(height, width, dtype=torch.bool)
+        ring[rows, cols] = False
+        keep = torch.zeros_like(ring)
+        keep[outer_r, outer_c] = True
+        ring &= keep
+        for c in range(images.shape[1]):
+            values = images[i, c][ring]
+            tissue = values[values != 0]
+            values = tissue if tissue.numel() else values
+            if values.numel():
+                out[i, c, rows, cols] = values.median()
+    return out
+
+
+def _probabilities(model: nn.Module, images: Tensor, batch_size: int) -> np.ndarray:
+    from models.heads import logits_of
+
+    device = _device_of(model)
+    out = []
+    with torch.inference_mode():
+        for start in range(0, images.shape[0], batch_size):
+            logits = logits_of(model(images[start : start + batch_size].to(device=device, dtype=torch.float32)))
+            out.append(logits.float().reshape(-1).cpu().numpy().astype(np.float64))
+    # float64 sigmoid, as models.predict does.
+    return 1.0 / (1.0 + np.exp(-np.concatenate(out))) if out else np.zeros(0)
+
+
+def occlusion_check(
+    model: nn.Module,
+    manifest_rows: pd.DataFrame,
+    root: str | os.PathLike[str],
+    image_size: int,
+    *,
+    threshold: float = 0.5,
+    batch_size: int = 16,
+    margin: int | None = None,
+) -> dict[str, Any]:
+    """Does the model look at the lesion? Hide each positive image's box and watch P(tumour).
+
+    Each boxed positive image (offline-augmented copies left out) is scored as it is and
+    with its box filled with the median of the surrounding tissue (:func:`hide_boxes`).
+    A model that found the tumour in the lesion calls the image normal once the lesion is
+    hidden; one that used something else keeps its call.
+
+    Args:
+        model: The classifier (inputs go to its device).
+        manifest_rows: Rows with ``label``, ``image_path`` and the box columns.
+        root: Folder the ``image_path`` values are relative to.
+        image_size: The network input side.
+        threshold: Decision threshold (at or above: tumour).
+        batch_size: Images per forward pass.
+        margin: Width of the surrounding ring in input pixels (default: see :func:`hide_boxes`).
+
+    Returns:
+        ``flip_fraction``: of the boxed positive images called tumour, the fraction called
+        normal once the box is hidden (``None`` when none was called tumour, with
+        ``reason``); ``mean_drop``: mean over all boxed positive images of P(tumour) minus
+        P(tumour) with the box hidden (``None`` without images); ``n``,
+        ``n_called_positive``, ``flips``, ``mean_probability``, ``mean_probability_hidden``,
+        ``threshold`` and ``method``.
+    """
+    rows = _boxed_positives(manifest_rows)
+    out: dict[str, Any] = {
+        "flip_fraction": None, "mean_drop": None, "n": int(len(rows)), "n_called_positive": 0, "flips": 0,
+        "mean_probability": None, "mean_probability_hidden": None, "threshold": float(threshold),
+        "method": "each lesion box filled with the median of the surrounding tissue",
+    }
+    if rows.empty:
+        out["reason"] = "no positive image with a lesion box in these rows"
+        return out
+    was_training = model.training
+    model.eval()
+    shown: list[np.ndarray] = []
+    hidden: list[np.ndarray] = []
+    try:
+        for start in range(0, len(rows), batch_size):
+            images, boxes = load_inputs(rows.iloc[start : start + batch_size], root, image_size)
+            shown.append(_probabilities(model, images, batch_size))
+            hidden.append(_probabilities(model, hide_boxes(images, boxes, margin=margin), batch_size))
+    finally:
+        model.train(was_training)
+    before, after = np.concatenate(shown), np.concatenate(hidden)
+    called = before >= threshold
+    flips = called & (after < threshold)
+    out.update(
+        n_called_positive=int(called.sum()), flips=int(flips.sum()),
+        mean_drop=float(np.mean(before - after)), mean_probability=float(before.mean()),
+        mean_probability_hidden=float(after.mean()),
+    )
+    if called.any():
+        out["flip_fraction"] = float(flips.sum() / called.sum())
+    else:
+        out["reason"] = f"no positive image was called tumour at threshold {threshold:g}, so no call can flip"
+    return out
 
 
 def _kind_masks(pred: pd.DataFrame, threshold: float) -> dict[str, pd.Series]:
@@ -299,7 +544,7 @@ def gradcam_examples(
         threshold: Decision threshold that defines the kinds.
         per_kind: Examples per kind.
         seed: Seed of the draw.
-        layer: Layer to explain; default :func:`target_layer`.
+        layer: Layer to explain; default :func:`localisation_layer`'s choice.
 
     Returns:
         Dicts in the order TP, FP, FN (within a kind, by descending probability) with
@@ -307,10 +552,13 @@ def gradcam_examples(
         ``study_uid``, ``view``, ``slice_index``), ``image`` (``(S, S)`` uint8, the
         network input), ``heatmap`` (``(S, S)`` float32 in [0, 1]), ``box``
         (``(x, y, w, h)`` at the input size, or ``None``) and ``peak_in_box`` (``None``
-        without a box): what :func:`tasks.report.write_report` takes.
+        without a box), ``map_resolution`` (``[h, w]`` of the explained layer's map) and
+        ``layer`` (its name): what :func:`tasks.report.write_report` takes.
     """
     if per_kind <= 0 or predictions.empty:
         return []
+    choice = _layer_choice(model, image_size, layer)
+    layer = choice["layer"]
     chosen: list[tuple[str, pd.DataFrame]] = []
     for k, (kind, mask) in enumerate(_kind_masks(predictions, threshold).items()):
         candidates = predictions.loc[mask.fillna(False).astype(bool)]
@@ -344,5 +592,7 @@ def gradcam_examples(
                 "heatmap": heat.numpy().astype(np.float32),
                 "box": box,
                 "peak_in_box": None if box is None else peak_in_box(heat, box),
+                "map_resolution": choice["map_resolution"],
+                "layer": choice["name"],
             })
     return examples

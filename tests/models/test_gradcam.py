@@ -12,7 +12,17 @@ from PIL import Image
 from torch import nn
 
 from models import build_model
-from models.gradcam import box_hit_fraction, box_of, gradcam, gradcam_examples, peak_in_box, target_layer
+from models.gradcam import (
+    box_hit_fraction,
+    box_of,
+    gradcam,
+    gradcam_examples,
+    hide_boxes,
+    localisation_layer,
+    occlusion_check,
+    peak_in_box,
+    target_layer,
+)
 
 SIZE = 32
 REGION = 16  # the planted model only sees input rows and columns [0, 16)
@@ -143,7 +153,11 @@ def _png_rows(root: Path) -> pd.DataFrame:
 def test_box_hit_fraction_scales_boxes_to_the_input(tmp_path: Path) -> None:
     rows = _png_rows(tmp_path)
     out = box_hit_fraction(Planted(), rows, tmp_path, SIZE)
-    assert out == {"fraction": 0.5, "n": 2, "hits": 1, "n_no_signal": 0}
+    assert {k: out[k] for k in ("fraction", "n", "hits", "n_no_signal")} == {
+        "fraction": 0.5, "n": 2, "hits": 1, "n_no_signal": 0}
+    # The planted model's last conv map is 16 x 16 at 32 px: fine enough, so it is the one read.
+    assert out["layer"] == out["target_layer"] == "features.3"
+    assert out["map_resolution"] == [16, 16] and out["note"] is None
     none = box_hit_fraction(Planted(), rows[rows["label"] == 0], tmp_path, SIZE)
     assert none["fraction"] is None and none["n"] == 0 and "no positive slice" in none["reason"]
 
@@ -161,3 +175,74 @@ def test_gradcam_examples_kinds_and_contents(tmp_path: Path) -> None:
     assert tp["peak_in_box"] is True and fn["peak_in_box"] is False
     assert fp["label"] == 0 and fp["probability"] == pytest.approx(0.7)
     assert set(tp["ids"]) == {"patient_id", "study_uid", "view", "slice_index"}
+    assert tp["map_resolution"] == [16, 16]
+
+
+def test_coarse_last_map_falls_back_to_an_earlier_layer() -> None:
+    model = build_model(model="vgg16", weights=None, image_size=64, seed=0)
+    choice = localisation_layer(model, 64)
+    # VGG16 at 64 px: the last conv's map is 4 x 4; conv4_3 (features[21]) is 8 x 8.
+    assert choice["target_resolution"] == [4, 4]
+    assert choice["layer"] is model.backbone.features[21] and choice["map_resolution"] == [8, 8]
+    assert choice["measurable"] and "4 x 4" in choice["note"]
+    maps = gradcam(model, torch.rand(1, 1, 64, 64), layer=choice["layer"])
+    assert maps.shape == (1, 64, 64)
+    never = localisation_layer(model, 64, min_side=128)
+    assert not never["measurable"] and "not measurable" in never["note"]
+    assert never["layer"] is target_layer(model)
+
+
+BOX = (8.0, 8.0, 8.0, 8.0)  # input pixels: rows and columns 8..15
+
+
+class ReadsBox(nn.Module):
+    """Tumour score = brightness of the box region only."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return 20.0 * (x[:, 0, 8:16, 8:16].mean(dim=(1, 2)) - 0.6)
+
+
+class IgnoresBox(nn.Module):
+    """Tumour score from the bottom-right corner, far from the box: always called tumour."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return 20.0 * (x[:, 0, 24:, 24:].mean(dim=(1, 2)) + 0.1)
+
+
+def _lesion_rows(root: Path, n: int = 4) -> pd.DataFrame:
+    """32 px PNGs (no scaling) of tissue texture with a bright lesion filling BOX; one normal image."""
+    rng = np.random.default_rng(1)
+    rows = []
+    for i in range(n + 1):
+        image = rng.integers(50, 110, (SIZE, SIZE)).astype(np.uint8)
+        label = int(i < n)
+        if label:
+            image[8:16, 8:16] = 250
+        Image.fromarray(image, mode="L").save(root / f"{i}.png")
+        rows.append({"patient_id": f"P{i}", "label": label, "image_path": f"{i}.png",
+                     "box_x": BOX[0] if label else np.nan, "box_y": BOX[1] if label else np.nan,
+                     "box_width": BOX[2] if label else np.nan, "box_height": BOX[3] if label else np.nan})
+    return pd.DataFrame(rows)
+
+
+def test_hide_boxes_fills_with_the_surrounding_median() -> None:
+    image = torch.full((1, 1, SIZE, SIZE), 0.3)
+    image[..., 8:16, 8:16] = 1.0
+    image[..., 28:, :] = 0.0  # air / padding far away is not tissue
+    hidden = hide_boxes(image, [BOX])
+    assert torch.allclose(hidden[..., 8:16, 8:16], torch.tensor(0.3))
+    assert torch.equal(hidden[..., :8, :], image[..., :8, :])  # nothing outside the box changes
+    assert torch.equal(hide_boxes(image, [None]), image)
+
+
+def test_occlusion_flips_a_model_that_reads_the_box_and_not_one_that_ignores_it(tmp_path: Path) -> None:
+    rows = _lesion_rows(tmp_path)
+    reads = occlusion_check(ReadsBox(), rows, tmp_path, SIZE)
+    assert reads["n"] == 4 and reads["n_called_positive"] == 4  # the normal image is not checked
+    assert reads["flip_fraction"] == 1.0 and reads["flips"] == 4
+    assert reads["mean_drop"] > 0.9
+    ignores = occlusion_check(IgnoresBox(), rows, tmp_path, SIZE)
+    assert ignores["n_called_positive"] == 4
+    assert ignores["flip_fraction"] == 0.0 and ignores["mean_drop"] == pytest.approx(0.0, abs=1e-12)
+    none = occlusion_check(ReadsBox(), rows[rows["label"] == 0], tmp_path, SIZE)
+    assert none["flip_fraction"] is None and "no positive image" in none["reason"]
