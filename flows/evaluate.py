@@ -57,10 +57,10 @@ def predict_split(checkpoint: str, manifest: str, image_size: int, out_dir: str,
 @task(name="compute-metrics", cache_key_fn=content_cache_key_fn(files=("predictions", "checkpoint")), **_CACHED)
 def compute_metrics(predictions: str, checkpoint: str, manifest: str, image_size: int, out_dir: str,
                     cfg: EvaluateConfig) -> str:
-    """Metrics at slice, volume and patient level with bootstrap intervals; Grad-CAM box hits."""
+    """Metrics at slice, volume and patient level with intervals and nulls; Grad-CAM box hits; occlusion."""
     import pandas as pd
 
-    from models.gradcam import box_hit_fraction
+    from models.gradcam import box_hit_fraction, occlusion_check
     from models.train import load_classifier, resolve_device
     from tasks.io import atomic_write_json
     from tasks.metrics import evaluate_predictions
@@ -69,8 +69,11 @@ def compute_metrics(predictions: str, checkpoint: str, manifest: str, image_size
     metrics = evaluate_predictions(pred, how=cfg.aggregate, threshold=cfg.threshold, bootstrap=cfg.bootstrap,
                                    ci=cfg.ci, seed=cfg.seed, calibration_bins=cfg.calibration_bins)
     model = load_classifier(checkpoint, device=resolve_device(cfg.device))
-    metrics["localization"] = box_hit_fraction(model, pred[pred["label"] == 1], Path(manifest).parent, image_size,
+    positives = pred[pred["label"] == 1]
+    metrics["localization"] = box_hit_fraction(model, positives, Path(manifest).parent, image_size,
                                                batch_size=cfg.batch_size)
+    metrics["occlusion"] = occlusion_check(model, positives, Path(manifest).parent, image_size,
+                                           threshold=cfg.threshold, batch_size=cfg.batch_size)
     return str(atomic_write_json(Path(out_dir) / "metrics.json", metrics))
 
 
@@ -83,6 +86,7 @@ def write_report(metrics: str, predictions: str, checkpoint: str, manifest: str,
 
     from models.gradcam import gradcam_examples
     from models.train import load_classifier, resolve_device
+    from tasks.metrics import chance_losses
     from tasks.report import write_report as render
 
     run = Path(cfg.run_dir)
@@ -91,11 +95,17 @@ def write_report(metrics: str, predictions: str, checkpoint: str, manifest: str,
     model = load_classifier(checkpoint, device=resolve_device(cfg.device))
     examples = gradcam_examples(model, pred, root=Path(manifest).parent, image_size=image_size,
                                 threshold=cfg.threshold, per_kind=cfg.gradcam_examples, seed=cfg.seed)
+    # Chance on the learning curves: the manifest training read (offline-balanced or not) and its class weights.
+    trained_on = Path(train_conf.get("manifest") or manifest)
+    used = pd.read_parquet(manifest)
+    chance = chance_losses(pd.read_parquet(trained_on) if trained_on.is_file() else used,
+                           train_conf.get("train", {}).get("class_balance", "weights"),
+                           aux_weight=0.4 if getattr(model, "aux_head", None) is not None else 0.0)
     return str(render(
         run, metrics=json.loads(Path(metrics).read_text()), history=pd.read_csv(run / "history.csv"),
         cohort_summary=json.loads(summary_path.read_text()) if summary_path.is_file() else None,
         config={"train": train_conf, "evaluate": cfg.model_dump(mode="json")}, predictions=pred,
-        examples=examples, out_path=Path(out_dir) / "report.html",
+        examples=examples, out_path=Path(out_dir) / "report.html", chance=chance, manifest=used,
     ))
 
 

@@ -226,11 +226,24 @@ def _split_text(metrics: Mapping[str, Any]) -> str:
 # --------------------------------------------------------------------------------------
 
 
-def _headline_card(metrics: Mapping[str, Any], metric: str, detail: str) -> str:
-    level = _level(metrics, "patient")
-    value = (level.get("metrics") or {}).get(metric)
-    interval = (level.get("intervals") or {}).get(metric)
-    why = (level.get("undefined") or {}).get(metric)
+#: What one case of each level is called in running text.
+_UNIT = {"slice": "image", "volume": "view", "patient": "patient"}
+
+
+def _null_text(entry: Mapping[str, Any]) -> str:
+    """``"0.726 (95% range 0.51–0.90)"``: the ROC AUC random scores reach at a level, or ``""``."""
+    null = entry.get("null_roc_auc")
+    if null is None:
+        return ""
+    span = entry.get("null_roc_auc_range")
+    return f"{null:.3f}" + (f" (95% range {span[0]:.3f}–{span[1]:.3f})" if span else "")
+
+
+def _headline_card(metrics: Mapping[str, Any], metric: str, detail: str, level: str = "patient") -> str:
+    entry = _level(metrics, level)
+    value = (entry.get("metrics") or {}).get(metric)
+    interval = (entry.get("intervals") or {}).get(metric)
+    why = (entry.get("undefined") or {}).get(metric)
     name = METRIC_NAMES[metric][0]
     if value is None:
         body = f'<div class="value undef">n/a</div><div class="detail">{_esc(why or "not computed")}</div>'
@@ -241,14 +254,51 @@ def _headline_card(metrics: Mapping[str, Any], metric: str, detail: str) -> str:
             else '<div class="ci"><small>no interval</small></div>'
         )
         body = f'<div class="value">{_fmt(metric, value)}</div>{ci}<div class="detail">{_esc(detail)}</div>'
-    return f'<div class="card"><div class="label">{_esc(name)}, per patient</div>{body}</div>'
+        if metric == "roc_auc" and _null_text(entry):
+            body += f'<div class="detail">random scores, aggregated the same way: {_esc(_null_text(entry))}</div>'
+            if entry.get("better_than_null") is False:
+                body += '<div class="bad">not better than random scores</div>'
+    return f'<div class="card"><div class="label">{_esc(name)}, per {_UNIT[level]}</div>{body}</div>'
+
+
+def _level_cards(metrics: Mapping[str, Any], level: str) -> str:
+    entry = _level(metrics, level)
+    c = entry.get("confusion") or {}
+    unit = _UNIT[level]
+    n, n_pos, n_neg = entry.get("n", 0), entry.get("n_positive", 0), entry.get("n_negative", 0)
+    tp, tn = c.get("tp", 0), c.get("tn", 0)
+    with_tumour = f"{unit}s with a tumour" if level == "patient" else f"tumour {unit}s"
+    without = f"{unit}s without a tumour" if level == "patient" else f"normal {unit}s"
+    return "".join([
+        _headline_card(metrics, "accuracy", f"{tp + tn} of {n} {unit}s classified correctly", level),
+        _headline_card(metrics, "sensitivity", f"{tp} of {n_pos} {with_tumour} were flagged", level),
+        _headline_card(metrics, "specificity", f"{tn} of {n_neg} {without} were cleared", level),
+        _headline_card(metrics, "roc_auc", "does not depend on the threshold", level),
+    ])
+
+
+def _null_warnings(metrics: Mapping[str, Any]) -> list[str]:
+    """One warning per level whose ROC AUC interval reaches what random scores get."""
+    out = []
+    for level in LEVELS:
+        entry = _level(metrics, level)
+        if entry.get("better_than_null") is False:
+            out.append(
+                f"Per {_UNIT[level]}, the ROC AUC ({_fmt('roc_auc', (entry.get('metrics') or {}).get('roc_auc'))}"
+                + (f", {_ci_label(metrics)} {_fmt_ci('roc_auc', (entry.get('intervals') or {}).get('roc_auc'))}"
+                   if (entry.get("intervals") or {}).get("roc_auc") else "")
+                + f") overlaps what random scores aggregated the same way reach (mean "
+                + _null_text(entry).replace(" (", ", ", 1).rstrip(")")
+                + "): at this level the model is not shown to be better than chance."
+            )
+    return out
 
 
 def _summary(metrics: Mapping[str, Any], config: Mapping[str, Any]) -> str:
     level = _level(metrics, "patient")
     c = level.get("confusion") or {}
     n, n_pos, n_neg = level.get("n", 0), level.get("n_positive", 0), level.get("n_negative", 0)
-    tp, tn, fp, fn = c.get("tp", 0), c.get("tn", 0), c.get("fp", 0), c.get("fn", 0)
+    fp, fn = c.get("fp", 0), c.get("fn", 0)
     how = metrics.get("aggregate", "max")
     threshold = metrics.get("threshold", 0.5)
     rule = (
@@ -256,25 +306,33 @@ def _summary(metrics: Mapping[str, Any], config: Mapping[str, Any]) -> str:
         if how == "max"
         else f"the mean of its slice probabilities is at least {threshold:g}"
     )
-    cards = "".join([
-        _headline_card(metrics, "accuracy", f"{tp + tn} of {n} patients classified correctly"),
-        _headline_card(metrics, "sensitivity", f"{tp} of {n_pos} patients with a tumour were flagged"),
-        _headline_card(metrics, "specificity", f"{tn} of {n_neg} patients without a tumour were cleared"),
-    ])
-    auc = (level.get("metrics") or {}).get("roc_auc")
-    auc_ci = (level.get("intervals") or {}).get("roc_auc")
-    parts = [
+    parts = []
+    if metrics.get("degenerate"):
+        # Named first: every figure below is about a model that does not discriminate.
+        parts.append(
+            f'<p class="note"><strong class="bad">Degenerate model.</strong> '
+            f"{_esc(metrics.get('degenerate_reason') or 'its predictions do not vary')}. None of the figures below "
+            "describes a working classifier.</p>"
+        )
+    parts += [
         f"<p>The classifier was evaluated on the <strong>{_esc(_split_text(metrics))}</strong>: "
         f"<strong>{n} patients</strong> ({n_pos} with a tumour, benign or cancer; {n_neg} without), "
-        f"{_level(metrics, 'volume').get('n', 0)} DBT views and {_level(metrics, 'slice').get('n', 0)} slices. "
-        f"A patient is called <em>tumour</em> when {rule}. These are the study's three measures, per patient:</p>",
-        f'<div class="headline">{cards}</div>',
+        f"{_level(metrics, 'volume').get('n', 0)} DBT views and {_level(metrics, 'slice').get('n', 0)} images "
+        f"(slices). The study's unit is the image, so its measures come first; a patient is called "
+        f"<em>tumour</em> when {rule}.</p>",
+        "<h3>Per image (the study's unit)</h3>",
+        f'<div class="headline">{_level_cards(metrics, "slice")}</div>',
+        "<h3>Per patient</h3>",
+        f'<div class="headline">{_level_cards(metrics, "patient")}</div>',
+        "<p>Beside each ROC AUC stands the AUC that <em>random</em> scores get when aggregated exactly the same "
+        "way (the model's scores shuffled across images, "
+        f"{(metrics.get('null') or {}).get('draws', 200)} draws): with the maximum over a patient's images, "
+        "a patient with more images wins more often by chance alone, so 0.5 is not the floor.</p>",
     ]
-    if auc is not None:
-        ci = f" ({_ci_label(metrics)} {_fmt_ci('roc_auc', auc_ci)})" if auc_ci else ""
+    parts += [_note(_esc(w)) for w in _null_warnings(metrics)]
+    if (level.get("metrics") or {}).get("roc_auc") is not None:
         parts.append(
-            f"<p>ROC AUC per patient, which does not depend on the threshold: <strong>{auc:.3f}</strong>{ci}. "
-            f"At the threshold, {fp} patient(s) without a tumour were flagged (false positives) and {fn} "
+            f"<p>At the threshold, {fp} patient(s) without a tumour were flagged (false positives) and {fn} "
             f"patient(s) with a tumour were missed (false negatives).</p>"
         )
     b = _n_resamples(metrics)
@@ -309,7 +367,22 @@ def _config_value(config: Mapping[str, Any], *paths: Sequence[str]) -> Any:
     return None
 
 
-def _learning_curves(history: pd.DataFrame | None) -> str:
+def _loss_top(values: np.ndarray, chance: float | None) -> float | None:
+    """An upper y limit that keeps the curves readable, or ``None`` when nothing is extreme.
+
+    A loss more than three times the typical one (the 75th percentile, or chance when that
+    is higher) would squash the rest of the plot, so the axis stops at 1.6 x typical.
+    """
+    finite = values[np.isfinite(values)]
+    if finite.size == 0:
+        return None
+    typical = max(float(np.percentile(finite, 75)), chance or 0.0)
+    if typical <= 0 or finite.max() <= 3 * typical:
+        return None
+    return 1.6 * typical
+
+
+def _learning_curves(history: pd.DataFrame | None, chance: Mapping[str, Any] | None = None) -> str:
     needed = {"epoch", "train_loss", "val_loss", "train_accuracy", "val_accuracy"}
     if history is None or history.empty or not needed <= set(history.columns):
         return _section("learning-curves", _note("No training history (history.csv) was found for this run."))
@@ -321,12 +394,34 @@ def _learning_curves(history: pd.DataFrame | None) -> str:
     if h["val_loss"].notna().any():
         best = int(h.loc[h["val_loss"].idxmin(), "epoch"])
     marker = "o" if len(epochs) <= 30 else None
+    chance = chance or {}
+    chance_notes = []
+    for split, colour in (("train", _TRAIN), ("validation", _VAL)):
+        value = chance.get(split)
+        if value is not None:
+            ax_loss.axhline(value, color=colour, ls=":", lw=1.4, label=f"chance, {split} ({value:.3f})")
+            chance_notes.append(f"{split} {value:.3f}")
+    losses = np.concatenate([h["train_loss"].to_numpy(dtype=float), h["val_loss"].to_numpy(dtype=float)])
+    top = _loss_top(losses, max((v for v in (chance.get("train"), chance.get("validation")) if v is not None),
+                                default=None))
+    off_scale = []
     for ax, column, title, scale in (
         (ax_loss, "loss", "Loss (binary cross-entropy)", 1.0),
         (ax_acc, "accuracy", "Accuracy (%)", 100.0),
     ):
         ax.plot(epochs, scale * h[f"train_{column}"], color=_TRAIN, marker=marker, ms=3, label="training")
         ax.plot(epochs, scale * h[f"val_{column}"], color=_VAL, marker=marker, ms=3, label="validation")
+        if column == "loss" and top is not None:
+            ax.set_ylim(0, top)
+            for split, colour in (("train", _TRAIN), ("val", _VAL)):
+                for epoch, value in zip(epochs, h[f"{split}_loss"].to_numpy(dtype=float)):
+                    if np.isfinite(value) and value > top:
+                        # Marked at the top edge with its value, instead of squashing the other epochs.
+                        ax.plot([epoch], [top * 0.97], marker="^", color=colour, ms=8, clip_on=False)
+                        ax.annotate(f"{value:.3g}", (epoch, top * 0.97), textcoords="offset points", xytext=(6, -4),
+                                    fontsize=8, color=colour)
+                        off_scale.append(f"epoch {epoch} {'training' if split == 'train' else 'validation'} "
+                                         f"loss {value:.3g}")
         if best is not None:
             ax.axvline(best, color="#57606a", ls="--", lw=1, label=f"best epoch ({best})")
         ax.set_xlabel("epoch")
@@ -343,6 +438,16 @@ def _learning_curves(history: pd.DataFrame | None) -> str:
         + ". Training figures are measured with augmentation on, while the weights change during the epoch. "
         "A validation loss that rises while the training loss falls signals over-fitting."
     )
+    if chance_notes:
+        balance = chance.get("class_balance")
+        caption += (
+            " The dotted lines mark chance: the loss of a model that gives every image the same, best constant "
+            f"probability, at the class weights training used ({_esc(balance or 'as configured')}): "
+            f"{_esc('; '.join(chance_notes))}. A curve at or above its line has learned nothing."
+        )
+    if off_scale:
+        caption += (f" The loss axis stops at {top:.3g} so the other epochs stay readable; off the scale (marked ▲ "
+                    f"at the top): {_esc('; '.join(off_scale))}.")
     return _section("learning-curves", _img(fig, "Loss and accuracy per epoch, training and validation", caption))
 
 
@@ -364,7 +469,9 @@ def _roc(metrics: Mapping[str, Any], predictions: pd.DataFrame | None) -> str:
             continue
         fpr, tpr, _ = roc_curve(table["label"].astype(int), table["probability"])
         colour = _LEVEL_COLOURS[level]
-        ax.plot(fpr, tpr, color=colour, lw=2, label=f"{level} (n = {len(table)}), AUC {auc:.3f}")
+        null = entry.get("null_roc_auc")
+        ax.plot(fpr, tpr, color=colour, lw=2, label=f"{level} (n = {len(table)}), AUC {auc:.3f}"
+                + (f"; random {null:.3f}" if null is not None else ""))
         sens = (entry.get("metrics") or {}).get("sensitivity")
         spec = (entry.get("metrics") or {}).get("specificity")
         if sens is not None and spec is not None:
@@ -378,7 +485,9 @@ def _roc(metrics: Mapping[str, Any], predictions: pd.DataFrame | None) -> str:
     ax.legend(loc="lower right", frameon=False, fontsize=9)
     caption = (
         f"Each curve sweeps the threshold from 1 to 0; the dots mark the operating point at threshold "
-        f"{metrics.get('threshold', 0.5):g}. Volume and patient probabilities are the {how} of their slices'."
+        f"{metrics.get('threshold', 0.5):g}. Volume and patient probabilities are the {how} of their slices'. "
+        "“random” is the mean AUC of the model's scores shuffled across images and aggregated the same way: "
+        "the floor each curve must clear."
     )
     body = _img(fig, "ROC curves per slice, volume and patient", caption)
     return _section("roc", body + "".join(_note(n) for n in notes))
@@ -439,6 +548,20 @@ def _metrics_section(metrics: Mapping[str, Any]) -> str:
         name, definition = METRIC_NAMES[metric]
         rows.append([f"<strong>{_esc(name)}</strong><br><small>{_esc(definition)}</small>",
                      *[cell(level, metric) for level in LEVELS]])
+        if metric == "roc_auc":
+            nulls = []
+            for level in LEVELS:
+                entry = _level(metrics, level)
+                null, span = entry.get("null_roc_auc"), entry.get("null_roc_auc_range")
+                text = "" if null is None else f"{null:.3f}" + (
+                    f"<br><small>{span[0]:.3f}–{span[1]:.3f}</small>" if span else "")
+                if entry.get("better_than_null") is False:
+                    text += '<br><span class="bad">model not better</span>'
+                elif entry.get("better_than_null"):
+                    text += '<br><span class="ok">model better</span>'
+                nulls.append(text or '<span class="undef">n/a</span>')
+            rows.append(["<strong>ROC AUC of random scores</strong><br><small>the model's scores shuffled across "
+                         "images, aggregated the same way: the floor</small>", *nulls])
     body = (
         "<p>Every metric at three levels. "
         + "; ".join(f"<strong>{lvl}</strong>: {_esc(_LEVEL_TEXT[lvl])}" for lvl in LEVELS)
@@ -447,6 +570,7 @@ def _metrics_section(metrics: Mapping[str, Any]) -> str:
         f"from {_n_resamples(metrics)} bootstrap re-draws of patients.</p>"
         + _table(header, rows, raw=True)
     )
+    body += "".join(_note(_esc(w)) for w in _null_warnings(metrics))
     if footnotes:
         body += "<ol class=\"footnotes\"><small>" + "".join(f"<li>{_esc(f)}</li>" for f in footnotes) + "</small></ol>"
     sparse = []
@@ -549,10 +673,57 @@ def _calibration(metrics: Mapping[str, Any]) -> str:
     return _section("calibration", body)
 
 
-def _cohort_flow(summary: Mapping[str, Any] | None) -> str:
-    if not summary:
+_SPLITS = ("train", "validation", "test")
+
+
+def _split_order(split: str) -> int:
+    return (list(_SPLITS) + [split]).index(split)
+
+
+def _manifest_counts(manifest: pd.DataFrame) -> tuple[str, dict[str, int]]:
+    """The table of what the manifest holds, per cohort, and images per ``split/label``."""
+    frame = manifest
+    augmented = 0
+    if "augmented_from" in frame.columns:
+        copies = frame["augmented_from"].notna()
+        augmented = int(copies.sum())
+        frame = frame.loc[~copies]
+    cohort = frame["cohort"].astype("string").fillna("unknown") if "cohort" in frame.columns else (
+        frame["label"].map({0: "normal", 1: "tumour"}).astype("string"))
+    frame = frame.assign(_cohort=cohort)
+    volume = frame[["patient_id", "study_uid", "view"]].astype(str).agg("/".join, axis=1)
+    frame = frame.assign(_volume=volume)
+    splits = sorted({str(v) for v in frame["split"].dropna().unique()}, key=_split_order)
+    rows = []
+    for name, group in sorted(frame.groupby("_cohort", observed=True),
+                              key=lambda kv: (["normal", "actionable", "benign", "cancer"] + [str(kv[0])]).index(str(kv[0]))):
+        by_split = [int(group.loc[group["split"].astype("string").eq(sp).fillna(False).astype(bool), "patient_id"].nunique())
+                    for sp in splits]
+        rows.append([name, int(group["patient_id"].nunique()), int(group["_volume"].nunique()), len(group), *by_split])
+    rows.append(["total", int(frame["patient_id"].nunique()), int(frame["_volume"].nunique()), len(frame),
+                 *[int(frame.loc[frame["split"].astype("string").eq(sp).fillna(False).astype(bool), "patient_id"].nunique())
+                   for sp in splits]])
+    table = _table(["cohort", "patients", "views", "images", *[f"patients in {sp}" for sp in splits]], rows)
+    if augmented:
+        table += f"<p><small>Not counted: {augmented} offline-augmented copies of training images.</small></p>"
+    per = {f"{sp}/{lab}": int(n) for (sp, lab), n in frame.groupby(["split", "label"], observed=True).size().items()}
+    return table, per
+
+
+def _cohort_flow(summary: Mapping[str, Any] | None, manifest: pd.DataFrame | None = None) -> str:
+    if not summary and (manifest is None or manifest.empty):
         return _section("cohort-flow", _note("No cohort summary (cohort_summary.json) was found next to the manifest."))
+    summary = summary or {}
     parts = []
+    per_used: dict[str, int] | None = None
+    if manifest is not None and not manifest.empty:
+        table, per_used = _manifest_counts(manifest)
+        parts.append("<h3>Used in this run (counted in the manifest)</h3>"
+                     "<p>The patients, views and images the evaluated data actually holds, after slice selection "
+                     "(e.g. single-slice keeps one image per patient and only patients whose views are all normal "
+                     "as normals).</p>" + table)
+    if not summary:
+        parts.append(_note("No cohort summary (cohort_summary.json) was found next to the manifest."))
     volumes = summary.get("volumes") or {}
     listed = volumes.get("by_cohort") or {}
     included = volumes.get("included_by_cohort") or {}
@@ -564,8 +735,8 @@ def _cohort_flow(summary: Mapping[str, Any] | None) -> str:
         rows = [[c, listed.get(c, 0), excluded.get(c, 0), included.get(c, 0), patients.get(c, 0)] for c in cohorts]
         rows.append(["total", volumes.get("volumes", sum(listed.values())), sum(excluded.values()),
                      volumes.get("included_volumes", sum(included.values())), volumes.get("included_patients", "")])
-        parts.append("<h3>Volumes (DBT views) by cohort</h3>")
-        parts.append(_table(["cohort", "listed", "excluded", "included", "patients included"], rows))
+        parts.append("<h3>Volumes (DBT views) in the CSVs, by cohort, before slice selection</h3>")
+        parts.append(_table(["cohort", "listed", "excluded", "eligible", "patients eligible"], rows))
         if volumes.get("positives_without_boxes"):
             parts.append(_note(f"{volumes['positives_without_boxes']} positive volume(s) have no lesion box."))
     steps = [
@@ -584,7 +755,7 @@ def _cohort_flow(summary: Mapping[str, Any] | None) -> str:
     if rejects:
         parts.append("<h3>Reasons for rejection</h3>" + _table(
             ["reason", "count"], [[k, v] for k, v in sorted(rejects.items())]))
-    per = summary.get("images_per_split_label") or {}
+    per = per_used if per_used is not None else (summary.get("images_per_split_label") or {})
     if per:
         splits = sorted({k.split("/")[0] for k in per}, key=lambda s: (["train", "validation", "test"] + [s]).index(s))
         rows = [[s, per.get(f"{s}/0", 0), per.get(f"{s}/1", 0), per.get(f"{s}/0", 0) + per.get(f"{s}/1", 0)]
@@ -650,9 +821,34 @@ def _example_figure(example: Mapping[str, Any]) -> str:
     peak = example.get("peak_in_box")
     peak_text = "" if peak is None else f"; peak {'inside' if peak else 'outside'} the box"
     cohort = f"; cohort {_esc(example['cohort'])}" if example.get("cohort") else ""
+    resolution = example.get("map_resolution")
+    map_text = (f"<br>Grad-CAM map {int(resolution[0])} x {int(resolution[1])} cells"
+                + (f" ({_esc(example['layer'])})" if example.get("layer") else "")
+                + f", upsampled to {image.shape[1]} x {image.shape[0]} px") if resolution else ""
     caption = (f"<strong>{_esc(kind)}</strong>: {_esc(_KIND_TEXT.get(kind, ''))}. "
-               f"P(tumour) = {float(example.get('probability', float('nan'))):.3f}{cohort}{peak_text}.<br>{id_text}")
+               f"P(tumour) = {float(example.get('probability', float('nan'))):.3f}{cohort}{peak_text}.<br>{id_text}"
+               f"{map_text}")
     return _img(fig, f"{kind} example {id_text}", caption, dpi=100)
+
+
+def _occlusion(occ: Mapping[str, Any] | None) -> str:
+    if not occ:
+        return ""
+    head = ("<h3>Occlusion check: does the model look at the lesion?</h3><p>Each tumour image's lesion box was "
+            "filled with the median of the tissue around it and the image scored again. A model that found the "
+            "tumour in the lesion calls the image normal once the lesion is hidden. Unlike the heat map, this "
+            "does not depend on a layer's resolution.</p>")
+    if occ.get("mean_drop") is None:
+        return head + _note(f"Occlusion check not possible: {_esc(occ.get('reason', 'no boxed tumour image'))}.")
+    text = (f"<p>Mean drop in P(tumour) when the box is hidden: <strong>{occ['mean_drop']:.3f}</strong> "
+            f"(from {occ['mean_probability']:.3f} to {occ['mean_probability_hidden']:.3f}, over {occ['n']} "
+            "tumour images with a box). ")
+    if occ.get("flip_fraction") is not None:
+        text += (f"Of the {occ['n_called_positive']} of them called tumour, <strong>{occ['flips']} "
+                 f"({100 * occ['flip_fraction']:.1f}%)</strong> are called normal once the lesion is hidden.</p>")
+    else:
+        text += f"{_esc(occ.get('reason', ''))}.</p>"
+    return head + text
 
 
 def _gradcam(metrics: Mapping[str, Any], examples: Sequence[Mapping[str, Any]]) -> str:
@@ -662,6 +858,16 @@ def _gradcam(metrics: Mapping[str, Any], examples: Sequence[Mapping[str, Any]]) 
         "annotated lesion. A heat map is a hint of what the network used, not a lesion outline.</p>"
     ]
     loc = metrics.get("localization")
+    if loc and loc.get("map_resolution"):
+        h, w = loc["map_resolution"]
+        parts.append(
+            f"<p><strong>Map resolution:</strong> the heat maps come from layer {_esc(loc.get('layer', '?'))}, "
+            f"whose map is <strong>{h} x {w}</strong> cells at this input size; each cell is then spread over "
+            "its share of the image by bilinear upsampling, so a lesion smaller than a cell cannot be told "
+            "from its surroundings.</p>"
+        )
+    if loc and loc.get("note"):
+        parts.append(_note(_esc(loc["note"][0].upper() + loc["note"][1:]) + "."))
     if loc:
         if loc.get("fraction") is not None:
             parts.append(
@@ -672,6 +878,7 @@ def _gradcam(metrics: Mapping[str, Any], examples: Sequence[Mapping[str, Any]]) 
             )
         else:
             parts.append(_note(f"Localisation check not possible: {_esc(loc.get('reason', 'no boxed tumour slice'))}."))
+    parts.append(_occlusion(metrics.get("occlusion")))
     if not examples:
         parts.append(_note("No Grad-CAM examples were produced (evaluate.gradcam_examples = 0, or no case of "
                            "these kinds in the split)."))
@@ -749,13 +956,16 @@ def write_report(
     predictions: pd.DataFrame | None,
     examples: Sequence[Mapping[str, Any]] = (),
     out_path: str | os.PathLike[str] | None = None,
+    chance: Mapping[str, Any] | None = None,
+    manifest: pd.DataFrame | None = None,
 ) -> Path:
     """Write the evaluation report: one self-contained HTML page.
 
     Args:
         run_dir: The training run's folder (named in the title; the default output folder).
         metrics: :func:`tasks.metrics.evaluate_predictions`' dict, optionally with
-            ``localization`` (:func:`models.gradcam.box_hit_fraction`'s dict).
+            ``localization`` (:func:`models.gradcam.box_hit_fraction`'s dict) and
+            ``occlusion`` (:func:`models.gradcam.occlusion_check`'s dict).
         history: ``history.csv`` of the run (``epoch``, ``train_loss``, ``train_accuracy``,
             ``val_loss``, ``val_accuracy``), or ``None``.
         cohort_summary: ``cohort_summary.json`` of the prepared data, or ``None``.
@@ -766,6 +976,10 @@ def write_report(
             float in [0, 1]), ``box`` (``(x, y, w, h)`` or ``None``), ``probability``,
             ``ids`` and optionally ``cohort`` and ``peak_in_box``.
         out_path: Where to write; default ``run_dir/report.html``.
+        chance: :func:`tasks.metrics.chance_losses` of the training run (``train``,
+            ``validation``, ``class_balance``): the chance lines of the learning curves.
+        manifest: The manifest the evaluated data came from: the cohort flow counts the
+            patients, views and images it actually holds.
 
     Returns:
         The path written (atomically).
@@ -776,13 +990,13 @@ def write_report(
     toc = "".join(f'<li><a href="#{a}">{_esc(h)}</a></li>' for a, h in SECTION_HEADINGS.items())
     sections = [
         _summary(metrics, config),
-        _learning_curves(history),
+        _learning_curves(history, chance),
         _roc(metrics, predictions),
         _confusion(metrics),
         _metrics_section(metrics),
         _cohorts(metrics),
         _calibration(metrics),
-        _cohort_flow(cohort_summary),
+        _cohort_flow(cohort_summary, manifest),
         _leak_audit(cohort_summary),
         _gradcam(metrics, examples),
         _undefined_notes(metrics),
@@ -803,30 +1017,44 @@ def write_report(
 
 
 def summary_markdown(metrics: Mapping[str, Any]) -> str:
-    """Markdown for a Prefect artifact: the patient-level headline and a table per level."""
-    patient = _level(metrics, "patient")
+    """Markdown for a Prefect artifact: a degenerate model named first, then the image and patient headlines."""
     ci = _ci_label(metrics)
-    lines = [
-        f"### Evaluation on the {_split_text(metrics)}",
-        "",
-        f"Per patient (n = {patient.get('n', 0)}: {patient.get('n_positive', 0)} with a tumour, "
-        f"{patient.get('n_negative', 0)} without); threshold {metrics.get('threshold', 0.5):g}, "
-        f"{metrics.get('aggregate', 'max')} of slice probabilities; {ci} from "
-        f"{_n_resamples(metrics)} patient bootstrap re-draws.",
-        "",
-        f"| Metric | Value | {ci} |",
-        "|---|---:|---:|",
+    lines = [f"### Evaluation on the {_split_text(metrics)}", ""]
+    if metrics.get("degenerate"):
+        lines += [f"**Degenerate model:** {metrics.get('degenerate_reason') or 'its predictions do not vary'}.", ""]
+    lines += [
+        f"Threshold {metrics.get('threshold', 0.5):g}, {metrics.get('aggregate', 'max')} of slice probabilities; "
+        f"{ci} from {_n_resamples(metrics)} patient bootstrap re-draws; \"random\" is the ROC AUC of the "
+        "model's scores shuffled across images and aggregated the same way.",
     ]
-    for metric in ("accuracy", "sensitivity", "specificity", "roc_auc"):
-        value = (patient.get("metrics") or {}).get(metric)
-        interval = (patient.get("intervals") or {}).get(metric)
-        shown = _fmt(metric, value) if value is not None else "n/a"
-        lines.append(f"| {METRIC_NAMES[metric][0]} | {shown} | {_fmt_ci(metric, interval) or '–'} |")
-    lines += ["", "| Level | n | Accuracy | Sensitivity | Specificity | ROC AUC |", "|---|---:|---:|---:|---:|---:|"]
+    for level in ("slice", "patient"):
+        entry = _level(metrics, level)
+        lines += [
+            "",
+            f"Per {_UNIT[level]} (n = {entry.get('n', 0)}: {entry.get('n_positive', 0)} with a tumour, "
+            f"{entry.get('n_negative', 0)} without)",
+            "",
+            f"| Metric | Value | {ci} |",
+            "|---|---:|---:|",
+        ]
+        for metric in ("accuracy", "sensitivity", "specificity", "roc_auc"):
+            value = (entry.get("metrics") or {}).get(metric)
+            interval = (entry.get("intervals") or {}).get(metric)
+            shown = _fmt(metric, value) if value is not None else "n/a"
+            lines.append(f"| {METRIC_NAMES[metric][0]} | {shown} | {_fmt_ci(metric, interval) or '–'} |")
+        if _null_text(entry):
+            lines.append(f"| ROC AUC of random scores | {_null_text(entry)} | |")
+    lines += ["", "| Level | n | Accuracy | Sensitivity | Specificity | ROC AUC | random ROC AUC |",
+              "|---|---:|---:|---:|---:|---:|---:|"]
     for level in LEVELS:
         e = _level(metrics, level)
         values = [_fmt(m, (e.get("metrics") or {}).get(m)) for m in ("accuracy", "sensitivity", "specificity", "roc_auc")]
+        null = e.get("null_roc_auc")
+        values.append("n/a" if null is None else f"{null:.3f}")
         lines.append(f"| {level} | {e.get('n', 0)} | " + " | ".join(values) + " |")
+    warnings = _null_warnings(metrics)
+    if warnings:
+        lines += ["", *[f"**Warning:** {w}" for w in warnings]]
     notes = [
         f"{level} {METRIC_NAMES.get(m, (m,))[0]}: {why}"
         for level in LEVELS
@@ -846,7 +1074,8 @@ def metrics_table(metrics: Mapping[str, Any]) -> list[dict[str, Any]]:
 
     Returns:
         Dicts with ``level``, ``metric`` (:data:`~tasks.metrics.METRICS`, then
-        ``sensitivity_<cohort>`` for benign and cancer), ``value``, ``low``, ``high``
+        ``null_roc_auc`` (low and high: its 95% range; note: the warning when the model's
+        interval overlaps it), then ``sensitivity_<cohort>`` for benign and cancer), ``value``, ``low``, ``high``
         (``None`` where undefined or not bootstrapped; rounded to 4 decimals), ``n`` (cases
         at the level; positives of the cohort for cohort rows) and ``note`` (why a value
         is missing, else empty).
@@ -865,6 +1094,16 @@ def metrics_table(metrics: Mapping[str, Any]) -> list[dict[str, Any]]:
                 "n": int(e.get("n", 0)),
                 "note": (e.get("undefined") or {}).get(metric, ""),
             })
+        span = e.get("null_roc_auc_range") or [None, None]
+        rows.append({
+            "level": level,
+            "metric": "null_roc_auc",
+            "value": _round(e.get("null_roc_auc")),
+            "low": _round(span[0]),
+            "high": _round(span[1]),
+            "n": int(e.get("n", 0)),
+            "note": e.get("null_warning") or "",
+        })
         for cohort, sub in (e.get("by_cohort") or {}).items():
             interval = (sub.get("intervals") or {}).get("sensitivity") or [None, None]
             rows.append({

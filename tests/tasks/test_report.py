@@ -155,13 +155,16 @@ def test_summary_markdown(case: dict[str, Any]) -> None:
 
 def test_metrics_table_rows(case: dict[str, Any]) -> None:
     rows = metrics_table(case["metrics"])
-    assert len(rows) == len(LEVELS) * (len(METRICS) + len(POSITIVE_COHORTS))
+    # Per level: every metric, the null ROC AUC, and sensitivity per cohort.
+    assert len(rows) == len(LEVELS) * (len(METRICS) + 1 + len(POSITIVE_COHORTS))
     assert all(set(r) == {"level", "metric", "value", "low", "high", "n", "note"} for r in rows)
     acc = next(r for r in rows if r["level"] == "volume" and r["metric"] == "accuracy")
     level = case["metrics"]["levels"]["volume"]
     assert acc["value"] == pytest.approx(level["metrics"]["accuracy"], abs=1e-4)
     assert [acc["low"], acc["high"]] == pytest.approx(level["intervals"]["accuracy"], abs=1e-4)
     assert acc["n"] == 24 and acc["note"] == ""
+    null = next(r for r in rows if r["level"] == "patient" and r["metric"] == "null_roc_auc")
+    assert null["value"] == pytest.approx(case["metrics"]["levels"]["patient"]["null_roc_auc"], abs=1e-4)
     benign = next(r for r in rows if r["level"] == "patient" and r["metric"] == "sensitivity_benign")
     assert benign["value"] is None and benign["low"] is None and "no benign" in benign["note"]
 
@@ -189,3 +192,78 @@ def test_report_renders_in_headless_chromium(case: dict[str, Any], tmp_path: Pat
     assert image.std() > 20
     colours = np.unique(image.reshape(-1, 3)[::7], axis=0)
     assert len(colours) > 200  # text, figures and heat maps, not a blank or error page
+
+
+def _section_text(html: str, anchor: str) -> str:
+    return html.split(f'<section id="{anchor}">', 1)[1].split("</section>", 1)[0]
+
+
+def test_headline_shows_the_image_level_first_then_the_patient_level_with_its_null(case: dict[str, Any]) -> None:
+    summary = _section_text(case["html"], "summary")
+    assert summary.index("Accuracy, per image") < summary.index("Accuracy, per patient")
+    patient = case["metrics"]["levels"]["patient"]
+    assert f"random scores, aggregated the same way: {patient['null_roc_auc']:.3f}" in summary
+    assert "ROC AUC of random scores" in _section_text(case["html"], "metrics")
+    assert "Degenerate" not in summary
+
+
+def test_random_and_degenerate_models_are_named_first(tmp_path: Path) -> None:
+    pred = _predictions()
+    pred["probability"] = np.random.default_rng(5).random(len(pred))
+    metrics = evaluate_predictions(pred, bootstrap=100, null_draws=50)
+    assert metrics["levels"]["patient"]["better_than_null"] is False
+    text = write_report(tmp_path, metrics=metrics, history=None, cohort_summary=None, config={}, predictions=pred,
+                        examples=[]).read_text(encoding="utf-8")
+    summary = _section_text(text, "summary")
+    assert "not better than random scores" in summary and "not shown to be better than chance" in summary
+    md = summary_markdown(metrics)
+    assert "**Warning:**" in md and "random ROC AUC" in md
+
+    pred["probability"] = 0.494899  # a collapsed model: one value for every image
+    metrics = evaluate_predictions(pred, bootstrap=0, null_draws=10)
+    text = write_report(tmp_path, metrics=metrics, history=None, cohort_summary=None, config={}, predictions=pred,
+                        examples=[]).read_text(encoding="utf-8")
+    summary = _section_text(text, "summary")
+    assert summary.index("Degenerate model") < summary.index("The classifier was evaluated")
+    assert "hardly vary" in summary
+    assert summary_markdown(metrics).split("\n")[2].startswith("**Degenerate model:**")
+
+
+def test_learning_curves_mark_chance_and_keep_an_extreme_epoch_off_scale(tmp_path: Path) -> None:
+    history = HISTORY.copy()
+    history.loc[0, "val_loss"] = 18.0
+    chance = {"train": 0.394, "validation": 0.41, "class_balance": "weights"}
+    text = write_report(tmp_path, metrics=evaluate_predictions(_predictions(), bootstrap=0, null_draws=5),
+                        history=history, cohort_summary=None, config={}, predictions=None, examples=[],
+                        chance=chance).read_text(encoding="utf-8")
+    curves = _section_text(text, "learning-curves")
+    assert "train 0.394" in curves and "validation 0.410" in curves and "learned nothing" in curves
+    assert "off the scale" in curves and "epoch 1 validation loss 18" in curves
+    from tasks.report import _loss_top
+
+    assert _loss_top(history[["train_loss", "val_loss"]].to_numpy().ravel(), 0.41) < 18.0
+    assert _loss_top(HISTORY[["train_loss", "val_loss"]].to_numpy().ravel(), 0.41) is None
+
+
+def test_gradcam_resolution_occlusion_and_cohort_flow_from_the_manifest(tmp_path: Path) -> None:
+    pred = _predictions()
+    metrics = evaluate_predictions(pred, bootstrap=0, null_draws=5)
+    metrics["localization"] = {"fraction": 0.25, "n": 4, "hits": 1, "n_no_signal": 0, "layer": "backbone.features.21",
+                               "map_resolution": [8, 8], "target_layer": "backbone.features.28",
+                               "target_resolution": [4, 4], "note": "at 64 px the last layer's map is only 4 x 4"}
+    metrics["occlusion"] = {"flip_fraction": 0.75, "mean_drop": 0.412, "n": 5, "n_called_positive": 4, "flips": 3,
+                            "mean_probability": 0.8, "mean_probability_hidden": 0.388, "threshold": 0.5}
+    examples = [dict(e, map_resolution=[8, 8], layer="backbone.features.21") for e in _examples()]
+    # The manifest used: 2 normal patients of 3 listed, one image each.
+    manifest = pd.DataFrame({"patient_id": ["A", "B", "C"], "study_uid": ["S1", "S2", "S3"], "view": "lcc",
+                             "label": [0, 0, 1], "cohort": ["normal", "normal", "cancer"],
+                             "split": ["train", "test", "test"]})
+    text = write_report(tmp_path, metrics=metrics, history=None, cohort_summary=COHORT_SUMMARY, config={},
+                        predictions=pred, examples=examples, manifest=manifest).read_text(encoding="utf-8")
+    gradcam = _section_text(text, "gradcam")
+    assert "<strong>8 x 8</strong>" in gradcam and "Grad-CAM map 8 x 8 cells" in gradcam and "only 4 x 4" in gradcam
+    assert "3 (75.0%)" in gradcam and "0.412" in gradcam
+    flow = _section_text(text, "cohort-flow")
+    used = flow.split("Used in this run", 1)[1].split("</table>", 1)[0]
+    assert "<td>normal</td><td class=\"num\">2</td>" in used and "patients eligible" in flow
+    assert flow.index("Used in this run") < flow.index("before slice selection")
