@@ -166,15 +166,39 @@ def _comparison_row(preset: str, cfg: PipelineConfig, outputs: dict[str, Any]) -
         "model": cfg.model.model, "weights": cfg.model.weights, "head": cfg.model.head,
         "optimizer": cfg.train.optimizer, "image_size": cfg.train.image_size, "epochs_run": int(len(history)),
     }
+    row.update(_metric_cells(metrics))
+    row["note"] = outputs.get("note") or ""
+    row["report"] = outputs["report"]
+    return row
+
+
+def _metric_cells(metrics: dict[str, Any]) -> dict[str, Any]:
+    """The compared figures of one metrics.json, with intervals and the random-score null AUC."""
+    cells: dict[str, Any] = {}
     for level in ("patient", "slice"):
         values = metrics["levels"][level]
         for name in _COMPARED:
             low_high = (values.get("intervals") or {}).get(name) or [None, None]
-            row[f"{level}_{name}"] = values["metrics"].get(name)
-            row[f"{level}_{name}_low"], row[f"{level}_{name}_high"] = low_high
-    row["note"] = outputs.get("note") or ""
-    row["report"] = outputs["report"]
-    return row
+            cells[f"{level}_{name}"] = values["metrics"].get(name)
+            cells[f"{level}_{name}_low"], cells[f"{level}_{name}_high"] = low_high
+        cells[f"{level}_null_roc_auc"] = values.get("null_roc_auc")
+    return cells
+
+
+def _floor_rows(cfg: PipelineConfig, outputs: dict[str, Any]) -> list[dict[str, Any]]:
+    """A constant and a random scorer on the test images of one strategy's run: the floor to read against."""
+    import pandas as pd
+
+    from tasks.metrics import floor_scorers
+
+    e, strategy = cfg.evaluate, cfg.slices.strategy
+    floors = floor_scorers(pd.read_parquet(outputs["predictions"]), how=e.aggregate, threshold=e.threshold,
+                           bootstrap=e.bootstrap, ci=e.ci, seed=e.seed)
+    what = {"constant": f"P(tumour) = {e.threshold:g} for every image", "random": "seeded uniform random scores"}
+    return [{"preset": f"floor-{name}", "description": f"{name} scorer ({what[name]}) on the {strategy} test images",
+             "strategy": strategy, "model": f"{name} scorer", "weights": "", "head": "", "optimizer": "",
+             "image_size": cfg.train.image_size, "epochs_run": 0, **_metric_cells(metrics),
+             "note": "", "report": ""} for name, metrics in floors.items()]
 
 
 def _fmt(value: Any, low: Any, high: Any) -> str:
@@ -202,20 +226,27 @@ def run_experiments(data_root: str, output_root: str, presets: list[str] | None 
     from tasks.presets import STUDY_PRESETS, _merge, load_preset
 
     rows = []
+    floors: dict[str, list[dict[str, Any]]] = {}
     for name in presets or STUDY_PRESETS:
         merged = _merge(load_preset(name), overrides or {})
         cfg = pipeline_config(data_root=data_root, output_root=output_root, base=merged)
         outputs = tomoflow_pipeline.with_options(flow_run_name=f"experiment {name}")(config=cfg, preset=None)
         rows.append(_comparison_row(name, _weights_or_scratch(cfg)[0], outputs))
+        if cfg.slices.strategy not in floors:
+            floors[cfg.slices.strategy] = _floor_rows(cfg, outputs)
+    rows += [row for pair in floors.values() for row in pair]
     table = pd.DataFrame(rows)
     out = Path(output_root)
     csv_path = atomic_write_text(out / "comparison.csv", table.to_csv(index=False))
     lines = ["# tomoflow: the study's experiments", "",
-             "Patient-level figures with 95% bootstrap intervals (patients resampled); slice level in the CSV.", "",
+             "Patient-level figures with 95% bootstrap intervals (patients resampled); slice level in the CSV. "
+             "Read them against the floor: the floor-constant and floor-random rows score the same test images "
+             "with no model, and \"random AUC\" is what shuffled scores reach when aggregated the same way.", "",
              "| preset | strategy | model | weights | head | optimizer | px | epochs | accuracy | sensitivity | "
-             "specificity | ROC AUC |", "|" + "---|" * 12]
+             "specificity | ROC AUC | random AUC |", "|" + "---|" * 13]
     for r in rows:
         cells = [_fmt(r[f"patient_{m}"], r[f"patient_{m}_low"], r[f"patient_{m}_high"]) for m in _COMPARED]
+        cells.append(_fmt(r["patient_null_roc_auc"], None, None))
         lines.append(f"| {r['preset']} | {r['strategy']} | {r['model']} | {r['weights']} | {r['head']} | "
                      f"{r['optimizer']} | {r['image_size']} | {r['epochs_run']} | " + " | ".join(cells) + " |")
     notes = [f"- {r['preset']}: {r['note']}" for r in rows if r["note"]]

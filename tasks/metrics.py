@@ -61,6 +61,7 @@ __all__ = [
     "constant_predictor_loss",
     "degeneracy",
     "evaluate_predictions",
+    "floor_scorers",
     "null_roc_auc",
 ]
 
@@ -876,3 +877,41 @@ def evaluate_predictions(
         entry["null_roc_auc_range"] = null["null_roc_auc_range"]
         _null_verdict(entry, null)
     return result
+
+
+def floor_scorers(
+    pred: pd.DataFrame,
+    *,
+    how: How = "max",
+    threshold: float = 0.5,
+    bootstrap: int = 1000,
+    ci: float = 0.95,
+    seed: int = 0,
+    null_draws: int = NULL_DRAWS,
+) -> dict[str, dict[str, Any]]:
+    """Metrics of two scorers that know nothing, on a model's test images: the floor of a comparison.
+
+    ``constant`` gives every image P(tumour) = ``threshold`` (so every image is called
+    tumour, and every ranking is a tie); ``random`` gives each image a seeded uniform
+    random probability. Both are evaluated exactly as the model was
+    (:func:`evaluate_predictions` with the same aggregation, threshold and bootstrap), so
+    their patient-level figures show what image counts alone are worth.
+
+    Args:
+        pred: A model's slice prediction table (its labels and ids are used, not its scores).
+        how, threshold, bootstrap, ci, seed, null_draws: As for :func:`evaluate_predictions`.
+
+    Returns:
+        ``{"constant": metrics, "random": metrics}``.
+    """
+    base = pred.reset_index(drop=True)
+    rng = np.random.default_rng([int(seed), 0x51])  # the random scorer's own stream
+    scorers = {
+        "constant": base.assign(probability=float(_check_threshold(threshold))),
+        "random": base.assign(probability=rng.random(len(base))),
+    }
+    return {
+        name: evaluate_predictions(table, how=how, threshold=threshold, bootstrap=bootstrap, ci=ci, seed=seed,
+                                   null_draws=null_draws)
+        for name, table in scorers.items()
+    }

@@ -81,11 +81,18 @@ def test_experiments_write_comparison(prefect_harness, small_dataset: Path, tmp_
     result = run_experiments(data_root=str(small_dataset), output_root=str(out),
                              presets=["m1-baseline", "m2-baseline"], overrides=TINY)
     table = pd.read_csv(result["comparison_csv"])
-    assert list(table["preset"]) == ["m1-baseline", "m2-baseline"]
-    assert list(table["strategy"]) == ["all-slices", "single-slice"]
+    # The study's rows, then the floor: a constant and a random scorer on each strategy's test images.
+    assert list(table["preset"]) == ["m1-baseline", "m2-baseline", "floor-constant", "floor-random",
+                                     "floor-constant", "floor-random"]
+    assert list(table["strategy"]) == ["all-slices", "single-slice", "all-slices", "all-slices", "single-slice",
+                                       "single-slice"]
+    constant = table[table["preset"] == "floor-constant"]
+    assert (constant["patient_roc_auc"] == 0.5).all() and (constant["patient_sensitivity"] == 1.0).all()
+    assert table["patient_null_roc_auc"].notna().all()
     for column in ("patient_accuracy", "patient_sensitivity", "patient_specificity", "patient_accuracy_low"):
         assert column in table.columns
     md = Path(result["comparison_md"]).read_text()
     assert "| m1-baseline | all-slices | vgg16 |" in md and "| m2-baseline | single-slice |" in md
+    assert "| floor-random | single-slice | random scorer |" in md and "random AUC" in md
     # One prepared manifest per strategy (and image size), shared by the presets that use it.
     assert len(list((out / "prepared").iterdir())) == 2

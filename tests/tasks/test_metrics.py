@@ -413,3 +413,18 @@ def test_constant_predictor_loss_is_the_weighted_chance_loss() -> None:
     assert metrics_mod.chance_losses(manifest, "sampler")["train"] == pytest.approx(math.log(2))
     assert metrics_mod.chance_losses(manifest, "none", aux_weight=0.4)["train"] == pytest.approx(
         1.4 * metrics_mod.constant_predictor_loss(10, 90))
+
+
+def test_floor_scorers_constant_and_random() -> None:
+    pred = _random_scores_manifest(n_pos=10, n_neg=10)
+    floors = metrics_mod.floor_scorers(pred, bootstrap=20, null_draws=20, seed=2)
+    constant, random = floors["constant"], floors["random"]
+    assert constant["levels"]["patient"]["metrics"]["roc_auc"] == 0.5  # every ranking a tie
+    assert constant["levels"]["slice"]["metrics"]["sensitivity"] == 1.0  # at the threshold: called tumour
+    assert constant["degenerate"] is True
+    assert random["degenerate"] is False
+    assert random["levels"]["patient"]["better_than_null"] is False
+    assert metrics_mod.floor_scorers(pred, bootstrap=0, null_draws=5, seed=2)["random"]["levels"]["slice"][
+        "metrics"] == metrics_mod.floor_scorers(pred, bootstrap=0, null_draws=5, seed=2)["random"]["levels"][
+        "slice"]["metrics"]
+    _no_nan(floors)
