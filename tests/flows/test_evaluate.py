@@ -42,8 +42,16 @@ def test_evaluate_flow_writes_predictions_metrics_report_and_artifacts(prefect_h
     for level in ("slice", "volume", "patient"):
         assert {"accuracy", "sensitivity", "specificity"} <= set(metrics["levels"][level]["metrics"])
     assert "localization" in metrics
+    # Issue 15: the null beside every level, the degenerate flag, localisation resolution and occlusion.
+    for level in ("slice", "volume", "patient"):
+        entry = metrics["levels"][level]
+        assert "null_roc_auc" in entry and "better_than_null" in entry
+    assert isinstance(metrics["degenerate"], bool)
+    assert min(metrics["localization"]["map_resolution"]) >= 8 or metrics["localization"]["fraction"] is None
+    assert {"flip_fraction", "mean_drop", "n"} <= set(metrics["occlusion"])
     html = Path(result["report"]).read_text()
     assert "<img" in html and 'src="http' not in html
+    assert "Occlusion check" in html and "Used in this run" in html and "chance" in html
 
     with get_client(sync_client=True) as client:
         keys = {a.key for a in client.read_artifacts() if a.key}
