@@ -137,5 +137,10 @@ def evaluate_model(config: EvaluateConfig = EvaluateConfig()) -> dict[str, str]:
                           description=f"Metrics of {config.run_dir} on the {config.split} split")
     create_markdown_artifact(summary_markdown(values), key="evaluation-summary",
                              description=f"Summary of {config.run_dir}")
+    if values.get("degenerate"):
+        logger.warning("degenerate model: %s", values.get("degenerate_reason"))
+    for level, entry in (values.get("levels") or {}).items():
+        if entry.get("null_warning"):
+            logger.warning("%s level: %s", level, entry["null_warning"])
     logger.info("report: %s", report)
     return {"predictions": predictions, "metrics": metrics, "report": report}
