@@ -693,16 +693,18 @@ def _manifest_counts(manifest: pd.DataFrame) -> tuple[str, dict[str, int]]:
     frame = frame.assign(_cohort=cohort)
     volume = frame[["patient_id", "study_uid", "view"]].astype(str).agg("/".join, axis=1)
     frame = frame.assign(_volume=volume)
-    splits = sorted({str(v) for v in frame["split"].dropna().unique()}, key=_split_order)
-    rows = []
-    for name, group in sorted(frame.groupby("_cohort", observed=True),
-                              key=lambda kv: (["normal", "actionable", "benign", "cancer"] + [str(kv[0])]).index(str(kv[0]))):
-        by_split = [int(group.loc[group["split"].astype("string").eq(sp).fillna(False).astype(bool), "patient_id"].nunique())
-                    for sp in splits]
-        rows.append([name, int(group["patient_id"].nunique()), int(group["_volume"].nunique()), len(group), *by_split])
-    rows.append(["total", int(frame["patient_id"].nunique()), int(frame["_volume"].nunique()), len(frame),
-                 *[int(frame.loc[frame["split"].astype("string").eq(sp).fillna(False).astype(bool), "patient_id"].nunique())
-                   for sp in splits]])
+    frame = frame.assign(_split=frame["split"].astype("string").fillna(""))
+    splits = sorted({str(v) for v in frame["_split"].unique() if v}, key=_split_order)
+    cohort_order = ["normal", "actionable", "benign", "cancer"]
+
+    def counts(group: pd.DataFrame) -> list[int]:
+        by_split = [int(group.loc[group["_split"] == sp, "patient_id"].nunique()) for sp in splits]
+        return [int(group["patient_id"].nunique()), int(group["_volume"].nunique()), len(group), *by_split]
+
+    groups = sorted(frame.groupby("_cohort", observed=True),
+                    key=lambda kv: (cohort_order + [str(kv[0])]).index(str(kv[0])))
+    rows = [[name, *counts(group)] for name, group in groups]
+    rows.append(["total", *counts(frame)])
     table = _table(["cohort", "patients", "views", "images", *[f"patients in {sp}" for sp in splits]], rows)
     if augmented:
         table += f"<p><small>Not counted: {augmented} offline-augmented copies of training images.</small></p>"
