@@ -200,6 +200,18 @@ def test_readme_service_steps_on_postgresql(service: dict) -> None:
         with get_client(sync_client=True) as client:
             task_runs = client.read_task_runs()
     assert task_runs and all(t.run_count <= 1 for t in task_runs), [(t.name, t.run_count) for t in task_runs]
+    # A worker started without TOMOFLOW_HOME fails the run (not Crashed), naming the variable.
+    _prefect(["work-pool", "create", "no-home-pool", "--type", "process", "--overwrite"], env)
+    _prefect(["--no-prompt", "deploy", "--name", "adhoc-retrain", "--pool", "no-home-pool"], env)
+    no_home = _run_id(_prefect(["deployment", "run", "tomoflow-pipeline/adhoc-retrain", "--param", "preset=demo"],
+                               env).stdout)
+    worker_env = {k: v for k, v in env.items() if k != "TOMOFLOW_HOME"}
+    subprocess.run([str(BIN / "prefect"), "worker", "start", "--pool", "no-home-pool", "--run-once"],
+                   cwd=service["data"], env=worker_env, capture_output=True, timeout=600)
+    state, message = _state(_wait(env, no_home, timeout=120))
+    assert state == "FAILED" and "TOMOFLOW_HOME is not set" in message and "export TOMOFLOW_HOME=" in message, \
+        (state, message)
+
     # Nothing was written into the code checkout.
     assert set(p.name for p in REPO.iterdir()) - before == set()
     assert not (REPO / "output").exists() and not (REPO / "data").exists()
