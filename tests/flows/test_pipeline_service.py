@@ -86,3 +86,30 @@ def test_fit_model_is_not_retried_on_a_data_error(prefect_harness, tmp_path: Pat
     assert state.is_failed()
     assert "only label 0" in state.message
     assert len(calls) == 1
+
+
+def test_failed_training_deployment_reason_and_link_in_the_message(monkeypatch) -> None:
+    import uuid
+
+    import prefect.deployments
+    from prefect.settings import PREFECT_UI_URL, temporary_settings
+    from prefect.states import Failed
+
+    from flows.pipeline import ChildRunFailed, _run_training_deployment
+    from tasks.config import TrainConfig
+
+    child_id = uuid.uuid4()
+
+    class Child:
+        id = child_id
+        state = Failed(message="Flow run encountered an exception: ValueError: the 'validation' split\n"
+                               "holds only label 0")
+
+    monkeypatch.setattr(prefect.deployments, "run_deployment", lambda *a, **k: Child())
+    with temporary_settings({PREFECT_UI_URL: "http://127.0.0.1:4200"}):
+        with pytest.raises(ChildRunFailed) as info:
+            _run_training_deployment("train-classifier/gpu-train", TrainConfig())
+    message = str(info.value)
+    assert "\n" not in message and "Flow run encountered" not in message
+    assert "ended Failed: ValueError: the 'validation' split holds only label 0" in message
+    assert f"http://127.0.0.1:4200/runs/flow-run/{child_id}" in message
