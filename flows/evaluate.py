@@ -12,13 +12,18 @@ from prefect.runtime import flow_run
 
 from tasks.caching import content_cache_key_fn
 from tasks.config import EvaluateConfig
+from tasks.retry import retry_policy
 
-_CACHED = {"persist_result": True, "retries": 1, "retry_delay_seconds": 2}
+_CACHED = {"persist_result": True, **retry_policy(retries=1, delay_seconds=2)}
 
 
 def _run_name() -> str:
-    config = flow_run.parameters.get("config")
-    cfg = config if isinstance(config, EvaluateConfig) else EvaluateConfig.model_validate(config or {})
+    """``evaluate <run folder> test``; never raises (a bad config fails the run later, with its reason)."""
+    try:
+        config = flow_run.parameters.get("config")
+        cfg = config if isinstance(config, EvaluateConfig) else EvaluateConfig.model_validate(config or {})
+    except Exception:
+        return "evaluate (invalid config)"
     return f"evaluate {Path(cfg.run_dir).name} {cfg.split}"
 
 

@@ -20,30 +20,68 @@ from pathlib import Path
 from typing import Any
 
 from prefect import flow, get_run_logger
-from prefect.artifacts import create_markdown_artifact
+from prefect.artifacts import create_image_artifact, create_markdown_artifact
 from prefect.runtime import flow_run
+from pydantic import ValidationError
 
 from flows.evaluate import evaluate_model
 from flows.prepare import prepare_data
 from flows.train import train_classifier
-from tasks.config import EvaluateConfig, PipelineConfig, PrepareConfig, TrainConfig
+from tasks.config import PipelineConfig, PrepareConfig, TrainConfig
 from tasks.io import atomic_write_json, file_fingerprint
-from tasks.presets import pipeline_config, short_key
+from tasks.presets import PresetName, check_preset, explicit_settings, list_presets, merge_config, pipeline_config, short_key
+from tasks.service import (DATA_VAR, OUTPUT_VAR, ServiceConfigError, deployment_defaults, deployment_id,
+                           flow_run_url, one_line, outputs_url, resolve_root, validation_message)
 
 
 def _resolve(config: PipelineConfig | dict[str, Any] | None, data_root: str | None, output_root: str | None,
              preset: str | None) -> PipelineConfig:
+    """The run's configuration, checked before any work; every problem is one line saying what to change.
+
+    Order, later wins: the defaults, the preset, the deployment's stored ``config``, the
+    run's ``config`` (merged into the deployment's, not replacing it), then ``data_root`` and
+    ``output_root`` (or ``TOMOFLOW_DATA_ROOT`` / ``TOMOFLOW_OUTPUT_ROOT`` of the worker).
+
+    Raises:
+        ServiceConfigError: unknown preset, missing or wrong root, invalid setting.
+    """
+    if preset is not None:
+        try:
+            check_preset(preset)
+        except ValueError as exc:
+            raise ServiceConfigError(str(exc)) from None
+    try:
+        explicit = explicit_settings(config)
+    except ValueError as exc:
+        raise ServiceConfigError(str(exc)) from None
+    stored = deployment_defaults("config") if deployment_id() is not None else None
+    if isinstance(stored, dict):
+        explicit = merge_config(stored, explicit)
+    data = explicit.get("data") if isinstance(explicit.get("data"), dict) else {}
+    in_deployment = deployment_id() is not None
     # A scheduled deployment carries no paths: the worker's environment says where the data is.
-    data_root = data_root or os.environ.get("TOMOFLOW_DATA_ROOT") or None
-    output_root = output_root or os.environ.get("TOMOFLOW_OUTPUT_ROOT") or None
-    return pipeline_config(preset=preset, data_root=data_root, output_root=output_root, base=config)
+    data_root = resolve_root(data_root or data.get("data_root"), DATA_VAR, "data_root", "data root",
+                             must_exist=True, deployment=in_deployment)
+    output_root = resolve_root(output_root or data.get("output_dir"), OUTPUT_VAR, "output_root", "output root",
+                               must_exist=False, deployment=in_deployment)
+    try:
+        return pipeline_config(preset=preset, data_root=data_root, output_root=output_root, base=explicit)
+    except ValidationError as exc:
+        raise ServiceConfigError(validation_message(exc)) from None
 
 
 def _run_name() -> str:
-    params = flow_run.parameters
-    cfg = _resolve(params.get("config"), params.get("data_root"), params.get("output_root"), params.get("preset"))
-    label = params.get("preset") or cfg.slices.strategy
-    return f"pipeline {label} {cfg.model.model} {cfg.slices.image_size}px"
+    """``pipeline demo vgg16 96px``; never raises (a bad parameter fails the run later, with its reason)."""
+    try:
+        params = flow_run.parameters
+        preset = params.get("preset")
+        if preset is not None and preset not in list_presets():
+            return "pipeline (unknown preset)"
+        cfg = pipeline_config(preset=preset, base=explicit_settings(params.get("config")))
+        label = preset or cfg.slices.strategy
+        return f"pipeline {label} {cfg.model.model} {cfg.slices.image_size}px"
+    except Exception:
+        return "pipeline (invalid parameters)"
 
 
 def _slug(text: str) -> str:
@@ -65,26 +103,88 @@ def _weights_or_scratch(cfg: PipelineConfig) -> tuple[PipelineConfig, str | None
         return cfg.model_copy(update={"model": cfg.model.model_copy(update={"weights": "none"})}), note
 
 
+def _check_local_weights(cfg: PipelineConfig) -> None:
+    """Training in this process: its starting weights must be here, checked before preparing."""
+    from models.backbones import resolve_weights
+
+    try:
+        resolve_weights(cfg.model.model, cfg.model.weights)
+    except (FileNotFoundError, ValueError) as exc:
+        raise ServiceConfigError(one_line(str(exc))) from None
+
+
 def _link(link: Path, target: Path) -> None:
     if link.is_symlink() or link.exists():
         link.unlink()
     link.symlink_to(os.path.relpath(target, link.parent), target_is_directory=True)
 
 
-@flow(name="tomoflow-pipeline", flow_run_name=_run_name, log_prints=True)
+class ChildRunFailed(RuntimeError):
+    """A deployment the pipeline handed work to did not complete; the message carries its reason."""
+
+
+def _child_reason(state: Any) -> str:
+    message = (getattr(state, "message", None) or "").strip()
+    # The child's message starts with Prefect's own prefix; the operator wants what follows.
+    for prefix in ("Flow run encountered an exception: ",):
+        message = message.replace(prefix, "")
+    return one_line(message or "no message", limit=400)
+
+
+def _run_training_deployment(name: str, train_cfg: TrainConfig) -> None:
+    """Training as deployment ``name`` (the GPU pool); its failure reason and link become this run's."""
+    from prefect.deployments import run_deployment
+
+    child = run_deployment(name, parameters={"config": train_cfg.model_dump(mode="json")}, timeout=None,
+                           as_subflow=True)
+    if child.state is None or not child.state.is_completed():
+        state_name = child.state.name if child.state else "unknown"
+        raise ChildRunFailed(f"training deployment {name} ended {state_name}: {_child_reason(child.state)} "
+                             f"(child run: {flow_run_url(child.id)})")
+
+
+def _publish(cfg: PipelineConfig, root: Path, run_dir: Path, outputs: dict[str, Any], note: str | None) -> None:
+    """The pipeline run's own artifacts: the evaluation summary with learning curves and report link."""
+    from tasks.dashboard import learning_curves_png, pipeline_summary_markdown
+
+    curves = learning_curves_png(outputs["history"], run_dir / "learning_curves.png")
+    report_url = outputs_url(outputs["report"], root)
+    curves_url = outputs_url(curves, root) if curves else None
+    metrics = json.loads(Path(outputs["metrics"]).read_text())
+    name = flow_run.name or "pipeline"
+    create_markdown_artifact(
+        pipeline_summary_markdown(metrics, run_name=name, report_url=report_url, report_path=outputs["report"],
+                                  curves_url=curves_url, curves_png=curves, note=note),
+        key="pipeline-summary", description="Evaluation of this pipeline run: measures, intervals, AUC, curves")
+    if curves_url:
+        create_image_artifact(curves_url, key="learning-curves", description=f"Learning curves of {name}")
+    report = f"[report.html]({report_url})" if report_url else f"`{outputs['report']}`"
+    create_markdown_artifact(
+        "\n".join([f"# Outputs of {name}", "", f"- run folder: `{run_dir}`", f"- report: {report}",
+                   f"- metrics: `{outputs['metrics']}`", f"- manifest: `{outputs['manifest']}`",
+                   f"- checkpoint: `{outputs['checkpoint']}`", *([f"\n> {note}"] if note else [])]),
+        key="pipeline-outputs", description="Where this pipeline run's outputs are")
+
+
+@flow(name="tomoflow-pipeline", flow_run_name=_run_name, log_prints=True, validate_parameters=False)
 def tomoflow_pipeline(
-    config: PipelineConfig | None = None,
     data_root: str | None = None,
     output_root: str | None = None,
-    preset: str | None = None,
+    preset: PresetName | None = None,
+    config: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Prepare the data, train the classifier and evaluate it, as subflows.
 
+    Parameters are checked by :func:`_resolve` (not by Prefect), so that a wrong one fails
+    the run with a one-line message saying what to change.
+
     Args:
-        config: The whole configuration (the form in the Prefect UI); defaults apply where absent.
-        data_root: Folder with the BCS-DBT CSVs and images (overrides ``config.data.data_root``).
-        output_root: Root of all outputs (overrides ``config.data.output_dir``).
-        preset: A name from ``configs/`` (``demo``, ``m1-baseline``, ...) applied over ``config``.
+        data_root: Folder with the BCS-DBT CSVs and images; default: the worker's TOMOFLOW_DATA_ROOT.
+        output_root: Root of all outputs, outside the code checkout; default: TOMOFLOW_OUTPUT_ROOT.
+        preset: A study preset from configs/ (demo, m1-baseline, ...); none: the defaults.
+        config: Settings over the preset, by section, e.g. {"train": {"epochs": 5}} (a
+            :class:`~tasks.config.PipelineConfig` or its dict; see tasks/config.py for every
+            field). Merged into the deployment's stored config; wins over the preset.
 
     Returns:
         The run folder and the paths of the manifest, checkpoint, metrics and report.
@@ -93,7 +193,16 @@ def tomoflow_pipeline(
     cfg, note = _weights_or_scratch(_resolve(config, data_root, output_root, preset))
     if note:
         logger.warning(note)
+    if not cfg.train_deployment:
+        _check_local_weights(cfg)
     root = Path(cfg.data.output_dir).resolve()
+    run_dir = root / "runs" / f"{_slug(flow_run.name or 'pipeline')}-{str(flow_run.id or '')[:8]}"
+    merged = cfg.model_dump(mode="json")
+    atomic_write_json(run_dir / "config.json", {"preset": preset, "config": merged})
+    logger.info("configuration (defaults < preset < deployment config < run config < paths): %s",
+                json.dumps(merged, sort_keys=True))
+    create_markdown_artifact(f"```json\n{json.dumps({'preset': preset, 'config': merged}, indent=1)}\n```",
+                             key="pipeline-config", description="The merged configuration this run used")
     s = cfg.slices
 
     prep_key = short_key(cfg.data.data_root, cfg.data.reports, cfg.data.use_labels, cfg.reports.model_dump(mode="json"),
@@ -109,14 +218,8 @@ def tomoflow_pipeline(
     train_cfg = TrainConfig(manifest=prepared["manifest"], run_dir=str(model_dir), model=cfg.model,
                             train=cfg.train, augment=cfg.augment)
     if cfg.train_deployment:
-        from prefect.deployments import run_deployment
-
         logger.info("training runs as deployment %s", cfg.train_deployment)
-        child = run_deployment(cfg.train_deployment, parameters={"config": train_cfg.model_dump(mode="json")},
-                               timeout=None, as_subflow=True)
-        if child.state is None or not child.state.is_completed():
-            raise RuntimeError(f"training deployment {cfg.train_deployment} ended in state "
-                               f"{child.state.name if child.state else 'unknown'}; see flow run {child.id}")
+        _run_training_deployment(cfg.train_deployment, train_cfg)
     else:
         train_classifier(config=train_cfg)
 
@@ -125,8 +228,6 @@ def tomoflow_pipeline(
     evaluated = evaluate_model(config=cfg.evaluate.model_copy(update={
         "run_dir": str(model_dir), "manifest": prepared["manifest"], "output_dir": str(eval_dir)}))
 
-    run_dir = root / "runs" / f"{_slug(flow_run.name or 'pipeline')}-{str(flow_run.id or '')[:8]}"
-    run_dir.mkdir(parents=True, exist_ok=True)
     for name, target in (("prepared", prepared_dir), ("model", model_dir), ("evaluation", eval_dir)):
         _link(run_dir / name, target)
     outputs = {
@@ -140,13 +241,8 @@ def tomoflow_pipeline(
         "report": evaluated["report"],
         "note": note,
     }
-    atomic_write_json(run_dir / "run.json", {"preset": preset, "config": cfg.model_dump(mode="json"), **outputs})
-    create_markdown_artifact(
-        "\n".join([f"# Outputs of {flow_run.name}", "", f"- run folder: `{run_dir}`",
-                   f"- report: [report.html](file://{evaluated['report']})",
-                   f"- metrics: `{evaluated['metrics']}`", f"- manifest: `{prepared['manifest']}`",
-                   f"- checkpoint: `{outputs['checkpoint']}`", *([f"\n> {note}"] if note else [])]),
-        key="pipeline-outputs", description="Where this pipeline run's outputs are")
+    atomic_write_json(run_dir / "run.json", {"preset": preset, "config": merged, **outputs})
+    _publish(cfg, root, run_dir, outputs, note)
     logger.info("outputs in %s (report: %s)", run_dir, evaluated["report"])
     return outputs
 

@@ -21,8 +21,12 @@ from tasks.extract import remove_stale_temporaries, shard_jobs, split_finished
 
 
 def _run_name() -> str:
-    config = flow_run.parameters.get("config")
-    s = getattr(config, "slices", None) or PrepareConfig.model_validate(config or {}).slices
+    """``prepare single-slice 224px``; never raises (a bad config fails the run later, with its reason)."""
+    try:
+        config = flow_run.parameters.get("config")
+        s = getattr(config, "slices", None) or PrepareConfig.model_validate(config or {}).slices
+    except Exception:
+        return "prepare (invalid config)"
     return f"prepare {s.strategy} {s.image_size}px"
 
 

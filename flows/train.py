@@ -11,11 +11,16 @@ from prefect.runtime import flow_run
 
 from tasks.caching import content_cache_key_fn
 from tasks.config import TrainConfig
+from tasks.retry import retry_policy
 
 
 def _run_name() -> str:
-    config = flow_run.parameters.get("config")
-    cfg = config if isinstance(config, TrainConfig) else TrainConfig.model_validate(config or {})
+    """``train vgg16 sgd``; never raises (a bad config fails the run later, with its reason)."""
+    try:
+        config = flow_run.parameters.get("config")
+        cfg = config if isinstance(config, TrainConfig) else TrainConfig.model_validate(config or {})
+    except Exception:
+        return "train (invalid config)"
     weights = "" if cfg.model.weights == "imagenet" else " scratch" if cfg.model.weights in ("none", "None") else " custom-weights"
     return f"train {cfg.model.model} {cfg.train.optimizer}{weights}"
 
@@ -29,7 +34,7 @@ def check_weights(config: TrainConfig) -> str:
 
 
 @task(name="balance-offline", cache_key_fn=content_cache_key_fn(files=("manifest",)), persist_result=True,
-      retries=2, retry_delay_seconds=1)
+      **retry_policy(retries=2, delay_seconds=1))
 def balance_offline(manifest: str, config: TrainConfig) -> str:
     """Write augmented copies of training positives up to the target ratio (single-slice)."""
     from tasks.augment import balance_offline as balance
@@ -38,7 +43,8 @@ def balance_offline(manifest: str, config: TrainConfig) -> str:
                        cfg=config.augment))
 
 
-@task(name="fit-model", retries=2, retry_delay_seconds=5)
+# A retry resumes from last.pt; only a lost worker, a dropped connection or an I/O hiccup is retried.
+@task(name="fit-model", **retry_policy(retries=2, delay_seconds=5))
 def fit_model(config: TrainConfig) -> dict[str, Any]:
     """Train (or resume from the run folder's last checkpoint) and return the run's files."""
     from models.train import fit

@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 
@@ -18,9 +18,29 @@ STUDY_PRESETS = ("m1-baseline", "m1-augment", "m1-dense4", "m1-adam", "m2-baseli
                  "m2-inception-scratch")
 
 
+#: The preset names, as a type: Prefect renders a parameter of this type as a choice in the
+#: run form (and the API refuses other values when a deployment run is created). Spelled
+#: out, not built from ``configs/`` at import, so the type is static; a test checks it
+#: against the files.
+PresetName = Literal["demo", "m1-adam", "m1-augment", "m1-baseline", "m1-dense4", "m2-baseline",
+                     "m2-inception", "m2-inception-scratch"]
+
+
 def list_presets() -> list[str]:
     """Names of the presets in ``configs/``."""
     return sorted(p.stem for p in CONFIGS_DIR.glob("*.yaml"))
+
+
+def check_preset(name: Any) -> str:
+    """``name`` if it is a known preset.
+
+    Raises:
+        ValueError: a one-line message naming the value and listing the known presets.
+    """
+    known = list_presets()
+    if not isinstance(name, str) or name not in known:
+        raise ValueError(f"unknown preset {name!r}: choose one of {', '.join(known)} (the files in configs/)")
+    return name
 
 
 def load_preset(name: str) -> dict[str, Any]:
@@ -29,9 +49,7 @@ def load_preset(name: str) -> dict[str, Any]:
     Raises:
         ValueError: unknown preset (the message lists the known ones) or malformed YAML.
     """
-    path = CONFIGS_DIR / f"{name}.yaml"
-    if not path.is_file():
-        raise ValueError(f"unknown preset {name!r}; known presets: {', '.join(list_presets())} (in {CONFIGS_DIR})")
+    path = CONFIGS_DIR / f"{check_preset(name)}.yaml"
     try:
         data = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as exc:
@@ -48,22 +66,37 @@ def preset_description(name: str) -> str:
     return str((yaml.safe_load(path.read_text()) or {}).get("description", name))
 
 
-def _merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+def merge_config(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    """``override`` deep-merged over ``base``: sections merge key by key, other values replace."""
     out = dict(base)
     for key, value in override.items():
-        out[key] = _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+        out[key] = merge_config(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
     return out
+
+
+_merge = merge_config  # the name the experiments flow imports
+
+
+def explicit_settings(config: PipelineConfig | dict[str, Any] | None) -> dict[str, Any]:
+    """The settings ``config`` gives explicitly, as a nested dict (a model's unset defaults left out)."""
+    if isinstance(config, PipelineConfig):
+        return config.model_dump(mode="json", exclude_unset=True)
+    if config is None:
+        return {}
+    if not isinstance(config, dict):
+        raise ValueError(f"config must be a mapping of sections (data, slices, model, train, ...), "
+                         f"not {type(config).__name__}")
+    return dict(config)
 
 
 def pipeline_config(
     *, preset: str | None = None, data_root: str | None = None, output_root: str | None = None,
     base: PipelineConfig | dict[str, Any] | None = None,
 ) -> PipelineConfig:
-    """The pipeline configuration: ``base`` (or the defaults), then the preset, then the two paths."""
-    merged: dict[str, Any] = (base.model_dump(mode="json") if isinstance(base, PipelineConfig)
-                              else dict(base or {}))
-    if preset:
-        merged = _merge(merged, load_preset(preset))
+    """The pipeline configuration: the defaults, then the preset, then what ``base`` sets
+    explicitly (an explicit setting wins over the preset), then the two paths."""
+    merged: dict[str, Any] = load_preset(preset) if preset else {}
+    merged = merge_config(merged, explicit_settings(base))
     data = dict(merged.get("data") or {})
     if data_root:
         data["data_root"] = str(data_root)

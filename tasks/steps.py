@@ -2,7 +2,7 @@
 
 Tasks hand each other paths to files they wrote, never DataFrames of images. Cached
 tasks are keyed on the content of their input files (``tasks.caching``); retries sit on
-the tasks that touch disk.
+the tasks that touch disk, and only transient errors are retried (``tasks.retry``).
 """
 
 from __future__ import annotations
@@ -23,8 +23,9 @@ from tasks.config import PrepareConfig
 from tasks.extract import extract_shard
 from tasks.io import atomic_write_json, atomic_write_parquet
 from tasks.manifest import REJECT_COLUMNS, build_manifest, typed_frame
+from tasks.retry import retry_policy
 
-_CACHED = {"persist_result": True, "retries": 2, "retry_delay_seconds": 1}
+_CACHED = {"persist_result": True, **retry_policy(retries=2, delay_seconds=1)}
 
 
 def _work(out_dir: str) -> Path:
@@ -122,7 +123,7 @@ def split_patients(volumes: str, config: PrepareConfig) -> str:
     return str(atomic_write_parquet(_work(config.data.output_dir) / "splits.parquet", splits))
 
 
-@task(name="extract-shard", retries=2, retry_delay_seconds=1)
+@task(name="extract-shard", **retry_policy(retries=2, delay_seconds=1))
 def extract_shard_task(jobs: list[dict[str, Any]], data_root: str, out_dir: str, image_size: int, seed: int) -> dict[str, Any]:
     """Decode and write one shard of volumes (records make reruns skip finished volumes)."""
     return extract_shard(jobs, data_root=data_root, out_dir=out_dir, image_size=image_size, seed=seed)

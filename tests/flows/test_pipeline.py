@@ -39,6 +39,9 @@ def test_pipeline_runs_then_reuses_every_step(prefect_harness, small_dataset: Pa
     assert run_dir.parent == out.resolve() / "runs"
     assert (run_dir / "evaluation" / "report.html").is_file()
     assert json.loads((run_dir / "run.json").read_text())["report"] == first["report"]
+    # The merged configuration is stored with the run; the learning curves are there for the dashboard.
+    assert json.loads((run_dir / "config.json").read_text())["config"]["train"]["epochs"] == 1
+    assert (run_dir / "learning_curves.png").read_bytes()[:4] == b"\x89PNG"
 
     pngs = _mtimes(out / "prepared", "*.png")
     checkpoint = Path(first["checkpoint"]).stat().st_mtime_ns

@@ -71,3 +71,27 @@ def test_pull_from_git_clone(prefect_harness, spec: dict, tmp_path: Path) -> Non
     cloned = Path(out["directory"])
     assert cloned.is_relative_to(tmp_path)
     assert (cloned / "flows" / "pipeline.py").is_file() and (cloned / "prefect.yaml").is_file()
+
+
+def test_run_form_puts_the_operator_fields_first_without_misleading_defaults() -> None:
+    from prefect.utilities.callables import parameter_schema
+
+    from flows.pipeline import tomoflow_pipeline
+    from tasks.presets import list_presets
+
+    schema = parameter_schema(tomoflow_pipeline.fn).model_dump()
+    props = schema["properties"]
+    assert sorted(props, key=lambda name: props[name]["position"])[:3] == ["data_root", "output_root", "preset"]
+    assert all(props[name]["default"] is None for name in props)
+    choices = next(option["enum"] for option in props["preset"]["anyOf"] if "enum" in option)
+    assert choices == list_presets()
+    # config is one JSON field (settings over the preset), not ~90 fields with path defaults.
+    assert "definitions" not in schema or not schema["definitions"]
+
+
+def test_checkout_pull_step_and_gpu_handoff(spec: dict) -> None:
+    assert spec["pull"] == [{"tasks.service.checkout": {}}]
+    by_name = {d["name"]: d for d in spec["deployments"]}
+    for name, deployment in by_name.items():
+        if deployment["entrypoint"].startswith("flows/pipeline.py"):
+            assert deployment["parameters"]["config"]["train_deployment"] == "train-classifier/gpu-train", name
