@@ -17,6 +17,7 @@ interleaved and best of ``--repeat``, because the machine may be shared):
   5. a projection for the full collection in core-hours.
 
 Usage: .venv/bin/python bench/prepare.py [--patients 2] [--frames 10-12] [--workers N] [--data DIR]
+                                        [--api-url http://127.0.0.1:4200/api]
 """
 
 from __future__ import annotations
@@ -181,7 +182,8 @@ def _step_costs(path: str, size: int) -> dict[str, float]:
                                                      level=level)),
             "png encode": _cpu_best(lambda: Image.fromarray(boxed).save(io.BytesIO(), format="PNG",
                                                                         compress_level=_png_level())),
-            "png write (atomic)": _cpu_best(lambda: atomic_write_png(Path(tmp) / "x.png", boxed)),
+            "png write (atomic)": _cpu_best(lambda: atomic_write_png(Path(tmp) / "x.png", boxed,
+                                                                     compress_level=_png_level())),
         }
     costs["png write (atomic)"] -= costs["png encode"]
     return {k: 1000 * v for k, v in costs.items()} | {"level": level}
@@ -256,9 +258,11 @@ def _timed(cmd: list[str], env: dict[str, str]) -> float:
 NOOP_FLOW = "from prefect import flow\n@flow(name='noop')\ndef noop():\n    return 1\nnoop()\n"
 
 
-def _reruns(root: Path, tmp: Path, repeat: int) -> dict:
+def _reruns(root: Path, tmp: Path, repeat: int, api_url: str | None) -> dict:
     env = dict(os.environ, PREFECT_HOME=str(tmp / "prefect-home"), PYTHONPATH=str(REPO))
     env.pop("PREFECT_API_URL", None)
+    if api_url:
+        env["PREFECT_API_URL"] = api_url
     prepare = [sys.executable, "-m", "flows.cli", "prepare", "--data-root", str(root), "--out", str(tmp / "flow"),
                "--strategy", "all-slices", "--image-size", "224"]
     noop = [sys.executable, "-c", NOOP_FLOW]
@@ -275,7 +279,8 @@ def _reruns(root: Path, tmp: Path, repeat: int) -> dict:
     heavy = subprocess.run([sys.executable, "-c", "import sys, flows.cli, flows.prepare, flows.train, flows.evaluate; "
                             "print(sorted(m for m in ('torch','torchvision','captum','sklearn','matplotlib','scipy') "
                             "if m in sys.modules))"], cwd=REPO, env=env, check=True, capture_output=True, text=True)
-    print(f"\n4. cached rerun (temporary Prefect server, fresh CLI process each; best of {repeat}):")
+    where = f"Prefect server at {api_url}" if api_url else "temporary Prefect server"
+    print(f"\n4. cached rerun ({where}, fresh CLI process each; best of {repeat}):")
     print(f"   first `tomoflow prepare --strategy all-slices --image-size 224`: {first:.1f} s")
     print(f"   cached rerun {rerun:.1f} s vs no-op flow {base:.1f} s: {rerun / base:.2f}x (target <= 1.3x)")
     print(f"   fixed costs: `import prefect` {imports['prefect']:.2f} s; with tomoflow's flow modules "
@@ -294,6 +299,9 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=2)
     parser.add_argument("--data", type=Path, default=None, help="reuse a full-size dataset (tomoflow synth --full-size)")
     parser.add_argument("--skip-rerun", action="store_true")
+    parser.add_argument("--api-url", default=None,
+                        help="measure the rerun against this running server (PREFECT_API_URL) instead of a "
+                             "temporary one")
     args = parser.parse_args()
     lo, hi = (int(x) for x in args.frames.split("-"))
 
@@ -336,7 +344,7 @@ def main() -> None:
         print(f"\n3. peak RSS of an extraction worker: {peak:.0f} MiB (target <= 300 MiB)")
 
         if not args.skip_rerun:
-            _reruns(root, tmp, args.repeat)
+            _reruns(root, tmp, args.repeat, args.api_url)
 
         print("\n5. full collection projection (core-hours, from this run's CPU-seconds per frame):")
         full_s = 1 / full_1core["cpu"]

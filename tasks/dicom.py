@@ -803,7 +803,7 @@ def _render(
             # sign bit of the two's-complement pattern does exactly that.
             unsigned = np.dtype(f"u{raw.dtype.itemsize}")
             positions = raw.view(unsigned) ^ unsigned.type(domain_size // 2)
-        return table[0][positions], center, width, source
+        return np.take(table[0], positions), center, width, source
     return _render_pixels(raw, ds, index, info)
 
 
