@@ -30,7 +30,7 @@ log = logging.getLogger(__name__)
 SLICES_DIR = "slices"
 #: zlib level of the slice PNGs. Once frames are decoded at a reduced resolution, PNG
 #: encoding is a visible share of extraction (bench/prepare.py); level 1 encodes a 224 px
-#: slice in about half the time of Pillow's default 6, for PNGs about a fifth larger.
+#: slice in about half the time of Pillow's default 6, for PNGs about a quarter larger.
 PNG_COMPRESS_LEVEL = 1
 RECORD_NAME = "volume.json"
 
