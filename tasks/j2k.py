@@ -260,7 +260,8 @@ def decode(codestream: bytes, *, level: int = 0,
     fmt = _CODEC_JP2 if data.startswith(_JP2_SIGNATURE) else _CODEC_J2K
     state = {"pos": 0}
     errors: list[str] = []
-    buf = ctypes.create_string_buffer(data, size)
+    # The bytes object's own buffer (immutable, alive for the whole call): no copy.
+    base = ctypes.cast(ctypes.c_char_p(data), c_void_p).value or 0
 
     # The stream reads from the bytes in memory; Python callbacks are called a handful of
     # times per frame (1 MiB chunks), so they cost microseconds.
@@ -269,7 +270,7 @@ def decode(codestream: bytes, *, level: int = 0,
         if pos >= size:
             return c_size_t(-1).value
         n = min(n, size - pos)
-        ctypes.memmove(dest, ctypes.addressof(buf) + pos, n)
+        ctypes.memmove(dest, base + pos, n)
         state["pos"] = pos + n
         return n
 
