@@ -50,7 +50,8 @@ def _cmd_export_slices(args: argparse.Namespace) -> int:
     from tasks.dicom import export_slices
 
     records = export_slices(
-        args.file, args.out, frames=args.frames, view=args.view, image_size=args.image_size
+        args.file, args.out, frames=args.frames, view=args.view, image_size=args.image_size,
+        full_resolution=args.full_resolution,
     )
     for record in records:
         print(json.dumps(record, sort_keys=True, default=str))
@@ -65,6 +66,8 @@ def prepare_config_from_args(args: argparse.Namespace) -> PrepareConfig:
         "seed": args.seed,
         "normal_fraction": args.normal_fraction,
     }
+    if getattr(args, "full_resolution", False):
+        slices["full_resolution"] = True
     if args.workers:
         slices["workers"] = args.workers
     if args.executor:
@@ -202,6 +205,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--view", default=None, choices=["lcc", "lmlo", "rcc", "rmlo"],
                    help="orient DBT frames by the reference rule for this view")
     p.add_argument("--image-size", type=int, default=None, help="letterbox to N x N")
+    p.add_argument("--full-resolution", action="store_true",
+                   help="decode every frame in full (default: JPEG 2000 breast images at the coarsest "
+                        "stored resolution level that covers --image-size)")
     p.set_defaults(func=_cmd_export_slices)
 
     p = sub.add_parser("prepare", help="run the prepare-data flow: cohorts, slices, splits, manifest")
@@ -216,6 +222,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-labels", action="store_true", help="ignore the labels CSV; cohorts from --reports")
     p.add_argument("--workers", type=int, default=None, help="extraction processes (default: CPU count)")
     p.add_argument("--executor", default=None, choices=["process", "serial", "dask"])
+    p.add_argument("--full-resolution", action="store_true",
+                   help="decode every frame in full (default: JPEG 2000 breast images at the coarsest "
+                        "stored resolution level that covers --image-size)")
     p.set_defaults(func=_cmd_prepare)
 
     p = sub.add_parser("train", help="run the train-classifier flow on a prepared manifest")

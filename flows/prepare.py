@@ -17,7 +17,13 @@ from prefect.runtime import flow_run
 from tasks import cohorts as cohorts_mod
 from tasks import steps
 from tasks.config import PrepareConfig
-from tasks.extract import remove_stale_temporaries, shard_jobs, split_finished
+from tasks.extract import (
+    SERIAL_BELOW_SECONDS,
+    balanced_shards,
+    estimated_seconds,
+    remove_stale_temporaries,
+    split_finished,
+)
 
 
 def _run_name() -> str:
@@ -163,21 +169,31 @@ def _extract(jobs: list[dict[str, Any]], config: PrepareConfig) -> list[str]:
     out = config.data.output_dir
     s = config.slices
     done, todo = split_finished(jobs, data_root=config.data.data_root, out_dir=out,
-                                image_size=s.image_size, seed=s.seed)
+                                image_size=s.image_size, seed=s.seed, full_resolution=s.full_resolution)
     if not todo:
         logger.info("extraction: all %d volumes already extracted with the same inputs", len(jobs))
         create_progress_artifact(100.0, key="extraction-progress",
                                  description=f"Extraction of {len(jobs)} volumes: nothing to do")
         return done
-    shards = shard_jobs(todo, s.shard_size)
+    shards = balanced_shards(todo, s.shard_size)
     params = [{"jobs": shard, "data_root": config.data.data_root, "out_dir": out,
-               "image_size": s.image_size, "seed": s.seed} for shard in shards]
+               "image_size": s.image_size, "seed": s.seed, "full_resolution": s.full_resolution}
+              for shard in shards]
     artifact = create_progress_artifact(
         100.0 * len(done) / len(jobs), key="extraction-progress",
         description=f"Extraction of {len(todo)} of {len(jobs)} volumes in {len(shards)} shards")
     records: list[str] = list(done)
     decoded = 0
     runner = _task_runner(config)
+    if runner is not None and s.executor == "process":
+        seconds = estimated_seconds(todo, data_root=config.data.data_root, image_size=s.image_size,
+                                    full_resolution=s.full_resolution)
+        if seconds < SERIAL_BELOW_SECONDS:
+            # Starting worker processes (each imports Prefect and the tasks) costs more
+            # than this plan's whole decode: run it here.
+            logger.info("extraction: %d volumes, about %.1f s of decoding: run in this process, "
+                        "no worker pool", len(todo), seconds)
+            runner = None
     bar = Progress(disable=not sys.stderr.isatty(), transient=False)
     with _workers_see_ephemeral_api(), bar, (runner if runner is not None else nullcontext()):
         bar_task = bar.add_task("extracting volumes", total=len(todo))

@@ -9,7 +9,7 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_progress_artifact, create_table_artifact, update_progress_artifact
 from prefect.runtime import flow_run
 
-from tasks.caching import content_cache_key_fn
+from tasks.caching import content_cache_key_fn, content_key
 from tasks.config import TrainConfig
 from tasks.retry import retry_policy
 
@@ -25,7 +25,22 @@ def _run_name() -> str:
     return f"train {cfg.model.model} {cfg.train.optimizer}{weights}"
 
 
-@task(name="check-weights")
+def _weights_key(context: Any, parameters: dict[str, Any]) -> str:
+    """Cache key of check-weights: the network section, and the weights file when it is a path."""
+    model = parameters["config"].model
+    weights = model.weights if model.weights not in ("imagenet", "none", "None") else None
+    return content_key({"model": model, "weights": weights}, files=("weights",), salt=context.task.name)
+
+
+def _fit_key(context: Any, parameters: dict[str, Any]) -> str:
+    """Cache key of fit-model: the whole configuration and the manifest's content."""
+    config = parameters["config"]
+    return content_key({"config": config, "manifest": config.manifest}, files=("manifest",),
+                       salt=context.task.name)
+
+
+# Cached, so that a rerun with nothing changed imports neither torch nor torchvision.
+@task(name="check-weights", cache_key_fn=_weights_key, persist_result=True)
 def check_weights(config: TrainConfig) -> str:
     """Fail before any work if the starting weights are not on this machine."""
     from models.backbones import resolve_weights
@@ -44,7 +59,8 @@ def balance_offline(manifest: str, config: TrainConfig) -> str:
 
 
 # A retry resumes from last.pt; only a lost worker, a dropped connection or an I/O hiccup is retried.
-@task(name="fit-model", **retry_policy(retries=2, delay_seconds=5))
+@task(name="fit-model", **retry_policy(retries=2, delay_seconds=5),
+      cache_key_fn=_fit_key, persist_result=True)
 def fit_model(config: TrainConfig) -> dict[str, Any]:
     """Train (or resume from the run folder's last checkpoint) and return the run's files."""
     from models.train import fit
@@ -70,6 +86,24 @@ def fit_model(config: TrainConfig) -> dict[str, Any]:
     return result
 
 
+def _fit_or_reuse(config: TrainConfig, cache: dict[str, Any]) -> dict[str, Any]:
+    """fit-model, or its stored result when the same configuration and manifest finished before.
+
+    A reused result reports, like a resumed run that had nothing left to do, every epoch as
+    found at the start (``resumed_from == epochs_run``). When a file it names is gone, the
+    model is fitted again (resuming from what is left in the run folder).
+    """
+    state = fit_model.with_options(**cache)(config, return_state=True)
+    result = dict(state.result())
+    files = [result.get(k) for k in ("best", "last", "history", "config")]
+    if not all(isinstance(f, str) and Path(f).is_file() for f in files if f is not None):
+        get_run_logger().info("fit-model: files of the stored result are missing, fitting again")
+        return fit_model.with_options(**cache, refresh_cache=True)(config)
+    if state.is_completed() and state.name == "Cached":
+        result["resumed_from"] = result.get("epochs_run", result.get("resumed_from"))
+    return result
+
+
 def _visible_gpus(config: TrainConfig) -> int:
     """GPUs to train on: all visible ones when allowed, else one (or none on the CPU)."""
     if config.train.device == "cpu" or not config.train.multi_gpu:
@@ -90,12 +124,12 @@ def train_classifier(config: TrainConfig = TrainConfig()) -> dict[str, Any]:
         Paths of ``best``, ``last``, ``history`` and ``config`` in the run folder, and a summary.
     """
     logger = get_run_logger()
-    check_weights(config)
+    cache = {"result_storage": (Path(config.run_dir) / ".cache").resolve()}
+    check_weights.with_options(**cache)(config)
     if config.augment.offline_balance:
-        cache = {"result_storage": (Path(config.run_dir) / ".cache").resolve()}
         balanced = balance_offline.with_options(**cache)(config.manifest, config)
         config = config.model_copy(update={"manifest": balanced})
-    result = fit_model(config)
+    result = _fit_or_reuse(config, cache)
     import pandas as pd
 
     history = pd.read_csv(result["history"])

@@ -13,7 +13,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 #: Bumped whenever a change alters what a cached step would produce.
-CODE_VERSION = "tomoflow-0.1.0/cache-2"  # 2: single-slice one image per patient; null/occlusion metrics
+CODE_VERSION = "tomoflow-0.1.0/cache-3"  # 2: single-slice one image per patient; null/occlusion metrics; 3: reduced decode
 
 Strategy = Literal["all-slices", "single-slice", "lesion-slices"]
 
@@ -61,6 +61,12 @@ class SlicesConfig(_Frozen):
     seed: int = Field(0, description="Seed for every random choice (frame sampling, splits).")
     split_fractions: tuple[float, float, float] = Field(
         (0.7, 0.15, 0.15), description="Train, validation, test fractions of patients."
+    )
+    full_resolution: bool = Field(
+        False,
+        description="Decode every frame in full. By default JPEG 2000 breast images are decoded at the "
+        "coarsest stored resolution level that still covers image_size (up to 16x faster; the level "
+        "is recorded per row in the manifest's decode_level).",
     )
     shard_size: int = Field(8, ge=1, le=10_000, description="Volumes per extraction task.")
     workers: int | None = Field(

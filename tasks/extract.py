@@ -28,6 +28,10 @@ from tasks.slices import VolumeResolver, resolve_frames, volume_key
 log = logging.getLogger(__name__)
 
 SLICES_DIR = "slices"
+#: zlib level of the slice PNGs. Once frames are decoded at a reduced resolution, PNG
+#: encoding is a visible share of extraction (bench/prepare.py); level 1 encodes a 224 px
+#: slice in about half the time of Pillow's default 6, for PNGs about a quarter larger.
+PNG_COMPRESS_LEVEL = 1
 RECORD_NAME = "volume.json"
 
 
@@ -43,7 +47,8 @@ def _safe(part: str) -> str:
     return cleaned
 
 
-def _volume_key(job: dict[str, Any], path: Path | None, image_size: int, seed: int) -> str:
+def _volume_key(job: dict[str, Any], path: Path | None, image_size: int, seed: int,
+                full_resolution: bool = False) -> str:
     stat = path.stat() if path is not None and path.exists() else None
     payload = {
         "code": CODE_VERSION,
@@ -53,7 +58,9 @@ def _volume_key(job: dict[str, Any], path: Path | None, image_size: int, seed: i
         "rule": job["frames_rule"],
         "view": job["view"],
         "image_size": image_size,
-        "seed": seed if str(job["frames_rule"]).startswith(("fraction", "pick")) else None,  # seeded rules
+        # The reduced decode gives (slightly) different pixels than the full one.
+        "decode": "full" if full_resolution else "reduced-1",
+        "seed": seed if str(job["frames_rule"]).startswith(("fraction", "pick")) else None,
     }
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:20]
 
@@ -74,7 +81,7 @@ def _load_record(record_path: Path, key: str) -> dict[str, Any] | None:
 
 def finished_record(
     job: dict[str, Any], *, data_root: str | os.PathLike[str], out_dir: str | os.PathLike[str],
-    image_size: int, seed: int, resolver: VolumeResolver,
+    image_size: int, seed: int, resolver: VolumeResolver, full_resolution: bool = False,
 ) -> Path | None:
     """The record of ``job`` if an earlier run already extracted it with the same inputs."""
     ids = (str(job["patient_id"]), str(job["study_uid"]), str(job["view"]))
@@ -82,12 +89,13 @@ def finished_record(
     if path is None:
         return None  # missing volumes are looked for again on every run
     record_path = volume_dir(out_dir, *ids) / RECORD_NAME
-    key = _volume_key(job, path, image_size, seed)
+    key = _volume_key(job, path, image_size, seed, full_resolution)
     return record_path if _load_record(record_path, key) is not None else None
 
 
 def split_finished(
-    jobs: list[dict[str, Any]], *, data_root: str, out_dir: str, image_size: int, seed: int
+    jobs: list[dict[str, Any]], *, data_root: str, out_dir: str, image_size: int, seed: int,
+    full_resolution: bool = False,
 ) -> tuple[list[str], list[dict[str, Any]]]:
     """Split the plan into records already done (same inputs) and jobs still to extract.
 
@@ -99,7 +107,7 @@ def split_finished(
     todo: list[dict[str, Any]] = []
     for job in jobs:
         record = finished_record(job, data_root=data_root, out_dir=out_dir, image_size=image_size,
-                                 seed=seed, resolver=resolver)
+                                 seed=seed, resolver=resolver, full_resolution=full_resolution)
         if record is None:
             todo.append(job)
         else:
@@ -109,7 +117,7 @@ def split_finished(
 
 def extract_volume(
     job: dict[str, Any], *, data_root: str | os.PathLike[str], out_dir: str | os.PathLike[str],
-    image_size: int, seed: int, resolver: VolumeResolver | None = None,
+    image_size: int, seed: int, resolver: VolumeResolver | None = None, full_resolution: bool = False,
 ) -> tuple[Path, bool]:
     """Extract one volume's selected frames; return (record path, whether work was done).
 
@@ -121,6 +129,7 @@ def extract_volume(
         image_size: Side of the letterboxed output.
         seed: Seed for sampled frame rules.
         resolver: Path resolver to reuse across a shard (caches directory listings).
+        full_resolution: Decode every frame in full (no reduced JPEG 2000 decode).
     """
     ids = (str(job["patient_id"]), str(job["study_uid"]), str(job["view"]))
     vdir = volume_dir(out_dir, *ids)
@@ -129,7 +138,7 @@ def extract_volume(
     path, how = resolver.resolve(
         job.get("descriptive_path"), job.get("classic_path"), ids[0], study_uid=ids[1]
     )
-    key = _volume_key(job, path, image_size, seed)
+    key = _volume_key(job, path, image_size, seed, full_resolution)
     cached = _load_record(record_path, key)
     if cached is not None:
         return record_path, False
@@ -147,14 +156,16 @@ def extract_volume(
             str(job["frames_rule"]), info.n_frames, seed=seed, key=volume_key(*ids)
         )
         rows = []
-        for frame in read_frames(path, frames, view=ids[2], image_size=image_size):
+        for frame in read_frames(path, frames, view=ids[2], image_size=image_size,
+                                 full_resolution=full_resolution):
             name = f"{frame.index:04d}.png"
-            atomic_write_png(vdir / name, frame.image)
+            atomic_write_png(vdir / name, frame.image, compress_level=PNG_COMPRESS_LEVEL)
             rows.append({
                 "slice_index": frame.index, "file": name,
                 "window_center": frame.window_center, "window_width": frame.window_width,
                 "window_source": frame.window_source, "rotated": bool(frame.rotated),
                 "scale": float(frame.scale), "pad_x": int(frame.pad_x), "pad_y": int(frame.pad_y),
+                "decode_level": int(frame.decode_level), "decode_note": frame.decode_note,
             })
         record = {**base, "source_path": source, "n_frames": info.n_frames, "rows": info.rows,
                   "columns": info.columns, "frames": rows, "reject": None}
@@ -174,7 +185,8 @@ def _relative(path: Path, root: str | os.PathLike[str]) -> str:
 
 
 def extract_shard(
-    jobs: Iterable[dict[str, Any]], *, data_root: str, out_dir: str, image_size: int, seed: int
+    jobs: Iterable[dict[str, Any]], *, data_root: str, out_dir: str, image_size: int, seed: int,
+    full_resolution: bool = False,
 ) -> dict[str, Any]:
     """Extract a shard of volumes; return the record paths and how many volumes were decoded."""
     records: list[str] = []
@@ -182,7 +194,8 @@ def extract_shard(
     resolver = VolumeResolver(data_root)
     for job in jobs:
         record_path, worked = extract_volume(
-            job, data_root=data_root, out_dir=out_dir, image_size=image_size, seed=seed, resolver=resolver
+            job, data_root=data_root, out_dir=out_dir, image_size=image_size, seed=seed, resolver=resolver,
+            full_resolution=full_resolution,
         )
         records.append(str(record_path))
         decoded += int(worked)
@@ -200,6 +213,103 @@ def remove_stale_temporaries(out_dir: str | os.PathLike[str]) -> int:
             tmp.unlink(missing_ok=True)
             removed += 1
     return removed
+
+
+#: Decode seconds of one full-resolution 2457 x 1890 JPEG 2000 frame on one core
+#: (docs/scaling.md), used to estimate a plan's work before choosing where to run it.
+FULL_FRAME_SECONDS = 0.2
+#: Header, path resolution and record per volume.
+VOLUME_SECONDS = 0.01
+#: Frames per volume when a rule needs the count and no header was read (BCS-DBT's mean).
+TYPICAL_FRAMES = 70
+#: Plans estimated below this many seconds of work run in the flow's process: starting a
+#: process pool (every worker imports Prefect and the tasks, 3-10 s) would cost more.
+SERIAL_BELOW_SECONDS = 10.0
+
+
+def estimated_frames(job: dict[str, Any], n_frames: int = TYPICAL_FRAMES) -> int:
+    """Frames a plan row will decode, from its rule (``n_frames`` for rules that need it)."""
+    name, _, argument = str(job["frames_rule"]).partition(":")
+    if name == "all":
+        return n_frames
+    if name == "middle":
+        return 1
+    if name == "frames":
+        return max(1, argument.count(",") + 1)
+    if name == "lesion":
+        window, _, centres = argument.partition(":")
+        try:
+            return min(n_frames, (2 * int(window) + 1) * (centres.count(",") + 1))
+        except ValueError:
+            return 1
+    if name == "fraction":
+        try:
+            return max(1, round(float(argument) * n_frames))
+        except ValueError:
+            return 1
+    return 1
+
+
+def estimated_seconds(
+    jobs: list[dict[str, Any]], *, data_root: str | os.PathLike[str], image_size: int,
+    full_resolution: bool = False,
+) -> float:
+    """Single-core seconds the plan's extraction will take, from one volume's header.
+
+    Frames per rule (:func:`estimated_frames`) times the decode cost of a frame of the
+    sampled volume's size at the level the reader will use; a rough figure, only to decide
+    whether worker processes are worth starting.
+    """
+    from tasks.dicom import decode_level
+    from pydicom.uid import JPEG2000TransferSyntaxes
+
+    resolver = VolumeResolver(data_root)
+    info = None
+    for job in jobs[:5]:
+        path, _ = resolver.resolve(job.get("descriptive_path"), job.get("classic_path"),
+                                   str(job["patient_id"]), study_uid=str(job["study_uid"]))
+        if path is None:
+            continue
+        try:
+            info = read_info(path)
+            break
+        except (ValueError, NotImplementedError, OSError):
+            continue
+    if info is None:
+        return len(jobs) * VOLUME_SECONDS  # nothing readable: rejects cost next to nothing
+    level = 0
+    if not full_resolution and info.transfer_syntax in JPEG2000TransferSyntaxes and info.modality == "MG":
+        level = decode_level(info.rows, info.columns, 5, image_size)
+    per_frame = FULL_FRAME_SECONDS * info.rows * info.columns / (2457 * 1890) / 4**level
+    frames = sum(estimated_frames(job, info.n_frames) for job in jobs)
+    return frames * per_frame + len(jobs) * VOLUME_SECONDS
+
+
+def balanced_shards(jobs: list[dict[str, Any]], shard_size: int) -> list[list[dict[str, Any]]]:
+    """Split the plan into ``ceil(len / shard_size)`` shards of about equal frame counts.
+
+    A positive all-slices volume decodes 70 frames, a normal one 10: cut in patient order,
+    one shard can hold several times the work of another and a worker idles at the end.
+    Volumes are dealt heaviest first to the lightest shard (longest-processing-time
+    rule); each shard keeps patient order inside, and shards come heaviest first, which is
+    the order a pool runs them in. Deterministic for a given plan.
+    """
+    import heapq
+
+    if not jobs:
+        return []
+    n_shards = -(-len(jobs) // max(1, int(shard_size)))
+    ordered = sorted(jobs, key=lambda j: (str(j["patient_id"]), str(j["study_uid"]), str(j["view"])))
+    weights = [estimated_frames(j) + 1 for j in ordered]  # +1: the header and record
+    heap = [(0, i) for i in range(n_shards)]
+    members: list[list[int]] = [[] for _ in range(n_shards)]
+    for position in sorted(range(len(ordered)), key=lambda p: (-weights[p], p)):
+        load, shard = heapq.heappop(heap)
+        members[shard].append(position)
+        heapq.heappush(heap, (load + weights[position], shard))
+    loads = [sum(weights[p] for p in m) for m in members]
+    order = sorted(range(n_shards), key=lambda k: (-loads[k], k))
+    return [[ordered[p] for p in sorted(members[k])] for k in order if members[k]]
 
 
 def shard_jobs(jobs: list[dict[str, Any]], shard_size: int) -> list[list[dict[str, Any]]]:

@@ -59,13 +59,14 @@ def atomic_write_json(path: str | os.PathLike[str], obj: Any) -> Path:
     return atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
 
 
-def atomic_write_png(path: str | os.PathLike[str], image: np.ndarray) -> Path:
-    """Write a 2-D uint8 array as an 8-bit grayscale PNG atomically."""
+def atomic_write_png(path: str | os.PathLike[str], image: np.ndarray, *, compress_level: int = 6) -> Path:
+    """Write a 2-D uint8 array as an 8-bit grayscale PNG atomically (zlib ``compress_level`` 0-9)."""
     from PIL import Image
 
     if image.dtype != np.uint8 or image.ndim != 2:
         raise ValueError(f"{path}: expected a 2-D uint8 image, got {image.dtype} {image.shape}")
-    return atomic_write(path, lambda tmp: Image.fromarray(image, mode="L").save(tmp, format="PNG"))
+    return atomic_write(path, lambda tmp: Image.fromarray(image, mode="L").save(
+        tmp, format="PNG", compress_level=compress_level))
 
 
 def atomic_write_parquet(path: str | os.PathLike[str], table: Any) -> Path:

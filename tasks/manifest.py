@@ -39,6 +39,8 @@ MANIFEST_COLUMNS: dict[str, str] = {
     "box_slice": "Int32",
     "box_class": "string",
     "augmented_from": "string",
+    "decode_level": "Int8",
+    "decode_note": "string",
 }
 
 REJECT_COLUMNS: dict[str, str] = {
@@ -135,6 +137,9 @@ def build_manifest(
                 "box_slice": int(box["slice"]) if box else None,
                 "box_class": str(box["box_class"]) if box else None,
                 "augmented_from": None,
+                # Records written before reduced decoding existed decoded every frame in full.
+                "decode_level": int(fr.get("decode_level", 0)),
+                "decode_note": fr.get("decode_note"),
             })
     manifest = typed_frame(rows, MANIFEST_COLUMNS)
     missing_split = manifest["split"].isna()

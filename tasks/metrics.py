@@ -42,9 +42,6 @@ from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
-from scipy import sparse
-from sklearn.calibration import calibration_curve
-from sklearn.metrics import brier_score_loss, confusion_matrix, f1_score, roc_auc_score
 
 __all__ = [
     "COHORT_SEVERITY",
@@ -226,6 +223,8 @@ def binary_metrics(
         ValueError: Labels other than 0/1, probabilities outside [0, 1] or not finite,
             unequal lengths, or a threshold outside [0, 1].
     """
+    from sklearn.metrics import brier_score_loss, confusion_matrix, f1_score, roc_auc_score  # heavy: on use
+
     t = _check_threshold(threshold)
     y, p = _as_arrays(labels, probabilities)
     called = (p >= t).astype(np.int64)
@@ -316,6 +315,8 @@ class _PatientStatistics:
     """
 
     def __init__(self, table: pd.DataFrame, threshold: float) -> None:
+        from scipy import sparse  # heavy: imported on use
+
         self.patients, codes = np.unique(table["patient_id"].astype(str).to_numpy(), return_inverse=True)
         n_patients = len(self.patients)
         y = table["label"].to_numpy(dtype=np.int64)
@@ -510,6 +511,9 @@ def calibration(labels: Any, probabilities: Any, n_bins: int = 10) -> dict[str, 
     Raises:
         ValueError: ``n_bins`` below 2, or bad labels or probabilities.
     """
+    from sklearn.calibration import calibration_curve  # heavy (scipy): imported on use
+    from sklearn.metrics import brier_score_loss
+
     if isinstance(n_bins, bool) or not isinstance(n_bins, (int, np.integer)) or n_bins < 2:
         raise ValueError(f"calibration bins must be an int of at least 2, got {n_bins!r}")
     y, p = _as_arrays(labels, probabilities)

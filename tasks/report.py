@@ -26,16 +26,14 @@ import math
 import os
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
-from matplotlib import colormaps
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
-from matplotlib.patches import Rectangle
-from matplotlib.ticker import MaxNLocator
-from sklearn.metrics import roc_curve
+
+if TYPE_CHECKING:  # matplotlib and scikit-learn are imported where a figure is drawn (1-2 s)
+    from matplotlib.figure import Figure
+
 
 from tasks.io import atomic_write_text
 from tasks.metrics import LEVELS, METRICS, POSITIVE_COHORTS, aggregate
@@ -170,6 +168,8 @@ def _n_resamples(metrics: Mapping[str, Any]) -> int:
 
 
 def _png(fig: Figure, *, dpi: int = 110) -> str:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
     FigureCanvasAgg(fig)
     buffer = io.BytesIO()
     # No "Software" entry: equal figures give equal bytes.
@@ -383,6 +383,8 @@ def _loss_top(values: np.ndarray, chance: float | None) -> float | None:
 
 
 def _learning_curves(history: pd.DataFrame | None, chance: Mapping[str, Any] | None = None) -> str:
+    from matplotlib.figure import Figure
+
     needed = {"epoch", "train_loss", "val_loss", "train_accuracy", "val_accuracy"}
     if history is None or history.empty or not needed <= set(history.columns):
         return _section("learning-curves", _note("No training history (history.csv) was found for this run."))
@@ -452,6 +454,9 @@ def _learning_curves(history: pd.DataFrame | None, chance: Mapping[str, Any] | N
 
 
 def _roc(metrics: Mapping[str, Any], predictions: pd.DataFrame | None) -> str:
+    from matplotlib.figure import Figure
+    from sklearn.metrics import roc_curve
+
     if predictions is None or predictions.empty:
         return _section("roc", _note("No predictions were given, so no ROC curve can be drawn."))
     how = metrics.get("aggregate", "max")
@@ -494,6 +499,9 @@ def _roc(metrics: Mapping[str, Any], predictions: pd.DataFrame | None) -> str:
 
 
 def _confusion(metrics: Mapping[str, Any]) -> str:
+    from matplotlib import colormaps
+    from matplotlib.figure import Figure
+
     fig = Figure(figsize=(10, 3.3), layout="constrained")
     axes = fig.subplots(1, len(LEVELS))
     cmap = colormaps["Blues"]
@@ -626,6 +634,9 @@ def _cohorts(metrics: Mapping[str, Any]) -> str:
 
 
 def _calibration(metrics: Mapping[str, Any]) -> str:
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
+
     fig = Figure(figsize=(10, 4.2), layout="constrained")
     ax, ax_n = fig.subplots(1, 2, gridspec_kw={"width_ratios": [1.2, 1]})
     ax.plot([0, 1], [0, 1], color="#8c959f", ls=":", lw=1, label="perfect calibration")
@@ -796,6 +807,9 @@ def _leak_audit(summary: Mapping[str, Any] | None) -> str:
 
 
 def _example_figure(example: Mapping[str, Any]) -> str:
+    from matplotlib.figure import Figure
+    from matplotlib.patches import Rectangle
+
     image = np.asarray(example["image"])
     heat = np.asarray(example["heatmap"], dtype=np.float32)
     box = example.get("box")

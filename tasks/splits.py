@@ -23,7 +23,6 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from sklearn.model_selection import GroupShuffleSplit
 
 from tasks.cohorts import COHORTS
 
@@ -166,6 +165,9 @@ def split_patients(
             if k == len(remaining):
                 chosen = remaining
             else:
+                # sklearn (and scipy under it) costs 1-3 s to import: only when a split is drawn.
+                from sklearn.model_selection import GroupShuffleSplit
+
                 splitter = GroupShuffleSplit(n_splits=1, test_size=k, random_state=rng_seed + which)
                 _, taken = next(splitter.split(remaining, groups=patients[remaining]))
                 chosen = remaining[taken]

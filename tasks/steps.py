@@ -124,9 +124,11 @@ def split_patients(volumes: str, config: PrepareConfig) -> str:
 
 
 @task(name="extract-shard", **retry_policy(retries=2, delay_seconds=1))
-def extract_shard_task(jobs: list[dict[str, Any]], data_root: str, out_dir: str, image_size: int, seed: int) -> dict[str, Any]:
+def extract_shard_task(jobs: list[dict[str, Any]], data_root: str, out_dir: str, image_size: int, seed: int,
+                       full_resolution: bool = False) -> dict[str, Any]:
     """Decode and write one shard of volumes (records make reruns skip finished volumes)."""
-    return extract_shard(jobs, data_root=data_root, out_dir=out_dir, image_size=image_size, seed=seed)
+    return extract_shard(jobs, data_root=data_root, out_dir=out_dir, image_size=image_size, seed=seed,
+                         full_resolution=full_resolution)
 
 
 @task(name="write-manifest", cache_key_fn=content_cache_key_fn(files=("plan", "splits", "records", "cohort_parts")),

@@ -42,6 +42,28 @@ def test_export_slices_files_and_json_lines(synth_root: Path, tmp_path: Path, ca
         assert im.mode == "L" and im.size == (40, 40)
 
 
+def test_export_slices_reduced_by_default_full_resolution_on_request(synth_root: Path, tmp_path: Path,
+                                                                    capsys) -> None:
+    dcm = sorted((synth_root / "Breast-Cancer-Screening-DBT").rglob("1-1.dcm"))[0]  # 64 x 48 rows
+    records = {}
+    for name, extra in (("auto", []), ("full", ["--full-resolution"])):
+        assert main(["export-slices", str(dcm), "--out", str(tmp_path / name), "--frames", "1",
+                     "--image-size", "32", *extra]) == 0
+        (records[name],) = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert records["auto"]["decode_level"] == 1 and records["full"]["decode_level"] == 0
+    for key in ("scale", "pad_x", "pad_y", "window_center", "window_width", "rotated"):
+        assert records["auto"][key] == records["full"][key]
+
+
+def test_prepare_cli_full_resolution_reaches_the_config() -> None:
+    from flows.cli import build_parser, prepare_config_from_args
+
+    args = build_parser().parse_args(["prepare", "--data-root", "d", "--out", "o", "--full-resolution"])
+    assert prepare_config_from_args(args).slices.full_resolution is True
+    args = build_parser().parse_args(["prepare", "--data-root", "d", "--out", "o"])
+    assert prepare_config_from_args(args).slices.full_resolution is False
+
+
 def test_export_slices_native_size_all_frames(synth_root: Path, tmp_path: Path, capsys) -> None:
     dcm = sorted((synth_root / "Breast-Cancer-Screening-DBT").rglob("1-1.dcm"))[0]
     assert main(["export-slices", str(dcm), "--out", str(tmp_path)]) == 0

@@ -29,7 +29,8 @@ def _train_config(manifest: Path, run: Path, **train) -> TrainConfig:
     )
 
 
-def test_train_flow_two_epochs_then_rerun_resumes(prefect_harness, prepared: Path, tmp_path: Path) -> None:
+def test_train_flow_two_epochs_then_rerun_resumes(prefect_harness, prepared: Path, tmp_path: Path,
+                                                  monkeypatch) -> None:
     from flows.train import train_classifier
 
     run = tmp_path / "run"
@@ -40,9 +41,19 @@ def test_train_flow_two_epochs_then_rerun_resumes(prefect_harness, prepared: Pat
     assert Path(result["best"]).is_file() and Path(result["last"]).is_file()
     assert result["resumed_from"] == 0
 
+    # The rerun reuses the stored result: it neither trains nor loads a checkpoint.
+    import models.train
+
+    monkeypatch.setattr(models.train, "fit", lambda *a, **k: pytest.fail("a cached rerun must not train"))
     again = train_classifier(config=_train_config(prepared, run))
     assert again["resumed_from"] == 2 and again["epochs_run"] == 2
     assert pd.read_csv(again["history"]).equals(history)
+
+    # With a file of the stored result gone, the model is fitted again.
+    monkeypatch.undo()
+    Path(result["last"]).unlink()
+    third = train_classifier(config=_train_config(prepared, run))
+    assert Path(third["last"]).is_file() and third["resumed_from"] == 0
 
 
 def test_train_cli_offline_weights_error_names_the_file(prepared: Path, tmp_path: Path, monkeypatch, capsys) -> None:

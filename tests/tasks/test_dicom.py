@@ -255,7 +255,7 @@ def test_frame_is_frozen(dbt_volume):
 def test_letterbox_a_non_square_frame(dbt_volume):
     path, _ = dbt_volume  # 64 rows x 48 columns
     (native,) = read_frames(path, [0])
-    (boxed,) = read_frames(path, [0], image_size=32)
+    (boxed,) = read_frames(path, [0], image_size=32, full_resolution=True)
     assert boxed.image.shape == (32, 32) and boxed.image.dtype == np.uint8
     assert (boxed.scale, boxed.pad_x, boxed.pad_y) == (0.5, 4, 0)
     assert (native.scale, native.pad_x, native.pad_y) == (1.0, 0, 0)

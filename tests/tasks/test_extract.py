@@ -104,3 +104,57 @@ def test_single_slice_is_one_image_per_patient_on_the_generated_dataset(plan_and
         own = boxes[(boxes["patient_id"] == row["patient_id"]) & (boxes["study_uid"] == row["study_uid"])
                     & (boxes["view"] == row["view"]) & (boxes["slice"] == row["slice_index"])]
         assert own["area"].max() == largest[row["patient_id"]]
+
+
+def test_full_resolution_is_different_work_and_records_the_level(plan_and_root, tmp_path) -> None:
+    plan, root = plan_and_root
+    jobs = _jobs(plan)[:3]
+    out = str(tmp_path / "out")
+    result = extract_shard(jobs, data_root=str(root), out_dir=out, image_size=32, seed=0)
+    frames = [f for r in result["records"] for f in json.loads(Path(r).read_text())["frames"]]
+    assert frames and all(f["decode_level"] == 1 and f["decode_note"] is None for f in frames)  # 64 x 48 -> 32
+    _, todo = split_finished(jobs, data_root=str(root), out_dir=out, image_size=32, seed=0, full_resolution=True)
+    assert len(todo) == len(jobs)
+    full = extract_shard(jobs, data_root=str(root), out_dir=out, image_size=32, seed=0, full_resolution=True)
+    frames = [f for r in full["records"] for f in json.loads(Path(r).read_text())["frames"]]
+    assert full["decoded"] == len(jobs) and all(f["decode_level"] == 0 for f in frames)
+
+
+def test_shards_balance_frame_counts() -> None:
+    from tasks.extract import balanced_shards, estimated_frames
+
+    def job(i: int, rule: str) -> dict:
+        return {"patient_id": f"P{i:03d}", "study_uid": "S", "view": "rcc", "frames_rule": rule}
+
+    # Positives (every frame) come in patient order next to each other: cut in order, the
+    # first shard would hold all of them.
+    jobs = [job(i, "all") for i in range(4)] + [job(i, "fraction:0.15") for i in range(4, 16)]
+    shards = balanced_shards(jobs, 4)
+    assert len(shards) == 4 and sorted(len(s) for s in shards) == [4, 4, 4, 4]
+    loads = [sum(estimated_frames(j) + 1 for j in s) for s in shards]
+    assert max(loads) - min(loads) <= estimated_frames(job(0, "fraction:0.15")) + 1
+    assert loads == sorted(loads, reverse=True)  # heaviest first: the order a pool runs them
+    assert sorted(j["patient_id"] for s in shards for j in s) == [j["patient_id"] for j in jobs]
+    for shard in shards:
+        assert [j["patient_id"] for j in shard] == sorted(j["patient_id"] for j in shard)
+    assert balanced_shards(jobs, 4) == shards  # deterministic
+    assert balanced_shards([], 4) == []
+
+
+def test_estimated_frames_per_rule() -> None:
+    from tasks.extract import estimated_frames
+
+    assert estimated_frames({"frames_rule": "all"}, 60) == 60
+    assert estimated_frames({"frames_rule": "middle"}, 60) == 1
+    assert estimated_frames({"frames_rule": "frames:3,9"}, 60) == 2
+    assert estimated_frames({"frames_rule": "lesion:2:10,40"}, 60) == 10
+    assert estimated_frames({"frames_rule": "fraction:0.15"}, 60) == 9
+
+
+def test_small_plans_are_estimated_below_the_serial_threshold(plan_and_root) -> None:
+    from tasks.extract import SERIAL_BELOW_SECONDS, estimated_seconds
+
+    plan, root = plan_and_root  # 64 x 48 frames: milliseconds of decoding
+    seconds = estimated_seconds(_jobs(plan), data_root=str(root), image_size=32)
+    assert 0 < seconds < SERIAL_BELOW_SECONDS
+    assert estimated_seconds([], data_root=str(root), image_size=32) == 0
