@@ -260,3 +260,39 @@ def publish_outputs(result: dict[str, Any], out_dir: str, *, kept: str | None = 
         (out / PUBLISHED["kept"]).unlink(missing_ok=True)
     published["summary"] = str(_copy(result["summary"], out / PUBLISHED["summary"]))
     return published
+
+
+def check_label_rejects(volumes: str, plan: str, cohort_parts: list[str], config: PrepareConfig,
+                        kept: str | None = None) -> dict[str, Any]:
+    """Stop before extraction when label-level faults (no label, no flag) already exceed the limit.
+
+    Every planned volume counts as used here (extraction has not run); the full account
+    is made again by :func:`write_manifest`. On failure ``rejects.parquet`` and
+    ``cohort_summary.json`` are published (no manifest) so the user can see what was
+    rejected and why.
+
+    Raises:
+        ValueError: The faults exceed ``config.data.max_reject_fraction`` (counts by reason).
+    """
+    plan_df = pd.read_parquet(plan)
+    empty = typed_frame([], REJECT_COLUMNS)
+    rows, accounting = cohorts_mod.account_volumes(
+        pd.read_parquet(volumes), plan_df, plan_df, empty, max_reject_fraction=config.data.max_reject_fraction)
+    error = cohorts_mod.reject_fraction_error(accounting)
+    if error is None:
+        return accounting
+    earlier = [pd.read_parquet(p) for p in cohort_parts if p.endswith(".parquet")]
+    frames = [f for f in (*earlier, rows) if len(f)]
+    rejects = typed_frame(pd.concat(frames, ignore_index=True).to_dict("records") if frames else [],
+                          REJECT_COLUMNS)
+    summary: dict[str, Any] = {}
+    for part in cohort_parts:
+        if part.endswith(".json"):
+            summary.update(json.loads(Path(part).read_text()))
+    summary.update({"strategy": config.slices.strategy, "image_size": config.slices.image_size,
+                    "seed": config.slices.seed, "accounting": accounting, "failed": error, "images": 0})
+    work = Path(plan).parent / "label-check"
+    publish_outputs({"rejects": str(atomic_write_parquet(work / "rejects.parquet", rejects)),
+                     "summary": str(atomic_write_json(work / "cohort_summary.json", summary))},
+                    config.data.output_dir, kept=kept)
+    raise ValueError(error)
