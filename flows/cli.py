@@ -108,9 +108,12 @@ def prepare_config_from_args(args: argparse.Namespace) -> PrepareConfig:
 def _cmd_prepare(args: argparse.Namespace) -> int:
     from flows.prepare import prepare_data
 
+    from tasks.io import output_lock
+
     config = prepare_config_from_args(args)
     _writable(args.out)
-    result = prepare_data(config=config)
+    with output_lock(args.out, what="tomoflow prepare"):  # a second run stops here, at once
+        result = prepare_data(config=config)
     print(json.dumps(result, sort_keys=True, default=str))
     return 0
 

@@ -129,6 +129,7 @@ class OutputInUseError(RuntimeError):
 
 
 LOCK_NAME = ".tomoflow.lock"
+_HELD: dict[str, int] = {}  # lock files this process holds -> nesting depth
 
 
 class output_lock:  # noqa: N801 - used as a context manager, like open()
@@ -149,6 +150,7 @@ class output_lock:  # noqa: N801 - used as a context manager, like open()
         self.path = Path(folder) / LOCK_NAME
         self.what = what
         self._fd: int | None = None
+        self._key = str(Path(os.path.abspath(self.path)))
 
     def __enter__(self) -> "output_lock":
         import datetime as dt
@@ -156,6 +158,11 @@ class output_lock:  # noqa: N801 - used as a context manager, like open()
         import socket
         import sys
 
+        if self._key in _HELD:
+            # This process holds it already (the CLI takes it before the flow starts, so a
+            # second run fails at once; the flow takes it again for deployments).
+            _HELD[self._key] += 1
+            return self
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -173,10 +180,15 @@ class output_lock:  # noqa: N801 - used as a context manager, like open()
         os.ftruncate(fd, 0)
         os.pwrite(fd, (json.dumps(info, sort_keys=True) + "\n").encode(), 0)
         self._fd = fd
+        _HELD[self._key] = 1
         return self
 
     def __exit__(self, *exc: object) -> None:
+        if self._fd is None and self._key in _HELD:
+            _HELD[self._key] -= 1
+            return
         if self._fd is not None:
+            _HELD.pop(self._key, None)
             import fcntl
 
             os.ftruncate(self._fd, 0)
