@@ -341,7 +341,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not isinstance(exc, CancelledRun):
             raise
         print(f"tomoflow {args.command}: cancelled: {redact(str(exc))}", file=sys.stderr)
-        return 130
+        return 143 if "SIGTERM" in str(exc) else 130
     except KeyboardInterrupt:
         print(f"tomoflow {args.command}: interrupted", file=sys.stderr)
         return 130

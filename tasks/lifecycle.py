@@ -172,10 +172,20 @@ def stop_workers() -> int:
     if _REAPER is not None:
         keep.add(_REAPER.pid)
     pids = descendants(os.getpid())
+    # multiprocessing's resource tracker ends by itself once the pool is gone; killing it
+    # early only makes multiprocessing relaunch it and warn.
+    keep |= {pid for pid in pids if b"resource_tracker" in _cmdline(pid)}
     doomed = {pid: start for pid, start in pids.items() if pid not in keep and not (
         _ancestors_in(pid, keep, pids))}
     _terminate(doomed, grace_s=2.0)
     return len(doomed)
+
+
+def _cmdline(pid: int) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return b""
 
 
 def _ancestors_in(pid: int, keep: set[int], family: dict[int, int]) -> bool:

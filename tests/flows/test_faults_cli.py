@@ -168,6 +168,30 @@ def test_kill_mid_extraction_second_run_refused_nothing_survives_rerun_resumes(s
     assert [p for p in out.rglob("*.tmp")] == []
 
 
+def test_sigterm_cancels_cleans_up_and_rerun_resumes(slow_dataset: Path, tmp_path: Path) -> None:
+    env = _env(tmp_path)
+    out = tmp_path / "out"
+    proc = subprocess.Popen(_prepare(slow_dataset, out, "--normal-fraction", "1.0"), cwd=REPO, env=env,
+                            start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    records = lambda: len(list((out / "slices").rglob("volume.json"))) if (out / "slices").exists() else 0  # noqa: E731
+    try:
+        _wait_for(lambda: records() >= 1, proc)
+        proc.send_signal(signal.SIGTERM)
+        stdout, stderr = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 143, stderr[-3000:]
+    assert "Finished in state Cancelled" in stderr and "cancelled: interrupted by SIGTERM" in stderr
+    assert not (out / "manifest.parquet").exists() and list(out.rglob("*.tmp")) == []
+    time.sleep(5)
+    assert _session_processes(proc.pid) == []
+    rerun = subprocess.run(_prepare(slow_dataset, out, "--normal-fraction", "1.0"), cwd=REPO, env=env,
+                           capture_output=True, text=True, timeout=900)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert "reused from earlier runs" in rerun.stdout + rerun.stderr
+
+
 def test_kill_mid_training_leaves_nothing_running(cli_dataset: Path, tmp_path: Path) -> None:
     env = _env(tmp_path)
     prepared = tmp_path / "prepared"
