@@ -142,9 +142,16 @@ def _watch_parent(parent: int) -> None:
 
 
 def worker_initializer(parent: int) -> None:
-    """Process-pool initializer: exit as soon as ``parent`` (the flow's process) is gone."""
+    """Process-pool initializer: exit as soon as ``parent`` (the flow's process) is gone.
+
+    It also installs the log redaction (:mod:`tasks.redaction`) in the worker, whose
+    records Prefect sends to its API on their own.
+    """
     if os.getppid() != parent:
         os._exit(70)
+    from tasks.redaction import install
+
+    install()
     threading.Thread(target=_watch_parent, args=(parent,), name="tomoflow-parent-watchdog", daemon=True).start()
 
 
