@@ -325,11 +325,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command not in ("synth", "export-slices"):
-        from tasks.lifecycle import start_reaper
+        from tasks.lifecycle import isolate_temporary_server, start_reaper
 
         # Whatever this process starts (the temporary Prefect server, workers) stops when
-        # it dies, even by SIGKILL.
+        # it dies, even by SIGKILL; Ctrl-C reaches the flow, not the server it reports to.
         start_reaper()
+        isolate_temporary_server()
     try:
         return int(args.func(args) or 0)
     except (ValueError, NotImplementedError, FileNotFoundError, OutputInUseError) as exc:

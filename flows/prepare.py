@@ -186,11 +186,16 @@ def _extract(jobs: list[dict[str, Any]], config: PrepareConfig) -> list[str]:
         else:
             futures = [runner.submit(steps.extract_shard_task, p) for p in params]
             results = (f.result() for f in futures)
-        for done, (shard, result) in enumerate(zip(shards, results), start=1):
-            records.extend(result["records"])
-            decoded += result["decoded"]
-            bar.advance(bar_task, len(shard))
-            update_progress_artifact(artifact, 100.0 * done / max(len(shards), 1))
+        try:
+            for done, (shard, result) in enumerate(zip(shards, results), start=1):
+                records.extend(result["records"])
+                decoded += result["decoded"]
+                bar.advance(bar_task, len(shard))
+                update_progress_artifact(artifact, 100.0 * done / max(len(shards), 1))
+        except BaseException as exc:
+            if not isinstance(exc, Exception):  # SIGTERM, Ctrl-C: the runner would wait for shards in flight
+                lifecycle.stop_workers()
+            raise
     logger.info("extraction: %d volumes, %d extracted now, %d reused from earlier runs",
                 len(jobs), decoded, len(jobs) - decoded)
     return records

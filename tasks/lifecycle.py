@@ -209,6 +209,36 @@ def _ancestors_in(pid: int, keep: set[int], family: dict[int, int]) -> bool:
     return False
 
 
+class _NewSessionSubprocess:
+    """``subprocess`` as seen by Prefect's server module, with ``Popen`` in a new session."""
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(subprocess, name)
+
+    @staticmethod
+    def Popen(*args: object, **kwargs: object) -> subprocess.Popen[bytes]:  # noqa: N802 - mirrors subprocess
+        kwargs.setdefault("start_new_session", True)
+        return subprocess.Popen(*args, **kwargs)  # type: ignore[call-overload]
+
+
+def isolate_temporary_server() -> None:
+    """Start Prefect's temporary server in a session of its own.
+
+    Ctrl-C at a terminal signals the whole foreground process group; the server would
+    stop at once and the interrupted run could not record that it was cancelled (its
+    API calls would hang on a dead server). In its own session the server only stops
+    when Prefect stops it at the end of the command, or when the reaper does after a
+    SIGKILL. Prefect offers no option for this, so its server module's reference to
+    ``subprocess`` is replaced by one whose ``Popen`` adds ``start_new_session=True``.
+    """
+    try:
+        from prefect.server.api import server as prefect_server
+    except ImportError:
+        return
+    if not isinstance(getattr(prefect_server, "subprocess", None), _NewSessionSubprocess):
+        prefect_server.subprocess = _NewSessionSubprocess()  # type: ignore[assignment]
+
+
 def signal_name(exc: BaseException) -> str:
     """``SIGTERM`` / ``SIGINT`` for an interrupt exception."""
     number = getattr(exc, "signal", None)

@@ -53,16 +53,31 @@ def _session_processes(session: int) -> list[str]:
     return found
 
 
+def _start_time(pid: int) -> int | None:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = stat[stat.rindex(")") + 2:].split()
+    return None if fields[0] == "Z" else int(fields[19])
+
+
 def _snapshot(folder: Path) -> dict[str, tuple[int, int]]:
     return {str(p): (p.stat().st_size, p.stat().st_mtime_ns) for p in folder.rglob("*") if p.is_file()}
 
 
 def _kill_and_check_quiet(proc: subprocess.Popen, out: Path) -> None:
-    """SIGKILL the command alone; 20 s later nothing of its session lives and nothing changes."""
+    """SIGKILL the command alone; 20 s later nothing it started lives and nothing changes."""
+    from tasks.lifecycle import descendants
+
+    family = descendants(proc.pid)  # the temporary server runs in a session of its own
+    assert family, "the command should have started a server and workers"
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait(timeout=60)
     time.sleep(20)
     assert _session_processes(proc.pid) == []
+    survivors = [pid for pid, start in family.items() if _start_time(pid) == start]
+    assert survivors == []
     before = _snapshot(out)
     time.sleep(3)
     assert _snapshot(out) == before
