@@ -245,21 +245,29 @@ def publish_outputs(result: dict[str, Any], out_dir: str, *, kept: str | None = 
         out_dir: The run's output folder.
         kept: The kept reports (``filter-reports``' ``kept``), or None.
     """
+    import filecmp
+
     out = Path(out_dir)
-    (out / PUBLISHED["summary"]).unlink(missing_ok=True)
-    published: dict[str, str] = {}
-    for key in ("manifest", "rejects"):
-        target = out / PUBLISHED[key]
-        if result.get(key):
-            published[key] = str(_copy(result[key], target))
-        else:
-            target.unlink(missing_ok=True)
-    if kept:
-        published["kept"] = str(_copy(kept, out / PUBLISHED["kept"]))
-    else:
-        (out / PUBLISHED["kept"]).unlink(missing_ok=True)
-    published["summary"] = str(_copy(result["summary"], out / PUBLISHED["summary"]))
-    return published
+    sources = {key: result.get(key) for key in ("manifest", "rejects", "summary")}
+    sources["kept"] = kept
+    targets = {key: out / name for key, name in PUBLISHED.items()}
+
+    def same(key: str) -> bool:
+        source, target = sources[key], targets[key]
+        if not source:
+            return not target.exists()
+        return target.is_file() and filecmp.cmp(source, target, shallow=False)
+
+    if not all(same(key) for key in sources):
+        # Untouched when nothing changed, so a rerun leaves the published files (and their
+        # times) as they were; otherwise the summary goes first and comes back last.
+        targets["summary"].unlink(missing_ok=True)
+        for key in ("manifest", "rejects", "kept", "summary"):
+            if sources[key]:
+                _copy(sources[key], targets[key])
+            else:
+                targets[key].unlink(missing_ok=True)
+    return {key: str(targets[key]) for key in sources if sources[key]}
 
 
 def check_label_rejects(volumes: str, plan: str, cohort_parts: list[str], config: PrepareConfig,
