@@ -7,3 +7,9 @@ import os
 os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "tasks,models")
 # Telemetry cannot leave a hospital network (nor this machine); don't try.
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+
+# No report text or DICOM identifying value in any log record or warning of a flow's
+# process (tasks/redaction.py); the CLI installs it too.
+from tasks.redaction import install as _install_redaction  # noqa: E402
+
+_install_redaction()

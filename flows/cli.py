@@ -12,6 +12,23 @@ from typing import Sequence
 from tasks.config import DataConfig, PrepareConfig, ReportsConfig, SlicesConfig
 
 
+def _writable(path: Path) -> None:
+    """Fail at once, before a flow (or the temporary Prefect server) starts, if ``path`` can't be written."""
+    from tasks.io import ensure_writable_dir
+
+    ensure_writable_dir(path, what="--out")
+
+
+def _fraction_arg(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected a fraction between 0 and 1, such as 0.1")
+    return value
+
+
 def _frames_arg(text: str) -> list[int]:
     try:
         frames = [int(part) for part in text.split(",") if part.strip() != ""]
@@ -72,23 +89,34 @@ def prepare_config_from_args(args: argparse.Namespace) -> PrepareConfig:
         slices["workers"] = args.workers
     if args.executor:
         slices["executor"] = args.executor
+    data: dict[str, object] = {}
+    if getattr(args, "max_reject_fraction", None) is not None:
+        data["max_reject_fraction"] = args.max_reject_fraction
+    reports: dict[str, object] = {}
+    if getattr(args, "reports_encoding", None):
+        reports["encoding"] = args.reports_encoding
     return PrepareConfig(
         data=DataConfig(
             data_root=str(args.data_root),
             output_dir=str(args.out),
             reports=str(args.reports) if args.reports else None,
             use_labels=not args.no_labels,
+            **data,
         ),
         slices=SlicesConfig(**slices),
-        reports=ReportsConfig(),
+        reports=ReportsConfig(**reports),
     )
 
 
 def _cmd_prepare(args: argparse.Namespace) -> int:
     from flows.prepare import prepare_data
 
+    from tasks.io import output_lock
+
     config = prepare_config_from_args(args)
-    result = prepare_data(config=config)
+    _writable(args.out)
+    with output_lock(args.out, what="tomoflow prepare"):  # a second run stops here, at once
+        result = prepare_data(config=config)
     print(json.dumps(result, sort_keys=True, default=str))
     return 0
 
@@ -118,7 +146,9 @@ def train_config_from_args(args: argparse.Namespace) -> "TrainConfig":
 def _cmd_train(args: argparse.Namespace) -> int:
     from flows.train import train_classifier
 
-    result = train_classifier(config=train_config_from_args(args))
+    config = train_config_from_args(args)
+    _writable(args.out)
+    result = train_classifier(config=config)
     print(json.dumps(result, sort_keys=True, default=str))
     return 0
 
@@ -133,7 +163,10 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         value = getattr(args, name)
         if value is not None:
             fields["output_dir" if name == "out" else name] = str(value) if name in ("manifest", "out") else value
-    result = evaluate_model(config=EvaluateConfig(**fields))
+    config = EvaluateConfig(**fields)
+    if args.out is not None:
+        _writable(args.out)
+    result = evaluate_model(config=config)
     print(json.dumps(result, sort_keys=True, default=str))
     return 0
 
@@ -141,6 +174,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 def _cmd_run(args: argparse.Namespace) -> int:
     from flows.pipeline import tomoflow_pipeline
 
+    _writable(args.out)
     result = tomoflow_pipeline(data_root=str(args.data_root), output_root=str(args.out), preset=args.preset)
     print(json.dumps(result, sort_keys=True, default=str))
     return 0
@@ -225,6 +259,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--full-resolution", action="store_true",
                    help="decode every frame in full (default: JPEG 2000 breast images at the coarsest "
                         "stored resolution level that covers --image-size)")
+    p.add_argument("--max-reject-fraction", type=_fraction_arg, default=None,
+                   help="stop when more than this share of the listed volumes is rejected for a fault "
+                        "(default 0.1; 1 accepts any share); the counts by reason are printed")
+    p.add_argument("--reports-encoding", default=None,
+                   help="encoding of a CSV --reports file: auto (default: UTF-8, or what a byte-order mark "
+                        "says) or a codec such as cp1252; rows that do not decode are rejected one by one")
     p.set_defaults(func=_cmd_prepare)
 
     p = sub.add_parser("train", help="run the train-classifier flow on a prepared manifest")
@@ -287,13 +327,34 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``tomoflow`` console script."""
+    from tasks.io import OutputInUseError
+    from tasks.redaction import install as install_redaction, redact
+
+    install_redaction()
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.command not in ("synth", "export-slices"):
+        from tasks.lifecycle import isolate_temporary_server, start_reaper
+
+        # Whatever this process starts (the temporary Prefect server, workers) stops when
+        # it dies, even by SIGKILL; Ctrl-C reaches the flow, not the server it reports to.
+        start_reaper()
+        isolate_temporary_server()
     try:
         return int(args.func(args) or 0)
-    except (ValueError, NotImplementedError, FileNotFoundError) as exc:
-        print(f"tomoflow {args.command}: error: {exc}", file=sys.stderr)
+    except (ValueError, NotImplementedError, FileNotFoundError, OutputInUseError) as exc:
+        print(f"tomoflow {args.command}: error: {redact(str(exc))}", file=sys.stderr)
         return 2
+    except Exception as exc:
+        from prefect.exceptions import CancelledRun
+
+        if not isinstance(exc, CancelledRun):
+            raise
+        print(f"tomoflow {args.command}: cancelled: {redact(str(exc))}", file=sys.stderr)
+        return 143 if "SIGTERM" in str(exc) else 130
+    except KeyboardInterrupt:
+        print(f"tomoflow {args.command}: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 from contextlib import contextmanager, nullcontext
@@ -15,7 +16,7 @@ from prefect.artifacts import create_progress_artifact, create_table_artifact, u
 from prefect.runtime import flow_run
 
 from tasks import cohorts as cohorts_mod
-from tasks import steps
+from tasks import lifecycle, steps
 from tasks.config import PrepareConfig
 from tasks.extract import (
     SERIAL_BELOW_SECONDS,
@@ -24,6 +25,7 @@ from tasks.extract import (
     remove_stale_temporaries,
     split_finished,
 )
+from tasks.io import ensure_writable_dir, output_lock
 
 
 def _run_name() -> str:
@@ -49,7 +51,9 @@ def _task_runner(config: PrepareConfig) -> Any:
         return _dask_runner(s.dask_address, s.workers or os.cpu_count() or 1)
     from prefect.task_runners import ProcessPoolTaskRunner
 
-    return ProcessPoolTaskRunner(max_workers=s.workers or os.cpu_count() or 1)
+    # Each worker watches this process and exits when it is gone (tasks/lifecycle.py).
+    return ProcessPoolTaskRunner(max_workers=s.workers or os.cpu_count() or 1,
+                                 initializer=lifecycle.worker_initializer, initargs=(os.getpid(),))
 
 
 def _dask_runner(address: str | None, workers: int) -> Any:
@@ -202,11 +206,16 @@ def _extract(jobs: list[dict[str, Any]], config: PrepareConfig) -> list[str]:
         else:
             futures = [runner.submit(steps.extract_shard_task, p) for p in params]
             results = (f.result() for f in futures)
-        for done, (shard, result) in enumerate(zip(shards, results), start=1):
-            records.extend(result["records"])
-            decoded += result["decoded"]
-            bar.advance(bar_task, len(shard))
-            update_progress_artifact(artifact, 100.0 * done / max(len(shards), 1))
+        try:
+            for done, (shard, result) in enumerate(zip(shards, results), start=1):
+                records.extend(result["records"])
+                decoded += result["decoded"]
+                bar.advance(bar_task, len(shard))
+                update_progress_artifact(artifact, 100.0 * done / max(len(shards), 1))
+        except BaseException as exc:
+            if not isinstance(exc, Exception):  # SIGTERM, Ctrl-C: the runner would wait for shards in flight
+                lifecycle.stop_workers()
+            raise
     logger.info("extraction: %d volumes, %d extracted now, %d reused from earlier runs",
                 len(jobs), decoded, len(jobs) - decoded)
     return records
@@ -230,15 +239,46 @@ def _cached(step: Any, cache: dict[str, Any], *args: Any) -> Any:
 def prepare_data(config: PrepareConfig = PrepareConfig()) -> dict[str, Any]:
     """Prepare BCS-DBT volumes into 8-bit slices, a Parquet manifest and an audit.
 
+    The output folder is checked for writing and locked (one run at a time) before any
+    work. SIGTERM or Ctrl-C ends the run as Cancelled, with its workers stopped and its
+    temporary files removed; the same command resumes it.
+
     Args:
         config: Inputs, slice strategy, splits and extraction settings.
 
     Returns:
         Paths of ``manifest``, ``rejects`` and ``summary`` (``cohort_summary.json``).
     """
+    from prefect.exceptions import TerminationSignal
+    from prefect.states import Cancelled
+
     logger = get_run_logger()
-    out = Path(config.data.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    out = ensure_writable_dir(config.data.output_dir, what="output folder (--out)")
+    with output_lock(out, what=f"flow run {flow_run.name or ''} ({flow_run.id or ''})"):
+        try:
+            return _prepare(config, out)
+        except (KeyboardInterrupt, TerminationSignal) as exc:
+            stopped = lifecycle.stop_workers()
+            removed = remove_stale_temporaries(out)
+            message = (f"interrupted by {lifecycle.signal_name(exc)}: {stopped} worker processes stopped, "
+                       f"{removed} partial files removed; run the same command again to resume")
+            logger.warning("prepare-data %s", message)
+            return Cancelled(message=message)
+
+
+def _fail_on_rejects(result: dict[str, Any], config: PrepareConfig, kept: str | None) -> None:
+    """Publish the rejects and the summary without a manifest, and stop, if too much was rejected."""
+    summary = json.loads(Path(result["summary"]).read_text())
+    error = cohorts_mod.reject_fraction_error(summary.get("accounting", {}))
+    if error is None:
+        return
+    steps.publish_outputs({"rejects": result["rejects"], "summary": result["summary"]},
+                          config.data.output_dir, kept=kept)
+    raise ValueError(error)
+
+
+def _prepare(config: PrepareConfig, out: Path) -> dict[str, Any]:
+    logger = get_run_logger()
     stale = remove_stale_temporaries(out)
     if stale:
         logger.info("removed %d temporary files left by an interrupted run", stale)
@@ -254,13 +294,20 @@ def prepare_data(config: PrepareConfig = PrepareConfig()) -> dict[str, Any]:
                      reports["studies"] if reports else None, config)
     plan = _cached(steps.select_slices, cache, cohort["volumes"], cohort["boxes"], config)
     splits = _cached(steps.split_patients, cache, cohort["volumes"], config)
-    jobs = pd.read_parquet(plan)[["patient_id", "study_uid", "view", "descriptive_path",
-                                  "classic_path", "frames_rule"]].to_dict("records")
-    records = _extract(jobs, config)
     parts = [cohort["summary"], cohort["rejects"]]
     if reports:
         parts += [reports["summary"], reports["rejects"]]
-    outputs = _cached(steps.write_manifest, cache, plan, splits, sorted(records), parts, config)
+    kept = reports["kept"] if reports else None
+    # Label-level faults (no label, no flag) are known now: stop before extracting anything.
+    steps.check_label_rejects(cohort["volumes"], plan, parts, config, kept=kept)
+    jobs = pd.read_parquet(plan)[["patient_id", "study_uid", "view", "descriptive_path",
+                                  "classic_path", "frames_rule"]].to_dict("records")
+    records = _extract(jobs, config)
+    result = _cached(steps.write_manifest, cache, plan, splits, sorted(records), parts, config,
+                     cohort["volumes"], cohort["boxes"])
+    _fail_on_rejects(result, config, kept)
+    published = steps.publish_outputs(result, config.data.output_dir, kept=kept)
+    outputs = {key: published[key] for key in ("manifest", "rejects", "summary")}
     manifest = pd.read_parquet(outputs["manifest"])
     table = (manifest.groupby(["split", "cohort"]).agg(images=("image_path", "size"),
                                                         patients=("patient_id", "nunique"))

@@ -74,3 +74,27 @@ def content_cache_key_fn(
         return content_key(parameters, files=files, ignore=ignore, salt=context.task.name)
 
     return key_fn
+
+
+def keyed_dir(out_dir: str | os.PathLike[str], step: str, key: str) -> Path:
+    """The folder a cached step writes its intermediates into: ``OUT/.work/<step>/<key>``.
+
+    Two runs with different inputs or settings get different folders, so a run can never
+    pick up (or overwrite) the intermediates of another run's settings, whatever order
+    runs into one output folder come in; a run with the same key writes the same bytes.
+    """
+    return Path(out_dir) / ".work" / step / key[:24]
+
+
+def step_dir(step: str, parameters: dict[str, Any], *, out_dir: str | os.PathLike[str],
+             files: Iterable[str] = (), ignore: Iterable[str] = ()) -> Path:
+    """:func:`keyed_dir` for a step, keyed exactly as its Prefect cache key.
+
+    Args:
+        step: The task's name (the salt of its cache key).
+        parameters: The task's parameters.
+        out_dir: The run's output folder.
+        files: As for :func:`content_cache_key_fn`.
+        ignore: As for :func:`content_cache_key_fn`.
+    """
+    return keyed_dir(out_dir, step, content_key(parameters, files=files, ignore=ignore, salt=step))

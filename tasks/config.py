@@ -39,6 +39,12 @@ class DataConfig(_Frozen):
     use_labels: bool = Field(
         True, description="Use the BCS-DBT labels CSV when present (it wins over report-derived cohorts)."
     )
+    max_reject_fraction: float = Field(
+        0.10, ge=0.0, le=1.0,
+        description="Stop (failed, with the counts by reason) when more than this share of the volumes "
+        "listed in the file-paths CSVs is rejected for a fault (no label, missing or unreadable file, ...); "
+        "1.0 accepts any share. Actionable and not-selected volumes do not count.",
+    )
 
 
 class SlicesConfig(_Frozen):
@@ -94,6 +100,12 @@ class SlicesConfig(_Frozen):
 class ReportsConfig(_Frozen):
     """DEDUCE-style report filtering and report-derived cohorts."""
 
+    encoding: str = Field(
+        "auto",
+        description="Text encoding of a CSV report export: auto (UTF-8, with or without a byte-order mark, "
+        "or UTF-16 with one) or a Python codec name such as cp1252. A row that does not decode is rejected "
+        "alone, naming the file and row.",
+    )
     radiology_type: str = Field("radiology", description="report_type value of radiology reports.")
     pathology_type: str = Field("pathology", description="report_type value of pathology reports.")
     radiology_terms: tuple[str, ...] = Field(
@@ -107,6 +119,18 @@ class ReportsConfig(_Frozen):
     pathology_window_days: int = Field(
         180, ge=0, description="Pathology dated 0..N days after a radiology report belongs to it."
     )
+
+    @field_validator("encoding")
+    @classmethod
+    def _known_encoding(cls, v: str) -> str:
+        import codecs
+
+        if v != "auto":
+            try:
+                codecs.lookup(v)
+            except LookupError:
+                raise ValueError(f"encoding {v!r} is not a known text encoding (auto, utf-8, cp1252, latin-1, ...)")
+        return v
 
     @model_validator(mode="after")
     def _dates_ordered(self) -> "ReportsConfig":

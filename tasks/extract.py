@@ -17,6 +17,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -40,11 +41,18 @@ def volume_dir(out_dir: str | os.PathLike[str], patient_id: str, study_uid: str,
     return Path(out_dir) / SLICES_DIR / _safe(patient_id) / _safe(study_uid) / _safe(view)
 
 
+_SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
+
+
 def _safe(part: str) -> str:
-    cleaned = "".join(c if c.isalnum() or c in "-_." else "_" for c in str(part))
-    if cleaned in ("", ".", ".."):
-        raise ValueError(f"identifier {part!r} cannot be used as a folder name")
-    return cleaned
+    """A visible folder name for an id: the id itself when it is plain, else a cleaned,
+    hashed form (``../../x`` -> ``x-<8 hex>``) so two ids never share a folder and no id
+    makes a hidden folder or climbs out of ``slices/``."""
+    text = str(part)
+    if _SAFE_ID.match(text) and not text.endswith("."):
+        return text
+    cleaned = re.sub(r"[^A-Za-z0-9_.-]+", "_", text).lstrip("._-")[:60].rstrip(".") or "id"
+    return f"{cleaned}-{hashlib.sha256(text.encode('utf-8', 'surrogatepass')).hexdigest()[:8]}"
 
 
 def _volume_key(job: dict[str, Any], path: Path | None, image_size: int, seed: int,

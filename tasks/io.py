@@ -94,3 +94,123 @@ def file_fingerprint(path: str | os.PathLike[str], *, content: bool | None = Non
     else:
         h.update(f"{p.resolve()}|{st.st_size}|{st.st_mtime_ns}".encode())
     return h.hexdigest()[:16]
+
+
+class OutputPathError(ValueError):
+    """An output folder that cannot be created or written (not worth retrying)."""
+
+
+def ensure_writable_dir(path: str | os.PathLike[str], *, what: str = "output folder") -> Path:
+    """Create ``path`` if needed and prove a file can be written in it, before any work.
+
+    Raises:
+        OutputPathError: ``path`` is a file, lies under a file, or cannot be created or
+            written (the message names the path and the operating system's reason).
+    """
+    target = Path(path)
+    for parent in [target, *target.parents]:
+        if parent.exists() and not parent.is_dir():
+            where = "is a file" if parent == target else f"lies under {parent}, which is a file"
+            raise OutputPathError(f"{what} {target} {where}; choose a folder")
+    try:
+        target.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".tomoflow-write-test.", suffix=".tmp", dir=target)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        reason = exc.strerror or type(exc).__name__
+        raise OutputPathError(
+            f"{what} {target} cannot be written ({reason}); choose a folder you can write to"
+        ) from None
+    return target
+
+
+class OutputInUseError(RuntimeError):
+    """Another run holds the output folder's lock."""
+
+
+LOCK_NAME = ".tomoflow.lock"
+_HELD: dict[str, int] = {}  # lock files this process holds -> nesting depth
+
+
+class output_lock:  # noqa: N801 - used as a context manager, like open()
+    """One writer per output folder: an exclusive ``fcntl.flock`` on ``DIR/.tomoflow.lock``.
+
+    The operating system drops the lock when the holder's file is closed, including when
+    the process is killed (SIGKILL), so a killed run never leaves a stale lock. The file
+    holds a JSON description of the holder (pid, host, command, what it runs, start time)
+    that the refused run quotes. The descriptor is not inherited across ``exec``, so
+    workers and servers a run starts do not keep the lock alive after it.
+
+    Args:
+        folder: The output folder.
+        what: What the holder is doing (e.g. the flow run's name), for the message.
+    """
+
+    def __init__(self, folder: str | os.PathLike[str], *, what: str = "") -> None:
+        self.path = Path(folder) / LOCK_NAME
+        self.what = what
+        self._fd: int | None = None
+        self._key = str(Path(os.path.abspath(self.path)))
+
+    def __enter__(self) -> "output_lock":
+        import datetime as dt
+        import fcntl
+        import socket
+        import sys
+
+        if self._key in _HELD:
+            # This process holds it already (the CLI takes it before the flow starts, so a
+            # second run fails at once; the flow takes it again for deployments).
+            _HELD[self._key] += 1
+            return self
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = _read_holder(fd)
+            os.close(fd)
+            raise OutputInUseError(
+                f"output folder {self.path.parent} is in use by another tomoflow run ({holder}); "
+                "wait for it to finish, or write to another folder. The lock goes when that process "
+                f"ends, even if it is killed; {self.path.name} is only its label"
+            ) from None
+        info = {"pid": os.getpid(), "host": socket.gethostname(), "what": self.what,
+                "command": " ".join(os.path.basename(a) if i == 0 else a for i, a in enumerate(sys.argv))[:300],
+                "started": dt.datetime.now().astimezone().isoformat(timespec="seconds")}
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, (json.dumps(info, sort_keys=True) + "\n").encode(), 0)
+        self._fd = fd
+        _HELD[self._key] = 1
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._fd is None and self._key in _HELD:
+            _HELD[self._key] -= 1
+            return
+        if self._fd is not None:
+            _HELD.pop(self._key, None)
+            import fcntl
+
+            os.ftruncate(self._fd, 0)
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+            os.close(self._fd)
+            self._fd = None
+
+
+def _read_holder(fd: int) -> str:
+    """The holder's description from the lock file, for the message (best effort)."""
+    try:
+        info = json.loads(os.pread(fd, 4096, 0).decode() or "{}")
+    except (OSError, ValueError):
+        info = {}
+    if not info:
+        return "details not yet written"
+    parts = [f"pid {info.get('pid')} on {info.get('host')}"]
+    if info.get("what"):
+        parts.append(repr(info["what"]))
+    if info.get("command"):
+        parts.append(f"command {info['command']!r}")
+    if info.get("started"):
+        parts.append(f"started {info['started']}")
+    return ", ".join(parts)

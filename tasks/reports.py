@@ -14,7 +14,10 @@ same sentence, not across "but"/"however") covers the phrasings in scope.
 
 from __future__ import annotations
 
+import codecs
+import csv
 import datetime as dt
+import io
 import logging
 import os
 import re
@@ -39,20 +42,118 @@ class FilterResult:
     counts: dict[str, object] = field(default_factory=dict)
 
 
-def read_reports(path: str | os.PathLike[str]) -> pd.DataFrame:
-    """Read a report export (CSV or Parquet) and check its columns.
+@dataclass(frozen=True)
+class LoadedReports:
+    """A report export as read: the usable rows, the rows left out and the encoding used."""
+
+    reports: pd.DataFrame
+    rejects: pd.DataFrame
+    encoding: str
+
+
+_REJECT_FIELDS = ["report_id", "patient_id", "study_uid", "reason"]
+_ESCAPED = re.compile("[\udc80-\udcff]")  # undecodable bytes, kept apart by surrogateescape
+
+
+def _detect_encoding(raw: bytes) -> str:
+    """``utf-8-sig`` or ``utf-16`` when a byte-order mark says so, else ``utf-8``."""
+    if raw.startswith(codecs.BOM_UTF8):
+        return "utf-8-sig"
+    if raw.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+        return "utf-16"
+    return "utf-8"
+
+
+def _read_csv_rows(p: Path, encoding: str) -> tuple[pd.DataFrame, pd.DataFrame, str]:
+    """Parse a CSV export row by row, leaving out (not failing on) rows that do not decode."""
+    raw = p.read_bytes()
+    used = _detect_encoding(raw) if encoding == "auto" else encoding
+    try:
+        text = raw.decode(used, errors="surrogateescape")
+    except UnicodeError as exc:  # e.g. a UTF-16 file with an odd number of bytes
+        raise ValueError(
+            f"report export {p}: cannot be decoded as {used} ({type(exc).__name__} at byte "
+            f"{getattr(exc, 'start', '?')}); pass --reports-encoding with the file's encoding"
+        ) from None
+    csv.field_size_limit(1 << 30)  # report bodies can be long
+    reader = csv.reader(io.StringIO(text, newline=""))
+    try:
+        header = next(reader)
+    except StopIteration:
+        header = []
+    except csv.Error as exc:
+        raise ValueError(f"report export {p} line 1: not a readable CSV header ({exc})") from None
+    if any(_ESCAPED.search(h) for h in header):
+        raise ValueError(f"report export {p} line 1: the header is not valid {used}; "
+                         "pass --reports-encoding with the file's encoding")
+    header = [h.strip() for h in header]
+    rows: list[list[str]] = []
+    rejects: list[dict[str, object]] = []
+    row_number, last_line = 0, reader.line_num
+    while True:
+        try:
+            row = next(reader)
+        except StopIteration:
+            break
+        except csv.Error as exc:
+            # The csv module's messages name the fault, never the field's text.
+            raise ValueError(f"report export {p} line {reader.line_num}: not readable as CSV ({exc}); "
+                             "fix the file") from None
+        first_line, last_line = last_line + 1, reader.line_num
+        if not row:
+            continue  # a blank line, as pandas skips them
+        row_number += 1
+        where = f"{p.name} row {row_number} (line {first_line})"
+
+        def ident(name: str) -> str | None:
+            if name not in header:
+                return None
+            i = header.index(name)
+            value = row[i] if i < len(row) else None
+            return None if value is None or _ESCAPED.search(value) else value
+
+        bad_column = next((h for h, v in zip(header, row) if _ESCAPED.search(v)), None)
+        if bad_column is not None:
+            value = next(v for h, v in zip(header, row) if h == bad_column)
+            byte = ord(_ESCAPED.search(value).group()) - 0xDC00
+            reason = (f"undecodable: {where}: byte 0x{byte:02x} in column {bad_column!r} is not valid {used}; "
+                      "the row is left out (pass --reports-encoding if the file is in another encoding)")
+        elif len(row) != len(header):
+            reason = f"malformed: {where} has {len(row)} fields, the header {len(header)}"
+        else:
+            rows.append(row)
+            continue
+        rejects.append({"report_id": ident("report_id"), "patient_id": ident("patient_id"),
+                        "study_uid": ident("study_uid"), "reason": reason})
+    if rejects:
+        log.warning("report export %s: %d of %d rows could not be read and are rejected (first: %s)",
+                    p.name, len(rejects), row_number, rejects[0]["reason"])
+    frame = pd.DataFrame(rows, columns=header, dtype=object) if header else pd.DataFrame()
+    return frame, pd.DataFrame(rejects, columns=_REJECT_FIELDS), used
+
+
+def load_reports(path: str | os.PathLike[str], *, encoding: str = "auto") -> LoadedReports:
+    """Read a report export (CSV or Parquet), check its columns and set aside unreadable rows.
+
+    A CSV is decoded as ``encoding`` (``auto``: UTF-8, honouring a UTF-8 or UTF-16
+    byte-order mark). A row holding bytes that are not valid in that encoding, or a wrong
+    number of fields, is rejected alone with a reason naming the file, the row and the
+    column, never the text; the other rows go on.
 
     Raises:
-        ValueError: the file is missing, of an unknown type, or lacks a required column.
+        ValueError: the file is missing, of an unknown type, not a CSV, or lacks a required
+            column.
     """
     p = Path(path)
     if not p.is_file():
         raise ValueError(f"report export {p} does not exist: pass the CSV or Parquet file with --reports")
     suffix = p.suffix.lower()
+    rejects = pd.DataFrame(columns=_REJECT_FIELDS)
+    used = "parquet"
     if suffix == ".parquet":
         frame = pd.read_parquet(p)
     elif suffix in (".csv", ".txt"):
-        frame = pd.read_csv(p, dtype=str, keep_default_na=False)
+        frame, rejects, used = _read_csv_rows(p, encoding)
     else:
         raise ValueError(f"report export {p}: unknown file type {suffix!r} (allowed: .csv, .parquet)")
     missing = [c for c in REPORT_COLUMNS if c not in frame.columns]
@@ -60,7 +161,17 @@ def read_reports(path: str | os.PathLike[str]) -> pd.DataFrame:
         raise ValueError(
             f"report export {p} lacks column(s) {missing}; required: {list(REPORT_COLUMNS)}"
         )
-    return frame[list(REPORT_COLUMNS)].astype({c: "string" for c in REPORT_COLUMNS if c != "report_date"})
+    reports = frame[list(REPORT_COLUMNS)].astype({c: "string" for c in REPORT_COLUMNS if c != "report_date"})
+    return LoadedReports(reports.reset_index(drop=True), rejects, used)
+
+
+def read_reports(path: str | os.PathLike[str], *, encoding: str = "auto") -> pd.DataFrame:
+    """The readable rows of a report export (see :func:`load_reports`, which also gives the rejects).
+
+    Raises:
+        ValueError: the file is missing, of an unknown type, or lacks a required column.
+    """
+    return load_reports(path, encoding=encoding).reports
 
 
 def term_pattern(terms: Iterable[str]) -> re.Pattern[str]:

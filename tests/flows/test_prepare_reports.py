@@ -80,7 +80,7 @@ def test_report_cohorts_without_labels_and_no_text_leaks(prefect_harness, small_
 
     # The report-derived tumour volumes are exactly the labels CSV's (side-specific pathology).
     truth, _ = cohorts_from_labels(load_bcs_tables(small_dataset).labels)
-    volumes = pd.read_parquet(out / ".work" / "volumes.parquet")
+    volumes = pd.read_parquet(next((out / ".work" / "group-cohorts").glob("*/volumes.parquet")))
     key = ["patient_id", "study_uid", "view"]
     positive_truth = set(map(tuple, truth.loc[truth["label"] == 1, key].to_numpy()))
     positive_reports = set(map(tuple, volumes.loc[volumes["label"] == 1, key].to_numpy()))
@@ -112,7 +112,7 @@ def test_labels_win_and_disagreements_are_counted(prefect_harness, small_dataset
     summary = json.loads(Path(result["summary"]).read_text())
     assert summary["cohort_sources"] == ["labels", "reports"]
     truth, _ = cohorts_from_labels(load_bcs_tables(small_dataset).labels)
-    volumes = pd.read_parquet(out / ".work" / "volumes.parquet")
+    volumes = pd.read_parquet(next((out / ".work" / "group-cohorts").glob("*/volumes.parquet")))
     merged = volumes.merge(truth, on=["patient_id", "study_uid", "view"], suffixes=("", "_truth"))
     assert (merged["cohort"] == merged["cohort_truth"]).all()
     # Actionable studies: the labels mark one side, the BI-RADS-only reports the whole study.

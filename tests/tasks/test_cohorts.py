@@ -293,3 +293,32 @@ def test_cohorts_from_reports_apply_side_and_study_views() -> None:
     assert p2 == {"lcc": "benign", "rcc": "benign"}
     assert set(out["cohort_source"]) == {"reports"}
     assert out.loc[out["cohort"] == "normal", "label"].eq(0).all()
+
+
+def test_every_listed_volume_is_used_or_rejected_with_a_reason() -> None:
+    from tasks.cohorts import account_volumes, reject_fraction_error, reject_reason
+
+    volumes = pd.DataFrame({
+        "patient_id": ["P1", "P1", "P2", "P3", "P4", "P5", "P6"],
+        "study_uid": ["S1", "S1", "S2", "S3", "S4", "S5", "S6"],
+        "view": ["lcc", "rcc", "lcc", "lcc", "lcc", "lcc", "lcc"],
+        "descriptive_path": ["a.dcm"] * 6 + [None],
+        "label": pd.array([0, 0, None, 1, 0, 1, 0], dtype="Int8"),
+        "excluded_reason": [None, None, "no-label", None, None, None, "no-file-path"],
+    })
+    key = ["patient_id", "study_uid", "view"]
+    plan = volumes.iloc[[0, 3, 4]][key]
+    manifest = volumes.iloc[[0]][key]
+    extraction = pd.DataFrame([{"kind": "volume", "patient_id": "P3", "study_uid": "S3", "view": "lcc",
+                                "report_id": None, "path": "b.dcm",
+                                "reason": reject_reason("missing volume: not found under the root")}])
+    rows, accounting = account_volumes(volumes, plan, manifest, extraction, max_reject_fraction=0.1)
+    reasons = dict(zip(rows["patient_id"] + "/" + rows["view"], rows["reason"].str.split(":").str[0]))
+    assert reasons == {"P1/rcc": "not-selected", "P2/lcc": "no-label", "P3/lcc": "missing-file",
+                       "P4/lcc": "no-frames", "P5/lcc": "no-box"}
+    assert accounting["listed"] == 6 and accounting["used"] == 1 and accounting["rejected"] == 5
+    assert accounting["reconciled"] and accounting["faults"] == 4
+    message = reject_fraction_error(accounting)
+    assert "4 of 6 volumes" in message and "no-label: 1" in message and "--max-reject-fraction" in message
+    assert "not-selected" not in message
+    assert reject_fraction_error({**accounting, "max_reject_fraction": 1.0}) is None

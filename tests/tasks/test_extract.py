@@ -158,3 +158,18 @@ def test_small_plans_are_estimated_below_the_serial_threshold(plan_and_root) -> 
     seconds = estimated_seconds(_jobs(plan), data_root=str(root), image_size=32)
     assert 0 < seconds < SERIAL_BELOW_SECONDS
     assert estimated_seconds([], data_root=str(root), image_size=32) == 0
+
+
+def test_patient_ids_become_visible_distinct_folders_inside_slices(tmp_path) -> None:
+    from tasks.extract import volume_dir
+
+    out = tmp_path / "out"
+    ids = ["../../x", "x", ".hidden", "a/b", "a_b", "a b", ".."]
+    folders = [volume_dir(out, pid, "DBT-S1", "rcc") for pid in ids]
+    patient_folders = [f.parent.parent for f in folders]
+    assert len({str(f) for f in patient_folders}) == len(ids)
+    for folder in patient_folders:
+        assert folder.parent == out / "slices"
+        assert not folder.name.startswith(".")
+        assert folder.resolve().is_relative_to((out / "slices").resolve())
+    assert volume_dir(out, "DBT-P00013", "DBT-S00163", "rmlo") == out / "slices/DBT-P00013/DBT-S00163/rmlo"

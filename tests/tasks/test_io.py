@@ -57,3 +57,61 @@ def test_write_that_dies_midway_leaves_old_file_and_no_temporary(tmp_path) -> No
         atomic_write_parquet(target, Dies())
     assert target.read_bytes() == b"old"
     assert [p.name for p in tmp_path.iterdir()] == ["table.parquet"]
+
+
+# --- output folders: writable before any work, one writer at a time ----------------------
+
+def test_output_that_is_a_file_or_under_a_file_fails_naming_path_and_reason(tmp_path) -> None:
+    from tasks.io import OutputPathError, ensure_writable_dir
+
+    a_file = tmp_path / "plain.txt"
+    a_file.write_text("x")
+    with pytest.raises(OutputPathError, match=r"plain\.txt is a file"):
+        ensure_writable_dir(a_file)
+    with pytest.raises(OutputPathError, match=r"out lies under .*plain\.txt, which is a file"):
+        ensure_writable_dir(a_file / "sub" / "out")
+    with pytest.raises(OutputPathError, match=r"tomoflow-out cannot be written \(.+\)"):
+        ensure_writable_dir("/proc/self/tomoflow-out")
+    made = ensure_writable_dir(tmp_path / "new" / "out")
+    assert made.is_dir() and list(made.iterdir()) == []
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root can write into a read-only folder")
+def test_read_only_output_fails(tmp_path) -> None:
+    from tasks.io import OutputPathError, ensure_writable_dir
+
+    folder = tmp_path / "ro"
+    folder.mkdir()
+    folder.chmod(0o555)
+    try:
+        with pytest.raises(OutputPathError, match="Permission denied"):
+            ensure_writable_dir(folder)
+    finally:
+        folder.chmod(0o755)
+
+
+def test_output_lock_refuses_a_second_process_and_dies_with_its_holder(tmp_path) -> None:
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from tasks.io import LOCK_NAME, OutputInUseError, output_lock
+
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time\nfrom tasks.io import output_lock\n"
+         "with output_lock(sys.argv[1], what='holder run'):\n    print('held', flush=True)\n    time.sleep(600)\n",
+         str(tmp_path)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(OutputInUseError, match=rf"pid {holder.pid} .*'holder run'"):
+            with output_lock(tmp_path):
+                pass
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait(timeout=30)
+    time.sleep(0.1)
+    with output_lock(tmp_path, what="next run"):  # no stale lock after SIGKILL
+        assert "next run" in (tmp_path / LOCK_NAME).read_text()
+        with output_lock(tmp_path):  # re-entrant within one process (CLI, then the flow)
+            pass

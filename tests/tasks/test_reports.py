@@ -194,3 +194,46 @@ def test_read_reports_errors_name_file_and_column(tmp_path) -> None:
     bad.write_text("report_id,patient_id\nR1,P1\n")
     with pytest.raises(ValueError, match=r"bad.csv.*study_uid"):
         read_reports(bad)
+
+
+def test_a_bad_byte_rejects_only_its_row_naming_file_and_row_never_text(tmp_path) -> None:
+    from tasks.reports import load_reports
+
+    secret = "Johanna Quixote DOB 1957-03-14 MRN 44175521"
+    path = tmp_path / "reports.csv"
+    path.write_bytes(
+        b"report_id,patient_id,study_uid,report_type,report_date,text\n"
+        + f'R1,P1,S1,radiology,2015-01-01,"{secret} tomosynthesis BI-RADS 2"\n'.encode()
+        + b'R2,P2,S2,radiology,2015-01-01,"multi\nline ' + secret.encode() + b' \xff tomosynthesis"\n'
+        + b"R3,P3,S3,radiology,2015-01-01,tomosynthesis BI-RADS 1\n")
+    loaded = load_reports(path)
+    assert loaded.reports["report_id"].tolist() == ["R1", "R3"]
+    assert loaded.encoding == "utf-8"
+    (reject,) = loaded.rejects.to_dict("records")
+    assert reject["report_id"] == "R2"
+    assert "reports.csv row 2 (line 3)" in reject["reason"] and "0xff" in reject["reason"]
+    assert "Quixote" not in reject["reason"] and "1957" not in reject["reason"]
+    # The same file read as Latin-1 keeps every row.
+    assert load_reports(path, encoding="latin-1").reports["report_id"].tolist() == ["R1", "R2", "R3"]
+
+
+def test_byte_order_marks_are_detected(tmp_path) -> None:
+    from tasks.reports import load_reports
+
+    text = "report_id,patient_id,study_uid,report_type,report_date,text\nR1,P1,S1,radiology,2015-01-01,Mélanie\n"
+    for encoding, expected in (("utf-8-sig", "utf-8-sig"), ("utf-16", "utf-16")):
+        path = tmp_path / f"{encoding}.csv"
+        path.write_bytes(text.encode(encoding))
+        loaded = load_reports(path)
+        assert loaded.encoding == expected
+        assert loaded.reports["text"].tolist() == ["Mélanie"]
+        assert loaded.reports.columns[0] == "report_id"
+
+
+def test_unknown_encoding_is_a_configuration_error() -> None:
+    from pydantic import ValidationError
+
+    from tasks.config import ReportsConfig
+
+    with pytest.raises(ValidationError, match="not-a-codec"):
+        ReportsConfig(encoding="not-a-codec")
