@@ -60,9 +60,13 @@ def _weights_or_scratch(cfg: PipelineConfig) -> tuple[PipelineConfig, str | None
         resolve_weights(cfg.model.model, cfg.model.weights)
         return cfg, None
     except WeightsNotFoundError as exc:
-        note = (f"ImageNet weights are not in torchvision's cache, so this run trains {cfg.model.model} FROM "
-                f"SCRATCH (its figures are not transfer-learning figures). {exc}")
-        return cfg.model_copy(update={"model": cfg.model.model_copy(update={"weights": "none"})}), note
+        from tasks.presets import scratch_config
+
+        scratch = scratch_config(cfg)
+        note = (f"ImageNet weights are not in torchvision's cache, so this run trains {scratch.model.model} FROM "
+                f"SCRATCH ({scratch.train.optimizer} at lr {scratch.train.lr:g}; its figures are not "
+                f"transfer-learning figures). {exc}")
+        return scratch, note
 
 
 def _link(link: Path, target: Path) -> None:

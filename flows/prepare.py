@@ -234,6 +234,7 @@ def prepare_data(config: PrepareConfig = PrepareConfig()) -> dict[str, Any]:
                      reports["studies"] if reports else None, config)
     plan = _cached(steps.select_slices, cache, cohort["volumes"], cohort["boxes"], config)
     splits = _cached(steps.split_patients, cache, cohort["volumes"], config)
+    steps.check_splits(plan, splits, config)
     jobs = pd.read_parquet(plan)[["patient_id", "study_uid", "view", "descriptive_path",
                                   "classic_path", "frames_rule"]].to_dict("records")
     records = _extract(jobs, config)
