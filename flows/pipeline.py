@@ -63,9 +63,12 @@ def _weights_or_scratch(cfg: PipelineConfig) -> tuple[PipelineConfig, str | None
         from tasks.presets import scratch_config
 
         scratch = scratch_config(cfg)
+        rates = f"lr {scratch.train.lr:g}" + (
+            f", backbone {scratch.train.lr * scratch.train.backbone_lr_factor:g}"
+            if scratch.train.backbone_lr_factor != 1 else "")
         note = (f"ImageNet weights are not in torchvision's cache, so this run trains {scratch.model.model} FROM "
-                f"SCRATCH ({scratch.train.optimizer} at lr {scratch.train.lr:g}; its figures are not "
-                f"transfer-learning figures). {exc}")
+                f"SCRATCH ({scratch.train.optimizer}, {rates}; its figures are not transfer-learning "
+                f"figures). {exc}")
         return scratch, note
 
 

@@ -38,7 +38,8 @@ initialisation it learns slowly at the study's transfer-learning settings (SGD, 
 rate 0.001): on a small synthetic set it stays at chance for about a dozen epochs before
 it moves. Batch normalisation keeps every layer's activations on scale, so the same network
 trains from scratch in a few epochs at a learning rate suited to random initialisation
-(0.01). It is the sound from-scratch baseline when ImageNet weights are absent (the
+(0.01 for the backbone; the new dense head, with 25088 inputs, keeps 0.001). It is the
+sound from-scratch baseline when ImageNet weights are absent (the
 ``demo`` preset falls back to it); runs that start from ImageNet keep the study's VGG16.
 
 Inputs: both networks take 3-channel images normalised with the ImageNet mean and std of

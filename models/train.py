@@ -496,11 +496,14 @@ def backbone_lr(params: TrainParams, epoch: int) -> float:
 
     ``0`` while frozen (``epoch < freeze_epochs``), ``lr * unfreeze_lr_factor`` once
     unfrozen after a frozen phase. With ``freeze_epochs=0`` there is no two-phase schedule
-    and the whole network trains at ``lr``, as in the study.
+    and the whole network trains at ``lr``, as in the study. Either rate is multiplied by
+    ``backbone_lr_factor`` (1 by default; about 10 for a batch-normalised backbone trained
+    from scratch, which takes a higher rate than the new head).
     """
     if epoch < params.freeze_epochs:
         return 0.0
-    return params.lr * params.unfreeze_lr_factor if params.freeze_epochs > 0 else params.lr
+    rate = params.lr * params.unfreeze_lr_factor if params.freeze_epochs > 0 else params.lr
+    return rate * params.backbone_lr_factor
 
 
 def apply_schedule(model: TumorClassifier, optimizer: torch.optim.Optimizer, params: TrainParams, epoch: int) -> None:

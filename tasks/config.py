@@ -149,6 +149,12 @@ class TrainParams(_Frozen):
     unfreeze_lr_factor: float = Field(
         0.1, gt=0, le=1, description="Backbone learning rate after unfreezing, as a fraction of lr."
     )
+    backbone_lr_factor: float = Field(
+        1.0, gt=0, le=100,
+        description="Backbone learning rate as a multiple of lr while it trains (1: the study's one rate). "
+        "A batch-normalised backbone trained from scratch takes a rate about 10 times what the new dense "
+        "head (25088 inputs for VGG16) can take without its outputs blowing up.",
+    )
     class_balance: Literal["weights", "sampler", "none"] = Field(
         "weights", description="Counter the rare positive class by loss weighting or a balanced sampler."
     )
@@ -242,8 +248,8 @@ class PipelineConfig(_Frozen):
     scratch_overrides: dict[str, dict[str, Any]] = Field(
         default_factory=dict,
         description="With scratch_if_no_weights, the settings that replace model / train / augment ones when "
-        "the run falls back to training from scratch, e.g. {model: {model: vgg16_bn}, train: {lr: 0.01, "
-        "recalibrate_bn: true}}: a recipe that learns from random initialisation. A run with ImageNet weights "
+        "the run falls back to training from scratch, e.g. {model: {model: vgg16_bn}, train: "
+        "{backbone_lr_factor: 10, recalibrate_bn: true}}: a recipe that learns from random initialisation. A run with ImageNet weights "
         "keeps the settings above (the study's).",
     )
     train_deployment: str | None = Field(

@@ -78,8 +78,8 @@ def scratch_config(cfg: PipelineConfig) -> PipelineConfig:
 
     ``cfg.scratch_overrides`` (validated with the configuration) replaces the model, train
     and augment settings it names; for the ``demo`` preset that is the batch-normalised
-    VGG16 at a learning rate suited to random initialisation, with the BatchNorm statistics
-    re-estimated before each validation. Everything else stays as configured.
+    VGG16 with its backbone at a learning rate suited to random initialisation (10 times
+    the head's), the BatchNorm statistics re-estimated before each validation. Everything else stays as configured.
     """
     merged = cfg.model_dump(mode="json")
     merged = _merge(merged, {"model": {"weights": "none"}})

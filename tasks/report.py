@@ -335,7 +335,9 @@ def _training_text(config: Mapping[str, Any]) -> str:
     elif optimizer == "adam":
         how.append("Adam")
     if train.get("lr") is not None:
-        how.append(f"learning rate {train['lr']:g}")
+        factor = float(train.get("backbone_lr_factor") or 1)
+        how.append(f"learning rate {train['lr']:g}" + (
+            f" (backbone {train['lr'] * factor:g})" if factor != 1 else ""))
     if train.get("batch_size"):
         how.append(f"batches of {train['batch_size']}")
     if train.get("epochs"):
