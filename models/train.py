@@ -950,6 +950,13 @@ def _fit(
         info["num_workers"], f"resuming after epoch {start}" if state is not None else "fresh run",
     )
 
+    if state is None and cfg.model.model == "vgg16" and resolve_weights("vgg16", cfg.model.weights) is None:
+        (log.warning if group.is_writer else log.debug)(
+            "vgg16 from scratch: without batch normalisation it learns slowly from random initialisation at "
+            "the study's settings (at SGD lr 0.001 it sat at chance for about 12 epochs on synthetic data). "
+            "For a from-scratch baseline use model vgg16_bn with train.backbone_lr_factor 10 and "
+            "train.recalibrate_bn (the demo's recipe)"
+        )
     model = build_model(
         model=cfg.model.model,
         # A resumed run overwrites every weight: don't read the ImageNet file for nothing.

@@ -13,7 +13,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 #: Bumped whenever a change alters what a cached step would produce.
-CODE_VERSION = "tomoflow-0.1.0/cache-1"
+CODE_VERSION = "tomoflow-0.1.0/cache-2"
 
 Strategy = Literal["all-slices", "single-slice", "lesion-slices"]
 
