@@ -15,6 +15,7 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
+# Exits non-zero if any step fails or the classifier did not learn (tomoflow demo's check).
 demo: install
 	$(PY) -m flows.cli demo --out demo-output
 

@@ -98,9 +98,16 @@ def _weights_or_scratch(cfg: PipelineConfig) -> tuple[PipelineConfig, str | None
         resolve_weights(cfg.model.model, cfg.model.weights)
         return cfg, None
     except WeightsNotFoundError as exc:
-        note = (f"ImageNet weights are not in torchvision's cache, so this run trains {cfg.model.model} FROM "
-                f"SCRATCH (its figures are not transfer-learning figures). {exc}")
-        return cfg.model_copy(update={"model": cfg.model.model_copy(update={"weights": "none"})}), note
+        from tasks.presets import scratch_config
+
+        scratch = scratch_config(cfg)
+        rates = f"lr {scratch.train.lr:g}" + (
+            f", backbone {scratch.train.lr * scratch.train.backbone_lr_factor:g}"
+            if scratch.train.backbone_lr_factor != 1 else "")
+        note = (f"ImageNet weights are not in torchvision's cache, so this run trains {scratch.model.model} FROM "
+                f"SCRATCH ({scratch.train.optimizer}, {rates}; its figures are not transfer-learning "
+                f"figures). {exc}")
+        return scratch, note
 
 
 def _check_local_weights(cfg: PipelineConfig) -> None:

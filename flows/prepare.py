@@ -300,6 +300,8 @@ def _prepare(config: PrepareConfig, out: Path) -> dict[str, Any]:
     kept = reports["kept"] if reports else None
     # Label-level faults (no label, no flag) are known now: stop before extracting anything.
     steps.check_label_rejects(cohort["volumes"], plan, parts, config, kept=kept)
+    # A split without both classes cannot train or be evaluated: stop before extracting too.
+    steps.check_splits(plan, splits, config)
     jobs = pd.read_parquet(plan)[["patient_id", "study_uid", "view", "descriptive_path",
                                   "classic_path", "frames_rule"]].to_dict("records")
     records = _extract(jobs, config)

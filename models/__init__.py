@@ -1,4 +1,4 @@
-"""Networks for tomoflow: VGG16 / Inception v3 backbones, the study's dense heads, the classifier."""
+"""Networks for tomoflow: VGG16 (with or without batch normalisation) / Inception v3 backbones, the study's dense heads, the classifier."""
 
 from models.backbones import (
     INCEPTION_AUX_MIN_SIZE,
@@ -15,6 +15,7 @@ from models.backbones import (
     load_weights_file,
     resolve_weights,
     vgg16,
+    vgg16_bn,
     weights_transforms,
 )
 from models.heads import ClassifierOutput, build_head, classification_loss, logits_of
@@ -38,5 +39,6 @@ __all__ = [
     "logits_of",
     "resolve_weights",
     "vgg16",
+    "vgg16_bn",
     "weights_transforms",
 ]

@@ -8,12 +8,12 @@ parameters. Validation happens here, before any work starts (DESIGN convention 7
 from __future__ import annotations
 
 import datetime as dt
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 #: Bumped whenever a change alters what a cached step would produce.
-CODE_VERSION = "tomoflow-0.1.0/cache-3"  # 2: single-slice one image per patient; null/occlusion metrics; 3: reduced decode
+CODE_VERSION = "tomoflow-0.1.0/cache-4"  # 2: single-slice one image per patient; null/occlusion metrics; 3: reduced decode; 4: label-first splits, scratch recipe
 
 Strategy = Literal["all-slices", "single-slice", "lesion-slices"]
 
@@ -150,7 +150,10 @@ class PrepareConfig(_Frozen):
 class ModelConfig(_Frozen):
     """The network: backbone, its starting weights and the new dense head."""
 
-    model: Literal["vgg16", "inception_v3"] = Field("vgg16", description="torchvision backbone.")
+    model: Literal["vgg16", "vgg16_bn", "inception_v3"] = Field(
+        "vgg16", description="torchvision backbone; vgg16_bn is VGG16 with batch normalisation (the from-scratch "
+        "baseline)."
+    )
     weights: str = Field(
         "imagenet",
         description="imagenet (torchvision's cache, $TORCH_HOME/hub/checkpoints), none (from scratch) "
@@ -177,6 +180,12 @@ class TrainParams(_Frozen):
     unfreeze_lr_factor: float = Field(
         0.1, gt=0, le=1, description="Backbone learning rate after unfreezing, as a fraction of lr."
     )
+    backbone_lr_factor: float = Field(
+        1.0, gt=0, le=100,
+        description="Backbone learning rate as a multiple of lr while it trains (1: the study's one rate). "
+        "A batch-normalised backbone trained from scratch takes a rate about 10 times what the new dense "
+        "head (25088 inputs for VGG16) can take without its outputs blowing up.",
+    )
     class_balance: Literal["weights", "sampler", "none"] = Field(
         "weights", description="Counter the rare positive class by loss weighting or a balanced sampler."
     )
@@ -189,6 +198,13 @@ class TrainParams(_Frozen):
     seed: int = Field(0, description="Seed for initialisation, shuffling, dropout and augmentation.")
     max_batches: int | None = Field(
         None, ge=1, description="Cap on batches per epoch (smoke tests and demos only)."
+    )
+    recalibrate_bn: bool = Field(
+        False,
+        description="Before each validation, re-estimate the BatchNorm running statistics over the training "
+        "images with the epoch's final weights (precise BN). A network trained from scratch with few steps "
+        "per epoch otherwise validates with statistics that lag its weights by dozens of steps and looks "
+        "like chance for epochs after it has learned; no effect on networks without BatchNorm.",
     )
 
 
@@ -260,8 +276,34 @@ class PipelineConfig(_Frozen):
         description="If the ImageNet weights file is not in torchvision's cache, train from scratch with a "
         "logged note instead of stopping (the demo preset does; real runs should not).",
     )
+    scratch_overrides: dict[str, dict[str, Any]] = Field(
+        default_factory=dict,
+        description="With scratch_if_no_weights, the settings that replace model / train / augment ones when "
+        "the run falls back to training from scratch, e.g. {model: {model: vgg16_bn}, train: "
+        "{backbone_lr_factor: 10, recalibrate_bn: true}}: a recipe that learns from random initialisation. A run with ImageNet weights "
+        "keeps the settings above (the study's).",
+    )
     train_deployment: str | None = Field(
         None,
         description="Run training as this deployment (e.g. train-classifier/gpu-train, in the GPU work "
         "pool) with run_deployment; none runs it as a subflow in this process.",
     )
+
+    @model_validator(mode="after")
+    def _scratch_overrides_fit(self) -> "PipelineConfig":
+        sections = {"model": ModelConfig, "train": TrainParams, "augment": AugmentConfig}
+        unknown = sorted(set(self.scratch_overrides) - set(sections))
+        if unknown:
+            raise ValueError(
+                f"scratch_overrides: sections {unknown} are not allowed; allowed: {sorted(sections)}"
+            )
+        for name, values in self.scratch_overrides.items():
+            # Checked now, so a bad recipe stops the run before any work, not at the fallback.
+            try:
+                sections[name].model_validate({**getattr(self, name).model_dump(), **values})
+            except ValidationError as exc:
+                problems = "; ".join(
+                    f"{'.'.join(map(str, e['loc']))}={e.get('input')!r}: {e['msg']}" for e in exc.errors()
+                )
+                raise ValueError(f"scratch_overrides.{name}: {problems}") from None
+        return self

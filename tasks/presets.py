@@ -106,6 +106,21 @@ def pipeline_config(
     return PipelineConfig.model_validate(merged)
 
 
+def scratch_config(cfg: PipelineConfig) -> PipelineConfig:
+    """The configuration of the from-scratch fallback: no starting weights, the scratch recipe.
+
+    ``cfg.scratch_overrides`` (validated with the configuration) replaces the model, train
+    and augment settings it names; for the ``demo`` preset that is the batch-normalised
+    VGG16 with its backbone at a learning rate suited to random initialisation (10 times
+    the head's), the BatchNorm statistics re-estimated before each validation. Everything else stays as configured.
+    """
+    merged = cfg.model_dump(mode="json")
+    merged = _merge(merged, {"model": {"weights": "none"}})
+    merged = _merge(merged, {k: dict(v) for k, v in cfg.scratch_overrides.items()})
+    merged["model"]["weights"] = "none"
+    return PipelineConfig.model_validate(merged)
+
+
 def short_key(*parts: Any) -> str:
     """An 8-hex key of JSON-able parts (for content-addressed output folders)."""
     blob = json.dumps(parts, sort_keys=True, default=str).encode()

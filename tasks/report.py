@@ -350,11 +350,63 @@ def _summary(metrics: Mapping[str, Any], config: Mapping[str, Any]) -> str:
     for metric in ("accuracy", "sensitivity", "specificity"):
         if metric in undefined:
             parts.append(_note(f"Patient-level {METRIC_NAMES[metric][0].lower()} is undefined: {_esc(undefined[metric])}."))
-    arch = _config_value(config, ("model", "model"), ("train", "model", "model"))
-    weights = _config_value(config, ("model", "weights"), ("train", "model", "weights"))
-    if arch:
-        parts.append(f"<p class=\"meta\">Model: {_esc(arch)}" + (f", starting weights: {_esc(weights)}" if weights else "") + ".</p>")
+    parts.append(_image_level_text(metrics))
+    parts.append(_training_text(config))
     return _section("summary", "".join(parts))
+
+
+def _image_level_text(metrics: Mapping[str, Any]) -> str:
+    """The per-image figures in one sentence (an image is scored on its own, the study's unit)."""
+    level = _level(metrics, "slice")
+    values = level.get("metrics") or {}
+    if not level.get("n"):
+        return ""
+    shown = [f"{METRIC_NAMES[m][0] if m != 'roc_auc' else 'ROC AUC'} {_fmt(m, values.get(m))}"
+             for m in ("roc_auc", "accuracy", "sensitivity", "specificity")]
+    return (f"<p>Per image (each slice scored on its own, the study's unit): {level.get('n', 0)} images, "
+            f"{level.get('n_positive', 0)} with a tumour; <strong>{_esc(', '.join(shown))}</strong>.</p>")
+
+
+_MODEL_NAMES = {"vgg16": "VGG16", "vgg16_bn": "VGG16 with batch normalisation (vgg16_bn)",
+                "inception_v3": "Inception v3"}
+
+
+def _training_text(config: Mapping[str, Any]) -> str:
+    """Which network, which starting weights and which optimiser, said plainly."""
+    arch = _config_value(config, ("model", "model"), ("train", "model", "model"))
+    if not arch:
+        return ""
+    weights = _config_value(config, ("model", "weights"), ("train", "model", "weights"))
+    if weights is None or str(weights).lower() in ("none", "scratch"):
+        start = "<strong>trained from scratch</strong> (random initialisation; no ImageNet weights)"
+    elif str(weights).lower() == "imagenet":
+        start = "<strong>fine-tuned from ImageNet weights</strong> (transfer learning)"
+    else:
+        start = f"starting from the weights in <code>{_esc(weights)}</code>"
+    # The evaluate flow passes {"train": TrainConfig}, a pipeline {"train": TrainParams}.
+    section = config.get("train") or {}
+    train = section["train"] if isinstance(section.get("train"), Mapping) else section
+    optimizer = str(train.get("optimizer", "")).lower()
+    how = []
+    if optimizer == "sgd":
+        how.append(f"SGD with momentum {train.get('momentum', 0.9):g}")
+    elif optimizer == "adam":
+        how.append("Adam")
+    if train.get("lr") is not None:
+        factor = float(train.get("backbone_lr_factor") or 1)
+        how.append(f"learning rate {train['lr']:g}" + (
+            f" (backbone {train['lr'] * factor:g})" if factor != 1 else ""))
+    if train.get("batch_size"):
+        how.append(f"batches of {train['batch_size']}")
+    if train.get("epochs"):
+        how.append(f"at most {train['epochs']} epochs")
+    if train.get("image_size"):
+        how.append(f"{train['image_size']} px inputs")
+    if train.get("recalibrate_bn"):
+        how.append("BatchNorm statistics re-estimated on the training images before each validation")
+    name = _MODEL_NAMES.get(str(arch), str(arch))
+    return (f"<p class=\"meta\">Model: {_esc(name)}, {start}" + (f"; {_esc(', '.join(how))}" if how else "")
+            + ".</p>")
 
 
 def _config_value(config: Mapping[str, Any], *paths: Sequence[str]) -> Any:

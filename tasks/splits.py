@@ -1,17 +1,25 @@
-"""Patient-level train/validation/test splits, stratified by each patient's worst cohort.
+"""Patient-level train/validation/test splits, stratified by label first, then by cohort.
 
 All of a patient's volumes (and so all of their slices) land in one split: public
 classifiers on this data that split by slice or duplicate positives before splitting leak
-patients across splits. Stratification is by the patient's most severe cohort among the
-volumes used, so the rare benign and cancer patients are spread over the splits instead of
-landing wherever chance puts them.
+patients across splits. Stratification is by the patient's label first (tumour: the most
+severe used cohort is benign or cancer; normal otherwise), so that every split with a
+non-zero fraction holds both classes whenever each class has at least as many patients as
+there are such splits (three tumour and three normal patients for train / validation /
+test); and by the most severe cohort within the label second, so the rare benign and cancer
+patients are spread over the splits instead of landing wherever chance puts them.
 
-How the split is made: per stratum, the number of patients for each split is apportioned
-from the fractions (largest remainder; every split with a non-zero fraction gets at least
-one patient of a stratum when the stratum has enough; a stratum smaller than the number
-of non-empty splits fills train, then test, then validation); scikit-learn's
-:class:`~sklearn.model_selection.GroupShuffleSplit`, grouped by patient, then draws
-which patients go where, seeded from ``(seed, stratum)``.
+How the split is made: per label, the number of patients for each split is apportioned
+from the fractions (:func:`allocate`: largest remainder; every split with a non-zero
+fraction gets at least one patient of the label when the label has enough; fewer patients
+than non-empty splits fill train, then test, then validation). Those places are then shared
+out among the label's cohorts, most severe first, each cohort apportioned like a label and
+cut down to the places left (:func:`cohort_counts`). scikit-learn's
+:class:`~sklearn.model_selection.GroupShuffleSplit`, grouped by patient, then draws which
+patients of a cohort go where, seeded from ``(seed, cohort)``.
+
+:func:`check_split_classes` tells, before any image is extracted, whether a split would
+lack tumour or normal images, with the counts per split and class and what to change.
 """
 
 from __future__ import annotations
@@ -24,7 +32,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from tasks.cohorts import COHORTS
+from tasks.cohorts import COHORT_LABEL, COHORTS
 
 logger = logging.getLogger(__name__)
 
@@ -36,6 +44,13 @@ _SEVERITY = {c: i for i, c in enumerate(COHORTS)}
 
 class SplitLeakError(ValueError, AssertionError):
     """A patient (or other key) appears in more than one split."""
+
+
+class SplitClassError(ValueError):
+    """A split with a non-zero fraction would hold only one class (tumour or normal).
+
+    Bad input, not a passing fault: raised once, never worth retrying.
+    """
 
 
 def _check_fractions(fractions: Any) -> tuple[float, float, float]:
@@ -85,6 +100,39 @@ def allocate(n: int, fractions: tuple[float, float, float]) -> tuple[int, int, i
     return counts[0], counts[1], counts[2]
 
 
+def cohort_counts(
+    sizes: dict[str, int], fractions: tuple[float, float, float]
+) -> dict[str, tuple[int, int, int]]:
+    """Share one label's places in each split among its cohorts.
+
+    The label's places per split come from :func:`allocate` over all its patients, so both
+    classes reach every non-empty split whenever they can. The cohorts are served most
+    severe first: each asks for its own :func:`allocate` share, cut to the places left, and
+    what the cut leaves over goes to the splits with the most room (ties: train, test,
+    validation). The last cohort takes exactly the places left.
+
+    Args:
+        sizes: Patients per cohort of one label, e.g. ``{"benign": 2, "cancer": 2}``.
+        fractions: Validated fractions summing to 1.
+
+    Returns:
+        Counts per split ``(train, validation, test)`` for each cohort; per split they sum
+        to the label's :func:`allocate` counts.
+    """
+    room = list(allocate(sum(sizes.values()), fractions))
+    rank = {i: r for r, i in enumerate(_PRIORITY)}
+    out: dict[str, tuple[int, int, int]] = {}
+    for cohort in sorted(sizes, key=lambda c: -_SEVERITY[c]):
+        n = sizes[cohort]
+        counts = [min(want, free) for want, free in zip(allocate(n, fractions), room)]
+        while sum(counts) < n:
+            i = max((j for j in range(3) if room[j] > counts[j]), key=lambda j: (room[j] - counts[j], -rank[j]))
+            counts[i] += 1
+        room = [free - c for free, c in zip(room, counts)]
+        out[cohort] = (counts[0], counts[1], counts[2])
+    return out
+
+
 def _stratum_seed(seed: int, stratum: str) -> int:
     digest = hashlib.sha256(f"{int(seed)}\x1fsplit\x1f{stratum}".encode()).digest()
     return int.from_bytes(digest[:4], "big") >> 2  # leaves room for + which, below 2**32
@@ -131,9 +179,12 @@ def split_patients(
     """Assign every patient with a used volume to train, validation or test.
 
     The split is by patient (no patient is ever in two splits) and stratified by the
-    patient's most severe cohort over the used volumes (:func:`patient_strata`). The result
-    depends only on the set of patients, their strata, ``fractions`` and ``seed``: not on
-    the order of the rows, nor (per stratum) on the other strata.
+    patient's label first and their most severe cohort over the used volumes second
+    (:func:`patient_strata`, :func:`cohort_counts`): every split with a non-zero fraction
+    gets tumour and normal patients whenever each label has at least as many patients as
+    there are such splits. The result depends only on the set of patients, their strata,
+    ``fractions`` and ``seed``: not on the order of the rows, nor on the other label's
+    patients.
 
     Args:
         volumes: From :func:`tasks.cohorts.build_volume_table` (or any table with
@@ -151,10 +202,15 @@ def split_patients(
     fractions = _check_fractions(fractions)
     strata = patient_strata(volumes)
     split = np.full(len(strata), "", dtype=object)
+    sizes = strata["stratum"].value_counts()
+    planned: dict[str, tuple[int, int, int]] = {}
+    for label in (1, 0):
+        of_label = {str(c): int(n) for c, n in sizes.items() if COHORT_LABEL[str(c)] == label}
+        planned.update(cohort_counts(of_label, fractions) if of_label else {})
     for stratum in sorted(strata["stratum"].unique(), key=_SEVERITY.__getitem__):
         rows = np.flatnonzero(strata["stratum"].to_numpy() == stratum)
         patients = strata["patient_id"].to_numpy()[rows]
-        counts = allocate(len(rows), fractions)
+        counts = planned[stratum]
         rng_seed = _stratum_seed(seed, stratum)
         remaining = np.arange(len(rows))
         # Carve test, then validation out of the stratum; what is left is train.
@@ -181,6 +237,82 @@ def split_patients(
     out = strata.assign(split=pd.Series(split, dtype="str"))[["patient_id", "split", "stratum"]]
     assert_disjoint(out)
     return out
+
+
+_CLASSES: tuple[tuple[int, str], ...] = ((1, "tumour"), (0, "normal"))
+
+
+def split_class_counts(plan: pd.DataFrame, splits: pd.DataFrame) -> dict[str, dict[str, dict[str, int]]]:
+    """Planned volumes and patients per split and class.
+
+    Args:
+        plan: The slice plan (:func:`tasks.slices.select_slices`): ``patient_id`` and
+            ``label`` per volume to extract.
+        splits: :func:`split_patients`' table.
+
+    Returns:
+        ``{split: {"tumour" | "normal": {"volumes": n, "patients": n}}}`` for every split.
+    """
+    missing = [c for c in ("patient_id", "label") if c not in plan.columns]
+    if missing:
+        raise ValueError(f"check_split_classes: the slice plan lacks columns {missing}")
+    table = plan[["patient_id", "label"]].merge(splits[["patient_id", "split"]], on="patient_id", how="inner")
+    counts: dict[str, dict[str, dict[str, int]]] = {}
+    for split in SPLITS:
+        part = table.loc[table["split"] == split]
+        counts[split] = {
+            name: {"volumes": int((part["label"] == label).sum()),
+                   "patients": int(part.loc[part["label"] == label, "patient_id"].nunique())}
+            for label, name in _CLASSES
+        }
+    return counts
+
+
+def check_split_classes(
+    plan: pd.DataFrame, splits: pd.DataFrame, *, fractions: tuple[float, float, float]
+) -> dict[str, dict[str, dict[str, int]]]:
+    """Stop before extraction when a split with a non-zero fraction would lack a class.
+
+    A classifier cannot train without both classes in train and validation, and a test
+    split of one class has no ROC AUC, sensitivity or specificity; finding out after the
+    extraction (or at the end of training) wastes the run. :func:`split_patients` gives
+    both classes to every such split whenever each label has enough patients, so this
+    fails only for data too small for the configured split.
+
+    Args:
+        plan: The slice plan (``patient_id``, ``label`` per volume).
+        splits: :func:`split_patients`' table (``patient_id``, ``split``, ``stratum``).
+        fractions: The configured ``(train, validation, test)`` fractions.
+
+    Returns:
+        :func:`split_class_counts`, when every split with a non-zero fraction holds both.
+
+    Raises:
+        SplitClassError: (a ValueError) naming the counts per split and class and what to change.
+    """
+    fractions = _check_fractions(fractions)
+    counts = split_class_counts(plan, splits)
+    used = [split for split, f in zip(SPLITS, fractions) if f > 0]
+    lacking = [(split, name) for split in used for _, name in _CLASSES if counts[split][name]["volumes"] == 0]
+    if not lacking:
+        return counts
+    per_label = {name: int((splits["stratum"].map(COHORT_LABEL) == label).sum()) for label, name in _CLASSES}
+    table = "; ".join(
+        f"{split}: " + ", ".join(f"{counts[split][name]['volumes']} {name} volumes "
+                                 f"({counts[split][name]['patients']} patients)" for _, name in _CLASSES)
+        for split in used
+    )
+    missing = ", ".join(f"{split} has no {name}" for split, name in lacking)
+    shares = ", ".join(f"{f:g}" for f in fractions)
+    raise SplitClassError(
+        f"the data cannot give both classes (tumour and normal) to every split: {missing}. Planned volumes "
+        f"per split and class: {table}. The data has {per_label['tumour']} patients with a tumour and "
+        f"{per_label['normal']} without; split_fractions ({shares}) have {len(used)} non-empty splits, which "
+        f"need at least {len(used)} patients of each class. Add patients of the missing class (synthetic data: "
+        f"tomoflow synth --patients 12 or more, or a larger --positive-fraction), or leave a split out with "
+        f"slices.split_fractions (e.g. (0.8, 0.2, 0.0) needs 2 of each; evaluate then on the validation split). "
+        f"Nothing was extracted."
+    )
 
 
 def assign_splits(table: pd.DataFrame, splits: pd.DataFrame) -> pd.DataFrame:

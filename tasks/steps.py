@@ -156,6 +156,14 @@ def split_patients(volumes: str, config: PrepareConfig) -> str:
     return str(atomic_write_parquet(work / "splits.parquet", splits))
 
 
+@task(name="check-splits")
+def check_splits(plan: str, splits: str, config: PrepareConfig) -> dict[str, Any]:
+    """Stop before extraction if a split would lack tumour or normal images (bad input: no retries)."""
+    return splits_mod.check_split_classes(
+        pd.read_parquet(plan), pd.read_parquet(splits), fractions=config.slices.split_fractions
+    )
+
+
 @task(name="extract-shard", **retry_policy(retries=2, delay_seconds=1))
 def extract_shard_task(jobs: list[dict[str, Any]], data_root: str, out_dir: str, image_size: int, seed: int,
                        full_resolution: bool = False) -> dict[str, Any]:

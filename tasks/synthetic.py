@@ -641,6 +641,14 @@ def _lesion_template(les: _Lesion, min_side_px: float) -> np.ndarray:
     return out
 
 
+#: Weights of the four texture octaves (coarse to fine), in units of the breast's ``amp``.
+_OCTAVE_WEIGHTS = (0.6, 0.45, 0.3, 0.2)
+#: Standard deviation of the tissue texture per unit of ``amp`` (independent octaves).
+_TEXTURE_SD = float(np.sqrt(sum(w * w for w in _OCTAVE_WEIGHTS)))
+#: Network input sides at which the summary says how many pixels the smallest lesion spans.
+_REPORTED_SIDES = (64, 96, 224)
+
+
 class _Renderer:
     """Draws any frame of one volume on its own (so frames can be encoded in parallel).
 
@@ -673,9 +681,10 @@ class _Renderer:
         fine_rows = min(160, rows)
         self.fine = (fine_rows, max(2, min(cols, _round_half_up(fine_rows * cols / rows))))
         self.octaves = []
+        w0, w1, w2, w3 = _OCTAVE_WEIGHTS
         for grid_rows, nz, weight in (
-            (6, 3, 0.6), (20, max(2, n // 8 + 2), 0.45), (64, max(2, n // 3 + 2), 0.3),
-            (160, max(2, n // 2 + 2), 0.2),
+            (6, 3, w0), (20, max(2, n // 8 + 2), w1), (64, max(2, n // 3 + 2), w2),
+            (160, max(2, n // 2 + 2), w3),
         ):
             gr = min(grid_rows, self.fine[0])
             gc = max(2, min(self.fine[1], _round_half_up(gr * cols / rows)))
@@ -715,6 +724,48 @@ def _render_frames(vol: _Volume, rows: int, cols: int, seed: int) -> Iterator[np
     renderer = _Renderer(vol, rows, cols, seed)
     for z in range(vol.n_frames):
         yield renderer.frame(z)
+
+
+def _lesion_visibility(volumes: list[_Volume], rows: int, cols: int) -> dict[str, Any]:
+    """How visible the lesions are: size relative to the frame, contrast relative to the window.
+
+    A slice is letterboxed to a square on its long side, so a lesion whose box side is a
+    fraction ``f`` of the frame's long side spans about ``f * N`` pixels of an ``N``-pixel
+    image. Contrast is the lesion's peak brightening (on its boxed slice) as a share of the
+    volume's display window, which is what survives the 8-bit conversion (x 255 = grey
+    levels), and in units of the tissue texture's standard deviation.
+    """
+    long_side = max(rows, cols)
+    size, window, texture = [], [], []
+    for vol in volumes:
+        assert vol.breast is not None
+        width = _window(vol)[1]
+        for les in vol.lesions:
+            size.append(min(les.width, les.height) / long_side)
+            window.append(min(1.0, les.amplitude / width))
+            texture.append(les.amplitude / (vol.breast.amp * _TEXTURE_SD))
+    if not size:
+        return {"lesions": 0, "note": "no lesions (no benign or cancer volume)"}
+
+    def spread(values: list[float], digits: int = 3) -> dict[str, float]:
+        return {"min": round(min(values), digits), "median": round(float(np.median(values)), digits),
+                "max": round(max(values), digits)}
+
+    px = {str(n): round(min(size) * n, 1) for n in _REPORTED_SIDES}
+    return {
+        "lesions": len(size),
+        "size_of_frame": spread(size),
+        "smallest_px_at": px,
+        "contrast_of_window": spread(window),
+        "contrast_to_texture": spread(texture, 1),
+        "note": (
+            f"lesions span {100 * min(size):.0f}-{100 * max(size):.0f}% of the frame's long side (the "
+            f"smallest about {px['64']:g} px across in a 64 px image, {px['224']:g} px in a 224 px one) and "
+            f"brighten their tissue by {100 * min(window):.0f}-{100 * max(window):.0f}% of the display window "
+            f"({min(texture):.1f}-{max(texture):.1f} times the tissue texture's standard deviation): plainly "
+            "visible, unlike many real ones"
+        ),
+    }
 
 
 def _window(vol: _Volume) -> tuple[int, int]:
@@ -1175,8 +1226,12 @@ def generate_dataset(
         ``two_study_patients``, ``missing_view_studies``, ``splits`` (patients and volumes
         per split), ``csv`` (file names per split and kind), ``reports`` (path or None),
         ``report_rows``, ``na_drift_volumes``, ``rotated_volumes``,
-        ``wrong_laterality_volumes`` and ``details`` (the ``PatientID/StudyUID/View`` keys of
-        the ``na_drift``, ``rotated``, ``wrong_laterality`` volumes).
+        ``wrong_laterality_volumes``, ``lesion_visibility`` (``lesions``, ``size_of_frame``:
+        box side / frame's long side, ``smallest_px_at``: pixels across the smallest lesion in
+        a 64, 96 and 224 px image, ``contrast_of_window``: peak brightening / display window
+        width, ``contrast_to_texture``: peak brightening / tissue texture SD, each as min,
+        median, max; and a one-line ``note``) and ``details`` (the ``PatientID/StudyUID/View``
+        keys of the ``na_drift``, ``rotated``, ``wrong_laterality`` volumes).
 
     Raises:
         ValueError: A bad argument, named with the allowed values.
@@ -1277,6 +1332,7 @@ def generate_dataset(
         "na_drift_volumes": sum(v.na_drift for v in volumes),
         "rotated_volumes": sum(v.rotated for v in volumes),
         "wrong_laterality_volumes": sum(v.wrong_laterality for v in volumes),
+        "lesion_visibility": _lesion_visibility(volumes, rows, columns),
         "details": {
             "na_drift": [v.key for v in volumes if v.na_drift],
             "rotated": [v.key for v in volumes if v.rotated],

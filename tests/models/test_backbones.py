@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 import torchvision.models as tvm
 from torch import nn
-from torchvision.models import Inception_V3_Weights, VGG16_Weights
+from torchvision.models import Inception_V3_Weights, VGG16_BN_Weights, VGG16_Weights
 
 from models import backbones
 from models.backbones import (
@@ -112,6 +112,7 @@ def _assert_same_tensors(model: nn.Module, state: dict[str, torch.Tensor]) -> No
 def test_cache_location_follows_torch_home(torch_home: Path) -> None:
     checkpoints = torch_home / "hub" / "checkpoints"
     assert imagenet_weights_file("vgg16") == checkpoints / "vgg16-397923af.pth"
+    assert imagenet_weights_file("vgg16_bn") == checkpoints / "vgg16_bn-6c64b313.pth"
     assert imagenet_weights_file("inception_v3") == checkpoints / "inception_v3_google-0cc3c7bd.pth"
 
 
@@ -119,6 +120,7 @@ def test_cache_location_follows_torch_home(torch_home: Path) -> None:
     ("name", "file_name", "url"),
     [
         ("vgg16", "vgg16-397923af.pth", VGG16_Weights.IMAGENET1K_V1.url),
+        ("vgg16_bn", "vgg16_bn-6c64b313.pth", VGG16_BN_Weights.IMAGENET1K_V1.url),
         ("inception_v3", "inception_v3_google-0cc3c7bd.pth", Inception_V3_Weights.IMAGENET1K_V1.url),
     ],
 )
@@ -127,6 +129,7 @@ def test_missing_imagenet_weights_fail_fast_offline(
 ) -> None:
     # The error must come before any network is built, let alone trained.
     monkeypatch.setattr(tvm, "vgg16", lambda **kw: pytest.fail("built VGG16 before checking weights"))
+    monkeypatch.setattr(tvm, "vgg16_bn", lambda **kw: pytest.fail("built VGG16-BN before checking weights"))
     monkeypatch.setattr(tvm, "inception_v3", lambda **kw: pytest.fail("built Inception before checking weights"))
     with pytest.raises(WeightsNotFoundError) as info:
         build_model(model=name, weights="imagenet", image_size=299)  # type: ignore[arg-type]
@@ -278,7 +281,7 @@ def test_too_small_image_size_is_rejected(monkeypatch: pytest.MonkeyPatch, name:
 
 def test_bad_names_are_rejected_before_building(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(tvm, "inception_v3", lambda **kw: pytest.fail("built the network"))
-    with pytest.raises(ValueError, match=r"'resnet50'.*\['inception_v3', 'vgg16'\]"):
+    with pytest.raises(ValueError, match=r"'resnet50'.*\['inception_v3', 'vgg16', 'vgg16_bn'\]"):
         build_model(model="resnet50", weights=None)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match=r"'dense5'"):
         build_model(model="inception_v3", weights=None, head="dense5", image_size=299)  # type: ignore[arg-type]

@@ -9,10 +9,13 @@ import pytest
 
 from tasks.splits import (
     SPLITS,
+    SplitClassError,
     SplitLeakError,
     allocate,
     assert_disjoint,
     assign_splits,
+    check_split_classes,
+    cohort_counts,
     split_audit,
     split_patients,
 )
@@ -150,3 +153,56 @@ def test_assign_splits_requires_every_patient() -> None:
     splits = split_patients(VOLUMES.loc[VOLUMES["patient_id"] != "DBT-P00003"], seed=0)
     with pytest.raises(ValueError, match="DBT-P00003"):
         assign_splits(VOLUMES.loc[VOLUMES["excluded_reason"].isna()], splits)
+
+
+def _patients(cancer: int, benign: int, normal: int) -> pd.DataFrame:
+    """One volume per patient: ``cancer`` + ``benign`` tumour patients and ``normal`` others."""
+    cohorts = ["cancer"] * cancer + ["benign"] * benign + ["normal"] * normal
+    frame = pd.DataFrame({"patient_id": [f"DBT-P{i:05d}" for i in range(len(cohorts))],
+                          "study_uid": [f"S{i}" for i in range(len(cohorts))], "view": "lcc", "cohort": cohorts})
+    frame["label"] = frame["cohort"].map({"normal": 0, "benign": 1, "cancer": 1}).astype("Int8")
+    return frame
+
+
+@pytest.mark.parametrize("fractions", [(0.7, 0.15, 0.15), (1 / 3, 1 / 3, 1 / 3), (0.9, 0.05, 0.05), (0.8, 0.2, 0.0)])
+def test_every_split_gets_both_classes_from_three_patients_of_each(fractions: tuple[float, float, float]) -> None:
+    # Two cancer and two benign patients used to go (1, 0, 1) each: no tumour in validation.
+    for n_pos in range(3, 8):
+        for cancer in sorted({0, 1, 2, n_pos // 2, n_pos}):
+            for n_neg in (3, 5):
+                volumes = _patients(cancer, n_pos - cancer, n_neg)
+                for seed in range(2):
+                    splits = split_patients(volumes, fractions=fractions, seed=seed)
+                    labels = splits.assign(label=splits["stratum"].ne("normal")).groupby("split")["label"]
+                    for split, fraction in zip(SPLITS, fractions):
+                        held = set(labels.get_group(split)) if split in labels.groups else set()
+                        assert (held == {False, True}) if fraction > 0 else not held, (
+                            f"{split}: {held} ({cancer} cancer, {n_pos - cancer} benign, {n_neg} normal, seed {seed})")
+                    check_split_classes(volumes, splits, fractions=fractions)
+
+
+def test_cohorts_are_spread_within_the_label() -> None:
+    splits = split_patients(_patients(2, 2, 8), seed=0)
+    by = splits.groupby("stratum")["split"]
+    assert by.nunique()["cancer"] == 2 and by.nunique()["benign"] == 2  # neither pair shares a split
+    tumour = splits.loc[splits["stratum"] != "normal", "split"].value_counts().to_dict()
+    assert tumour == {"train": 2, "validation": 1, "test": 1}
+    assert cohort_counts({"cancer": 2, "benign": 2}, (0.7, 0.15, 0.15)) == {"cancer": (1, 0, 1), "benign": (1, 1, 0)}
+
+
+def test_too_few_patients_of_a_class_is_reported_with_counts() -> None:
+    volumes = _patients(1, 1, 9)
+    splits = split_patients(volumes, seed=0)
+    with pytest.raises(SplitClassError) as err:
+        check_split_classes(volumes, splits, fractions=(0.7, 0.15, 0.15))
+    text = str(err.value)
+    assert isinstance(err.value, ValueError)
+    assert "validation has no tumour" in text
+    assert "validation: 0 tumour volumes (0 patients)" in text
+    assert "2 patients with a tumour and 9 without" in text and "at least 3 patients of each class" in text
+    assert "split_fractions" in text and "--patients" in text
+    # Two tumour patients are enough without a test split.
+    fractions = (0.8, 0.2, 0.0)
+    counts = check_split_classes(volumes, split_patients(volumes, fractions=fractions, seed=0), fractions=fractions)
+    assert counts["validation"]["tumour"] == {"volumes": 1, "patients": 1}
+    assert counts["test"]["normal"] == {"volumes": 0, "patients": 0}

@@ -280,6 +280,34 @@ def test_orientation_rule_recovers_rotation_and_boxes_sit_on_lesions(dataset, ta
         assert in_box > far_frame[y:y + h, x:x + w].mean() + 15, b
 
 
+def test_summary_states_lesion_visibility_that_the_pixels_bear_out(dataset, tables):
+    root, summary = dataset
+    vis = summary["lesion_visibility"]
+    assert vis["lesions"] == len(tables["boxes"]) == summary["boxes"]
+    sides = [min(int(b["Width"]), int(b["Height"])) / 64 for b in tables["boxes"]]  # 64 x 48 frames
+    assert vis["size_of_frame"]["min"] == round(min(sides), 3) and vis["size_of_frame"]["max"] == round(max(sides), 3)
+    assert vis["smallest_px_at"]["64"] == round(min(sides) * 64, 1) >= 4  # learnable at the demo's 64 px
+    assert 0.3 <= vis["contrast_of_window"]["min"] <= vis["contrast_of_window"]["max"] <= 1
+    assert vis["contrast_to_texture"]["min"] >= 3
+    assert "64 px" in vis["note"] and "display window" in vis["note"]
+
+    # The stated contrast is there on the boxed slice: box centre vs the tissue around the box.
+    paths = {key(r): r["descriptive_path"] for r in tables["file_paths"]}
+    for b in tables["boxes"]:
+        path = resolve(root, paths[key(b)])
+        ds = pydicom.dcmread(path, stop_before_pixels=True)
+        voi = ds.SharedFunctionalGroupsSequence[0].FrameVOILUTSequence[0]
+        low = float(voi.WindowCenter) - float(voi.WindowWidth) / 2
+        frame, _ = oriented_frame(path, b["View"], int(b["Slice"]))
+        shown = np.clip((frame - low) / float(voi.WindowWidth), 0, 1)
+        x, y, w, h = (int(b[c]) for c in ("X", "Y", "Width", "Height"))
+        centre = shown[y + h // 3:y + h - h // 3, x + w // 3:x + w - w // 3]
+        around = shown[max(0, y - h):y + 2 * h, max(0, x - w):x + 2 * w].copy()
+        around[min(h, y):min(h, y) + h, min(w, x):min(w, x) + w] = np.nan  # the box itself
+        tissue = around[np.isfinite(around) & (around > 0)]
+        assert np.median(centre) - np.median(tissue) >= 0.5 * vis["contrast_of_window"]["min"], b
+
+
 def test_reports(dataset, tables):
     root, summary = dataset
     assert summary["reports"] == str(root / "reports.csv")
