@@ -366,7 +366,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="the whole pipeline on a small synthetic dataset (CPU)")
     p.add_argument("--out", type=Path, default=Path("demo-output"), help="output folder")
-    p.add_argument("--patients", type=int, default=60, help="synthetic patients (default 60)")
+    p.add_argument("--patients", type=int, default=100, help="synthetic patients (default 100)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--image-size", type=int, default=128)
     p.set_defaults(func=_cmd_demo)
