@@ -11,47 +11,8 @@ import numpy as np
 import pandas as pd
 
 from tasks.dicom import box_to_image
+from tasks.schema import MANIFEST_COLUMNS, REJECT_COLUMNS
 from tasks.slices import frame_boxes
-
-#: Column order and dtypes of ``manifest.parquet`` (stable bytes for equal content).
-MANIFEST_COLUMNS: dict[str, str] = {
-    "patient_id": "string",
-    "study_uid": "string",
-    "view": "string",
-    "slice_index": "int32",
-    "label": "int8",
-    "cohort": "string",
-    "split": "string",
-    "image_path": "string",
-    "source_path": "string",
-    "n_frames": "int32",
-    "window_center": "float64",
-    "window_width": "float64",
-    "window_source": "string",
-    "rotated": "bool",
-    "scale": "float64",
-    "pad_x": "int32",
-    "pad_y": "int32",
-    "box_x": "float64",
-    "box_y": "float64",
-    "box_width": "float64",
-    "box_height": "float64",
-    "box_slice": "Int32",
-    "box_class": "string",
-    "augmented_from": "string",
-    "decode_level": "Int8",
-    "decode_note": "string",
-}
-
-REJECT_COLUMNS: dict[str, str] = {
-    "kind": "string",
-    "patient_id": "string",
-    "study_uid": "string",
-    "view": "string",
-    "report_id": "string",
-    "path": "string",
-    "reason": "string",
-}
 
 _KEY = ["patient_id", "study_uid", "view"]
 
