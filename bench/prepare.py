@@ -258,11 +258,17 @@ def _timed(cmd: list[str], env: dict[str, str]) -> float:
 NOOP_FLOW = "from prefect import flow\n@flow(name='noop')\ndef noop():\n    return 1\nnoop()\n"
 
 
-def _reruns(root: Path, tmp: Path, repeat: int, api_url: str | None) -> dict:
+def _reruns(tmp: Path, repeat: int, api_url: str | None) -> dict:
     env = dict(os.environ, PREFECT_HOME=str(tmp / "prefect-home"), PYTHONPATH=str(REPO))
     env.pop("PREFECT_API_URL", None)
     if api_url:
         env["PREFECT_API_URL"] = api_url
+    # The rerun measures fixed cost, not decoding: a small dataset with enough patients that every
+    # split holds both classes (prepare stops before extraction otherwise).
+    from tasks.synthetic import generate_dataset
+
+    root = tmp / "rerun-data"
+    generate_dataset(root, patients=12, seed=1, positive_fraction=0.5, reports=False)
     prepare = [sys.executable, "-m", "flows.cli", "prepare", "--data-root", str(root), "--out", str(tmp / "flow"),
                "--strategy", "all-slices", "--image-size", "224"]
     noop = [sys.executable, "-c", NOOP_FLOW]
@@ -344,7 +350,7 @@ def main() -> None:
         print(f"\n3. peak RSS of an extraction worker: {peak:.0f} MiB (target <= 300 MiB)")
 
         if not args.skip_rerun:
-            _reruns(root, tmp, args.repeat, args.api_url)
+            _reruns(tmp, args.repeat, args.api_url)
 
         print("\n5. full collection projection (core-hours, from this run's CPU-seconds per frame):")
         full_s = 1 / full_1core["cpu"]
