@@ -19,8 +19,9 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
+from models.data import ManifestDataset
+from models.engine import batch_to_device, resolve_device
 from models.heads import logits_of
-from models.train import ManifestDataset, batch_to_device, resolve_device
 from tasks.augment import eval_transforms
 
 __all__ = ["ID_COLUMNS", "PREDICTION_COLUMNS", "REQUIRED_COLUMNS", "predict"]
@@ -106,17 +107,7 @@ def predict(
         )
     if batch_size < 1:
         raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
-    frame = manifest.reset_index(drop=True)
-    keep = frame["split"].eq(split).fillna(False).astype(bool)
-    if "augmented_from" in frame.columns:
-        keep &= frame["augmented_from"].isna()
-    rows = frame.loc[keep]
-    if rows.empty:
-        found = sorted(str(s) for s in frame["split"].dropna().unique())
-        raise ValueError(
-            f"the manifest has no (non-augmented) images in split {split!r}; splits found: {found}"
-        )
-
+    rows = _split_rows(manifest, split)
     device = resolve_device(device) if isinstance(device, str) else torch.device(device)
     dataset = ManifestDataset(rows, split, root=Path(root), transform=eval_transforms(image_size))
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers)
@@ -132,7 +123,30 @@ def predict(
     positions = np.concatenate(order)
     if not np.array_equal(positions, rows.index.to_numpy()):
         raise RuntimeError("the data loader returned the images out of manifest order")
+    return _table(rows, logit, positions)
 
+
+def _split_rows(manifest: pd.DataFrame, split: str) -> pd.DataFrame:
+    """The non-augmented rows of ``split``, indexed by their position in ``manifest``.
+
+    Raises:
+        ValueError: No such row (the splits found are named).
+    """
+    frame = manifest.reset_index(drop=True)
+    keep = frame["split"].eq(split).fillna(False).astype(bool)
+    if "augmented_from" in frame.columns:
+        keep &= frame["augmented_from"].isna()
+    rows = frame.loc[keep]
+    if rows.empty:
+        found = sorted(str(s) for s in frame["split"].dropna().unique())
+        raise ValueError(
+            f"the manifest has no (non-augmented) images in split {split!r}; splits found: {found}"
+        )
+    return rows
+
+
+def _table(rows: pd.DataFrame, logit: np.ndarray, positions: np.ndarray) -> pd.DataFrame:
+    """The prediction table (:data:`PREDICTION_COLUMNS`) of ``rows`` and their logits."""
     out = pd.DataFrame(index=rows.index)
     for column in ("patient_id", "study_uid", "view"):
         out[column] = rows[column].astype("string")

@@ -15,7 +15,8 @@ import pandas as pd
 import pytest
 import torch
 
-import models.train as train_mod
+import models.engine
+import models.fit
 from models import ClassifierOutput, WeightsNotFoundError, build_model
 from models.train import (
     HISTORY_COLUMNS,
@@ -200,13 +201,13 @@ def test_backbone_frozen_then_fine_tuned_at_a_lower_rate(tmp_path: Path, manifes
 
 def test_inception_trains_with_its_auxiliary_loss(monkeypatch: pytest.MonkeyPatch) -> None:
     calls = []
-    real_loss = train_mod.classification_loss
+    real_loss = models.engine.classification_loss
 
     def spy(output, target, **kwargs):
         calls.append((type(output), kwargs.get("aux_weight")))
         return real_loss(output, target, **kwargs)
 
-    monkeypatch.setattr(train_mod, "classification_loss", spy)
+    monkeypatch.setattr(models.engine, "classification_loss", spy)
     model = build_model(model="inception_v3", weights=None, image_size=299, seed=0)
     assert model.aux_head is not None
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
@@ -278,7 +279,7 @@ def test_early_stopping_after_patience_epochs_without_improvement(
     def fake_evaluate(*args: object, **kwargs: object) -> dict[str, float]:
         return {"loss": next(losses), "accuracy": 0.5, "n": 8}
 
-    monkeypatch.setattr(train_mod, "evaluate", fake_evaluate)
+    monkeypatch.setattr(models.fit, "evaluate", fake_evaluate)
     cfg = make_cfg(manifest, tmp_path / "run", epochs=10, patience=2, max_batches=1)
     result = fit(cfg)
     assert result["stopped_early"] and result["epochs_run"] == 4
@@ -286,7 +287,7 @@ def test_early_stopping_after_patience_epochs_without_improvement(
     assert _history(tmp_path / "run")["val_loss"].tolist() == [1.0, 0.9, 0.95, 0.91]
 
     # A finished run is not trained again.
-    monkeypatch.setattr(train_mod, "train_one_epoch", lambda *a, **k: pytest.fail("trained again"))
+    monkeypatch.setattr(models.fit, "train_one_epoch", lambda *a, **k: pytest.fail("trained again"))
     again = fit(cfg)
     assert again["stopped_early"] and again["epochs_run"] == 4 and again["resumed_from"] == 4
 
