@@ -360,7 +360,7 @@ def launch_command(nproc: int, argv: Sequence[str], *, module: str = "models.tra
 
 def train_with_torchrun(cfg: Any, nproc: int, *, timeout: float | None = None,
                         env: Mapping[str, str] | None = None) -> dict[str, Any]:
-    """Run :func:`models.train.fit` on ``nproc`` processes (one per GPU) and return its result.
+    """Run :func:`models.fit.fit` on ``nproc`` processes (one per GPU) and return its result.
 
     For a caller that runs in one process, such as the Prefect ``fit-model`` task: it
     writes the configuration to a temporary JSON, runs :func:`launch_command` and waits,
@@ -374,7 +374,7 @@ def train_with_torchrun(cfg: Any, nproc: int, *, timeout: float | None = None,
         env: Environment of the job; default this process's.
 
     Returns:
-        What :func:`models.train.fit` returned on rank 0.
+        What :func:`models.fit.fit` returned on rank 0.
 
     Raises:
         RuntimeError: ``torchrun`` failed; its output says which rank failed and why.

@@ -23,11 +23,12 @@ from models.data import ManifestDataset
 from models.engine import batch_to_device, resolve_device
 from models.heads import logits_of
 from tasks.augment import eval_transforms
+from tasks.schema import MANIFEST_COLUMNS, VOLUME_KEY
 
 __all__ = ["ID_COLUMNS", "PREDICTION_COLUMNS", "REQUIRED_COLUMNS", "predict"]
 
 #: Columns that identify an image (pseudonymous BCS-DBT ids and the frame number).
-ID_COLUMNS = ["patient_id", "study_uid", "view", "slice_index"]
+ID_COLUMNS = [*VOLUME_KEY, "slice_index"]
 
 #: Columns of the prediction table, in order. ``manifest_row`` is the row's position in the
 #: manifest that was predicted on; ``cohort`` and the box columns are null when the
@@ -51,14 +52,8 @@ PREDICTION_COLUMNS = [
 #: Manifest columns :func:`predict` needs.
 REQUIRED_COLUMNS = (*ID_COLUMNS, "label", "split", "image_path")
 
-_OPTIONAL = {
-    "cohort": "string",
-    "box_x": "float64",
-    "box_y": "float64",
-    "box_width": "float64",
-    "box_height": "float64",
-    "box_class": "string",
-}
+#: Manifest columns copied when present (null otherwise), with the manifest's dtypes.
+_OPTIONAL = {c: MANIFEST_COLUMNS[c] for c in ("cohort", "box_x", "box_y", "box_width", "box_height", "box_class")}
 
 
 def predict(
@@ -81,7 +76,7 @@ def predict(
 
     Args:
         model: A classifier mapping ``(B, 1, H, W)`` gray images in [0, 1] to logits ``(B,)``
-            (a :class:`~models.TumorClassifier`, e.g. from :func:`~models.train.load_classifier`).
+            (a :class:`~models.TumorClassifier`, e.g. from :func:`~models.checkpoint.load_classifier`).
         manifest: The manifest (``manifest.parquet`` as a DataFrame).
         root: Folder the manifest's ``image_path`` values are relative to (the manifest's).
         split: ``"train"``, ``"validation"`` or ``"test"``.

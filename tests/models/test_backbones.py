@@ -23,8 +23,8 @@ from torchvision.models import Inception_V3_Weights, VGG16_BN_Weights, VGG16_Wei
 from models import classifier
 from models.backbones import INCEPTION_AUX_MIN_SIZE, build_backbone, inception_v3
 from models.classifier import TumorClassifier, build_model
-from models.weights import WeightsNotFoundError, backbone_spec, imagenet_weights_file
 from models.heads import ClassifierOutput, classification_loss
+from models.weights import WeightsNotFoundError, backbone_spec, imagenet_weights_file
 
 
 @pytest.fixture

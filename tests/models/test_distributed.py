@@ -21,9 +21,9 @@ import torch
 import torch.distributed as dist
 
 from models import distributed
-from models.distributed import DistEnv, Group, current_env, launch_command, per_rank_batch_size
 from models.data import EpochSampler, make_loaders
-from models.train import fit
+from models.distributed import DistEnv, Group, current_env, launch_command, per_rank_batch_size
+from models.fit import fit
 from tasks.config import AugmentConfig, ModelConfig, TrainConfig, TrainParams
 from tests.tasks.test_augment import write_manifest
 

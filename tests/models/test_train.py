@@ -18,17 +18,10 @@ import torch
 import models.engine
 import models.fit
 from models import ClassifierOutput, WeightsNotFoundError, build_model
-from models.train import (
-    HISTORY_COLUMNS,
-    apply_schedule,
-    batch_to_device,
-    build_optimizer,
-    fit,
-    load_classifier,
-    load_manifest,
-    make_loaders,
-    train_one_epoch,
-)
+from models.checkpoint import HISTORY_COLUMNS, load_classifier
+from models.data import load_manifest, make_loaders
+from models.engine import apply_schedule, batch_to_device, build_optimizer, train_one_epoch
+from models.fit import fit
 from tasks.augment import train_transforms
 from tasks.config import AugmentConfig, ModelConfig, TrainConfig, TrainParams
 from tests.tasks.test_augment import write_manifest
@@ -266,7 +259,16 @@ def test_run_folder_contents(tmp_path: Path, manifest: Path) -> None:
     assert result["best"] == str(run / "best.pt") and result["best_epoch"] == 1
     last = torch.load(run / "last.pt", weights_only=True)
     assert last["config"] == make_cfg(manifest, run, epochs=1).model_dump(mode="json")
-    assert {"model", "optimizer", "scheduler", "history", "rng", "epochs_without_improvement"} <= set(last)
+    # The entries and their order are the checkpoint format (tomoflow-train/1).
+    assert list(last) == [
+        "format", "epoch", "model", "model_config", "optimizer", "scheduler", "config", "history", "best_val_loss",
+        "best_epoch", "epochs_without_improvement", "stopped_early", "rng", "manifest_fingerprint", "samples",
+        "world_size", "rank",
+    ]
+    best = torch.load(run / "best.pt", weights_only=True)
+    assert list(best) == ["format", "epoch", "model", "model_config", "config", "val_loss", "val_accuracy",
+                          "world_size", "rank"]
+    assert best["val_loss"] == last["history"][0]["val_loss"] == last["best_val_loss"]
     model = load_classifier(run / "best.pt")
     assert not model.training and model(torch.rand(2, 1, 32, 32)).shape == (2,)
 
