@@ -64,7 +64,6 @@ class WeightsNotFoundError(FileNotFoundError):
     """ImageNet weights were asked for but are not in torchvision's local cache."""
 
 
-
 @dataclass(frozen=True)
 class BackboneSpec:
     """Facts about a backbone, read from its torchvision weights enum.
