@@ -10,14 +10,14 @@ Loader (no model), images/s over whole epochs after a warm-up epoch, median of
   ``open().convert("L")``, torchvision v1 transforms on the PIL image (RandomHorizontalFlip,
   RandomVerticalFlip, RandomRotation, RandomAffine, ColorJitter, Resize, ToTensor),
   ``shuffle=True``;
-* ``tomoflow``: :func:`models.train.make_loaders`' training loader with the same
+* ``tomoflow``: :func:`models.data.make_loaders`' training loader with the same
   augmentations (:func:`tasks.augment.train_transforms`: one merged affine warp, per-sample
-  seeds from :class:`models.train.EpochSampler`). Target: not slower than ``plain``.
+  seeds from :class:`models.data.EpochSampler`). Target: not slower than ``plain``.
 
 GPU (only with CUDA; otherwise it says it skipped), VGG16 from scratch (speed doesn't
 depend on the weights) at 224 and 500 px:
 
-* ``real data``: :func:`models.train.train_one_epoch` fed by the tomoflow loader, bf16 +
+* ``real data``: :func:`models.engine.train_one_epoch` fed by the tomoflow loader, bf16 +
   ``channels_last``, against ``device batch``: the same loop on one batch already on the
   GPU (the loader can't be faster than that). Target: within 10 %.
 * ``bf16 + channels_last`` against ``fp32`` (NCHW), both on the device batch. Target:
@@ -68,7 +68,8 @@ sys.path.insert(0, str(ROOT))
 import torchvision.transforms as T  # noqa: E402
 
 from models import build_model  # noqa: E402
-from models.train import batch_to_device, default_num_workers, make_loaders, train_one_epoch  # noqa: E402
+from models.data import default_num_workers, make_loaders  # noqa: E402
+from models.engine import batch_to_device, train_one_epoch  # noqa: E402
 from tasks.config import AugmentConfig, ModelConfig, TrainConfig, TrainParams  # noqa: E402
 from tasks.manifest import MANIFEST_COLUMNS, typed_frame  # noqa: E402
 
@@ -165,7 +166,7 @@ def _epoch_rate(loader: DataLoader, set_epoch: Callable[[int], None] | None, epo
     """Images/s of one epoch, ending with float32 batches in [0, 1] on the CPU for both loaders.
 
     The tomoflow loader yields uint8 batches that the training loop scales on the device
-    (:func:`models.train.batch_to_device`); here the device is the CPU, so the scaling is
+    (:func:`models.engine.batch_to_device`); here the device is the CPU, so the scaling is
     timed too.
     """
     if set_epoch is not None:

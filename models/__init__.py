@@ -1,30 +1,21 @@
 """Networks for tomoflow: VGG16 (with or without batch normalisation) / Inception v3 backbones, the study's dense heads, the classifier."""
 
-from models.backbones import (
-    INCEPTION_AUX_MIN_SIZE,
+from models.backbones import INCEPTION_AUX_MIN_SIZE, build_backbone, inception_v3, vgg16, vgg16_bn
+from models.classifier import TumorClassifier, build_model
+from models.heads import ClassifierOutput, build_head, classification_loss, logits_of
+from models.weights import (
     BackboneSpec,
-    SlicePreprocess,
-    TumorClassifier,
     WeightsNotFoundError,
     backbone_spec,
-    build_backbone,
-    build_model,
-    gray_to_rgb,
     imagenet_weights_file,
-    inception_v3,
     load_weights_file,
     resolve_weights,
-    vgg16,
-    vgg16_bn,
-    weights_transforms,
 )
-from models.heads import ClassifierOutput, build_head, classification_loss, logits_of
 
 __all__ = [
     "INCEPTION_AUX_MIN_SIZE",
     "BackboneSpec",
     "ClassifierOutput",
-    "SlicePreprocess",
     "TumorClassifier",
     "WeightsNotFoundError",
     "backbone_spec",
@@ -32,7 +23,6 @@ __all__ = [
     "build_head",
     "build_model",
     "classification_loss",
-    "gray_to_rgb",
     "imagenet_weights_file",
     "inception_v3",
     "load_weights_file",
@@ -40,5 +30,4 @@ __all__ = [
     "resolve_weights",
     "vgg16",
     "vgg16_bn",
-    "weights_transforms",
 ]

@@ -1,6 +1,6 @@
 """Data-parallel training over several processes (one per GPU) launched by ``torchrun``.
 
-:func:`models.train.fit` uses this module when it finds itself inside a ``torchrun`` job
+:func:`models.fit.fit` uses this module when it finds itself inside a ``torchrun`` job
 (``WORLD_SIZE`` > 1); without one it never touches ``torch.distributed`` and nothing
 changes. Start a job with ``python -m models.train --config RUN/config.json`` under
 ``torchrun`` (see :func:`launch_command`), or from Python with :func:`train_with_torchrun`.
@@ -13,10 +13,10 @@ What the processes ("ranks") share, and how:
   on 1 or 8 GPUs. With the sharding below, step ``k``'s images over all ranks are step
   ``k``'s batch of a single-process run, and ``max_batches`` caps the same images.
 * **The order.** Every rank draws the same ``(seed, epoch)`` order and per-sample
-  augmentation seeds (:class:`~models.train.EpochSampler`), pads it by wrapping around to
-  a multiple of ``W`` (as ``DistributedSampler`` does), and keeps every ``W``-th item from
-  its rank on (:func:`shard`): all ranks take the same number of steps, and an image gets
-  the same augmentation whichever rank draws it. Validation is sharded the same way
+  augmentation seeds (:class:`~models.data.EpochSampler`) and keeps its
+  ``DistributedSampler`` share (padded by wrapping around to a multiple of ``W``, then
+  every ``W``-th item from its rank on): all ranks take the same number of steps, and an
+  image gets the same augmentation whichever rank draws it. Validation is sharded the same way
   without padding; it runs on the unwrapped model, so no collective depends on how many
   batches a rank holds.
 * **The metrics.** Each rank's loss and accuracy sums and image counts are gathered and
@@ -58,7 +58,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -73,13 +73,10 @@ __all__ = [
     "launch_command",
     "per_rank_batch_size",
     "process_group",
-    "shard",
     "train_with_torchrun",
 ]
 
 log = logging.getLogger(__name__)
-
-T = TypeVar("T")
 
 #: The project root, put on ``PYTHONPATH`` of the processes :func:`train_with_torchrun` starts.
 _ROOT = Path(__file__).resolve().parents[1]
@@ -162,24 +159,6 @@ def per_rank_batch_size(batch_size: int, world_size: int) -> int:
     return batch_size // world_size
 
 
-def shard(items: Sequence[T], rank: int, world_size: int, *, pad: bool) -> list[T]:
-    """Every ``world_size``-th item from ``rank`` on, like ``DistributedSampler``.
-
-    Args:
-        items: The whole epoch's order, the same on every rank.
-        rank: This rank.
-        world_size: Number of ranks.
-        pad: First repeat items from the start (wrapping around) up to a multiple of
-            ``world_size``, so every rank gets the same number; without it the first
-            ``len(items) % world_size`` ranks get one item more.
-    """
-    items = list(items)
-    if pad and items and len(items) % world_size:
-        total = -(-len(items) // world_size) * world_size
-        items = (items * (-(-total // len(items))))[:total]
-    return items[rank::world_size]
-
-
 def device_for(env: DistEnv, device: torch.device) -> torch.device:
     """``cuda:LOCAL_RANK`` for a CUDA device in a multi-process job, else ``device``.
 
@@ -230,7 +209,7 @@ class Group:
     def wrap(self, module: nn.Module) -> nn.Module:
         """``module`` in DDP, rebuilt when its set of trainable parameters changed.
 
-        Call after every change of ``requires_grad`` (:func:`~models.train.apply_schedule`)
+        Call after every change of ``requires_grad`` (:func:`~models.engine.apply_schedule`)
         and train through the result; see the module docstring for why it is rebuilt. A
         single process gets ``module`` back.
         """
@@ -381,7 +360,7 @@ def launch_command(nproc: int, argv: Sequence[str], *, module: str = "models.tra
 
 def train_with_torchrun(cfg: Any, nproc: int, *, timeout: float | None = None,
                         env: Mapping[str, str] | None = None) -> dict[str, Any]:
-    """Run :func:`models.train.fit` on ``nproc`` processes (one per GPU) and return its result.
+    """Run :func:`models.fit.fit` on ``nproc`` processes (one per GPU) and return its result.
 
     For a caller that runs in one process, such as the Prefect ``fit-model`` task: it
     writes the configuration to a temporary JSON, runs :func:`launch_command` and waits,
@@ -395,7 +374,7 @@ def train_with_torchrun(cfg: Any, nproc: int, *, timeout: float | None = None,
         env: Environment of the job; default this process's.
 
     Returns:
-        What :func:`models.train.fit` returned on rank 0.
+        What :func:`models.fit.fit` returned on rank 0.
 
     Raises:
         RuntimeError: ``torchrun`` failed; its output says which rank failed and why.

@@ -16,19 +16,15 @@ image. :func:`localisation_layer` therefore reads the last layer whose map is at
 :data:`MIN_MAP_SIDE` on each side, and says that localisation is not measurable where no
 layer is; every result carries the map's resolution.
 
-:func:`occlusion_check` is the measure a reader can trust that the model looks at the
-lesion: each positive test image's box is filled with the median of the tissue around it,
-and the fraction of tumour calls that flip to normal, and the mean drop in P(tumour), are
-reported. :func:`gradcam_examples` picks true positives, false positives and false
-negatives for the report.
+:func:`gradcam_examples` picks true positives, false positives and false negatives for
+the report. The lesion boxes and the inputs they belong to are in :mod:`models.boxes`; the
+occlusion check, which does not depend on how fine a map is, in :mod:`models.occlusion`.
 """
 
 from __future__ import annotations
 
-import math
 import os
-from collections.abc import Mapping, Sequence
-from pathlib import Path
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -37,28 +33,18 @@ import torch
 from captum.attr import LayerAttribution, LayerGradCam
 from torch import Tensor, nn
 
-from tasks.augment import eval_transforms, open_gray
+from models.boxes import box_of, boxed_positives, device_of, load_inputs, peak_in_box
+from models.occlusion import occlusion_check  # noqa: F401  re-export: flows/evaluate.py imports it from here
 
 __all__ = [
     "MIN_MAP_SIDE",
-    "Box",
     "box_hit_fraction",
-    "box_of",
     "gradcam",
     "gradcam_examples",
-    "hide_boxes",
-    "load_inputs",
     "localisation_layer",
     "map_resolutions",
-    "occlusion_check",
-    "peak_in_box",
     "target_layer",
 ]
-
-#: A lesion box ``(x, y, width, height)`` in pixels of the image it belongs to.
-Box = tuple[float, float, float, float]
-
-_BOX_COLUMNS = ("box_x", "box_y", "box_width", "box_height")
 
 #: The coarsest Grad-CAM map that can localise a lesion: 8 x 8 cells.
 MIN_MAP_SIDE = 8
@@ -116,7 +102,7 @@ def map_resolutions(model: nn.Module, image_size: int, layers: Sequence[nn.Modul
     model.eval()
     try:
         with torch.no_grad():
-            model(torch.zeros(1, 1, image_size, image_size, device=_device_of(model)))
+            model(torch.zeros(1, 1, image_size, image_size, device=device_of(model)))
     finally:
         model.train(was_training)
         for hook in hooks:
@@ -174,12 +160,6 @@ def _layer_choice(model: nn.Module, image_size: int, layer: nn.Module | None) ->
             "target_resolution": list(res), "measurable": True, "note": None}
 
 
-def _device_of(model: nn.Module) -> torch.device:
-    for tensor in model.parameters():
-        return tensor.device
-    return torch.device("cpu")
-
-
 def gradcam(
     model: nn.Module,
     images: Tensor,
@@ -210,7 +190,7 @@ def gradcam(
         raise ValueError(f"images must be a float tensor (B, 1, H, W), got {images.dtype} {tuple(images.shape)}")
     layer = target_layer(model) if layer is None else layer
     height, width = images.shape[-2:]
-    device = _device_of(model)
+    device = device_of(model)
     was_training = model.training
     model.eval()
     maps: list[Tensor] = []
@@ -231,107 +211,6 @@ def gradcam(
     if not maps:
         return torch.zeros((0, height, width), dtype=torch.float32)
     return torch.cat(maps)
-
-
-def box_of(value: Mapping[str, Any] | Sequence[float] | pd.Series | None) -> Box | None:
-    """A box as ``(x, y, width, height)`` floats, or ``None`` when absent or incomplete.
-
-    Accepts a sequence of four numbers, or a mapping / row with ``box_x``, ``box_y``,
-    ``box_width``, ``box_height`` (a manifest row) or ``x``, ``y``, ``width``, ``height``.
-    """
-    if value is None:
-        return None
-    if isinstance(value, (Mapping, pd.Series)):
-        keys = _BOX_COLUMNS if "box_x" in value else ("x", "y", "width", "height")
-        if not all(k in value for k in keys):
-            return None
-        raw = [value[k] for k in keys]
-    else:
-        raw = list(value)
-        if len(raw) != 4:
-            raise ValueError(f"a box is (x, y, width, height), got {value!r}")
-    try:
-        numbers = [float(v) for v in raw]
-    except (TypeError, ValueError):  # pd.NA and other nulls
-        return None
-    if not all(math.isfinite(v) for v in numbers) or numbers[2] <= 0 or numbers[3] <= 0:
-        return None
-    return (numbers[0], numbers[1], numbers[2], numbers[3])
-
-
-def peak_in_box(heatmap: np.ndarray | Tensor, box: Box | Sequence[float] | Mapping[str, Any]) -> bool:
-    """Whether the heat map's maximum lies inside the box.
-
-    The peak is the first maximal pixel (``argmax``); pixel ``(row, col)`` counts as inside
-    when its centre ``(col + 0.5, row + 0.5)`` lies in ``[x, x + width] x [y, y + height]``,
-    so an integer box ``x, y, w, h`` holds columns ``x .. x + w - 1`` and rows
-    ``y .. y + h - 1``. A map with no positive value has no peak: ``False``.
-
-    Args:
-        heatmap: ``(H, W)`` map.
-        box: ``(x, y, width, height)`` in the map's pixel coordinates.
-
-    Raises:
-        ValueError: ``heatmap`` isn't 2-D, or ``box`` isn't a valid box.
-    """
-    array = heatmap.detach().cpu().numpy() if isinstance(heatmap, Tensor) else np.asarray(heatmap)
-    if array.ndim != 2:
-        raise ValueError(f"heatmap must be 2-D (H, W), got shape {array.shape}")
-    parsed = box_of(box)
-    if parsed is None:
-        raise ValueError(f"box {box!r} is not a valid (x, y, width, height) box")
-    if array.size == 0 or not np.isfinite(array).all() or array.max() <= 0:
-        return False
-    row, col = np.unravel_index(int(np.argmax(array)), array.shape)
-    x, y, w, h = parsed
-    return bool(x <= col + 0.5 <= x + w and y <= row + 0.5 <= y + h)
-
-
-def load_inputs(
-    rows: pd.DataFrame, root: str | os.PathLike[str], image_size: int
-) -> tuple[Tensor, list[Box | None]]:
-    """The network inputs of manifest rows and their boxes scaled to the input size.
-
-    Boxes in the manifest are in the PNG's own pixel coordinates; the PNG is resized to
-    ``image_size`` x ``image_size`` (:func:`~tasks.augment.eval_transforms`), so each box
-    is scaled by ``image_size / PNG width`` and ``image_size / PNG height``.
-
-    Returns:
-        ``(images, boxes)``: ``(N, 1, S, S)`` float32 in [0, 1], and a box or ``None`` per row.
-
-    Raises:
-        FileNotFoundError: A PNG is missing (named by its ``image_path``).
-    """
-    root = Path(root)
-    transform = eval_transforms(image_size)
-    images: list[Tensor] = []
-    boxes: list[Box | None] = []
-    for _, row in rows.iterrows():
-        path = root / str(row["image_path"])
-        if not path.is_file():
-            raise FileNotFoundError(f"image_path {row['image_path']!r} does not exist under '{root}'")
-        image = open_gray(path)
-        width, height = image.size
-        images.append(transform(image))
-        box = box_of(row)
-        if box is not None:
-            sx, sy = image_size / width, image_size / height
-            box = (box[0] * sx, box[1] * sy, box[2] * sx, box[3] * sy)
-        boxes.append(box)
-    if not images:
-        return torch.zeros((0, 1, image_size, image_size)), []
-    return torch.stack(images), boxes
-
-
-def _boxed_positives(rows: pd.DataFrame) -> pd.DataFrame:
-    keep = rows["label"].eq(1).fillna(False).astype(bool)
-    if "augmented_from" in rows.columns:
-        keep &= rows["augmented_from"].isna()
-    for column in _BOX_COLUMNS:
-        if column not in rows.columns:
-            return rows.iloc[0:0]
-        keep &= pd.to_numeric(rows[column], errors="coerce").notna()
-    return rows.loc[keep]
 
 
 def box_hit_fraction(
@@ -362,7 +241,7 @@ def box_hit_fraction(
         ``map_resolution`` (``[h, w]``), ``target_layer``, ``target_resolution`` and
         ``note`` (see :func:`localisation_layer`; ``layer=None`` chooses).
     """
-    rows = _boxed_positives(manifest_rows)
+    rows = boxed_positives(manifest_rows)
     choice = _layer_choice(model, image_size, layer)
     layer = choice["layer"]
     described = {k: choice[k] for k in ("map_resolution", "target_layer", "target_resolution", "note")}
@@ -383,134 +262,6 @@ def box_hit_fraction(
                 hits += 1
     return {"fraction": hits / len(rows), "n": int(len(rows)), "hits": int(hits), "n_no_signal": int(flat),
             **described}
-
-
-def _box_pixels(box: Box, height: int, width: int) -> tuple[slice, slice]:
-    """Rows and columns whose pixel centres lie in the box (the :func:`peak_in_box` convention)."""
-    x, y, w, h = box
-    c0, c1 = max(0, math.ceil(x - 0.5)), min(width, math.floor(x + w - 0.5) + 1)
-    r0, r1 = max(0, math.ceil(y - 0.5)), min(height, math.floor(y + h - 0.5) + 1)
-    return slice(r0, max(r0, r1)), slice(c0, max(c0, c1))
-
-
-def hide_boxes(images: Tensor, boxes: Sequence[Box | None], *, margin: int | None = None) -> Tensor:
-    """Copies of ``images`` with each box filled with the median of the tissue around it.
-
-    The surround is a ring ``margin`` pixels wide outside the box (default: a quarter of
-    the box's longer side, at least 2); pixels that are exactly 0 (air, letterbox padding)
-    are left out of the median when any tissue is there. An image without a box is
-    returned unchanged.
-
-    Args:
-        images: ``(B, C, H, W)`` float images.
-        boxes: One ``(x, y, w, h)`` box (input pixels) or ``None`` per image.
-        margin: Width of the ring in pixels.
-    """
-    out = images.clone()
-    height, width = images.shape[-2:]
-    for i, box in enumerate(boxes):
-        if box is None:
-            continue
-        rows, cols = _box_pixels(box, height, width)
-        if rows.start >= rows.stop or cols.start >= cols.stop:
-            continue
-        m = margin if margin is not None else max(2, round(max(box[2], box[3]) / 4))
-        outer_r = slice(max(0, rows.start - m), min(height, rows.stop + m))
-        outer_c = slice(max(0, cols.start - m), min(width, cols.stop + m))
-        ring = torch.ones(height, width, dtype=torch.bool)
-        ring[rows, cols] = False
-        keep = torch.zeros_like(ring)
-        keep[outer_r, outer_c] = True
-        ring &= keep
-        for c in range(images.shape[1]):
-            values = images[i, c][ring]
-            tissue = values[values != 0]
-            values = tissue if tissue.numel() else values
-            if values.numel():
-                out[i, c, rows, cols] = values.median()
-    return out
-
-
-def _probabilities(model: nn.Module, images: Tensor, batch_size: int) -> np.ndarray:
-    from models.heads import logits_of
-
-    device = _device_of(model)
-    out = []
-    with torch.inference_mode():
-        for start in range(0, images.shape[0], batch_size):
-            logits = logits_of(model(images[start : start + batch_size].to(device=device, dtype=torch.float32)))
-            out.append(logits.float().reshape(-1).cpu().numpy().astype(np.float64))
-    # float64 sigmoid, as models.predict does.
-    return 1.0 / (1.0 + np.exp(-np.concatenate(out))) if out else np.zeros(0)
-
-
-def occlusion_check(
-    model: nn.Module,
-    manifest_rows: pd.DataFrame,
-    root: str | os.PathLike[str],
-    image_size: int,
-    *,
-    threshold: float = 0.5,
-    batch_size: int = 16,
-    margin: int | None = None,
-) -> dict[str, Any]:
-    """Does the model look at the lesion? Hide each positive image's box and watch P(tumour).
-
-    Each boxed positive image (offline-augmented copies left out) is scored as it is and
-    with its box filled with the median of the surrounding tissue (:func:`hide_boxes`).
-    A model that found the tumour in the lesion calls the image normal once the lesion is
-    hidden; one that used something else keeps its call.
-
-    Args:
-        model: The classifier (inputs go to its device).
-        manifest_rows: Rows with ``label``, ``image_path`` and the box columns.
-        root: Folder the ``image_path`` values are relative to.
-        image_size: The network input side.
-        threshold: Decision threshold (at or above: tumour).
-        batch_size: Images per forward pass.
-        margin: Width of the surrounding ring in input pixels (default: see :func:`hide_boxes`).
-
-    Returns:
-        ``flip_fraction``: of the boxed positive images called tumour, the fraction called
-        normal once the box is hidden (``None`` when none was called tumour, with
-        ``reason``); ``mean_drop``: mean over all boxed positive images of P(tumour) minus
-        P(tumour) with the box hidden (``None`` without images); ``n``,
-        ``n_called_positive``, ``flips``, ``mean_probability``, ``mean_probability_hidden``,
-        ``threshold`` and ``method``.
-    """
-    rows = _boxed_positives(manifest_rows)
-    out: dict[str, Any] = {
-        "flip_fraction": None, "mean_drop": None, "n": int(len(rows)), "n_called_positive": 0, "flips": 0,
-        "mean_probability": None, "mean_probability_hidden": None, "threshold": float(threshold),
-        "method": "each lesion box filled with the median of the surrounding tissue",
-    }
-    if rows.empty:
-        out["reason"] = "no positive image with a lesion box in these rows"
-        return out
-    was_training = model.training
-    model.eval()
-    shown: list[np.ndarray] = []
-    hidden: list[np.ndarray] = []
-    try:
-        for start in range(0, len(rows), batch_size):
-            images, boxes = load_inputs(rows.iloc[start : start + batch_size], root, image_size)
-            shown.append(_probabilities(model, images, batch_size))
-            hidden.append(_probabilities(model, hide_boxes(images, boxes, margin=margin), batch_size))
-    finally:
-        model.train(was_training)
-    before, after = np.concatenate(shown), np.concatenate(hidden)
-    called = before >= threshold
-    flips = called & (after < threshold)
-    out.update(
-        n_called_positive=int(called.sum()), flips=int(flips.sum()),
-        mean_drop=float(np.mean(before - after)), mean_probability=float(before.mean()),
-        mean_probability_hidden=float(after.mean()),
-    )
-    if called.any():
-        out["flip_fraction"] = float(flips.sum() / called.sum())
-    else:
-        out["reason"] = f"no positive image was called tumour at threshold {threshold:g}, so no call can flip"
-    return out
 
 
 def _kind_masks(pred: pd.DataFrame, threshold: float) -> dict[str, pd.Series]:
@@ -596,3 +347,4 @@ def gradcam_examples(
                 "layer": choice["name"],
             })
     return examples
+

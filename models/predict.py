@@ -19,14 +19,16 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
+from models.data import ManifestDataset
+from models.engine import batch_to_device, resolve_device
 from models.heads import logits_of
-from models.train import ManifestDataset, batch_to_device, resolve_device
 from tasks.augment import eval_transforms
+from tasks.schema import MANIFEST_COLUMNS, VOLUME_KEY
 
 __all__ = ["ID_COLUMNS", "PREDICTION_COLUMNS", "REQUIRED_COLUMNS", "predict"]
 
 #: Columns that identify an image (pseudonymous BCS-DBT ids and the frame number).
-ID_COLUMNS = ["patient_id", "study_uid", "view", "slice_index"]
+ID_COLUMNS = [*VOLUME_KEY, "slice_index"]
 
 #: Columns of the prediction table, in order. ``manifest_row`` is the row's position in the
 #: manifest that was predicted on; ``cohort`` and the box columns are null when the
@@ -50,14 +52,8 @@ PREDICTION_COLUMNS = [
 #: Manifest columns :func:`predict` needs.
 REQUIRED_COLUMNS = (*ID_COLUMNS, "label", "split", "image_path")
 
-_OPTIONAL = {
-    "cohort": "string",
-    "box_x": "float64",
-    "box_y": "float64",
-    "box_width": "float64",
-    "box_height": "float64",
-    "box_class": "string",
-}
+#: Manifest columns copied when present (null otherwise), with the manifest's dtypes.
+_OPTIONAL = {c: MANIFEST_COLUMNS[c] for c in ("cohort", "box_x", "box_y", "box_width", "box_height", "box_class")}
 
 
 def predict(
@@ -80,7 +76,7 @@ def predict(
 
     Args:
         model: A classifier mapping ``(B, 1, H, W)`` gray images in [0, 1] to logits ``(B,)``
-            (a :class:`~models.TumorClassifier`, e.g. from :func:`~models.train.load_classifier`).
+            (a :class:`~models.TumorClassifier`, e.g. from :func:`~models.checkpoint.load_classifier`).
         manifest: The manifest (``manifest.parquet`` as a DataFrame).
         root: Folder the manifest's ``image_path`` values are relative to (the manifest's).
         split: ``"train"``, ``"validation"`` or ``"test"``.
@@ -106,17 +102,7 @@ def predict(
         )
     if batch_size < 1:
         raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
-    frame = manifest.reset_index(drop=True)
-    keep = frame["split"].eq(split).fillna(False).astype(bool)
-    if "augmented_from" in frame.columns:
-        keep &= frame["augmented_from"].isna()
-    rows = frame.loc[keep]
-    if rows.empty:
-        found = sorted(str(s) for s in frame["split"].dropna().unique())
-        raise ValueError(
-            f"the manifest has no (non-augmented) images in split {split!r}; splits found: {found}"
-        )
-
+    rows = _split_rows(manifest, split)
     device = resolve_device(device) if isinstance(device, str) else torch.device(device)
     dataset = ManifestDataset(rows, split, root=Path(root), transform=eval_transforms(image_size))
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers)
@@ -132,7 +118,30 @@ def predict(
     positions = np.concatenate(order)
     if not np.array_equal(positions, rows.index.to_numpy()):
         raise RuntimeError("the data loader returned the images out of manifest order")
+    return _table(rows, logit, positions)
 
+
+def _split_rows(manifest: pd.DataFrame, split: str) -> pd.DataFrame:
+    """The non-augmented rows of ``split``, indexed by their position in ``manifest``.
+
+    Raises:
+        ValueError: No such row (the splits found are named).
+    """
+    frame = manifest.reset_index(drop=True)
+    keep = frame["split"].eq(split).fillna(False).astype(bool)
+    if "augmented_from" in frame.columns:
+        keep &= frame["augmented_from"].isna()
+    rows = frame.loc[keep]
+    if rows.empty:
+        found = sorted(str(s) for s in frame["split"].dropna().unique())
+        raise ValueError(
+            f"the manifest has no (non-augmented) images in split {split!r}; splits found: {found}"
+        )
+    return rows
+
+
+def _table(rows: pd.DataFrame, logit: np.ndarray, positions: np.ndarray) -> pd.DataFrame:
+    """The prediction table (:data:`PREDICTION_COLUMNS`) of ``rows`` and their logits."""
     out = pd.DataFrame(index=rows.index)
     for column in ("patient_id", "study_uid", "view"):
         out[column] = rows[column].astype("string")

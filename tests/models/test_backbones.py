@@ -20,19 +20,11 @@ import torchvision.models as tvm
 from torch import nn
 from torchvision.models import Inception_V3_Weights, VGG16_BN_Weights, VGG16_Weights
 
-from models import backbones
-from models.backbones import (
-    INCEPTION_AUX_MIN_SIZE,
-    TumorClassifier,
-    WeightsNotFoundError,
-    build_backbone,
-    build_model,
-    gray_to_rgb,
-    imagenet_weights_file,
-    inception_v3,
-    weights_transforms,
-)
+from models import classifier
+from models.backbones import INCEPTION_AUX_MIN_SIZE, build_backbone, inception_v3
+from models.classifier import TumorClassifier, build_model
 from models.heads import ClassifierOutput, classification_loss
+from models.weights import WeightsNotFoundError, backbone_spec, imagenet_weights_file
 
 
 @pytest.fixture
@@ -256,7 +248,7 @@ def test_scratch_build_is_seeded_and_rebuilt_from_config(inception75: TumorClass
 def test_other_seed_differs_and_aux_is_disabled_with_a_note(
     inception75: TumorClassifier, caplog: pytest.LogCaptureFixture
 ) -> None:
-    with caplog.at_level(logging.INFO, logger=backbones.__name__):
+    with caplog.at_level(logging.INFO, logger=classifier.__name__):
         other = build_model(model="inception_v3", weights=None, image_size=224, seed=1)
     assert "auxiliary classifier disabled" in caplog.text and "299" in caplog.text
     assert other.aux_head is None and other.backbone.AuxLogits is None
@@ -304,31 +296,18 @@ def test_inception_accepts_the_study_sizes(inception299: TumorClassifier) -> Non
 def test_gray_input_equals_preprocessed_rgb(inception75: TumorClassifier) -> None:
     model = inception75.eval()
     gray = torch.rand(2, 1, 75, 75)
-    rgb = weights_transforms("inception_v3")(gray)
-    assert rgb.shape == (2, 3, 75, 75)
+    spec = backbone_spec("inception_v3")
+    mean, std = torch.tensor(spec.mean).view(3, 1, 1), torch.tensor(spec.std).view(3, 1, 1)
+    rgb = (gray.expand(2, 3, 75, 75) - mean) / std
     with torch.no_grad():
         assert torch.allclose(model(gray), model(rgb), atol=1e-5)
 
 
-def test_weights_transforms_use_imagenet_statistics() -> None:
+def test_backbones_normalise_with_imagenet_statistics() -> None:
     mean, std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
-    for name in ("vgg16", "inception_v3"):
-        preprocess = weights_transforms(name)  # type: ignore[arg-type]
-        assert preprocess.mean == pytest.approx(mean) and preprocess.std == pytest.approx(std)
-    white = weights_transforms("vgg16")(torch.full((4, 5), 255, dtype=torch.uint8))
-    assert white.shape == (3, 4, 5) and white.dtype == torch.float32
-    expected = torch.tensor([(1 - m) / s for m, s in zip(mean, std)])
-    assert torch.allclose(white[:, 0, 0], expected)
-
-
-def test_gray_to_rgb_is_a_view() -> None:
-    gray = torch.rand(2, 1, 8, 8)
-    rgb = gray_to_rgb(gray)
-    assert rgb.shape == (2, 3, 8, 8)
-    assert rgb.data_ptr() == gray.data_ptr() and rgb.stride(1) == 0
-    assert torch.equal(rgb[:, 2], gray[:, 0])
-    with pytest.raises(ValueError, match=r"\(2, 2, 8, 8\)"):
-        gray_to_rgb(torch.rand(2, 2, 8, 8))
+    for name in ("vgg16", "vgg16_bn", "inception_v3"):
+        spec = backbone_spec(name)  # type: ignore[arg-type]
+        assert spec.mean == pytest.approx(mean) and spec.std == pytest.approx(std)
 
 
 # ---------------------------------------------------------------- Inception's auxiliary head

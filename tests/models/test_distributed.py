@@ -21,8 +21,9 @@ import torch
 import torch.distributed as dist
 
 from models import distributed
-from models.distributed import DistEnv, Group, current_env, launch_command, per_rank_batch_size, shard
-from models.train import EpochSampler, fit, make_loaders
+from models.data import EpochSampler, make_loaders
+from models.distributed import DistEnv, Group, current_env, launch_command, per_rank_batch_size
+from models.fit import fit
 from tasks.config import AugmentConfig, ModelConfig, TrainConfig, TrainParams
 from tests.tasks.test_augment import write_manifest
 
@@ -70,14 +71,15 @@ def _explain(done: subprocess.CompletedProcess[str]) -> str:
 # --------------------------------------------------------------------------------------
 
 
-def test_shard_pads_to_equal_shares_and_covers_everything() -> None:
-    items = list(range(7))
-    shares = [shard(items, r, 3, pad=True) for r in range(3)]
-    assert shares == [[0, 3, 6], [1, 4, 0], [2, 5, 1]]
-    assert [shard(items, r, 3, pad=False) for r in range(3)] == [[0, 3, 6], [1, 4], [2, 5]]
-    assert shard(items, 0, 1, pad=True) == items
+def test_shares_wrap_around_to_equal_lengths_and_cover_everything() -> None:
+    single = EpochSampler(7, seed=1)
+    order = list(single)
+    shares = [list(EpochSampler(7, seed=1, num_replicas=3, rank=r)) for r in range(3)]
+    # DistributedSampler's padding: the order repeated from its start up to a multiple of 3.
+    assert shares == [(order + order[:2])[r::3] for r in range(3)]
     # Fewer items than ranks: still one each.
-    assert [shard([9], r, 4, pad=True) for r in range(4)] == [[9]] * 4
+    lone = list(EpochSampler(1, seed=1))
+    assert [list(EpochSampler(1, seed=1, num_replicas=4, rank=r)) for r in range(4)] == [lone] * 4
 
 
 @pytest.mark.parametrize("world", [2, 4])

@@ -12,17 +12,9 @@ from PIL import Image
 from torch import nn
 
 from models import build_model
-from models.gradcam import (
-    box_hit_fraction,
-    box_of,
-    gradcam,
-    gradcam_examples,
-    hide_boxes,
-    localisation_layer,
-    occlusion_check,
-    peak_in_box,
-    target_layer,
-)
+from models.boxes import box_of, peak_in_box
+from models.gradcam import box_hit_fraction, gradcam, gradcam_examples, localisation_layer, target_layer
+from models.occlusion import hide_boxes, occlusion_check
 
 SIZE = 32
 REGION = 16  # the planted model only sees input rows and columns [0, 16)

@@ -15,19 +15,13 @@ import pandas as pd
 import pytest
 import torch
 
-import models.train as train_mod
+import models.engine
+import models.fit
 from models import ClassifierOutput, WeightsNotFoundError, build_model
-from models.train import (
-    HISTORY_COLUMNS,
-    apply_schedule,
-    batch_to_device,
-    build_optimizer,
-    fit,
-    load_classifier,
-    load_manifest,
-    make_loaders,
-    train_one_epoch,
-)
+from models.checkpoint import HISTORY_COLUMNS, load_classifier
+from models.data import load_manifest, make_loaders
+from models.engine import apply_schedule, batch_to_device, build_optimizer, train_one_epoch
+from models.fit import fit
 from tasks.augment import train_transforms
 from tasks.config import AugmentConfig, ModelConfig, TrainConfig, TrainParams
 from tests.tasks.test_augment import write_manifest
@@ -200,13 +194,13 @@ def test_backbone_frozen_then_fine_tuned_at_a_lower_rate(tmp_path: Path, manifes
 
 def test_inception_trains_with_its_auxiliary_loss(monkeypatch: pytest.MonkeyPatch) -> None:
     calls = []
-    real_loss = train_mod.classification_loss
+    real_loss = models.engine.classification_loss
 
     def spy(output, target, **kwargs):
         calls.append((type(output), kwargs.get("aux_weight")))
         return real_loss(output, target, **kwargs)
 
-    monkeypatch.setattr(train_mod, "classification_loss", spy)
+    monkeypatch.setattr(models.engine, "classification_loss", spy)
     model = build_model(model="inception_v3", weights=None, image_size=299, seed=0)
     assert model.aux_head is not None
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
@@ -265,7 +259,16 @@ def test_run_folder_contents(tmp_path: Path, manifest: Path) -> None:
     assert result["best"] == str(run / "best.pt") and result["best_epoch"] == 1
     last = torch.load(run / "last.pt", weights_only=True)
     assert last["config"] == make_cfg(manifest, run, epochs=1).model_dump(mode="json")
-    assert {"model", "optimizer", "scheduler", "history", "rng", "epochs_without_improvement"} <= set(last)
+    # The entries and their order are the checkpoint format (tomoflow-train/1).
+    assert list(last) == [
+        "format", "epoch", "model", "model_config", "optimizer", "scheduler", "config", "history", "best_val_loss",
+        "best_epoch", "epochs_without_improvement", "stopped_early", "rng", "manifest_fingerprint", "samples",
+        "world_size", "rank",
+    ]
+    best = torch.load(run / "best.pt", weights_only=True)
+    assert list(best) == ["format", "epoch", "model", "model_config", "config", "val_loss", "val_accuracy",
+                          "world_size", "rank"]
+    assert best["val_loss"] == last["history"][0]["val_loss"] == last["best_val_loss"]
     model = load_classifier(run / "best.pt")
     assert not model.training and model(torch.rand(2, 1, 32, 32)).shape == (2,)
 
@@ -278,7 +281,7 @@ def test_early_stopping_after_patience_epochs_without_improvement(
     def fake_evaluate(*args: object, **kwargs: object) -> dict[str, float]:
         return {"loss": next(losses), "accuracy": 0.5, "n": 8}
 
-    monkeypatch.setattr(train_mod, "evaluate", fake_evaluate)
+    monkeypatch.setattr(models.fit, "evaluate", fake_evaluate)
     cfg = make_cfg(manifest, tmp_path / "run", epochs=10, patience=2, max_batches=1)
     result = fit(cfg)
     assert result["stopped_early"] and result["epochs_run"] == 4
@@ -286,7 +289,7 @@ def test_early_stopping_after_patience_epochs_without_improvement(
     assert _history(tmp_path / "run")["val_loss"].tolist() == [1.0, 0.9, 0.95, 0.91]
 
     # A finished run is not trained again.
-    monkeypatch.setattr(train_mod, "train_one_epoch", lambda *a, **k: pytest.fail("trained again"))
+    monkeypatch.setattr(models.fit, "train_one_epoch", lambda *a, **k: pytest.fail("trained again"))
     again = fit(cfg)
     assert again["stopped_early"] and again["epochs_run"] == 4 and again["resumed_from"] == 4
 
