@@ -27,7 +27,7 @@ from tasks.dicom import (
     read_frames,
     read_info,
 )
-from tasks.synthetic import BREAST_TOMOSYNTHESIS_STORAGE
+from synth import BREAST_TOMOSYNTHESIS_STORAGE
 
 
 def reference_window(values: np.ndarray, center: float, width: float) -> np.ndarray:

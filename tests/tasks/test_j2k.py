@@ -142,7 +142,7 @@ def _difference(a: np.ndarray, b: np.ndarray, mask: np.ndarray) -> tuple[float, 
 @pytest.fixture(scope="module")
 def full_size_frame(tmp_path_factory) -> Path:
     """One full-size (2457 x 1890) synthetic DBT frame, as `tomoflow synth --full-size` writes."""
-    from tasks.synthetic import generate_dataset
+    from synth import generate_dataset
 
     root = tmp_path_factory.mktemp("full-size")
     generate_dataset(root, patients=1, seed=5, full_size=True, frames=(1, 1), reports=False)
