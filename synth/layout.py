@@ -1,8 +1,7 @@
 """The collection's shape as the generator writes it: sizes, CSV names and columns, UIDs.
 
-These are facts of Duke's BCS-DBT release (``/work/shared/BCS-DBT.md``), written the way
-the real files spell them; the pipeline's own names (views, cohorts, splits) come from
-:mod:`tasks.schema`.
+These are facts of Duke's BCS-DBT release on TCIA, written the way the real files spell
+them; the pipeline's own names (views, cohorts, splits) come from :mod:`tasks.schema`.
 """
 
 from __future__ import annotations

@@ -17,6 +17,8 @@ from pydicom.pixels.decoders.base import get_decoder
 from pydicom.sequence import Sequence as DicomSequence
 from pydicom.uid import JPEG2000Lossless, JPEGLSLossless, RLELossless
 
+from synth import BREAST_TOMOSYNTHESIS_STORAGE
+
 from tasks.dicom import (
     DicomReadError,
     Frame,
@@ -27,7 +29,6 @@ from tasks.dicom import (
     read_frames,
     read_info,
 )
-from synth import BREAST_TOMOSYNTHESIS_STORAGE
 
 
 def reference_window(values: np.ndarray, center: float, width: float) -> np.ndarray:
@@ -532,7 +533,7 @@ def test_table_path_equals_per_pixel_path(signed: bool, photometric: str) -> Non
     """Large integer frames go through a value table; the output must not change by a bit."""
     from pydicom.dataset import Dataset
 
-    from tasks import dicom
+    from tasks import dicom_header, dicom_render
 
     ds = Dataset()
     ds.PhotometricInterpretation = photometric
@@ -542,15 +543,15 @@ def test_table_path_equals_per_pixel_path(signed: bool, photometric: str) -> Non
     ds.RescaleIntercept = -100
     ds.WindowCenter = 300
     ds.WindowWidth = 900
-    info = dicom.VolumeInfo(path="x.dcm", n_frames=1, rows=700, columns=500, photometric=photometric,
+    info = dicom_header.VolumeInfo(path="x.dcm", n_frames=1, rows=700, columns=500, photometric=photometric,
                             bits_stored=12, pixel_representation=int(signed), transfer_syntax="1.2.840.10008.1.2.1",
                             sop_class_uid="", modality="MG")
     rng = np.random.default_rng(1)
     low, high = (-2048, 2047) if signed else (0, 4095)
     raw = rng.integers(low, high + 1, (700, 500)).astype(np.int16 if signed else np.uint16)
     raw[0, :4] = [low, high, 0, 1]
-    fast, center, width, source = dicom._render(raw, ds, 0, info)
-    slow, *_ = dicom._render_pixels(raw, ds, 0, info)
+    fast, center, width, source = dicom_render.render(raw, ds, 0, info)
+    slow, *_ = dicom_render.render_pixels(raw, ds, 0, info)
     assert raw.size > 4 * 65536  # the table path was taken
     assert fast.dtype == np.uint8 and np.array_equal(fast, slow)
     assert (center, width, source) == (300.0, 900.0, "top-level")
