@@ -2,6 +2,7 @@
 
 The orientation rule is Duke's reader's, written out here on purpose (not imported from
 ``tasks.dicom``): the test pins the generator to the published rule, not to our reader.
+(Over 400 lines: one suite for one public generator; splitting it would scatter its fixtures.)
 """
 
 from __future__ import annotations
