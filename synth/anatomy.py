@@ -60,6 +60,7 @@ class Breast:
 
 
 def round_half_up(x: float) -> int:
+    """Round .5 up (numpy's ``round`` rounds half to even, which would change the counts)."""
     return int(np.floor(x + 0.5))
 
 

@@ -22,6 +22,8 @@ from tasks.schema import COHORTS, COLLECTION_FOLDER, SPLITS, VIEWS
 
 @dataclass
 class Volume:
+    """One view of one study: its label flags, folders, frame count, anatomy and traps."""
+
     index: int
     patient_id: str
     patient_number: int
@@ -74,6 +76,8 @@ class Volume:
 
 @dataclass
 class Study:
+    """One study of a patient: its cohort, finding side and views."""
+
     patient_index: int
     cohort: str
     extra: bool  # the second, normal study of a two-study patient
@@ -87,6 +91,8 @@ class Study:
 
 @dataclass
 class Patient:
+    """One patient: the number in ``DBT-P#####``, cohort, split and studies."""
+
     number: int
     patient_id: str
     cohort: str

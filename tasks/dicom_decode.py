@@ -80,6 +80,7 @@ def iter_frames(
     image_size: int | None,
     note: str | None = None,
 ) -> Iterator[Frame]:
+    """Decode ``indices`` with pydicom (all frames in one pass when ``whole``) and render them."""
     name, ds, info = header.path, header.ds, header.info
     if not indices:
         return

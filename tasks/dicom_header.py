@@ -97,6 +97,7 @@ def read_info(path: str | os.PathLike[str]) -> VolumeInfo:
 
 
 def read_header(path: str | os.PathLike[str]) -> DicomHeader:
+    """:func:`read_info` with the dataset and the pixel data's offset, for the decoders."""
     name = os.fspath(path)
     if not Path(name).is_file():
         raise DicomReadError(f"{name}: file not found (or not a regular file); check the path")

@@ -87,6 +87,7 @@ def voi_window(ds: Dataset, index: int) -> tuple[Dataset | None, str]:
 
 
 def has_voi_lut(ds: Dataset) -> bool:
+    """Whether the file has a usable top-level VOI LUT Sequence (descriptor and data)."""
     seq = ds.get("VOILUTSequence") or []
     return bool(seq) and "LUTDescriptor" in seq[0] and "LUTData" in seq[0]
 
