@@ -42,7 +42,7 @@ def _frames_arg(text: str) -> list[int]:
 
 
 def _cmd_synth(args: argparse.Namespace) -> int:
-    from tasks.synthetic import generate_dataset
+    from synth import generate_dataset
 
     frames = None
     if args.frames:

@@ -235,6 +235,48 @@ def reduced_shape(rows: int, columns: int, level: int, *, x0: int = 0, y0: int =
             math.ceil((x0 + columns) / step) - math.ceil(x0 / step))
 
 
+class _MemoryStream:
+    """An OpenJPEG input stream over bytes in memory, with the decoder's error messages.
+
+    Python callbacks are called a handful of times per frame (1 MiB chunks), so they cost
+    microseconds. The object holds the ctypes callbacks, so they live as long as it does.
+    """
+
+    def __init__(self, codestream: bytes) -> None:
+        self.data = bytes(codestream)
+        self.size = len(self.data)
+        self.pos = 0
+        self.errors: list[str] = []
+        # The bytes object's own buffer (immutable, alive as long as self): no copy.
+        self.base = ctypes.cast(ctypes.c_char_p(self.data), c_void_p).value or 0
+        self.callbacks = (_READ_FN(self.read), _SKIP_FN(self.skip), _SEEK_FN(self.seek),
+                          _MSG_FN(self.on_error))
+
+    def read(self, dest: int, n: int, _user: int) -> int:
+        if self.pos >= self.size:
+            return c_size_t(-1).value
+        n = min(n, self.size - self.pos)
+        ctypes.memmove(dest, self.base + self.pos, n)
+        self.pos += n
+        return n
+
+    def skip(self, n: int, _user: int) -> int:
+        if self.pos + n > self.size or self.pos + n < 0:
+            self.pos = self.size
+            return -1
+        self.pos += n
+        return n
+
+    def seek(self, n: int, _user: int) -> int:
+        if n < 0 or n > self.size:
+            return 0
+        self.pos = n
+        return 1
+
+    def on_error(self, msg: bytes, _user: int) -> None:
+        self.errors.append(msg.decode(errors="replace").strip())
+
+
 def decode(codestream: bytes, *, level: int = 0,
            area: tuple[int, int, int, int] | None = None) -> tuple[np.ndarray, int, bool]:
     """Decode component 0 of a codestream, discarding ``level`` resolution levels.
@@ -255,43 +297,9 @@ def decode(codestream: bytes, *, level: int = 0,
     lib, why = _library()
     if lib is None:
         raise J2KError(f"reduced JPEG 2000 decoding unavailable: {why}")
-    data = bytes(codestream)
-    size = len(data)
-    fmt = _CODEC_JP2 if data.startswith(_JP2_SIGNATURE) else _CODEC_J2K
-    state = {"pos": 0}
-    errors: list[str] = []
-    # The bytes object's own buffer (immutable, alive for the whole call): no copy.
-    base = ctypes.cast(ctypes.c_char_p(data), c_void_p).value or 0
-
-    # The stream reads from the bytes in memory; Python callbacks are called a handful of
-    # times per frame (1 MiB chunks), so they cost microseconds.
-    def read(dest: int, n: int, _user: int) -> int:
-        pos = state["pos"]
-        if pos >= size:
-            return c_size_t(-1).value
-        n = min(n, size - pos)
-        ctypes.memmove(dest, base + pos, n)
-        state["pos"] = pos + n
-        return n
-
-    def skip(n: int, _user: int) -> int:
-        pos = state["pos"]
-        if pos + n > size or pos + n < 0:
-            state["pos"] = size
-            return -1
-        state["pos"] = pos + n
-        return n
-
-    def seek(n: int, _user: int) -> int:
-        if n < 0 or n > size:
-            return 0
-        state["pos"] = n
-        return 1
-
-    def on_error(msg: bytes, _user: int) -> None:
-        errors.append(msg.decode(errors="replace").strip())
-
-    callbacks = (_READ_FN(read), _SKIP_FN(skip), _SEEK_FN(seek), _MSG_FN(on_error))
+    source = _MemoryStream(codestream)
+    size, errors, callbacks = source.size, source.errors, source.callbacks
+    fmt = _CODEC_JP2 if source.data.startswith(_JP2_SIGNATURE) else _CODEC_J2K
     codec = stream = None
     image = POINTER(_Image)()
     try:

@@ -22,7 +22,7 @@ from typing import Any, Callable
 import numpy as np
 import pytest
 
-from tasks.synthetic import write_dbt_dicom
+from synth import write_dbt_dicom
 
 
 def breast_phantom(

@@ -142,7 +142,7 @@ def _difference(a: np.ndarray, b: np.ndarray, mask: np.ndarray) -> tuple[float, 
 @pytest.fixture(scope="module")
 def full_size_frame(tmp_path_factory) -> Path:
     """One full-size (2457 x 1890) synthetic DBT frame, as `tomoflow synth --full-size` writes."""
-    from tasks.synthetic import generate_dataset
+    from synth import generate_dataset
 
     root = tmp_path_factory.mktemp("full-size")
     generate_dataset(root, patients=1, seed=5, full_size=True, frames=(1, 1), reports=False)
@@ -166,17 +166,19 @@ def test_reduced_decode_quality_on_a_full_size_frame(full_size_frame, size, view
 
 def test_one_level_coarser_breaks_the_bound_at_224(full_size_frame):
     """Why MAX_DECODE_LEVEL is 2: 3 levels (308 x 237, still >= 224) exceed the bound."""
-    from tasks.dicom import _read_header, _render
     from pydicom.encaps import get_frame
 
-    header = _read_header(full_size_frame)
+    from tasks.dicom_header import read_header
+    from tasks.dicom_render import render
+
+    header = read_header(full_size_frame)
     info = header.info
     with open(full_size_frame, "rb") as fh:
         fh.seek(header.pixels_at)
         stream = get_frame(fh, 0, number_of_frames=info.n_frames)
     (full,) = read_frames(full_size_frame, [0], image_size=224, full_resolution=True)
     raw = j2k.to_stored(*j2k.decode(stream, level=3), info.pixel_representation)
-    image = _render(raw, header.ds, 0, info)[0]
+    image = render(raw, header.ds, 0, info)[0]
     out = letterbox(image, 224, native_shape=(info.rows, info.columns), level=3)[0]
     mean, p999 = _difference(out, full.image, _breast_mask(full.image))
     assert mean > 1.0 or p999 > 4.0

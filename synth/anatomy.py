@@ -1,0 +1,143 @@
+"""The anatomy of one synthetic volume and where its lesions sit (drawn, not yet rendered).
+
+Each volume's anatomy and lesions come from a generator of its own (``[seed, 1, index]``),
+so a volume's pixels do not depend on how many volumes came before it. Box coordinates
+are in the oriented frame (breast against the chest-wall edge of the view's side).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+if TYPE_CHECKING:  # the plan holds volumes; a volume's anatomy is planned here
+    from synth.plan import Volume
+
+
+@dataclass
+class Lesion:
+    """One lesion: its box (oriented frame), class, and the shape of its profile."""
+
+    slice: int
+    x: int
+    y: int
+    width: int
+    height: int
+    cls: str
+    ad: int
+    amplitude: float
+    sigma_z: float
+    spiculated: bool
+    lobes: int
+    lobe_amp: float
+    phase: float
+    spicule_angles: tuple[float, ...]
+    spicule_lengths: tuple[float, ...]
+
+
+@dataclass
+class Breast:
+    """Anatomy of one volume in the oriented frame (chest wall on the view's side)."""
+
+    cy: float  # centre row of the half-ellipse
+    ay: float  # vertical semi-axis (pixels)
+    ax: float  # horizontal semi-axis, from the chest wall (pixels)
+    base: float  # mean tissue value
+    amp: float  # texture amplitude
+    pect_w: float  # pectoral triangle width along the top edge (0 for CC)
+    pect_h: float  # pectoral triangle height along the chest wall
+    pect_amp: float
+    noise: float
+
+    def ellipse(self, y: np.ndarray, dx: np.ndarray) -> np.ndarray:
+        """Normalised radius (1 on the skin line) at rows ``y``, ``dx`` px from the chest wall."""
+        return np.sqrt(((y - self.cy) / self.ay) ** 2 + (dx / self.ax) ** 2)
+
+    def in_pectoral(self, y: float, dx: float) -> bool:
+        return self.pect_w > 0 and dx / self.pect_w + y / self.pect_h < 1.0
+
+
+def round_half_up(x: float) -> int:
+    """Round .5 up (numpy's ``round`` rounds half to even, which would change the counts)."""
+    return int(np.floor(x + 0.5))
+
+
+def _place_box(
+    rng: np.random.Generator,
+    breast: Breast,
+    rows: int,
+    cols: int,
+    side: str,
+    taken: list[tuple[int, int, int, int]],
+) -> tuple[int, int, int, int] | None:
+    """A box (x, y, w, h) inside the breast, off the pectoral muscle, clear of ``taken``."""
+    frac = float(rng.uniform(0.10, 0.25))
+    aspect = float(rng.uniform(0.8, 1.25))
+    for _shrink in range(6):
+        w = max(4, round_half_up(frac * cols))
+        h = max(4, min(round_half_up(w * aspect), round_half_up(0.3 * rows)))
+        for _try in range(200):
+            x = int(rng.integers(0, cols - w + 1))
+            y = int(rng.integers(0, rows - h + 1))
+            xs = np.array([x, x + w - 1, x, x + w - 1], dtype=np.float64)
+            ys = np.array([y, y, y + h - 1, y + h - 1], dtype=np.float64)
+            dx = (cols - 1 - xs) if side == "R" else xs
+            if np.any(breast.ellipse(ys, dx) > 0.85):
+                continue
+            # The box point nearest the pectoral triangle is its top corner at the chest wall.
+            near_dx = float(dx.min())
+            if breast.in_pectoral(float(y), near_dx):
+                continue
+            if any(
+                x < tx + tw + 2 and tx < x + w + 2 and y < ty + th + 2 and ty < y + h + 2
+                for tx, ty, tw, th in taken
+            ):
+                continue
+            return x, y, w, h
+        frac *= 0.8
+    return None
+
+
+def plan_image(
+    vol: Volume, rows: int, cols: int, seed: int, lesion_classes: list[tuple[str, int]]
+) -> None:
+    """Draw the volume's anatomy and place its lesions (box coordinates are oriented)."""
+    rng = np.random.default_rng([seed, 1, vol.index])
+    mlo = vol.view.endswith("mlo")
+    breast = Breast(
+        cy=rows * (0.5 + float(rng.uniform(-0.04, 0.04))),
+        ay=rows * float(rng.uniform(0.38, 0.47)),
+        ax=cols * float(rng.uniform(0.62, 0.85)),
+        base=float(rng.uniform(240, 360)),
+        amp=float(rng.uniform(40, 70)),
+        pect_w=cols * float(rng.uniform(0.18, 0.3)) if mlo else 0.0,
+        pect_h=rows * float(rng.uniform(0.3, 0.45)) if mlo else 1.0,
+        pect_amp=float(rng.uniform(50, 90)) if mlo else 0.0,
+        noise=float(rng.uniform(1.5, 3.0)),
+    )
+    vol.breast = breast
+    taken: list[tuple[int, int, int, int]] = []
+    n = vol.n_frames
+    for cls, ad in lesion_classes:
+        box = _place_box(rng, breast, rows, cols, vol.side, taken)
+        if box is None:  # pragma: no cover - the breast always has room for a 10% box
+            raise RuntimeError(f"{vol.key}: could not place a lesion box in a {rows}x{cols} frame")
+        taken.append(box)
+        spiculated = bool(ad) or bool(rng.random() < (0.5 if cls == "cancer" else 0.1))
+        k = int(rng.integers(6, 13))
+        vol.lesions.append(
+            Lesion(
+                slice=int(rng.integers(n // 4, n - n // 4)) if n > 1 else 0,
+                x=box[0], y=box[1], width=box[2], height=box[3], cls=cls, ad=int(ad),
+                amplitude=float(rng.uniform(260, 340)) * (0.9 if ad else 1.0),
+                sigma_z=float(rng.uniform(0.9, 1.3)),
+                spiculated=spiculated,
+                lobes=int(rng.integers(3, 7)),
+                lobe_amp=float(rng.uniform(0.05, 0.1)) if cls == "cancer" else 0.02,
+                phase=float(rng.uniform(0, 2 * np.pi)),
+                spicule_angles=tuple(float(a) for a in rng.uniform(-np.pi, np.pi, k)),
+                spicule_lengths=tuple(float(s) for s in rng.uniform(0.9, 1.0, k)),
+            )
+        )
