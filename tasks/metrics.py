@@ -134,6 +134,37 @@ def _cohort_metrics(table: pd.DataFrame, threshold: float) -> dict[str, dict[str
     return out
 
 
+def _level_result(pred: pd.DataFrame, level: str, how: How, t: float, *, bootstrap: int, ci: float, seed: int,
+                  calibration_bins: int, null_draws: int) -> dict[str, Any]:
+    """One level's entry of ``metrics.json`` (see :func:`evaluate_predictions`)."""
+    table = aggregate(pred, level, how)
+    point = binary_metrics(table["label"], table["probability"], t)
+    boot = _bootstrap_table(table, level=level, how=how, threshold=t, n=bootstrap, ci=ci, seed=seed)
+    by_cohort = _cohort_metrics(table, t)
+    for name, entry in by_cohort.items():
+        entry["intervals"] = {m: boot["intervals"].get(f"{m}_{name}") for m in ("sensitivity", "roc_auc")}
+        entry["n_valid"] = {m: boot["n_valid"].get(f"{m}_{name}", 0) for m in ("sensitivity", "roc_auc")}
+    entry = {
+        "n": point["n"],
+        "n_positive": point["n_positive"],
+        "n_negative": point["n_negative"],
+        "n_predicted_positive": point["n_predicted_positive"],
+        "n_patients": int(table["patient_id"].nunique()),
+        "metrics": {m: point[m] for m in METRICS},
+        "confusion": point["confusion"],
+        "undefined": point["undefined"],
+        "intervals": {m: boot["intervals"][m] for m in METRICS},
+        "n_valid": {m: boot["n_valid"][m] for m in METRICS},
+        "by_cohort": by_cohort,
+        "calibration": calibration(table["label"], table["probability"], calibration_bins),
+    }
+    null = null_roc_auc(pred, level, how, draws=null_draws, seed=seed)
+    entry["null_roc_auc"] = null["null_roc_auc"]
+    entry["null_roc_auc_range"] = null["null_roc_auc_range"]
+    _null_verdict(entry, null)
+    return entry
+
+
 def evaluate_predictions(
     pred: pd.DataFrame,
     *,
@@ -202,33 +233,9 @@ def evaluate_predictions(
     }
     result["degenerate"], result["degenerate_reason"] = degeneracy(pred["probability"], t)
     for level in LEVELS:
-        table = aggregate(pred, level, how)
-        point = binary_metrics(table["label"], table["probability"], t)
-        boot = _bootstrap_table(table, level=level, how=how, threshold=t, n=int(bootstrap), ci=ci, seed=seed)
-        by_cohort = _cohort_metrics(table, t)
-        for name, entry in by_cohort.items():
-            entry["intervals"] = {m: boot["intervals"].get(f"{m}_{name}") for m in ("sensitivity", "roc_auc")}
-            entry["n_valid"] = {m: boot["n_valid"].get(f"{m}_{name}", 0) for m in ("sensitivity", "roc_auc")}
-        result["n"][level] = point["n"]
-        result["levels"][level] = {
-            "n": point["n"],
-            "n_positive": point["n_positive"],
-            "n_negative": point["n_negative"],
-            "n_predicted_positive": point["n_predicted_positive"],
-            "n_patients": int(table["patient_id"].nunique()),
-            "metrics": {m: point[m] for m in METRICS},
-            "confusion": point["confusion"],
-            "undefined": point["undefined"],
-            "intervals": {m: boot["intervals"][m] for m in METRICS},
-            "n_valid": {m: boot["n_valid"][m] for m in METRICS},
-            "by_cohort": by_cohort,
-            "calibration": calibration(table["label"], table["probability"], calibration_bins),
-        }
-        null = null_roc_auc(pred, level, how, draws=null_draws, seed=seed)
-        entry = result["levels"][level]
-        entry["null_roc_auc"] = null["null_roc_auc"]
-        entry["null_roc_auc_range"] = null["null_roc_auc_range"]
-        _null_verdict(entry, null)
+        result["levels"][level] = _level_result(pred, level, how, t, bootstrap=int(bootstrap), ci=ci, seed=seed,
+                                                calibration_bins=calibration_bins, null_draws=null_draws)
+        result["n"][level] = result["levels"][level]["n"]
     return result
 
 

@@ -175,7 +175,7 @@ def binary_metrics(
         ValueError: Labels other than 0/1, probabilities outside [0, 1] or not finite,
             unequal lengths, or a threshold outside [0, 1].
     """
-    from sklearn.metrics import brier_score_loss, confusion_matrix, f1_score, roc_auc_score  # heavy: on use
+    from sklearn.metrics import brier_score_loss, confusion_matrix  # heavy: on use
 
     t = _check_threshold(threshold)
     y, p = _as_arrays(labels, probabilities)
@@ -194,35 +194,7 @@ def binary_metrics(
     else:
         values["accuracy"] = (tp + tn) / n
         values["brier"] = float(brier_score_loss(y, p))
-        no_pos = f"no {positives} cases"
-        no_neg = "no negative (normal) cases"
-        if n_pos:
-            values["sensitivity"] = tp / n_pos
-        else:
-            undefined["sensitivity"] = f"{no_pos} in this split"
-        if n_neg:
-            values["specificity"] = tn / n_neg
-        else:
-            undefined["specificity"] = f"{no_neg} in this split"
-        if n_pos and n_neg:
-            values["roc_auc"] = float(roc_auc_score(y, p))
-        else:
-            undefined["roc_auc"] = (
-                f"ROC AUC needs both {positives} and negative (normal) cases; "
-                f"there are {no_pos if not n_pos else no_neg} in this split"
-            )
-        if tp + fp:
-            values["ppv"] = tp / (tp + fp)
-        else:
-            undefined["ppv"] = f"no case was called positive at threshold {t:g}"
-        if tn + fn:
-            values["npv"] = tn / (tn + fn)
-        else:
-            undefined["npv"] = f"no case was called negative at threshold {t:g}"
-        if tp + fp + fn:
-            values["f1"] = float(f1_score(y, called, labels=[0, 1], pos_label=1, zero_division=0.0))
-        else:
-            undefined["f1"] = f"{no_pos} in this split and none called positive (F1 is 0/0)"
+        _rates(values, undefined, y, p, called, (tn, fp, fn, tp), t, positives)
     result: dict[str, Any] = {m: (None if values[m] is None else float(values[m])) for m in METRICS}
     result.update(
         confusion={"tn": tn, "fp": fp, "fn": fn, "tp": tp},
@@ -234,6 +206,44 @@ def binary_metrics(
         undefined=undefined,
     )
     return result
+
+
+def _rates(values: dict[str, float | None], undefined: dict[str, str], y: np.ndarray, p: np.ndarray,
+           called: np.ndarray, confusion: tuple[int, int, int, int], t: float, positives: str) -> None:
+    """Fill ``values`` with the rates that are defined and ``undefined`` with why the others are not."""
+    from sklearn.metrics import f1_score, roc_auc_score  # heavy: on use
+
+    tn, fp, fn, tp = confusion
+    n_pos, n_neg = int(y.sum()), int(y.size - y.sum())
+    no_pos = f"no {positives} cases"
+    no_neg = "no negative (normal) cases"
+    if n_pos:
+        values["sensitivity"] = tp / n_pos
+    else:
+        undefined["sensitivity"] = f"{no_pos} in this split"
+    if n_neg:
+        values["specificity"] = tn / n_neg
+    else:
+        undefined["specificity"] = f"{no_neg} in this split"
+    if n_pos and n_neg:
+        values["roc_auc"] = float(roc_auc_score(y, p))
+    else:
+        undefined["roc_auc"] = (
+            f"ROC AUC needs both {positives} and negative (normal) cases; "
+            f"there are {no_pos if not n_pos else no_neg} in this split"
+        )
+    if tp + fp:
+        values["ppv"] = tp / (tp + fp)
+    else:
+        undefined["ppv"] = f"no case was called positive at threshold {t:g}"
+    if tn + fn:
+        values["npv"] = tn / (tn + fn)
+    else:
+        undefined["npv"] = f"no case was called negative at threshold {t:g}"
+    if tp + fp + fn:
+        values["f1"] = float(f1_score(y, called, labels=[0, 1], pos_label=1, zero_division=0.0))
+    else:
+        undefined["f1"] = f"{no_pos} in this split and none called positive (F1 is 0/0)"
 
 
 # --------------------------------------------------------------------------------------
