@@ -148,7 +148,7 @@ def write_report(
         "audit": data.leak_audit(cohort_summary),
         "gradcam": data.gradcam(metrics, examples),
         "undefined": sections.undefined_notes(metrics),
-        "settings": sections.configuration(config, metrics),
+        "settings": data.configuration(config, metrics),
     }
     return atomic_write_text(out, render_report(context))
 

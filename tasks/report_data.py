@@ -1,7 +1,7 @@
 """What ``report.html`` says about the data and the model's evidence: plain values for the template.
 
 The cohort flow (what the CSVs list, what the manifest holds), the leak audit of the splits,
-and the Grad-CAM examples with the localisation and occlusion checks. Like
+the Grad-CAM examples with the localisation and occlusion checks, and the run's settings. Like
 :mod:`tasks.report_sections`, nothing here writes HTML; ``templates/report.html.j2`` escapes
 every value.
 """
@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 
 from tasks import report_figures as figures
-from tasks.report_sections import KIND_TEXT
+from tasks.report_sections import KIND_TEXT, n_resamples
 from tasks.schema import COHORTS, SPLITS
 
 
@@ -160,3 +160,26 @@ def gradcam(metrics: Mapping[str, Any], examples: Sequence[Mapping[str, Any]]) -
         "kinds": [(kind, KIND_TEXT[kind], [example(e) for e in examples if e.get("kind") == kind])
                   for kind in ("TP", "FP", "FN")] if examples else [],
     }
+
+
+def _flatten_settings(value: Any, prefix: str = "") -> list[tuple[str, Any]]:
+    """Nested settings as ``("train.model.model", "vgg16")`` rows; lists joined, ``None`` as ``"none"``."""
+    if isinstance(value, Mapping):
+        out: list[tuple[str, Any]] = []
+        for key in sorted(value, key=str):
+            out += _flatten_settings(value[key], f"{prefix}.{key}" if prefix else str(key))
+        return out
+    if isinstance(value, (list, tuple)):
+        return [(prefix, ", ".join(str(v) for v in value))]
+    return [(prefix, "none" if value is None else value)]
+
+
+def configuration(config: Mapping[str, Any], metrics: Mapping[str, Any]) -> list[tuple[str, Any]]:
+    """The settings the run was trained and evaluated with, one row each."""
+    return _flatten_settings(config) + [
+        ("evaluation.threshold", metrics.get("threshold")),
+        ("evaluation.aggregate", metrics.get("aggregate")),
+        ("evaluation.ci", metrics.get("ci")),
+        ("evaluation.bootstrap", n_resamples(metrics)),
+        ("evaluation.bootstrap_seed", (metrics.get("bootstrap") or {}).get("seed")),
+    ]

@@ -383,26 +383,3 @@ def undefined_notes(metrics: Mapping[str, Any]) -> list[tuple[str, str, str]]:
             for metric, why in (sub.get("undefined") or {}).items():
                 items.append((level, f"{cohort} {_lower_name(metric)}", why))
     return items
-
-
-def _flatten_settings(value: Any, prefix: str = "") -> list[tuple[str, Any]]:
-    """Nested settings as ``("train.model.model", "vgg16")`` rows; lists joined, ``None`` as ``"none"``."""
-    if isinstance(value, Mapping):
-        out: list[tuple[str, Any]] = []
-        for key in sorted(value, key=str):
-            out += _flatten_settings(value[key], f"{prefix}.{key}" if prefix else str(key))
-        return out
-    if isinstance(value, (list, tuple)):
-        return [(prefix, ", ".join(str(v) for v in value))]
-    return [(prefix, "none" if value is None else value)]
-
-
-def configuration(config: Mapping[str, Any], metrics: Mapping[str, Any]) -> list[tuple[str, Any]]:
-    """The settings the run was trained and evaluated with, one row each."""
-    return _flatten_settings(config) + [
-        ("evaluation.threshold", metrics.get("threshold")),
-        ("evaluation.aggregate", metrics.get("aggregate")),
-        ("evaluation.ci", metrics.get("ci")),
-        ("evaluation.bootstrap", n_resamples(metrics)),
-        ("evaluation.bootstrap_seed", (metrics.get("bootstrap") or {}).get("seed")),
-    ]
