@@ -286,12 +286,14 @@ def test_report_escapes_text_from_the_data(tmp_path: Path) -> None:
 
 
 def test_templates_ship_as_package_data() -> None:
-    """``pip install`` must carry the template: pyproject lists it as package data of ``tasks``."""
+    """``pip install`` must carry the template: pyproject lists tasks.templates and its files."""
     import tomllib
     from fnmatch import fnmatch
 
     root = Path(__file__).resolve().parents[2]
-    patterns = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]["tasks"]
-    shipped = sorted(p.relative_to(root / "tasks").as_posix() for p in (root / "tasks" / "templates").iterdir())
-    assert "templates/report.html.j2" in shipped
+    setuptools = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]
+    assert "tasks.templates" in setuptools["packages"]
+    patterns = setuptools["package-data"]["tasks.templates"]
+    shipped = sorted(p.name for p in (root / "tasks" / "templates").iterdir() if p.is_file())
+    assert "report.html.j2" in shipped
     assert all(any(fnmatch(name, pat) for pat in patterns) for name in shipped)
