@@ -92,7 +92,7 @@ def write_report(metrics: str, predictions: str, checkpoint: str, manifest: str,
     from models.gradcam import gradcam_examples
     from models.train import load_classifier, resolve_device
     from tasks.metrics import chance_losses
-    from tasks.report import write_report as render
+    from tasks.html_report import write_report as render
 
     run = Path(cfg.run_dir)
     pred = pd.read_parquet(predictions)
@@ -125,7 +125,7 @@ def evaluate_model(config: EvaluateConfig = EvaluateConfig()) -> dict[str, str]:
         Paths of ``predictions`` (predictions.parquet), ``metrics`` (metrics.json) and
         ``report`` (report.html).
     """
-    from tasks.report import metrics_table, summary_markdown
+    from tasks.html_report import metrics_table, summary_markdown
 
     logger = get_run_logger()
     checkpoint, manifest, out, train_conf = _inputs(config)

@@ -74,7 +74,7 @@ def pipeline_summary_markdown(metrics: Mapping[str, Any], *, run_name: str, repo
         curves_png: The PNG itself, embedded as a data URI when there is no address.
         note: A note to show first (e.g. trained from scratch).
     """
-    from tasks.report import summary_markdown
+    from tasks.html_report import summary_markdown
 
     lines = [f"# {run_name}", ""]
     if note:

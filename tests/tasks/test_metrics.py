@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 
 import tasks.metrics as metrics_mod
+import tasks.metrics_bootstrap as bootstrap_mod
 from tasks.metrics import (
     METRICS,
     aggregate,
@@ -177,13 +178,13 @@ def _patients(n_pos: int, n_neg: int, seed: int = 0, slices_per: int = 3) -> pd.
 def test_bootstrap_draws_patients_not_rows(monkeypatch: pytest.MonkeyPatch) -> None:
     pred = _patients(4, 6, slices_per=5)  # 50 rows, 10 patients
     sizes: list[int] = []
-    real = metrics_mod._draw_patients
+    real = bootstrap_mod._draw_patients
 
     def spy(rng: np.random.Generator, n_patients: int) -> np.ndarray:
         sizes.append(n_patients)
         return real(rng, n_patients)
 
-    monkeypatch.setattr(metrics_mod, "_draw_patients", spy)
+    monkeypatch.setattr(bootstrap_mod, "_draw_patients", spy)
     bootstrap_intervals(pred, "slice", "max", 0.5, n=25, ci=0.95, seed=1)
     assert sizes == [10] * 25
 

@@ -15,7 +15,7 @@ import pytest
 from PIL import Image
 
 from tasks.metrics import LEVELS, METRICS, POSITIVE_COHORTS, evaluate_predictions
-from tasks.report import SECTION_HEADINGS, metrics_table, summary_markdown, write_report
+from tasks.html_report import SECTION_HEADINGS, metrics_table, summary_markdown, write_report
 
 COHORT_SUMMARY: dict[str, Any] = {
     "audit": {
@@ -239,7 +239,7 @@ def test_learning_curves_mark_chance_and_keep_an_extreme_epoch_off_scale(tmp_pat
     curves = _section_text(text, "learning-curves")
     assert "train 0.394" in curves and "validation 0.410" in curves and "learned nothing" in curves
     assert "off the scale" in curves and "epoch 1 validation loss 18" in curves
-    from tasks.report import _loss_top
+    from tasks.report_figures import _loss_top
 
     assert _loss_top(history[["train_loss", "val_loss"]].to_numpy().ravel(), 0.41) < 18.0
     assert _loss_top(HISTORY[["train_loss", "val_loss"]].to_numpy().ravel(), 0.41) is None
@@ -267,3 +267,33 @@ def test_gradcam_resolution_occlusion_and_cohort_flow_from_the_manifest(tmp_path
     used = flow.split("Used in this run", 1)[1].split("</table>", 1)[0]
     assert "<td>normal</td><td class=\"num\">2</td>" in used and "patients eligible" in flow
     assert flow.index("Used in this run") < flow.index("before slice selection")
+
+
+def test_report_escapes_text_from_the_data(tmp_path: Path) -> None:
+    """The template autoescapes: an id, a reject reason or a weights path cannot inject markup."""
+    pred = _predictions()
+    metrics = evaluate_predictions(pred, bootstrap=0, null_draws=5)
+    metrics["degenerate"], metrics["degenerate_reason"] = True, "all <b>equal</b>"
+    examples = [dict(_examples()[0], ids={"patient_id": "<script>alert(1)</script>", "slice_index": 2})]
+    summary = dict(COHORT_SUMMARY, rejects={"bad <i>header</i> & more": 2})
+    config = {"model": {"model": "vgg16", "weights": "/w/<x>.pth"}, "train": {}}
+    text = write_report(tmp_path, metrics=metrics, history=None, cohort_summary=summary, config=config,
+                        predictions=None, examples=examples).read_text(encoding="utf-8")
+    assert "<script" not in text and "&lt;script&gt;alert(1)&lt;/script&gt; / slice 2" in text
+    assert "bad &lt;i&gt;header&lt;/i&gt; &amp; more" in text
+    assert "all &lt;b&gt;equal&lt;/b&gt;. None of the figures below" in text
+    assert "<code>/w/&lt;x&gt;.pth</code>" in text
+
+
+def test_templates_ship_as_package_data() -> None:
+    """``pip install`` must carry the template: pyproject lists tasks.templates and its files."""
+    import tomllib
+    from fnmatch import fnmatch
+
+    root = Path(__file__).resolve().parents[2]
+    setuptools = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]
+    assert "tasks.templates" in setuptools["packages"]
+    patterns = setuptools["package-data"]["tasks.templates"]
+    shipped = sorted(p.name for p in (root / "tasks" / "templates").iterdir() if p.is_file())
+    assert "report.html.j2" in shipped
+    assert all(any(fnmatch(name, pat) for pat in patterns) for name in shipped)

@@ -6,7 +6,7 @@ import re
 from pathlib import Path
 
 from tasks.metrics import evaluate_predictions
-from tasks.report import _training_text, write_report
+from tasks.html_report import write_report
 from tests.tasks.test_report import COHORT_SUMMARY, HISTORY, _predictions
 
 SCRATCH = {"train": {"model": {"model": "vgg16_bn", "weights": "none"},
@@ -34,13 +34,22 @@ def test_summary_names_scratch_training_and_per_image_figures(tmp_path: Path) ->
     assert f"ROC AUC {image['metrics']['roc_auc']:.3f}" in summary
 
 
-def test_training_text_for_transfer_learning_and_a_weights_file() -> None:
+def _training_text(config: dict, tmp_path: Path) -> str:
+    """The summary's model paragraph (``<p class="meta">Model: ...</p>``), or ``""``."""
+    metrics = evaluate_predictions(_predictions(), bootstrap=0, null_draws=5)
+    html = write_report(tmp_path / "run", metrics=metrics, history=None, cohort_summary=None, config=config,
+                        predictions=None, examples=[]).read_text(encoding="utf-8")
+    found = re.search(r'<p class="meta">Model: .*?</p>', _summary_section(html))
+    return found.group(0) if found else ""
+
+
+def test_training_text_for_transfer_learning_and_a_weights_file(tmp_path: Path) -> None:
     imagenet = {"train": {"model": {"model": "vgg16", "weights": "imagenet"},
                           "train": {"optimizer": "adam", "lr": 0.001}}}
-    text = _training_text(imagenet)
+    text = _training_text(imagenet, tmp_path)
     assert "Model: VGG16, <strong>fine-tuned from ImageNet weights</strong> (transfer learning); Adam, " \
            "learning rate 0.001." in text
     assert "scratch" not in text and "BatchNorm" not in text
-    own = _training_text({"model": {"model": "inception_v3", "weights": "/w/mine.pth"}, "train": {}})
+    own = _training_text({"model": {"model": "inception_v3", "weights": "/w/mine.pth"}, "train": {}}, tmp_path)
     assert "Inception v3" in own and "<code>/w/mine.pth</code>" in own
-    assert _training_text({"evaluate": {}}) == ""
+    assert _training_text({"evaluate": {}}, tmp_path) == ""
