@@ -19,7 +19,9 @@ from tasks.schema import BY_DESIGN_REASONS, VOLUME_KEY
 
 logger = logging.getLogger("tasks.cohorts")  # the name the logs have always carried
 
+
 KEY: list[str] = list(VOLUME_KEY)
+
 
 def reject_reason(text: object) -> str:
     """An extraction record's reject text as ``code: detail`` (``missing-file``, ``unreadable``).

@@ -51,13 +51,17 @@ VOLUME_COLUMNS: list[str] = [
     "excluded_reason",
 ]
 
+
 # --------------------------------------------------------------------------- cohorts
+
 
 def _key_strings(frame: pd.DataFrame) -> list[str]:
     return frame[KEY].astype(str).agg("/".join, axis=1).tolist()
 
+
 def _label_for(cohorts: pd.Series) -> pd.Series:
     return cohorts.map(COHORT_LABEL).astype("Int8")
+
 
 def cohorts_from_labels(labels: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
     """One cohort per volume from the labels table.
@@ -123,6 +127,7 @@ def cohorts_from_labels(labels: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFram
     kept["n_flags"] = n_flags[~none].astype("int64")
     return kept[COHORT_COLUMNS], rejects[LABEL_REJECT_COLUMNS]
 
+
 def cohorts_from_reports(studies: pd.DataFrame, file_paths: pd.DataFrame) -> pd.DataFrame:
     """Per-volume cohorts from report-derived study cohorts (:func:`tasks.report_filter.study_cohorts`).
 
@@ -153,6 +158,7 @@ def cohorts_from_reports(studies: pd.DataFrame, file_paths: pd.DataFrame) -> pd.
     out["cohort_source"] = "reports"
     out["n_flags"] = pd.array([pd.NA] * len(out), dtype="Int64")
     return out[COHORT_COLUMNS].sort_values(KEY, kind="stable").reset_index(drop=True)
+
 
 def combine_cohorts(sources: Sequence[pd.DataFrame]) -> tuple[pd.DataFrame, dict[str, int]]:
     """Merge cohort sources (labels, reports, ...) into one cohort per volume.
@@ -237,7 +243,9 @@ def combine_cohorts(sources: Sequence[pd.DataFrame]) -> tuple[pd.DataFrame, dict
     combined["sources"] = pd.Series(["+".join(n for n, p in zip(names, row) if p) for row in present], dtype="str")
     return combined[[*COHORT_COLUMNS, "sources"]], dict(sorted(disagreements.items()))
 
+
 # --------------------------------------------------------------------------- volume table
+
 
 def build_volume_table(
     file_paths: pd.DataFrame,
@@ -319,8 +327,10 @@ def build_volume_table(
     columns = [*VOLUME_COLUMNS, *(["csv_split"] if "csv_split" in table.columns else [])]
     return table.sort_values(KEY, kind="stable").reset_index(drop=True)[columns]
 
+
 def _count(series: pd.Series) -> dict[str, int]:
     return {str(k): int(v) for k, v in series.value_counts(dropna=False).sort_index().items()}
+
 
 def volume_counts(volumes: pd.DataFrame) -> dict[str, object]:
     """Counts for the audit trail: volumes and patients per cohort, exclusions per reason.
