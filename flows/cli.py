@@ -203,14 +203,8 @@ def _cmd_experiments(args: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The argument parser of the ``tomoflow`` command."""
-    parser = argparse.ArgumentParser(
-        prog="tomoflow",
-        description="Breast tomosynthesis (BCS-DBT) to a trained tumour classifier, as Prefect flows.",
-    )
-    sub = parser.add_subparsers(dest="command", required=True)
-
+def _add_synth(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
+    """The ``tomoflow synth`` command."""
     p = sub.add_parser("synth", help="write a synthetic, BCS-DBT-shaped dataset")
     p.add_argument("out", type=Path, help="output folder")
     p.add_argument("--patients", type=int, default=40, help="number of patients (default 40)")
@@ -224,6 +218,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-reports", action="store_true", help="do not write reports.csv")
     p.set_defaults(func=_cmd_synth)
 
+
+def _add_export_slices(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
+    """The ``tomoflow export-slices`` command."""
     p = sub.add_parser("export-slices", help="write frames of one DICOM as 8-bit PNGs")
     p.add_argument("file", type=Path, help="a DICOM file")
     p.add_argument("--out", type=Path, required=True, help="output folder for NNNN.png files")
@@ -236,6 +233,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "stored resolution level that covers --image-size)")
     p.set_defaults(func=_cmd_export_slices)
 
+
+def _add_prepare(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
+    """The ``tomoflow prepare`` command."""
     p = sub.add_parser("prepare", help="run the prepare-data flow: cohorts, slices, splits, manifest")
     opt = functools.partial(config_option, p, command="prepare")
     opt("--data-root", type=Path, required=True)
@@ -253,6 +253,9 @@ def build_parser() -> argparse.ArgumentParser:
     opt("--reports-encoding", default=None)
     p.set_defaults(func=_cmd_prepare)
 
+
+def _add_train(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
+    """The ``tomoflow train`` command."""
     p = sub.add_parser("train", help="run the train-classifier flow on a prepared manifest")
     opt = functools.partial(config_option, p, command="train")
     opt("--manifest", type=Path, required=True)
@@ -276,6 +279,9 @@ def build_parser() -> argparse.ArgumentParser:
     opt("--balance", action="store_true")
     p.set_defaults(func=_cmd_train)
 
+
+def _add_evaluate(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
+    """The ``tomoflow evaluate`` command."""
     p = sub.add_parser("evaluate", help="run the evaluate-model flow on a training run")
     opt = functools.partial(config_option, p, command="evaluate")
     opt("--run", type=Path, required=True, note="tomoflow train --out RUN.")
@@ -289,12 +295,18 @@ def build_parser() -> argparse.ArgumentParser:
     opt("--device", default="auto")
     p.set_defaults(func=_cmd_evaluate)
 
+
+def _add_run(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
+    """The ``tomoflow run`` command."""
     p = sub.add_parser("run", help="run the whole tomoflow-pipeline flow (prepare, train, evaluate)")
     p.add_argument("--data-root", type=Path, required=True)
     p.add_argument("--out", type=Path, required=True, help="output root")
     p.add_argument("--preset", default=None, help="a preset from configs/ (e.g. demo, m1-baseline)")
     p.set_defaults(func=_cmd_run)
 
+
+def _add_experiments(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
+    """The ``tomoflow experiments`` command."""
     p = sub.add_parser("experiments", help="run the study's experiment presets and compare them")
     p.add_argument("--data-root", type=Path, required=True)
     p.add_argument("--out", type=Path, required=True, help="output root; comparison.md and .csv go here")
@@ -302,6 +314,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="run only this preset (repeatable); default: the study's sequence")
     p.set_defaults(func=_cmd_experiments)
 
+
+def _add_demo(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
+    """The ``tomoflow demo`` command."""
     p = sub.add_parser("demo", help="the whole pipeline on a small synthetic dataset (CPU)")
     p.add_argument("--out", type=Path, default=Path("demo-output"), help="output folder")
     p.add_argument("--patients", type=int, default=100, help="synthetic patients (default 100)")
@@ -312,6 +327,24 @@ def build_parser() -> argparse.ArgumentParser:
                    help="ignored, kept for compatibility: configs/demo.yaml sets the image sizes "
                         "(96 px PNGs, 64 px network input)")
     p.set_defaults(func=_cmd_demo)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of the ``tomoflow`` command."""
+    parser = argparse.ArgumentParser(
+        prog="tomoflow",
+        description="Breast tomosynthesis (BCS-DBT) to a trained tumour classifier, as Prefect flows.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    _add_synth(sub)
+    _add_export_slices(sub)
+    _add_prepare(sub)
+    _add_train(sub)
+    _add_evaluate(sub)
+    _add_run(sub)
+    _add_experiments(sub)
+    _add_demo(sub)
     return parser
 
 

@@ -41,7 +41,7 @@ from torchvision.transforms.v2 import InterpolationMode
 
 from tasks.config import AugmentConfig
 from tasks.io import atomic_write_bytes, atomic_write_parquet
-from tasks.manifest import MANIFEST_COLUMNS
+from tasks.schema import MANIFEST_COLUMNS
 
 __all__ = [
     "BALANCED_MANIFEST_NAME",

@@ -15,9 +15,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from tasks.config import SlicesConfig
 from tasks.frame_rules import FrameRule, resolve_frames, stable_seed, volume_key  # noqa: F401 - re-exported
 from tasks.paths import PATH_HOW, VolumeResolver, na_variants  # noqa: F401 - re-export for tasks.extract, bench
-from tasks.schema import STRATEGIES, VOLUME_KEY, Strategy
+from tasks.schema import STRATEGIES, VOLUME_KEY, Strategy  # noqa: F401 - STRATEGIES re-exported
 
 logger = logging.getLogger(__name__)
 
@@ -30,11 +31,13 @@ PLAN_COLUMNS: list[str] = [*KEY, "cohort", "label", "frames_rule", "n_boxes", "b
 BOX_FIELDS: tuple[str, ...] = ("slice", "x", "y", "width", "height", "box_class", "ad", "volume_slices")
 
 
-def _box_records(boxes_for_volume: Any) -> list[dict[str, Any]]:
-    if boxes_for_volume is None:
+def box_records(boxes_for_volume: Any) -> list[dict[str, Any]]:
+    """A volume's boxes as dicts, from a plan row's ``boxes`` JSON (empty or null: none), a
+    list of dicts or a DataFrame."""
+    if boxes_for_volume is None or (isinstance(boxes_for_volume, float) and np.isnan(boxes_for_volume)):
         return []
     if isinstance(boxes_for_volume, str):
-        return list(json.loads(boxes_for_volume))
+        return list(json.loads(boxes_for_volume)) if boxes_for_volume else []
     if isinstance(boxes_for_volume, pd.DataFrame):
         return boxes_for_volume.to_dict("records")
     return [dict(b) for b in boxes_for_volume]
@@ -55,7 +58,7 @@ def frame_boxes(boxes_for_volume: Any, frame: int, lesion_window: int) -> list[d
     """
     if lesion_window < 0:
         raise ValueError(f"lesion_window must be >= 0, got {lesion_window}")
-    return [b for b in _box_records(boxes_for_volume) if abs(int(frame) - int(b["slice"])) <= lesion_window]
+    return [b for b in box_records(boxes_for_volume) if abs(int(frame) - int(b["slice"])) <= lesion_window]
 
 
 # --------------------------------------------------------------------------- selection
@@ -92,12 +95,72 @@ def lesion_frames(boxes_for_volume: Any, lesion_window: int) -> list[int]:
     :func:`resolve_frames` then rejects frames beyond the file's frame count.
     """
     frames: set[int] = set()
-    for box in _box_records(boxes_for_volume):
+    for box in box_records(boxes_for_volume):
         centre = int(box["slice"])
         last = box.get("volume_slices")
         high = centre + lesion_window if last is None else min(centre + lesion_window, int(last) - 1)
         frames.update(range(max(0, centre - lesion_window), high + 1))
     return sorted(frames)
+
+
+def _volume_rules(
+    keys: list[tuple[str, str, str]], label: np.ndarray, by_volume: dict[tuple[str, str, str], list[dict[str, Any]]],
+    *, strategy: Strategy, normal_rule: FrameRule, lesion_window: int,
+) -> list[FrameRule | None]:
+    """Each used volume's rule under ``strategy`` (None: not planned, or chosen later for single-slice)."""
+    rules: list[FrameRule | None] = []
+    unboxed: list[str] = []
+    for key, y in zip(keys, label):
+        vol_boxes = by_volume.get(key, [])
+        if y == 0:
+            rules.append(None if strategy == "single-slice" else normal_rule)
+        elif strategy == "all-slices":
+            rules.append(FrameRule.all())
+        elif not vol_boxes:
+            unboxed.append(volume_key(*key))
+            rules.append(None)
+        elif strategy == "single-slice":
+            rules.append(None)  # one volume per positive patient, chosen below
+        elif any(b.get("volume_slices") is None for b in vol_boxes):
+            # The CSV lacks VolumeSlices: clip the window to the file's frame count at extraction.
+            centres = [int(b["slice"]) for b in sorted(vol_boxes, key=lambda b: int(b["slice"]))]
+            rules.append(FrameRule.lesion(lesion_window, centres))
+        else:
+            rules.append(FrameRule.exact(lesion_frames(vol_boxes, lesion_window)))
+    if unboxed:
+        logger.warning(
+            "%s: %d benign/cancer volumes have no box and are left out: %s%s", strategy,
+            len(unboxed), ", ".join(unboxed[:50]), f" and {len(unboxed) - 50} more" if len(unboxed) > 50 else "",
+        )
+    return rules
+
+
+def _single_slice_rules(
+    rules: list[FrameRule | None], keys: list[tuple[str, str, str]], label: np.ndarray,
+    by_volume: dict[tuple[str, str, str], list[dict[str, Any]]], *, seed: int,
+) -> None:
+    """Fill in single-slice's one image per patient (method 2), in place."""
+    # The largest lesion of each positive patient.
+    largest: dict[str, tuple[float, int, int]] = {}
+    for i, (key, y) in enumerate(zip(keys, label)):
+        if y != 1:
+            continue
+        for box in by_volume.get(key, []):
+            area = float(box.get("width") or 0) * float(box.get("height") or 0)
+            # Rows and boxes are sorted, so a strict ">" keeps the first of equal boxes.
+            if key[0] not in largest or area > largest[key[0]][0]:
+                largest[key[0]] = (area, i, int(box["slice"]))
+    for _, i, frame in largest.values():
+        rules[i] = FrameRule.exact([frame])
+    positive_patients = {k[0] for k, y in zip(keys, label) if y == 1}
+    normal_rows: dict[str, list[int]] = {}
+    for i, (key, y) in enumerate(zip(keys, label)):
+        if y == 0 and key[0] not in positive_patients:
+            normal_rows.setdefault(key[0], []).append(i)
+    for patient, rows in normal_rows.items():
+        # rows are sorted by (study_uid, view); the pick depends only on (seed, patient).
+        pick = rows[stable_seed(seed, "single-slice", patient) % len(rows)]
+        rules[pick] = FrameRule.pick(1)
 
 
 def select_slices(
@@ -146,15 +209,12 @@ def select_slices(
         normals), sorted by volume.
 
     Raises:
-        ValueError: Unknown strategy, ``normal_fraction`` outside (0, 1], negative
-            ``lesion_window``, or a table lacking columns.
+        ValueError: ``strategy``, ``normal_fraction`` or ``lesion_window`` outside what
+            :class:`~tasks.config.SlicesConfig` accepts, or a table lacking columns.
     """
-    if strategy not in STRATEGIES:
-        raise ValueError(f"strategy {strategy!r} is not one of {', '.join(STRATEGIES)}")
-    if not 0.0 < float(normal_fraction) <= 1.0:
-        raise ValueError(f"normal_fraction {normal_fraction!r} must be in (0, 1]")
-    if isinstance(lesion_window, bool) or int(lesion_window) != lesion_window or lesion_window < 0:
-        raise ValueError(f"lesion_window {lesion_window!r} must be a non-negative integer")
+    # The bounds are SlicesConfig's: a direct call is checked against the same fields.
+    SlicesConfig.model_validate({"strategy": strategy, "normal_fraction": normal_fraction,
+                                 "lesion_window": lesion_window})
     missing = [c for c in (*KEY, "cohort", "label", "excluded_reason") if c not in volumes.columns]
     if missing:
         raise ValueError(f"select_slices: the volume table lacks columns {missing}; pass build_volume_table's output")
@@ -164,55 +224,12 @@ def select_slices(
     by_volume = _boxes_by_volume(boxes)
     keys = list(used[KEY].astype(str).itertuples(index=False, name=None))
     label = used["label"].astype("int64").to_numpy()
-    fraction_rule = FrameRule.share(float(normal_fraction))
 
-    rules: list[FrameRule | None] = []
-    unboxed: list[str] = []
-    for key, y in zip(keys, label):
-        vol_boxes = by_volume.get(key, [])
-        if y == 0:
-            rules.append(None if strategy == "single-slice" else fraction_rule)
-        elif strategy == "all-slices":
-            rules.append(FrameRule.all())
-        elif not vol_boxes:
-            unboxed.append(volume_key(*key))
-            rules.append(None)
-        elif strategy == "single-slice":
-            rules.append(None)  # one volume per positive patient, chosen below
-        elif any(b.get("volume_slices") is None for b in vol_boxes):
-            # The CSV lacks VolumeSlices: clip the window to the file's frame count at extraction.
-            centres = [int(b["slice"]) for b in sorted(vol_boxes, key=lambda b: int(b["slice"]))]
-            rules.append(FrameRule.lesion(int(lesion_window), centres))
-        else:
-            rules.append(FrameRule.exact(lesion_frames(vol_boxes, int(lesion_window))))
-    if unboxed:
-        logger.warning(
-            "%s: %d benign/cancer volumes have no box and are left out: %s%s", strategy,
-            len(unboxed), ", ".join(unboxed[:50]), f" and {len(unboxed) - 50} more" if len(unboxed) > 50 else "",
-        )
-
+    normal_rule = FrameRule.share(float(normal_fraction))
+    rules = _volume_rules(keys, label, by_volume, strategy=strategy, normal_rule=normal_rule,
+                          lesion_window=int(lesion_window))
     if strategy == "single-slice":
-        # The largest lesion of each positive patient: one image per patient (method 2).
-        largest: dict[str, tuple[float, int, int]] = {}
-        for i, (key, y) in enumerate(zip(keys, label)):
-            if y != 1:
-                continue
-            for box in by_volume.get(key, []):
-                area = float(box.get("width") or 0) * float(box.get("height") or 0)
-                # Rows and boxes are sorted, so a strict ">" keeps the first of equal boxes.
-                if key[0] not in largest or area > largest[key[0]][0]:
-                    largest[key[0]] = (area, i, int(box["slice"]))
-        for _, i, frame in largest.values():
-            rules[i] = FrameRule.exact([frame])
-        positive_patients = {k[0] for k, y in zip(keys, label) if y == 1}
-        normal_rows: dict[str, list[int]] = {}
-        for i, (key, y) in enumerate(zip(keys, label)):
-            if y == 0 and key[0] not in positive_patients:
-                normal_rows.setdefault(key[0], []).append(i)
-        for patient, rows in normal_rows.items():
-            # rows are sorted by (study_uid, view); the pick depends only on (seed, patient).
-            pick = rows[stable_seed(seed, "single-slice", patient) % len(rows)]
-            rules[pick] = FrameRule.pick(1)
+        _single_slice_rules(rules, keys, label, by_volume, seed=seed)
 
     plan = used.copy()
     plan["frames_rule"] = pd.Series([None if r is None else str(r) for r in rules], dtype="object")

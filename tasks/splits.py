@@ -25,7 +25,6 @@ lack tumour or normal images, with the counts per split and class and what to ch
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import math
 from typing import Any
@@ -34,6 +33,7 @@ import numpy as np
 import pandas as pd
 
 from tasks.config import check_split_fractions
+from tasks.frame_rules import stable_seed
 from tasks.schema import COHORT_LABEL, COHORT_SEVERITY, COHORTS, SPLITS
 
 logger = logging.getLogger(__name__)
@@ -121,8 +121,11 @@ def cohort_counts(
 
 
 def _stratum_seed(seed: int, stratum: str) -> int:
-    digest = hashlib.sha256(f"{int(seed)}\x1fsplit\x1f{stratum}".encode()).digest()
-    return int.from_bytes(digest[:4], "big") >> 2  # leaves room for + which, below 2**32
+    """The seed of one stratum's draw: :func:`~tasks.frame_rules.stable_seed`'s top 30 bits.
+
+    (Below 2**30, leaving room for ``+ which`` under 2**32, as ``RandomState`` needs.)
+    """
+    return stable_seed(seed, "split", stratum) >> 34
 
 
 def _draw(n: int, k: int, seed: int) -> np.ndarray:
