@@ -222,6 +222,19 @@ def _first_bad(mask: pd.Series) -> int:
     return int(np.flatnonzero(mask.to_numpy())[0])
 
 
+def _check_values(frame: pd.DataFrame, column: str, allowed: Sequence[str], path: Path, *, many: bool) -> None:
+    """Stop at the first row whose ``column`` is not one of ``allowed``, naming file, line and value."""
+    bad = ~frame[column].isin(allowed)
+    if bad.any():
+        row = _first_bad(bad)
+        spelling = _CSV_SPELLING.get(column, column)
+        tail = f" ({int(bad.sum())} such rows); fix or remove the rows" if many else "; fix or remove the row"
+        raise ValueError(
+            f"{_where(path, row)}: column {spelling!r} has {frame[column].iloc[row]!r}, expected one "
+            f"of {', '.join(allowed)}{tail}"
+        )
+
+
 def _read_csv(path: Path, kind: str) -> pd.DataFrame:
     try:
         frame = pd.read_csv(path, dtype=str, keep_default_na=False, skipinitialspace=True)
@@ -250,13 +263,7 @@ def _read_csv(path: Path, kind: str) -> pd.DataFrame:
                 f"{', '.join(KEY)}: fix or remove the row"
             )
     frame["view"] = frame["view"].str.lower()
-    bad_view = ~frame["view"].isin(VIEWS)
-    if bad_view.any():
-        row = _first_bad(bad_view)
-        raise ValueError(
-            f"{_where(path, row)}: column 'View' has {frame['view'].iloc[row]!r}, expected one "
-            f"of {', '.join(VIEWS)} ({int(bad_view.sum())} such rows); fix or remove the rows"
-        )
+    _check_values(frame, "view", VIEWS, path, many=True)
     return frame
 
 
@@ -297,13 +304,7 @@ def _load_kind(paths: Sequence[Path], kind: str) -> pd.DataFrame:
                 )
             frame["ad"] = _integers(frame, "ad", path, "0 or 1", flags=True, nullable=True)
             frame["box_class"] = frame["box_class"].str.lower()
-            bad = ~frame["box_class"].isin(BOX_CLASSES)
-            if bad.any():
-                row = _first_bad(bad)
-                raise ValueError(
-                    f"{_where(path, row)}: column 'Class' has {frame['box_class'].iloc[row]!r}, "
-                    f"expected one of {', '.join(BOX_CLASSES)}; fix or remove the row"
-                )
+            _check_values(frame, "box_class", BOX_CLASSES, path, many=False)
         frame["csv_split"] = _split_of(path)
         if kind == "boxes":
             # Where each box came from, so a box rejected later (outside its frame) names its row.

@@ -160,6 +160,27 @@ def cohorts_from_reports(studies: pd.DataFrame, file_paths: pd.DataFrame) -> pd.
     return out[COHORT_COLUMNS].sort_values(KEY, kind="stable").reset_index(drop=True)
 
 
+def _source_name(i: int, source: pd.DataFrame) -> str | None:
+    """The ``cohort_source`` name of source ``i`` after checking it (None: the source is empty)."""
+    missing = [c for c in (*KEY, "cohort", "cohort_source") if c not in source.columns]
+    if missing:
+        raise ValueError(f"cohort source #{i}: missing columns {missing}; expected {COHORT_COLUMNS}")
+    names = source["cohort_source"].dropna().unique().tolist()
+    if len(names) > 1:
+        raise ValueError(f"cohort source #{i}: several cohort_source values {names}; pass one table per source")
+    bad = ~source["cohort"].isin(COHORTS)
+    if bad.any():
+        raise ValueError(
+            f"cohort source #{i} ({names}): cohort {source['cohort'][bad].iloc[0]!r} at "
+            f"{_key_strings(source.loc[bad])[0]}; expected one of {', '.join(COHORTS)}"
+        )
+    if source.duplicated(subset=KEY).any():
+        raise ValueError(f"cohort source #{i} ({names}): a volume appears twice; one row per volume")
+    if source.empty:
+        return None
+    return names[0] if names else f"source{i}"
+
+
 def combine_cohorts(sources: Sequence[pd.DataFrame]) -> tuple[pd.DataFrame, dict[str, int]]:
     """Merge cohort sources (labels, reports, ...) into one cohort per volume.
 
@@ -182,26 +203,8 @@ def combine_cohorts(sources: Sequence[pd.DataFrame]) -> tuple[pd.DataFrame, dict
     """
     if not sources:
         raise ValueError("combine_cohorts: no cohort source given; pass at least the labels cohorts")
-    prepared = []
-    for i, source in enumerate(sources):
-        missing = [c for c in (*KEY, "cohort", "cohort_source") if c not in source.columns]
-        if missing:
-            raise ValueError(f"cohort source #{i}: missing columns {missing}; expected {COHORT_COLUMNS}")
-        names = source["cohort_source"].dropna().unique().tolist()
-        if len(names) > 1:
-            raise ValueError(f"cohort source #{i}: several cohort_source values {names}; pass one table per source")
-        bad = ~source["cohort"].isin(COHORTS)
-        if bad.any():
-            raise ValueError(
-                f"cohort source #{i} ({names}): cohort {source['cohort'][bad].iloc[0]!r} at "
-                f"{_key_strings(source.loc[bad])[0]}; expected one of {', '.join(COHORTS)}"
-            )
-        if source.duplicated(subset=KEY).any():
-            raise ValueError(f"cohort source #{i} ({names}): a volume appears twice; one row per volume")
-        if source.empty:
-            continue
-        prepared.append((names[0] if names else f"source{i}", source))
-
+    prepared = [(name, source) for i, source in enumerate(sources)
+                if (name := _source_name(i, source)) is not None]
     order = sorted(range(len(prepared)), key=lambda i: (prepared[i][0] != "labels", i))
     prepared = [prepared[i] for i in order]
     if not prepared:

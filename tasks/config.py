@@ -2,7 +2,7 @@
 
 Every field has a default and a description, so the Prefect UI renders each flow's
 configuration as a form, the CLI fills it from options and ``prefect.yaml`` from
-parameters. Validation happens here, before any work starts (DESIGN convention 7).
+parameters. Validation happens here, before any work starts.
 """
 
 from __future__ import annotations
