@@ -36,12 +36,11 @@ from tasks.bcs_csv import (  # noqa: F401
     find_bcs_csvs,
     load_bcs_tables,
 )
-from tasks.schema import BY_DESIGN_REASONS, COHORT_LABEL, COHORT_SEVERITY, COHORTS, VIEWS, VOLUME_KEY  # noqa: F401
+from tasks.schema import COHORT_LABEL, COHORTS, VOLUME_KEY
 
 logger = logging.getLogger(__name__)
 
 KEY: list[str] = list(VOLUME_KEY)
-_SEVERITY = COHORT_SEVERITY
 
 COHORT_COLUMNS: list[str] = [*KEY, "cohort", "label", "cohort_source", "n_flags"]
 #: Columns of the label rejects (rows of the labels CSV that give no cohort).

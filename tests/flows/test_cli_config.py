@@ -133,3 +133,12 @@ def test_option_defaults_are_the_models_defaults() -> None:
         assert train[name] == type(train[name])(), name
     evaluate = _built("evaluate", REQUIRED["evaluate"])["EvaluateConfig"]
     assert evaluate == EvaluateConfig(run_dir="r")
+
+
+def test_demo_still_accepts_the_unread_image_size() -> None:
+    # Outside callers may pass it; the demo preset fixes the sizes, and the help says so.
+    args = build_parser().parse_args(["demo", "--image-size", "64"])
+    assert args.image_size == 64
+    demo = _subparser("demo")
+    action = next(a for a in demo._actions if a.dest == "image_size")
+    assert action.default == 128 and "ignored" in action.help
