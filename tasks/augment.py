@@ -269,6 +269,21 @@ def _augmented_copy(
     return new, changed
 
 
+def _with_copies(
+    manifest: pd.DataFrame, new_rows: list[dict[str, object]], order: list[tuple[int, int]],
+) -> pd.DataFrame:
+    """The prepared rows with each source's copies right after it (``order``: ``(source row, k)``)."""
+    if new_rows:
+        added = pd.DataFrame(new_rows, columns=list(MANIFEST_COLUMNS)).astype(MANIFEST_COLUMNS)
+        combined = pd.concat([manifest, added], ignore_index=True)
+    else:
+        combined = manifest.copy()
+    keys = pd.DataFrame(order, columns=["_pos", "_k"])
+    combined = combined.iloc[keys.sort_values(["_pos", "_k"], kind="stable").index].reset_index(drop=True)
+    combined = combined.astype(MANIFEST_COLUMNS)
+    return combined
+
+
 def balance_offline(
     manifest_path: str | os.PathLike[str],
     *,
@@ -344,14 +359,7 @@ def balance_offline(
         new_rows.append(new)
         order.append((src, k))
 
-    if new_rows:
-        added = pd.DataFrame(new_rows, columns=list(MANIFEST_COLUMNS)).astype(MANIFEST_COLUMNS)
-        combined = pd.concat([manifest, added], ignore_index=True)
-    else:
-        combined = manifest.copy()
-    keys = pd.DataFrame(order, columns=["_pos", "_k"])
-    combined = combined.iloc[keys.sort_values(["_pos", "_k"], kind="stable").index].reset_index(drop=True)
-    combined = combined.astype(MANIFEST_COLUMNS)
+    combined = _with_copies(manifest, new_rows, order)
 
     out = root / BALANCED_MANIFEST_NAME
     atomic_write_parquet(out, combined)

@@ -163,6 +163,24 @@ def _single_slice_rules(
         rules[pick] = FrameRule.pick(1)
 
 
+def _with_rules(
+    used: pd.DataFrame, rules: list[FrameRule | None], by_volume: dict[tuple[str, str, str], list[dict[str, Any]]],
+) -> pd.DataFrame:
+    """The planned volumes (a rule given) with ``frames_rule`` text, ``n_boxes`` and ``boxes`` JSON."""
+    plan = used.copy()
+    plan["frames_rule"] = pd.Series([None if r is None else str(r) for r in rules], dtype="object")
+    plan = plan.loc[plan["frames_rule"].notna()].reset_index(drop=True)
+    plan["frames_rule"] = plan["frames_rule"].astype("str")
+    plan["label"] = plan["label"].astype("int8")
+    records = [by_volume.get(k, []) if y == 1 else [] for k, y in zip(
+        plan[KEY].astype(str).itertuples(index=False, name=None), plan["label"])]
+    plan["n_boxes"] = pd.Series([len(r) for r in records], dtype="int64")
+    plan["boxes"] = pd.Series(
+        [json.dumps(r, sort_keys=True, separators=(",", ":")) for r in records], dtype="str"
+    )
+    return plan
+
+
 def select_slices(
     volumes: pd.DataFrame,
     boxes: pd.DataFrame,
@@ -231,17 +249,7 @@ def select_slices(
     if strategy == "single-slice":
         _single_slice_rules(rules, keys, label, by_volume, seed=seed)
 
-    plan = used.copy()
-    plan["frames_rule"] = pd.Series([None if r is None else str(r) for r in rules], dtype="object")
-    plan = plan.loc[plan["frames_rule"].notna()].reset_index(drop=True)
-    plan["frames_rule"] = plan["frames_rule"].astype("str")
-    plan["label"] = plan["label"].astype("int8")
-    records = [by_volume.get(k, []) if y == 1 else [] for k, y in zip(
-        plan[KEY].astype(str).itertuples(index=False, name=None), plan["label"])]
-    plan["n_boxes"] = pd.Series([len(r) for r in records], dtype="int64")
-    plan["boxes"] = pd.Series(
-        [json.dumps(r, sort_keys=True, separators=(",", ":")) for r in records], dtype="str"
-    )
+    plan = _with_rules(used, rules, by_volume)
     rest = [c for c in plan.columns if c not in PLAN_COLUMNS and c != "excluded_reason"]
     plan = plan[[*PLAN_COLUMNS, *rest]]
     logger.info(
