@@ -3,13 +3,20 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import json
-import os
 import sys
 from pathlib import Path
 from typing import Sequence
 
-from tasks.config import DataConfig, PrepareConfig, ReportsConfig, SlicesConfig
+from flows.cli_config import (  # noqa: F401 - CONFIG_OPTIONS, NOT_CONFIG re-exported for the tests
+    CONFIG_OPTIONS,
+    NOT_CONFIG,
+    config_option,
+    evaluate_config_from_args,
+    prepare_config_from_args,
+    train_config_from_args,
+)
 
 
 def _writable(path: Path) -> None:
@@ -75,39 +82,6 @@ def _cmd_export_slices(args: argparse.Namespace) -> int:
     return 0
 
 
-def prepare_config_from_args(args: argparse.Namespace) -> PrepareConfig:
-    """Build the ``prepare-data`` configuration from CLI options (validated before any work)."""
-    slices: dict[str, object] = {
-        "strategy": args.strategy,
-        "image_size": args.image_size,
-        "seed": args.seed,
-        "normal_fraction": args.normal_fraction,
-    }
-    if getattr(args, "full_resolution", False):
-        slices["full_resolution"] = True
-    if args.workers:
-        slices["workers"] = args.workers
-    if args.executor:
-        slices["executor"] = args.executor
-    data: dict[str, object] = {}
-    if getattr(args, "max_reject_fraction", None) is not None:
-        data["max_reject_fraction"] = args.max_reject_fraction
-    reports: dict[str, object] = {}
-    if getattr(args, "reports_encoding", None):
-        reports["encoding"] = args.reports_encoding
-    return PrepareConfig(
-        data=DataConfig(
-            data_root=str(args.data_root),
-            output_dir=str(args.out),
-            reports=str(args.reports) if args.reports else None,
-            use_labels=not args.no_labels,
-            **data,
-        ),
-        slices=SlicesConfig(**slices),
-        reports=ReportsConfig(**reports),
-    )
-
-
 def _cmd_prepare(args: argparse.Namespace) -> int:
     from flows.prepare import prepare_data
 
@@ -119,28 +93,6 @@ def _cmd_prepare(args: argparse.Namespace) -> int:
         result = prepare_data(config=config)
     print(json.dumps(result, sort_keys=True, default=str))
     return 0
-
-
-def train_config_from_args(args: argparse.Namespace) -> "TrainConfig":
-    """Build the ``train-classifier`` configuration from CLI options."""
-    from tasks.config import ModelConfig, TrainConfig, TrainParams, AugmentConfig
-
-    train: dict[str, object] = {"optimizer": args.optimizer, "device": args.device}
-    for name in ("epochs", "batch_size", "image_size", "patience", "lr", "freeze_epochs", "seed",
-                 "max_batches", "num_workers"):
-        value = getattr(args, name, None)
-        if value is not None:
-            train[name] = value
-    if getattr(args, "no_early_stopping", False):
-        train["patience"] = None
-    weights = args.weights
-    return TrainConfig(
-        manifest=str(args.manifest),
-        run_dir=str(args.out),
-        model=ModelConfig(model=args.model, weights=weights, head=args.head),
-        train=TrainParams(**train),
-        augment=AugmentConfig(online=not args.no_augment, offline_balance=args.balance),
-    )
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
@@ -155,15 +107,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     from flows.evaluate import evaluate_model
-    from tasks.config import EvaluateConfig
 
-    fields: dict[str, object] = {"run_dir": str(args.run), "split": args.split, "aggregate": args.aggregate,
-                                 "device": args.device}
-    for name in ("manifest", "out", "bootstrap", "threshold", "seed"):
-        value = getattr(args, name)
-        if value is not None:
-            fields["output_dir" if name == "out" else name] = str(value) if name in ("manifest", "out") else value
-    config = EvaluateConfig(**fields)
+    config = evaluate_config_from_args(args)
     if args.out is not None:
         _writable(args.out)
     result = evaluate_model(config=config)
@@ -258,14 +203,8 @@ def _cmd_experiments(args: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The argument parser of the ``tomoflow`` command."""
-    parser = argparse.ArgumentParser(
-        prog="tomoflow",
-        description="Breast tomosynthesis (BCS-DBT) to a trained tumour classifier, as Prefect flows.",
-    )
-    sub = parser.add_subparsers(dest="command", required=True)
-
+def _add_synth(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
+    """The ``tomoflow synth`` command."""
     p = sub.add_parser("synth", help="write a synthetic, BCS-DBT-shaped dataset")
     p.add_argument("out", type=Path, help="output folder")
     p.add_argument("--patients", type=int, default=40, help="number of patients (default 40)")
@@ -279,6 +218,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-reports", action="store_true", help="do not write reports.csv")
     p.set_defaults(func=_cmd_synth)
 
+
+def _add_export_slices(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
+    """The ``tomoflow export-slices`` command."""
     p = sub.add_parser("export-slices", help="write frames of one DICOM as 8-bit PNGs")
     p.add_argument("file", type=Path, help="a DICOM file")
     p.add_argument("--out", type=Path, required=True, help="output folder for NNNN.png files")
@@ -291,72 +233,80 @@ def build_parser() -> argparse.ArgumentParser:
                         "stored resolution level that covers --image-size)")
     p.set_defaults(func=_cmd_export_slices)
 
+
+def _add_prepare(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
+    """The ``tomoflow prepare`` command."""
     p = sub.add_parser("prepare", help="run the prepare-data flow: cohorts, slices, splits, manifest")
-    p.add_argument("--data-root", type=Path, required=True, help="folder with the BCS-DBT CSVs and images")
-    p.add_argument("--out", type=Path, required=True, help="output folder")
-    p.add_argument("--strategy", default="all-slices", choices=["all-slices", "single-slice", "lesion-slices"])
-    p.add_argument("--image-size", type=int, default=224, help="PNG side in pixels (default 224)")
-    p.add_argument("--seed", type=int, default=0, help="seed for sampling and splits (default 0)")
-    p.add_argument("--normal-fraction", type=float, default=0.15,
-                   help="fraction of normal frames sampled (default 0.15)")
-    p.add_argument("--reports", type=Path, default=None, help="report export (CSV or Parquet)")
-    p.add_argument("--no-labels", action="store_true", help="ignore the labels CSV; cohorts from --reports")
-    p.add_argument("--workers", type=int, default=None, help="extraction processes (default: CPU count)")
-    p.add_argument("--executor", default=None, choices=["process", "serial", "dask"])
-    p.add_argument("--full-resolution", action="store_true",
-                   help="decode every frame in full (default: JPEG 2000 breast images at the coarsest "
-                        "stored resolution level that covers --image-size)")
-    p.add_argument("--max-reject-fraction", type=_fraction_arg, default=None,
-                   help="stop when more than this share of the listed volumes is rejected for a fault "
-                        "(default 0.1; 1 accepts any share); the counts by reason are printed")
-    p.add_argument("--reports-encoding", default=None,
-                   help="encoding of a CSV --reports file: auto (default: UTF-8, or what a byte-order mark "
-                        "says) or a codec such as cp1252; rows that do not decode are rejected one by one")
+    opt = functools.partial(config_option, p, command="prepare")
+    opt("--data-root", type=Path, required=True)
+    opt("--out", type=Path, required=True, note="Output folder.")
+    opt("--strategy", default="all-slices")
+    opt("--image-size", type=int, default=224, note="(default 224)")
+    opt("--seed", type=int, default=0, note="(default 0)")
+    opt("--normal-fraction", type=float, default=0.15, note="(default 0.15)")
+    opt("--reports", type=Path, default=None)
+    opt("--no-labels", action="store_true", note="Ignore the labels CSV; cohorts from --reports. Inverts:")
+    opt("--workers", type=int, default=None)
+    opt("--executor", default=None)
+    opt("--full-resolution", action="store_true")
+    opt("--max-reject-fraction", type=_fraction_arg, default=None, note="(default 0.1)")
+    opt("--reports-encoding", default=None)
     p.set_defaults(func=_cmd_prepare)
 
+
+def _add_train(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
+    """The ``tomoflow train`` command."""
     p = sub.add_parser("train", help="run the train-classifier flow on a prepared manifest")
-    p.add_argument("--manifest", type=Path, required=True, help="manifest.parquet from tomoflow prepare")
-    p.add_argument("--out", type=Path, required=True, help="run folder (checkpoints, history); rerun resumes")
-    p.add_argument("--model", default="vgg16", choices=["vgg16", "vgg16_bn", "inception_v3"],
-                   help="backbone; vgg16_bn (batch-normalised VGG16) is the from-scratch baseline")
-    p.add_argument("--weights", default="imagenet",
-                   help="imagenet (torchvision's cache), none (from scratch) or a state_dict path")
-    p.add_argument("--head", default="single", choices=["single", "dense4"])
-    p.add_argument("--optimizer", default="sgd", choices=["sgd", "adam"])
-    p.add_argument("--epochs", type=int, default=None, help="maximum epochs (default 10)")
-    p.add_argument("--batch-size", type=int, default=None, help="default 64")
-    p.add_argument("--image-size", type=int, default=None, help="network input side (default 224)")
-    p.add_argument("--patience", type=int, default=None, help="early-stopping patience (default 20)")
-    p.add_argument("--no-early-stopping", action="store_true")
-    p.add_argument("--lr", type=float, default=None, help="learning rate (default 0.001)")
-    p.add_argument("--freeze-epochs", type=int, default=None, help="epochs with the backbone frozen")
-    p.add_argument("--seed", type=int, default=None)
-    p.add_argument("--max-batches", type=int, default=None, help="cap batches per epoch (smoke tests)")
-    p.add_argument("--num-workers", type=int, default=None, help="data loader workers")
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    p.add_argument("--no-augment", action="store_true", help="no online augmentation")
-    p.add_argument("--balance", action="store_true", help="offline balancing of training positives")
+    opt = functools.partial(config_option, p, command="train")
+    opt("--manifest", type=Path, required=True)
+    opt("--out", type=Path, required=True, note="Rerun resumes.")
+    opt("--model", default="vgg16")
+    opt("--weights", default="imagenet")
+    opt("--head", default="single")
+    opt("--optimizer", default="sgd")
+    opt("--epochs", type=int, default=None, note="(default 10)")
+    opt("--batch-size", type=int, default=None, note="(default 64)")
+    opt("--image-size", type=int, default=None, note="(default 224)")
+    opt("--patience", type=int, default=None, note="(default 20)")
+    opt("--no-early-stopping", action="store_true", note="Sets patience to none:")
+    opt("--lr", type=float, default=None, note="(default 0.001)")
+    opt("--freeze-epochs", type=int, default=None)
+    opt("--seed", type=int, default=None)
+    opt("--max-batches", type=int, default=None)
+    opt("--num-workers", type=int, default=None)
+    opt("--device", default="auto")
+    opt("--no-augment", action="store_true", note="No online augmentation. Inverts:")
+    opt("--balance", action="store_true")
     p.set_defaults(func=_cmd_train)
 
+
+def _add_evaluate(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
+    """The ``tomoflow evaluate`` command."""
     p = sub.add_parser("evaluate", help="run the evaluate-model flow on a training run")
-    p.add_argument("--run", type=Path, required=True, help="training run folder (tomoflow train --out RUN)")
-    p.add_argument("--manifest", type=Path, default=None, help="default: the manifest the run trained on")
-    p.add_argument("--out", type=Path, default=None, help="output folder (default: the run folder)")
-    p.add_argument("--split", default="test", choices=["train", "validation", "test"])
-    p.add_argument("--aggregate", default="max", choices=["max", "mean"],
-                   help="slice to volume/patient aggregation (default max)")
-    p.add_argument("--threshold", type=float, default=None, help="decision threshold (default 0.5)")
-    p.add_argument("--bootstrap", type=int, default=None, help="bootstrap resamples (default 1000)")
-    p.add_argument("--seed", type=int, default=None)
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    opt = functools.partial(config_option, p, command="evaluate")
+    opt("--run", type=Path, required=True, note="tomoflow train --out RUN.")
+    opt("--manifest", type=Path, default=None)
+    opt("--out", type=Path, default=None)
+    opt("--split", default="test")
+    opt("--aggregate", default="max", note="(default max)")
+    opt("--threshold", type=float, default=None, note="(default 0.5)")
+    opt("--bootstrap", type=int, default=None, note="(default 1000)")
+    opt("--seed", type=int, default=None)
+    opt("--device", default="auto")
     p.set_defaults(func=_cmd_evaluate)
 
+
+def _add_run(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
+    """The ``tomoflow run`` command."""
     p = sub.add_parser("run", help="run the whole tomoflow-pipeline flow (prepare, train, evaluate)")
     p.add_argument("--data-root", type=Path, required=True)
     p.add_argument("--out", type=Path, required=True, help="output root")
     p.add_argument("--preset", default=None, help="a preset from configs/ (e.g. demo, m1-baseline)")
     p.set_defaults(func=_cmd_run)
 
+
+def _add_experiments(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
+    """The ``tomoflow experiments`` command."""
     p = sub.add_parser("experiments", help="run the study's experiment presets and compare them")
     p.add_argument("--data-root", type=Path, required=True)
     p.add_argument("--out", type=Path, required=True, help="output root; comparison.md and .csv go here")
@@ -364,12 +314,37 @@ def build_parser() -> argparse.ArgumentParser:
                    help="run only this preset (repeatable); default: the study's sequence")
     p.set_defaults(func=_cmd_experiments)
 
+
+def _add_demo(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
+    """The ``tomoflow demo`` command."""
     p = sub.add_parser("demo", help="the whole pipeline on a small synthetic dataset (CPU)")
     p.add_argument("--out", type=Path, default=Path("demo-output"), help="output folder")
     p.add_argument("--patients", type=int, default=100, help="synthetic patients (default 100)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--image-size", type=int, default=128)
+    # Accepted so that existing callers keep working, but not read: the demo preset
+    # (configs/demo.yaml) fixes the image sizes the demo is tuned for.
+    p.add_argument("--image-size", type=int, default=128,
+                   help="ignored, kept for compatibility: configs/demo.yaml sets the image sizes "
+                        "(96 px PNGs, 64 px network input)")
     p.set_defaults(func=_cmd_demo)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of the ``tomoflow`` command."""
+    parser = argparse.ArgumentParser(
+        prog="tomoflow",
+        description="Breast tomosynthesis (BCS-DBT) to a trained tumour classifier, as Prefect flows.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    _add_synth(sub)
+    _add_export_slices(sub)
+    _add_prepare(sub)
+    _add_train(sub)
+    _add_evaluate(sub)
+    _add_run(sub)
+    _add_experiments(sub)
+    _add_demo(sub)
     return parser
 
 
@@ -414,7 +389,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"tomoflow {args.command}: interrupted", file=sys.stderr)
         return 130
-
 
 if __name__ == "__main__":
     sys.exit(main())

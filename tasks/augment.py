@@ -2,7 +2,7 @@
 
 Online augmentation is a torchvision v2 pipeline taking a gray PIL image (the loader's
 path) or a ``(1, H, W)`` uint8 tensor and returning a float tensor, run in the DataLoader
-workers. Randomness is explicit (DESIGN convention 9): torchvision's v2
+workers. Randomness is explicit: torchvision's v2
 transforms draw from torch's global CPU generator, so :func:`apply_seeded` runs a
 transform with that generator seeded from a per-sample seed and puts the previous state
 back. The training loader hands every sample its own seed, derived from
@@ -41,7 +41,7 @@ from torchvision.transforms.v2 import InterpolationMode
 
 from tasks.config import AugmentConfig
 from tasks.io import atomic_write_bytes, atomic_write_parquet
-from tasks.manifest import MANIFEST_COLUMNS
+from tasks.schema import MANIFEST_COLUMNS
 
 __all__ = [
     "BALANCED_MANIFEST_NAME",
@@ -112,12 +112,6 @@ def apply_seeded(transform: Callable[[torch.Tensor], torch.Tensor], image: torch
 # --------------------------------------------------------------------------------------
 
 
-def _check_cfg(cfg: AugmentConfig) -> None:
-    lo, hi = cfg.zoom
-    if not 0 < lo <= hi:
-        raise ValueError(f"augment.zoom {tuple(cfg.zoom)!r}: need 0 < min <= max, e.g. (0.9, 1.1)")
-
-
 def augment_ops(cfg: AugmentConfig) -> list[v2.Transform]:
     """The random ops of the study's augmentation, for gray PIL images or ``(1, H, W)`` tensors.
 
@@ -135,7 +129,6 @@ def augment_ops(cfg: AugmentConfig) -> list[v2.Transform]:
     Returns:
         The ops, to put in a ``v2.Compose``; empty when every setting is off.
     """
-    _check_cfg(cfg)
     ops: list[v2.Transform] = []
     if cfg.flip_p > 0:
         ops += [v2.RandomHorizontalFlip(cfg.flip_p), v2.RandomVerticalFlip(cfg.flip_p)]
@@ -184,7 +177,7 @@ def train_transforms(cfg: AugmentConfig, image_size: int, *, dtype: torch.dtype 
             device gives bit-identical floats.
 
     Raises:
-        ValueError: A zoom range that isn't ``0 < min <= max``, or another ``dtype``.
+        ValueError: A ``dtype`` other than those listed (the zoom range is checked by :class:`AugmentConfig`).
     """
     if not cfg.online:
         return eval_transforms(image_size, dtype=dtype)
@@ -237,6 +230,60 @@ def _aug_path(image_path: str, k: int) -> str:
     return f"{stem or image_path}_aug{k:03d}.png"
 
 
+def _prepared_rows(manifest_path: Path) -> pd.DataFrame:
+    """The prepared rows of a manifest (copies listed in it dropped), typed as :data:`MANIFEST_COLUMNS`."""
+    if not manifest_path.is_file():
+        raise FileNotFoundError(f"manifest '{manifest_path}' does not exist; run the prepare-data flow first")
+    manifest = pd.read_parquet(manifest_path)
+    missing = [c for c in MANIFEST_COLUMNS if c not in manifest.columns]
+    if missing:
+        raise ValueError(
+            f"manifest '{manifest_path}' lacks the columns {missing}; rebuild it with the prepare-data flow"
+        )
+    # Copies listed in the input (a rerun on a balanced manifest) are dropped and redrawn:
+    # balancing always starts from the prepared rows, so it gives the same result either way.
+    manifest = manifest.loc[manifest["augmented_from"].isna(), list(MANIFEST_COLUMNS)]
+    return manifest.astype(MANIFEST_COLUMNS).reset_index(drop=True)
+
+
+def _augmented_copy(
+    row: pd.Series, src: int, k: int, *, manifest_path: Path, ops: v2.Compose, seed: int,
+) -> tuple[dict[str, object], bool]:
+    """Copy ``k`` of source row ``src``: its manifest row, and whether its PNG was (re)written."""
+    root = manifest_path.parent
+    src_path = str(row["image_path"])
+    rel = _aug_path(src_path, k)
+    file = root / src_path
+    if not file.is_file():
+        raise FileNotFoundError(
+            f"manifest '{manifest_path}': image_path {src_path!r} (row {src}) does not exist under '{root}'"
+        )
+    image = apply_seeded(ops, read_gray(file), derive_seed(seed, "offline", src_path, k))
+    data = _png_bytes(image)
+    target = root / rel
+    changed = not (target.is_file() and target.read_bytes() == data)
+    if changed:
+        atomic_write_bytes(target, data)
+    new = row.to_dict()
+    new.update({"image_path": rel, "augmented_from": src_path, **{c: np.nan for c in _BOX_GEOMETRY}})
+    return new, changed
+
+
+def _with_copies(
+    manifest: pd.DataFrame, new_rows: list[dict[str, object]], order: list[tuple[int, int]],
+) -> pd.DataFrame:
+    """The prepared rows with each source's copies right after it (``order``: ``(source row, k)``)."""
+    if new_rows:
+        added = pd.DataFrame(new_rows, columns=list(MANIFEST_COLUMNS)).astype(MANIFEST_COLUMNS)
+        combined = pd.concat([manifest, added], ignore_index=True)
+    else:
+        combined = manifest.copy()
+    keys = pd.DataFrame(order, columns=["_pos", "_k"])
+    combined = combined.iloc[keys.sort_values(["_pos", "_k"], kind="stable").index].reset_index(drop=True)
+    combined = combined.astype(MANIFEST_COLUMNS)
+    return combined
+
+
 def balance_offline(
     manifest_path: str | os.PathLike[str],
     *,
@@ -283,20 +330,8 @@ def balance_offline(
     """
     manifest_path = Path(manifest_path)
     cfg = cfg or AugmentConfig()
-    if not 0 < target_ratio <= 1:
-        raise ValueError(f"target_ratio must be in (0, 1] (positives per negative), got {target_ratio!r}")
-    if not manifest_path.is_file():
-        raise FileNotFoundError(f"manifest '{manifest_path}' does not exist; run the prepare-data flow first")
-    manifest = pd.read_parquet(manifest_path)
-    missing = [c for c in MANIFEST_COLUMNS if c not in manifest.columns]
-    if missing:
-        raise ValueError(
-            f"manifest '{manifest_path}' lacks the columns {missing}; rebuild it with the prepare-data flow"
-        )
-    # Copies listed in the input (a rerun on a balanced manifest) are dropped and redrawn:
-    # balancing always starts from the prepared rows, so it gives the same result either way.
-    manifest = manifest.loc[manifest["augmented_from"].isna(), list(MANIFEST_COLUMNS)]
-    manifest = manifest.astype(MANIFEST_COLUMNS).reset_index(drop=True)
+    AugmentConfig.model_validate({"target_ratio": target_ratio})  # the bounds are the config field's
+    manifest = _prepared_rows(manifest_path)
     root = manifest_path.parent
     ops = v2.Compose(augment_ops(cfg))
 
@@ -318,36 +353,13 @@ def balance_offline(
     written = kept = 0
     for j in range(n_new):
         src = sources[j % len(sources)]
-        row = manifest.loc[src]
-        src_path = str(row["image_path"])
         k = j // len(sources) + 1
-        rel = _aug_path(src_path, k)
-        file = root / src_path
-        if not file.is_file():
-            raise FileNotFoundError(
-                f"manifest '{manifest_path}': image_path {src_path!r} (row {src}) does not exist under '{root}'"
-            )
-        image = apply_seeded(ops, read_gray(file), derive_seed(seed, "offline", src_path, k))
-        data = _png_bytes(image)
-        target = root / rel
-        if target.is_file() and target.read_bytes() == data:
-            kept += 1
-        else:
-            atomic_write_bytes(target, data)
-            written += 1
-        new = row.to_dict()
-        new.update({"image_path": rel, "augmented_from": src_path, **{c: np.nan for c in _BOX_GEOMETRY}})
+        new, changed = _augmented_copy(manifest.loc[src], src, k, manifest_path=manifest_path, ops=ops, seed=seed)
+        written, kept = written + changed, kept + (not changed)
         new_rows.append(new)
         order.append((src, k))
 
-    if new_rows:
-        added = pd.DataFrame(new_rows, columns=list(MANIFEST_COLUMNS)).astype(MANIFEST_COLUMNS)
-        combined = pd.concat([manifest, added], ignore_index=True)
-    else:
-        combined = manifest.copy()
-    keys = pd.DataFrame(order, columns=["_pos", "_k"])
-    combined = combined.iloc[keys.sort_values(["_pos", "_k"], kind="stable").index].reset_index(drop=True)
-    combined = combined.astype(MANIFEST_COLUMNS)
+    combined = _with_copies(manifest, new_rows, order)
 
     out = root / BALANCED_MANIFEST_NAME
     atomic_write_parquet(out, combined)

@@ -1,9 +1,7 @@
 """Read the BCS-DBT CSVs and turn their labels into cohorts and a per-volume table.
 
-The collection ships three kinds of CSV per split (file paths, labels, boxes); their names
-carry a space or a hyphen after ``BCS-DBT`` depending on where they were downloaded from.
-This module finds them, normalises their columns to snake_case, validates the values the
-rest of the pipeline relies on, and builds one row per volume with its cohort, its
+Reading the CSVs lives in :mod:`tasks.bcs_csv`, the accounting of rejected volumes in
+:mod:`tasks.accounting`. This module builds one row per volume with its cohort, its
 binary label and, for volumes that cannot be used, the reason they are excluded. Excluded
 volumes are kept (not dropped) so that every count can be audited.
 
@@ -16,382 +14,41 @@ winning and the disagreements counted.
 from __future__ import annotations
 
 import logging
-import os
-import re
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Sequence
 
 import numpy as np
 import pandas as pd
 
+# Re-exported: tasks.steps, bench and the tests import these from tasks.cohorts.
+from tasks.accounting import (  # noqa: F401
+    account_volumes,
+    drop_boxes_outside_frames,
+    reason_code,
+    reject_fraction_error,
+    reject_reason,
+)
+from tasks.bcs_csv import (  # noqa: F401
+    BOX_COLUMNS,
+    CSV_KINDS,
+    FILE_PATH_COLUMNS,
+    LABEL_COLUMNS,
+    BcsTables,
+    find_bcs_csvs,
+    load_bcs_tables,
+)
+from tasks.schema import COHORT_LABEL, COHORTS, VOLUME_KEY
+
 logger = logging.getLogger(__name__)
 
-#: Cohorts in order of severity; the last is the most severe.
-COHORTS: tuple[str, ...] = ("normal", "actionable", "benign", "cancer")
-_SEVERITY = {c: i for i, c in enumerate(COHORTS)}
+KEY: list[str] = list(VOLUME_KEY)
 
-#: Binary label per cohort: 1 = tumour (benign or cancer), 0 = normal, <NA> = not used.
-COHORT_LABEL: dict[str, int | None] = {"normal": 0, "actionable": None, "benign": 1, "cancer": 1}
-
-VIEWS: tuple[str, ...] = ("lcc", "lmlo", "rcc", "rmlo")
-KEY: list[str] = ["patient_id", "study_uid", "view"]
-BOX_CLASSES: tuple[str, ...] = ("benign", "cancer")
-
-FILE_PATH_COLUMNS: list[str] = [*KEY, "descriptive_path", "classic_path"]
-LABEL_COLUMNS: list[str] = [*KEY, *COHORTS]
-BOX_COLUMNS: list[str] = [
-    *KEY, "subject", "slice", "x", "y", "width", "height", "box_class", "ad", "volume_slices",
-]
 COHORT_COLUMNS: list[str] = [*KEY, "cohort", "label", "cohort_source", "n_flags"]
-REJECT_COLUMNS: list[str] = [*KEY, "reason"]
+#: Columns of the label rejects (rows of the labels CSV that give no cohort).
+LABEL_REJECT_COLUMNS: list[str] = [*KEY, "reason"]
 VOLUME_COLUMNS: list[str] = [
     *KEY, "descriptive_path", "classic_path", "cohort", "label", "cohort_source", "n_boxes",
     "excluded_reason",
 ]
-
-#: CSV kinds, in the order :func:`find_bcs_csvs` returns them.
-CSV_KINDS: tuple[str, ...] = ("file-paths", "labels", "boxes")
-_REQUIRED = {"file-paths": FILE_PATH_COLUMNS, "labels": LABEL_COLUMNS, "boxes": BOX_COLUMNS}
-
-# "BCS-DBT file-paths-train-v2.csv", "BCS-DBT-labels-validation-v2.csv", "bcs-dbt boxes-test.csv"
-_CSV_NAME = re.compile(
-    r"^bcs-dbt[\s_-]+(?P<kind>file[\s_-]?paths|labels|boxes)[\s_-]+"
-    r"(?P<split>[a-z0-9]+(?:[-_][a-z0-9]+)*?)(?:[\s_-]+v(?P<version>\d+))?\.csv$",
-    re.IGNORECASE,
-)
-# The pre-TCIA release ("data_train_v2.csv", "bboxes_v2.csv"): its boxes are mirrored.
-_OLD_CSV_NAME = re.compile(r"^(data|bboxes)(_[a-z]+)?_v\d+\.csv$", re.IGNORECASE)
-# The image tree: thousands of patient folders and no CSVs, so never searched.
-_IMAGE_FOLDER = "Breast-Cancer-Screening-DBT"
-
-# Canonical header spellings: lower-case letters and digits only -> snake_case name.
-_COLUMN_ALIASES = {
-    "patientid": "patient_id",
-    "studyuid": "study_uid",
-    "view": "view",
-    "descriptivepath": "descriptive_path",
-    "classicpath": "classic_path",
-    "normal": "normal",
-    "actionable": "actionable",
-    "benign": "benign",
-    "cancer": "cancer",
-    "subject": "subject",
-    "slice": "slice",
-    "x": "x",
-    "y": "y",
-    "width": "width",
-    "height": "height",
-    "class": "box_class",
-    "boxclass": "box_class",
-    "ad": "ad",
-    "volumeslices": "volume_slices",
-}
-# How the collection's CSVs spell each column, for error messages.
-_CSV_SPELLING = {
-    "patient_id": "PatientID", "study_uid": "StudyUID", "view": "View", "normal": "Normal",
-    "actionable": "Actionable", "benign": "Benign", "cancer": "Cancer", "subject": "Subject",
-    "slice": "Slice", "x": "X", "y": "Y", "width": "Width", "height": "Height",
-    "box_class": "Class", "ad": "AD", "volume_slices": "VolumeSlices",
-}
-_INT_BOX_COLUMNS = ("slice", "x", "y", "width", "height", "volume_slices")
-
-
-@dataclass(frozen=True)
-class BcsTables:
-    """The three BCS-DBT tables, all splits concatenated, columns in snake_case.
-
-    Attributes:
-        file_paths: ``patient_id, study_uid, view, descriptive_path, classic_path, csv_split``.
-        labels: ``patient_id, study_uid, view, normal, actionable, benign, cancer, csv_split``.
-        boxes: ``patient_id, study_uid, view, subject, slice, x, y, width, height, box_class,
-            ad, volume_slices, csv_split`` (empty with these columns when no boxes CSV exists).
-    """
-
-    file_paths: pd.DataFrame
-    labels: pd.DataFrame
-    boxes: pd.DataFrame
-
-
-# --------------------------------------------------------------------------- finding CSVs
-
-
-def _csv_files(root: Path, max_depth: int = 2) -> list[Path]:
-    """``*.csv`` files in ``root`` and up to ``max_depth`` folder levels below it."""
-    found: list[Path] = []
-    level = [root]
-    for depth in range(max_depth + 1):
-        next_level: list[Path] = []
-        for folder in level:
-            try:
-                entries = sorted(os.scandir(folder), key=lambda e: e.name)
-            except OSError:
-                continue
-            for entry in entries:
-                if entry.is_file() and entry.name.lower().endswith(".csv"):
-                    found.append(Path(entry.path))
-                elif (depth < max_depth and entry.is_dir() and not entry.name.startswith(".")
-                      and entry.name != _IMAGE_FOLDER):
-                    next_level.append(Path(entry.path))
-        level = next_level
-    return found
-
-
-def _kind_of(match: re.Match[str]) -> str:
-    kind = re.sub(r"[\s_-]", "", match["kind"].lower())
-    return "file-paths" if kind == "filepaths" else kind
-
-
-def find_bcs_csvs(data_root: str | os.PathLike[str], *, require_labels: bool = True) -> dict[str, list[Path]]:
-    """Find the BCS-DBT CSVs in ``data_root`` or up to two folder levels below it.
-
-    Both spellings of the names are accepted, case-insensitively:
-    ``BCS-DBT file-paths-train-v2.csv`` and ``BCS-DBT-file-paths-train-v2.csv`` (likewise
-    ``labels`` and ``boxes``, for any split). Where one kind and split exist in several
-    versions (``-v1``, ``-v2``), only the highest version is used and the others are logged
-    as ignored, since mixing versions would duplicate or contradict rows. The pre-TCIA CSVs
-    (``data_train_v2.csv``, ``bboxes_v2.csv``) are ignored with a warning: their boxes are
-    mirrored relative to the TCIA images.
-
-    Args:
-        data_root: The download folder (the CSVs may sit beside ``Breast-Cancer-Screening-DBT``
-            or in a sub-folder such as ``manifest-1617905855234/``).
-        require_labels: Fail without a labels CSV (False when cohorts come from reports).
-
-    Returns:
-        ``{"file-paths": [...], "labels": [...], "boxes": [...]}``, each list sorted by path
-        (``boxes`` and, without ``require_labels``, ``labels`` may be empty).
-
-    Raises:
-        ValueError: ``data_root`` is not a folder, or no file-paths or no labels CSV was found.
-    """
-    root = Path(data_root)
-    if not root.is_dir():
-        raise ValueError(f"data_root {str(root)!r} is not a folder; pass the BCS-DBT download folder")
-
-    candidates: dict[tuple[str, str], list[tuple[int, Path]]] = {}
-    other: list[Path] = []
-    for path in _csv_files(root):
-        match = _CSV_NAME.match(path.name)
-        if match:
-            key = (_kind_of(match), match["split"].lower())
-            version = int(match["version"]) if match["version"] else 0
-            candidates.setdefault(key, []).append((version, path))
-        elif _OLD_CSV_NAME.match(path.name):
-            logger.warning(
-                "Ignoring %s: a pre-TCIA BCS-DBT CSV (its boxes are mirrored relative to the TCIA "
-                "images); tomoflow reads only the 'BCS-DBT <kind>-<split>-vN.csv' files",
-                path,
-            )
-        else:
-            other.append(path)
-    if other:
-        logger.debug("Ignoring %d CSV files that are not BCS-DBT tables: %s", len(other), other)
-
-    found: dict[str, list[Path]] = {kind: [] for kind in CSV_KINDS}
-    for (kind, split), versions in sorted(candidates.items()):
-        newest = max(v for v, _ in versions)
-        for version, path in versions:
-            if version == newest:
-                found[kind].append(path)
-            else:
-                logger.warning(
-                    "Ignoring %s: a newer version (v%d) of the %s %s CSV is present", path, newest,
-                    split, kind,
-                )
-    for kind in found:
-        found[kind].sort()
-
-    needed = ("file-paths", "labels") if require_labels else ("file-paths",)
-    missing = [kind for kind in needed if not found[kind]]
-    if missing:
-        listing = ", ".join(p.name for p in [*sum(found.values(), []), *other]) or "no CSV files"
-        raise ValueError(
-            f"{root}: no BCS-DBT {' or '.join(missing)} CSV found (searched 2 folder levels deep; "
-            f"found: {listing}). Expected names like 'BCS-DBT file-paths-train-v2.csv', "
-            f"'BCS-DBT labels-train-v2.csv', 'BCS-DBT boxes-train-v2.csv' (a hyphen instead of the "
-            f"space is fine); download them from the collection's TCIA page into {root}"
-        )
-    if not found["boxes"]:
-        logger.warning("%s: no BCS-DBT boxes CSV found; positive volumes will have no boxes", root)
-    return found
-
-
-# --------------------------------------------------------------------------- loading CSVs
-
-
-def _snake(name: str) -> str:
-    compact = re.sub(r"[^0-9a-z]", "", name.lower())
-    if compact in _COLUMN_ALIASES:
-        return _COLUMN_ALIASES[compact]
-    name = re.sub(r"(?<=[a-z0-9])(?=[A-Z])", "_", name.strip())
-    return re.sub(r"[^0-9a-z]+", "_", name.lower()).strip("_")
-
-
-def _split_of(path: Path) -> str:
-    match = _CSV_NAME.match(path.name)
-    return match["split"].lower() if match else ""
-
-
-def _where(path: Path, row: int) -> str:
-    """``"<file> line 5 (data row 4)"`` for 0-based data row ``row`` (the header is line 1)."""
-    return f"{path} line {int(row) + 2} (data row {int(row) + 1})"
-
-
-def _first_bad(mask: pd.Series) -> int:
-    return int(np.flatnonzero(mask.to_numpy())[0])
-
-
-def _read_csv(path: Path, kind: str) -> pd.DataFrame:
-    try:
-        frame = pd.read_csv(path, dtype=str, keep_default_na=False, skipinitialspace=True)
-    except (pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError) as exc:
-        raise ValueError(f"{path}: cannot be read as a {kind} CSV ({exc}); re-download it") from exc
-    raw_columns = list(frame.columns)
-    frame.columns = [_snake(str(c)) for c in frame.columns]
-    for column in _REQUIRED[kind]:
-        if column not in frame.columns:
-            raise ValueError(
-                f"{path}: missing column {_CSV_SPELLING.get(column, column)!r} (a {kind} CSV needs "
-                f"{', '.join(_CSV_SPELLING.get(c, c) for c in _REQUIRED[kind])}; found "
-                f"{', '.join(map(str, raw_columns))}); "
-                f"check the file is an unmodified BCS-DBT {kind} CSV"
-            )
-    for column in frame.columns:
-        frame[column] = frame[column].str.strip()
-    frame = frame.replace("", pd.NA)
-
-    for column in KEY:
-        blank = frame[column].isna()
-        if blank.any():
-            row = _first_bad(blank)
-            raise ValueError(
-                f"{_where(path, row)}: column {_CSV_SPELLING[column]!r} is empty; every row needs "
-                f"{', '.join(KEY)}: fix or remove the row"
-            )
-    frame["view"] = frame["view"].str.lower()
-    bad_view = ~frame["view"].isin(VIEWS)
-    if bad_view.any():
-        row = _first_bad(bad_view)
-        raise ValueError(
-            f"{_where(path, row)}: column 'View' has {frame['view'].iloc[row]!r}, expected one "
-            f"of {', '.join(VIEWS)} ({int(bad_view.sum())} such rows); fix or remove the rows"
-        )
-    return frame
-
-
-def _integers(frame: pd.DataFrame, column: str, path: Path, allowed: str, *,
-              flags: bool = False, nullable: bool = False) -> pd.Series:
-    raw = frame[column]
-    numbers = pd.to_numeric(raw, errors="coerce")
-    bad = numbers.isna() & (raw.notna() | (not nullable))
-    values = numbers.to_numpy(dtype="float64", na_value=np.nan)
-    finite = np.isfinite(values)
-    bad |= pd.Series(finite & (values != np.round(values)), index=raw.index)
-    if flags:
-        bad |= pd.Series(finite & ~np.isin(values, (0.0, 1.0)), index=raw.index)
-    else:
-        bad |= pd.Series(finite & (values < 0), index=raw.index)
-    if bad.any():
-        row = _first_bad(bad)
-        key = "/".join(str(frame[c].iloc[row]) for c in KEY)
-        value = "is empty" if pd.isna(raw.iloc[row]) else f"has {raw.iloc[row]!r}"
-        raise ValueError(
-            f"{_where(path, row)} ({key}): column {_CSV_SPELLING.get(column, column)!r} {value}, "
-            f"expected {allowed} ({int(bad.sum())} such rows); fix or remove the rows"
-        )
-    return numbers.astype("Int64")
-
-
-def _load_kind(paths: Sequence[Path], kind: str) -> pd.DataFrame:
-    frames = []
-    for path in paths:
-        frame = _read_csv(path, kind)
-        if kind == "labels":
-            for column in COHORTS:
-                frame[column] = _integers(frame, column, path, "0 or 1", flags=True).astype("int8")
-        elif kind == "boxes":
-            for column in _INT_BOX_COLUMNS:
-                frame[column] = _integers(
-                    frame, column, path, "a non-negative integer", nullable=column == "volume_slices"
-                )
-            frame["ad"] = _integers(frame, "ad", path, "0 or 1", flags=True, nullable=True)
-            frame["box_class"] = frame["box_class"].str.lower()
-            bad = ~frame["box_class"].isin(BOX_CLASSES)
-            if bad.any():
-                row = _first_bad(bad)
-                raise ValueError(
-                    f"{_where(path, row)}: column 'Class' has {frame['box_class'].iloc[row]!r}, "
-                    f"expected one of {', '.join(BOX_CLASSES)}; fix or remove the row"
-                )
-        frame["csv_split"] = _split_of(path)
-        if kind == "boxes":
-            # Where each box came from, so a box rejected later (outside its frame) names its row.
-            frame["csv_file"] = path.name
-            frame["csv_line"] = np.arange(2, len(frame) + 2, dtype="int64")
-        frames.append(frame)
-    columns = [*_REQUIRED[kind], "csv_split"]
-    if not frames:
-        empty = pd.DataFrame({c: pd.Series(dtype="str") for c in columns})
-        for column in (*_INT_BOX_COLUMNS, "ad") if kind == "boxes" else ():
-            empty[column] = empty[column].astype("Int64")
-        return empty
-    table = pd.concat(frames, ignore_index=True)
-    extra = [c for c in table.columns if c not in columns]
-    return table[columns + extra]
-
-
-def _dedupe(table: pd.DataFrame, kind: str, key: list[str]) -> pd.DataFrame:
-    """Drop rows repeated across files; the first file (sorted by path) wins a conflict."""
-    content = [c for c in _REQUIRED[kind]]
-    exact = table.duplicated(subset=content, keep="first")
-    if exact.any():
-        logger.warning("%s CSVs: dropped %d repeated rows (within or across files)", kind, int(exact.sum()))
-        table = table.loc[~exact]
-    conflict = table.duplicated(subset=key, keep="first")
-    if conflict.any():
-        ids = table.loc[conflict, key].astype(str).agg("/".join, axis=1).tolist()
-        logger.warning(
-            "%s CSVs: %d volumes appear more than once with different values; kept the first "
-            "(by file name) for: %s%s", kind, len(ids), ", ".join(ids[:20]),
-            f" and {len(ids) - 20} more" if len(ids) > 20 else "",
-        )
-        table = table.loc[~conflict]
-    return table.reset_index(drop=True)
-
-
-def load_bcs_tables(data_root: str | os.PathLike[str], *, require_labels: bool = True) -> BcsTables:
-    """Find, read, validate and concatenate the BCS-DBT CSVs of every split.
-
-    Column names become snake_case (``PatientID`` -> ``patient_id``, ``Class`` ->
-    ``box_class``, ``VolumeSlices`` -> ``volume_slices``); views are lower-cased; a
-    ``csv_split`` column records the split named in each row's file name. Rows repeated
-    across files are dropped with a warning; where a volume appears twice with different
-    values (file paths, labels), the first file by name wins and the volume ids are logged.
-
-    Args:
-        data_root: The download folder (see :func:`find_bcs_csvs`).
-        require_labels: See :func:`find_bcs_csvs`; without labels the table is empty.
-
-    Returns:
-        The three tables.
-
-    Raises:
-        ValueError: A CSV is missing, unreadable, lacks a required column, or has a bad
-            value (a view other than lcc/lmlo/rcc/rmlo, a flag other than 0/1, a non-integer
-            box coordinate, a box class other than benign/cancer); the message names the file,
-            the line and the value.
-    """
-    found = find_bcs_csvs(data_root, require_labels=require_labels)
-    file_paths = _dedupe(_load_kind(found["file-paths"], "file-paths"), "file-paths", KEY)
-    labels = _dedupe(_load_kind(found["labels"], "labels"), "labels", KEY)
-    boxes = _dedupe(_load_kind(found["boxes"], "boxes"), "boxes", _REQUIRED["boxes"])
-    logger.info(
-        "BCS-DBT CSVs: %d volumes with file paths, %d label rows, %d boxes (%s)",
-        len(file_paths), len(labels), len(boxes),
-        ", ".join(f"{k}: {len(v)} files" for k, v in found.items()),
-    )
-    return BcsTables(file_paths=file_paths, labels=labels, boxes=boxes)
 
 
 # --------------------------------------------------------------------------- cohorts
@@ -467,11 +124,11 @@ def cohorts_from_labels(labels: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFram
     kept["label"] = _label_for(cohort)
     kept["cohort_source"] = "labels"
     kept["n_flags"] = n_flags[~none].astype("int64")
-    return kept[COHORT_COLUMNS], rejects[REJECT_COLUMNS]
+    return kept[COHORT_COLUMNS], rejects[LABEL_REJECT_COLUMNS]
 
 
 def cohorts_from_reports(studies: pd.DataFrame, file_paths: pd.DataFrame) -> pd.DataFrame:
-    """Per-volume cohorts from report-derived study cohorts (:func:`tasks.reports.study_cohorts`).
+    """Per-volume cohorts from report-derived study cohorts (:func:`tasks.report_filter.study_cohorts`).
 
     A study's cohort applies to its volumes (the views the file-paths table lists for it).
     Where the deciding pathology names one side (``side`` ``L``/``R``), only that side's
@@ -502,6 +159,27 @@ def cohorts_from_reports(studies: pd.DataFrame, file_paths: pd.DataFrame) -> pd.
     return out[COHORT_COLUMNS].sort_values(KEY, kind="stable").reset_index(drop=True)
 
 
+def _source_name(i: int, source: pd.DataFrame) -> str | None:
+    """The ``cohort_source`` name of source ``i`` after checking it (None: the source is empty)."""
+    missing = [c for c in (*KEY, "cohort", "cohort_source") if c not in source.columns]
+    if missing:
+        raise ValueError(f"cohort source #{i}: missing columns {missing}; expected {COHORT_COLUMNS}")
+    names = source["cohort_source"].dropna().unique().tolist()
+    if len(names) > 1:
+        raise ValueError(f"cohort source #{i}: several cohort_source values {names}; pass one table per source")
+    bad = ~source["cohort"].isin(COHORTS)
+    if bad.any():
+        raise ValueError(
+            f"cohort source #{i} ({names}): cohort {source['cohort'][bad].iloc[0]!r} at "
+            f"{_key_strings(source.loc[bad])[0]}; expected one of {', '.join(COHORTS)}"
+        )
+    if source.duplicated(subset=KEY).any():
+        raise ValueError(f"cohort source #{i} ({names}): a volume appears twice; one row per volume")
+    if source.empty:
+        return None
+    return names[0] if names else f"source{i}"
+
+
 def combine_cohorts(sources: Sequence[pd.DataFrame]) -> tuple[pd.DataFrame, dict[str, int]]:
     """Merge cohort sources (labels, reports, ...) into one cohort per volume.
 
@@ -524,26 +202,8 @@ def combine_cohorts(sources: Sequence[pd.DataFrame]) -> tuple[pd.DataFrame, dict
     """
     if not sources:
         raise ValueError("combine_cohorts: no cohort source given; pass at least the labels cohorts")
-    prepared = []
-    for i, source in enumerate(sources):
-        missing = [c for c in (*KEY, "cohort", "cohort_source") if c not in source.columns]
-        if missing:
-            raise ValueError(f"cohort source #{i}: missing columns {missing}; expected {COHORT_COLUMNS}")
-        names = source["cohort_source"].dropna().unique().tolist()
-        if len(names) > 1:
-            raise ValueError(f"cohort source #{i}: several cohort_source values {names}; pass one table per source")
-        bad = ~source["cohort"].isin(COHORTS)
-        if bad.any():
-            raise ValueError(
-                f"cohort source #{i} ({names}): cohort {source['cohort'][bad].iloc[0]!r} at "
-                f"{_key_strings(source.loc[bad])[0]}; expected one of {', '.join(COHORTS)}"
-            )
-        if source.duplicated(subset=KEY).any():
-            raise ValueError(f"cohort source #{i} ({names}): a volume appears twice; one row per volume")
-        if source.empty:
-            continue
-        prepared.append((names[0] if names else f"source{i}", source))
-
+    prepared = [(name, source) for i, source in enumerate(sources)
+                if (name := _source_name(i, source)) is not None]
     order = sorted(range(len(prepared)), key=lambda i: (prepared[i][0] != "labels", i))
     prepared = [prepared[i] for i in order]
     if not prepared:
@@ -703,194 +363,3 @@ def volume_counts(volumes: pd.DataFrame) -> dict[str, object]:
         "excluded": _count(volumes.loc[~included, "excluded_reason"]),
         "positives_without_boxes": int((positives & inc["n_boxes"].eq(0)).sum()),
     }
-
-
-def included(volumes: pd.DataFrame) -> pd.DataFrame:
-    """The volumes that are used: no exclusion reason and a 0/1 label."""
-    mask = volumes["excluded_reason"].isna() & volumes["label"].isin((0, 1))
-    return volumes.loc[mask]
-
-
-def most_severe(cohorts: Iterable[str]) -> str:
-    """The most severe of ``cohorts`` (see :data:`COHORTS`)."""
-    return max(cohorts, key=_SEVERITY.__getitem__)
-
-
-# --------------------------------------------------------------------------- accounting
-
-#: Reasons a listed volume is left out on purpose (the study's design or the strategy),
-#: which do not count towards the reject fraction; every other reason is a fault.
-BY_DESIGN_REASONS: tuple[str, ...] = ("actionable", "not-selected")
-
-
-def reject_reason(text: object) -> str:
-    """An extraction record's reject text as ``code: detail`` (``missing-file``, ``unreadable``).
-
-    The code before the colon is what :func:`account_volumes` counts by.
-    """
-    detail = str(text)
-    if re.match(r"^[a-z]+(-[a-z]+)*(:|$)", detail):
-        return detail  # already coded
-    if detail.startswith("missing volume"):
-        return "missing-file: " + detail.removeprefix("missing volume").lstrip(": ")
-    return f"unreadable: {detail}"
-
-
-def reason_code(reason: object) -> str:
-    """The code of a reject reason (the text before the first colon)."""
-    return str(reason).split(":", 1)[0].strip()
-
-
-def account_volumes(
-    volumes: pd.DataFrame, plan: pd.DataFrame, manifest: pd.DataFrame, extraction_rejects: pd.DataFrame,
-    *, max_reject_fraction: float,
-) -> tuple[pd.DataFrame, dict[str, object]]:
-    """Account for every volume of the file-paths CSVs: used, or rejected with a reason.
-
-    A listed volume (one with a file-paths row) is *used* when it has at least one image in
-    the manifest; otherwise it gets one ``kind="volume"`` reject row whose reason is, in
-    order: its exclusion reason from the volume table (``no-label``, ``no-flag``,
-    ``actionable``), its extraction reject (``missing-file: ...``, ``unreadable: ...``),
-    ``no-frames`` (planned, but no frame written), ``no-box`` (a tumour volume the strategy
-    needs a box for) or ``not-selected`` (the strategy did not pick it, e.g. the other
-    normal views of a patient under single-slice).
-
-    Args:
-        volumes: :func:`build_volume_table`'s table.
-        plan: The slice plan that was extracted.
-        manifest: The manifest built from it.
-        extraction_rejects: ``kind="volume"`` rejects from the extraction records (reasons
-            coded by :func:`reject_reason`).
-        max_reject_fraction: The allowed share of faults, recorded in the accounting.
-
-    Returns:
-        ``(rejects, accounting)``: the volume reject rows (the extraction rejects'
-        columns) and a JSON-able dict with ``listed = used + rejected``, the rejects by
-        reason, the ``faults`` (rejects not in :data:`BY_DESIGN_REASONS`), their
-        ``fault_fraction`` and ``max_reject_fraction``.
-    """
-    def keys(frame: pd.DataFrame) -> set[tuple[str, str, str]]:
-        return set(frame[KEY].astype(str).itertuples(index=False, name=None)) if len(frame) else set()
-
-    listed = volumes.loc[volumes["excluded_reason"].astype("object").ne("no-file-path").fillna(True)]
-    used, planned = keys(manifest), keys(plan)
-    extracted = {tuple(str(v) for v in k): (str(r), p) for k, r, p in zip(
-        extraction_rejects[KEY].itertuples(index=False, name=None), extraction_rejects["reason"],
-        extraction_rejects["path"])}
-    rows: list[dict[str, object]] = []
-    for row in listed.itertuples(index=False):
-        key = (str(row.patient_id), str(row.study_uid), str(row.view))
-        if key in used:
-            continue
-        path = row.descriptive_path if isinstance(row.descriptive_path, str) else None
-        if isinstance(row.excluded_reason, str):
-            reason = row.excluded_reason
-        elif key in extracted:
-            reason, path = extracted[key][0], extracted[key][1] or path
-        elif key in planned:
-            reason = "no-frames: the plan selected no frame of this volume that could be written"
-        elif row.label == 1:
-            reason = "no-box: the strategy needs the lesion's box and the boxes CSV has none for this volume"
-        else:
-            reason = "not-selected"
-        rows.append({"kind": "volume", "patient_id": key[0], "study_uid": key[1], "view": key[2],
-                     "report_id": None, "path": path, "reason": reason})
-    rejects = pd.DataFrame(rows, columns=list(extraction_rejects.columns))
-    by_reason: dict[str, int] = {}
-    for reason in rejects["reason"]:
-        code = reason_code(reason)
-        by_reason[code] = by_reason.get(code, 0) + 1
-    faults = sum(n for code, n in by_reason.items() if code not in BY_DESIGN_REASONS)
-    n_listed = int(len(listed))
-    accounting: dict[str, object] = {
-        "listed": n_listed,
-        "used": int(len(used & keys(listed))),
-        "rejected": int(len(rejects)),
-        "rejected_by_reason": dict(sorted(by_reason.items())),
-        "faults": int(faults),
-        "fault_fraction": round(faults / n_listed, 6) if n_listed else 0.0,
-        "max_reject_fraction": float(max_reject_fraction),
-    }
-    accounting["reconciled"] = accounting["listed"] == accounting["used"] + accounting["rejected"]
-    return rejects, accounting
-
-
-def reject_fraction_error(accounting: dict[str, object], *, option: str = "--max-reject-fraction") -> str | None:
-    """The message that stops a run whose faults exceed the allowed share, or None."""
-    listed = int(accounting.get("listed", 0) or 0)
-    faults = int(accounting.get("faults", 0) or 0)
-    allowed = float(accounting.get("max_reject_fraction", 1.0))
-    if not listed or faults / listed <= allowed:
-        return None
-    counts = ", ".join(f"{code}: {n}" for code, n in dict(accounting.get("rejected_by_reason", {})).items()
-                       if code not in BY_DESIGN_REASONS)
-    return (
-        f"{faults} of {listed} volumes listed in the file-paths CSVs ({faults / listed:.1%}) were rejected, "
-        f"more than the allowed {allowed:.1%} ({counts}); each is in rejects.parquet with its reason. "
-        f"Fix the inputs (labels CSV, image folders), or accept this with {option} "
-        f"{min(1.0, (faults / listed) + 0.005):.2f} (max_reject_fraction in the configuration)"
-    )
-
-
-def drop_boxes_outside_frames(
-    plan: pd.DataFrame, boxes: pd.DataFrame, records: Iterable[str | os.PathLike[str]],
-) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Reject the boxes that do not fit inside their volume's frames, one reject per box.
-
-    The boxes CSV gives no frame size, so this runs once the extraction records know each
-    file's rows and columns. A box outside the frame would otherwise be mapped onto the
-    image's padding and counted, for example, in the Grad-CAM localisation score.
-
-    Args:
-        plan: The slice plan (its ``boxes`` JSON per volume).
-        boxes: :attr:`BcsTables.boxes` (with ``csv_file`` and ``csv_line`` naming each row).
-        records: The extraction records (``volume.json``; ``rows``, ``columns``).
-
-    Returns:
-        ``(plan, rejects)``: the plan without those boxes (``n_boxes`` updated) and one
-        ``kind="box"`` reject per box naming the CSV file and line.
-    """
-    import json
-
-    size: dict[tuple[str, str, str], tuple[int, int]] = {}
-    for path in records:
-        try:
-            record = json.loads(Path(path).read_text())
-        except (OSError, ValueError):
-            continue
-        if record.get("rows") and record.get("columns"):
-            size[(str(record["patient_id"]), str(record["study_uid"]), str(record["view"]))] = (
-                int(record["rows"]), int(record["columns"]))
-    rejects: list[dict[str, object]] = []
-    bad: dict[tuple[str, str, str], set[tuple[int, int, int, int, int]]] = {}
-    for row in boxes.itertuples(index=False):
-        key = (str(row.patient_id), str(row.study_uid), str(row.view))
-        if key not in size:
-            continue
-        rows_, columns = size[key]
-        x, y, w, h = (int(v) for v in (row.x, row.y, row.width, row.height))
-        if x + w <= columns and y + h <= rows_ and w > 0 and h > 0:
-            continue
-        where = f"{getattr(row, 'csv_file', 'boxes CSV')} line {getattr(row, 'csv_line', '?')}"
-        rejects.append({
-            "kind": "box", "patient_id": key[0], "study_uid": key[1], "view": key[2], "report_id": None,
-            "path": str(getattr(row, "csv_file", "")) or None,
-            "reason": (f"box-outside-frame: {where} ({'/'.join(key)}): X={x} Y={y} Width={w} Height={h} "
-                       f"does not fit the file's {columns} x {rows_} (columns x rows) frame; fix the row"),
-        })
-        bad.setdefault(key, set()).add((int(row.slice), x, y, w, h))
-    if not bad:
-        return plan, pd.DataFrame(rejects, columns=["kind", *KEY, "report_id", "path", "reason"])
-    logger.warning("%d boxes lie outside their frame and are rejected (see rejects.parquet)", len(rejects))
-    plan = plan.copy()
-    kept_json, counts = [], []
-    for key, text in zip(plan[KEY].astype(str).itertuples(index=False, name=None), plan["boxes"]):
-        listed = json.loads(text) if isinstance(text, str) and text else []
-        if key in bad:
-            listed = [b for b in listed if (int(b["slice"]), int(b["x"]), int(b["y"]), int(b["width"]),
-                                            int(b["height"])) not in bad[key]]
-        kept_json.append(json.dumps(listed, sort_keys=True, separators=(",", ":")))
-        counts.append(len(listed))
-    plan["boxes"] = pd.Series(kept_json, index=plan.index, dtype="str")
-    plan["n_boxes"] = pd.Series(counts, index=plan.index, dtype="int64")
-    return plan, pd.DataFrame(rejects, columns=["kind", *KEY, "report_id", "path", "reason"])

@@ -2,20 +2,54 @@
 
 Every field has a default and a description, so the Prefect UI renders each flow's
 configuration as a form, the CLI fills it from options and ``prefect.yaml`` from
-parameters. Validation happens here, before any work starts (DESIGN convention 7).
+parameters. Validation happens here, before any work starts.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-from typing import Any, Literal
+import math
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from tasks.schema import Strategy
 
 #: Bumped whenever a change alters what a cached step would produce.
 CODE_VERSION = "tomoflow-0.1.0/cache-4"  # 2: single-slice one image per patient; null/occlusion metrics; 3: reduced decode; 4: label-first splits, scratch recipe
 
-Strategy = Literal["all-slices", "single-slice", "lesion-slices"]
+
+def check_split_fractions(value: Any) -> tuple[float, float, float]:
+    """Shares of patients for (train, validation, test): three finite, non-negative numbers summing to 1.
+
+    A zero leaves that split empty. The one check of split fractions: :class:`SlicesConfig`
+    applies it (and also needs train > 0), and :func:`tasks.splits.split_patients` calls it on
+    fractions given directly.
+
+    Raises:
+        ValueError: Naming the value and what is needed.
+    """
+    try:
+        values = tuple(float(f) for f in value)
+    except (TypeError, ValueError):
+        raise ValueError(f"fractions {value!r} must be three numbers (train, validation, test)") from None
+    if len(values) != 3 or not all(math.isfinite(f) and f >= 0 for f in values):
+        raise ValueError(f"fractions {value!r} must be three non-negative numbers (train, validation, test)")
+    if not math.isclose(sum(values), 1.0, abs_tol=1e-6):
+        raise ValueError(f"fractions {value!r} sum to {sum(values):g}; they must sum to 1")
+    return values  # type: ignore[return-value]
+
+
+#: Split fractions, checked by :func:`check_split_fractions`.
+SplitFractions = Annotated[tuple[float, float, float], BeforeValidator(check_split_fractions)]
 
 
 class _Frozen(BaseModel):
@@ -65,7 +99,7 @@ class SlicesConfig(_Frozen):
         2, ge=0, le=50, description="Frames either side of a box's Slice that count as lesion frames."
     )
     seed: int = Field(0, description="Seed for every random choice (frame sampling, splits).")
-    split_fractions: tuple[float, float, float] = Field(
+    split_fractions: SplitFractions = Field(
         (0.7, 0.15, 0.15), description="Train, validation, test fractions of patients."
     )
     full_resolution: bool = Field(
@@ -90,7 +124,7 @@ class SlicesConfig(_Frozen):
     @field_validator("split_fractions")
     @classmethod
     def _fractions_sum_to_one(cls, v: tuple[float, float, float]) -> tuple[float, float, float]:
-        if any(f < 0 for f in v) or abs(sum(v) - 1.0) > 1e-6 or v[0] <= 0:
+        if v[0] <= 0:  # the rest is check_split_fractions
             raise ValueError(
                 f"split_fractions {v}: need three non-negative fractions (train > 0) that sum to 1"
             )
@@ -223,6 +257,15 @@ class AugmentConfig(_Frozen):
     target_ratio: float = Field(
         1.0, gt=0, le=1, description="Offline balancing: positives per negative in the training split."
     )
+
+
+    @field_validator("zoom")
+    @classmethod
+    def _zoom_range(cls, v: tuple[float, float]) -> tuple[float, float]:
+        lo, hi = v
+        if not 0 < lo <= hi:
+            raise ValueError(f"augment.zoom {tuple(v)!r}: need 0 < min <= max, e.g. (0.9, 1.1)")
+        return v
 
 
 class TrainConfig(_Frozen):

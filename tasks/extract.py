@@ -88,7 +88,7 @@ def _load_record(record_path: Path, key: str) -> dict[str, Any] | None:
 
 
 def finished_record(
-    job: dict[str, Any], *, data_root: str | os.PathLike[str], out_dir: str | os.PathLike[str],
+    job: dict[str, Any], *, out_dir: str | os.PathLike[str],
     image_size: int, seed: int, resolver: VolumeResolver, full_resolution: bool = False,
 ) -> Path | None:
     """The record of ``job`` if an earlier run already extracted it with the same inputs."""
@@ -114,7 +114,7 @@ def split_finished(
     done: list[str] = []
     todo: list[dict[str, Any]] = []
     for job in jobs:
-        record = finished_record(job, data_root=data_root, out_dir=out_dir, image_size=image_size,
+        record = finished_record(job, out_dir=out_dir, image_size=image_size,
                                  seed=seed, resolver=resolver, full_resolution=full_resolution)
         if record is None:
             todo.append(job)

@@ -11,18 +11,10 @@ import numpy as np
 import pandas as pd
 
 from tasks.dicom import box_to_image
-from tasks.schema import MANIFEST_COLUMNS, REJECT_COLUMNS
-from tasks.slices import frame_boxes
+from tasks.schema import MANIFEST_COLUMNS, REJECT_COLUMNS, VOLUME_KEY
+from tasks.slices import box_records, frame_boxes
 
-_KEY = ["patient_id", "study_uid", "view"]
-
-
-def _boxes_of(value: Any) -> list[dict[str, Any]]:
-    if value is None or (isinstance(value, float) and np.isnan(value)):
-        return []
-    if isinstance(value, str):
-        return list(json.loads(value)) if value else []
-    return [dict(b) for b in value]
+_KEY = list(VOLUME_KEY)
 
 
 def _pick_box(boxes: list[dict[str, Any]], frame: int, lesion_window: int) -> dict[str, Any] | None:
@@ -71,7 +63,7 @@ def build_manifest(
             rejects.append({"kind": "volume", **dict(zip(_KEY, key)), "path": record.get("source_path"),
                             "reason": record["reject"]})
             continue
-        boxes = _boxes_of(planned.get("boxes"))
+        boxes = box_records(planned.get("boxes"))
         rel_dir = record_path.parent.relative_to(out).as_posix()
         for fr in record["frames"]:
             box = _pick_box(boxes, int(fr["slice_index"]), lesion_window)

@@ -14,9 +14,10 @@ from the fractions (:func:`allocate`: largest remainder; every split with a non-
 fraction gets at least one patient of the label when the label has enough; fewer patients
 than non-empty splits fill train, then test, then validation). Those places are then shared
 out among the label's cohorts, most severe first, each cohort apportioned like a label and
-cut down to the places left (:func:`cohort_counts`). scikit-learn's
-:class:`~sklearn.model_selection.GroupShuffleSplit`, grouped by patient, then draws which
-patients of a cohort go where, seeded from ``(seed, cohort)``.
+cut down to the places left (:func:`cohort_counts`). A seeded permutation of the cohort's
+patients (:func:`_draw`, seeded from ``(seed, cohort)``) then draws which go where: the
+same draw as scikit-learn's ``GroupShuffleSplit`` grouped by patient, which this replaced,
+since the table has one row per patient.
 
 :func:`check_split_classes` tells, before any image is extracted, whether a split would
 lack tumour or normal images, with the counts per split and class and what to change.
@@ -24,7 +25,6 @@ lack tumour or normal images, with the counts per split and class and what to ch
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import math
 from typing import Any
@@ -32,14 +32,15 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from tasks.cohorts import COHORT_LABEL, COHORTS
+from tasks.config import check_split_fractions
+from tasks.frame_rules import stable_seed
+from tasks.schema import COHORT_LABEL, COHORT_SEVERITY, COHORTS, SPLITS
 
 logger = logging.getLogger(__name__)
 
-SPLITS: tuple[str, str, str] = ("train", "validation", "test")
 #: Who gets a patient first when a stratum has fewer patients than non-empty splits.
 _PRIORITY: tuple[int, ...] = (0, 2, 1)
-_SEVERITY = {c: i for i, c in enumerate(COHORTS)}
+_SEVERITY = COHORT_SEVERITY
 
 
 class SplitLeakError(ValueError, AssertionError):
@@ -51,20 +52,6 @@ class SplitClassError(ValueError):
 
     Bad input, not a passing fault: raised once, never worth retrying.
     """
-
-
-def _check_fractions(fractions: Any) -> tuple[float, float, float]:
-    try:
-        values = tuple(float(f) for f in fractions)
-    except (TypeError, ValueError):
-        raise ValueError(f"fractions {fractions!r} must be three numbers (train, validation, test)") from None
-    if len(values) != 3 or not all(math.isfinite(f) and f >= 0 for f in values):
-        raise ValueError(
-            f"fractions {fractions!r} must be three non-negative numbers (train, validation, test)"
-        )
-    if not math.isclose(sum(values), 1.0, abs_tol=1e-6):
-        raise ValueError(f"fractions {fractions!r} sum to {sum(values):g}; they must sum to 1")
-    return values  # type: ignore[return-value]
 
 
 def allocate(n: int, fractions: tuple[float, float, float]) -> tuple[int, int, int]:
@@ -134,8 +121,21 @@ def cohort_counts(
 
 
 def _stratum_seed(seed: int, stratum: str) -> int:
-    digest = hashlib.sha256(f"{int(seed)}\x1fsplit\x1f{stratum}".encode()).digest()
-    return int.from_bytes(digest[:4], "big") >> 2  # leaves room for + which, below 2**32
+    """The seed of one stratum's draw: :func:`~tasks.frame_rules.stable_seed`'s top 30 bits.
+
+    (Below 2**30, leaving room for ``+ which`` under 2**32, as ``RandomState`` needs.)
+    """
+    return stable_seed(seed, "split", stratum) >> 34
+
+
+def _draw(n: int, k: int, seed: int) -> np.ndarray:
+    """``k`` of the positions ``0..n-1``, sorted: the first ``k`` of a seeded permutation.
+
+    Exactly what ``GroupShuffleSplit(n_splits=1, test_size=k, random_state=seed)`` returns as
+    its test set over ``n`` rows of distinct, sorted groups (one row per patient, sorted by
+    patient): its legacy ``RandomState`` permutation of the groups, first ``k`` taken.
+    """
+    return np.sort(np.random.RandomState(seed).permutation(n)[:k])
 
 
 def patient_strata(volumes: pd.DataFrame) -> pd.DataFrame:
@@ -199,7 +199,7 @@ def split_patients(
     Raises:
         ValueError: Bad fractions, or a table lacking ``patient_id``/``cohort``.
     """
-    fractions = _check_fractions(fractions)
+    fractions = check_split_fractions(fractions)
     strata = patient_strata(volumes)
     split = np.full(len(strata), "", dtype=object)
     sizes = strata["stratum"].value_counts()
@@ -209,7 +209,6 @@ def split_patients(
         planned.update(cohort_counts(of_label, fractions) if of_label else {})
     for stratum in sorted(strata["stratum"].unique(), key=_SEVERITY.__getitem__):
         rows = np.flatnonzero(strata["stratum"].to_numpy() == stratum)
-        patients = strata["patient_id"].to_numpy()[rows]
         counts = planned[stratum]
         rng_seed = _stratum_seed(seed, stratum)
         remaining = np.arange(len(rows))
@@ -221,12 +220,7 @@ def split_patients(
             if k == len(remaining):
                 chosen = remaining
             else:
-                # sklearn (and scipy under it) costs 1-3 s to import: only when a split is drawn.
-                from sklearn.model_selection import GroupShuffleSplit
-
-                splitter = GroupShuffleSplit(n_splits=1, test_size=k, random_state=rng_seed + which)
-                _, taken = next(splitter.split(remaining, groups=patients[remaining]))
-                chosen = remaining[taken]
+                chosen = remaining[_draw(len(remaining), k, rng_seed + which)]
             split[rows[chosen]] = SPLITS[which]
             remaining = np.setdiff1d(remaining, chosen)
         split[rows[remaining]] = SPLITS[0]
@@ -290,7 +284,7 @@ def check_split_classes(
     Raises:
         SplitClassError: (a ValueError) naming the counts per split and class and what to change.
     """
-    fractions = _check_fractions(fractions)
+    fractions = check_split_fractions(fractions)
     counts = split_class_counts(plan, splits)
     used = [split for split, f in zip(SPLITS, fractions) if f > 0]
     lacking = [(split, name) for split in used for _, name in _CLASSES if counts[split][name]["volumes"] == 0]
@@ -313,25 +307,6 @@ def check_split_classes(
         f"slices.split_fractions (e.g. (0.8, 0.2, 0.0) needs 2 of each; evaluate then on the validation split). "
         f"Nothing was extracted."
     )
-
-
-def assign_splits(table: pd.DataFrame, splits: pd.DataFrame) -> pd.DataFrame:
-    """Add each row's ``split`` (from :func:`split_patients`) by ``patient_id``.
-
-    Raises:
-        ValueError: A row's patient has no split (e.g. the splits were made from another
-            volume table).
-    """
-    merged = table.drop(columns=["split"], errors="ignore").merge(
-        splits[["patient_id", "split"]], on="patient_id", how="left", validate="many_to_one"
-    )
-    missing = merged["split"].isna()
-    if missing.any():
-        raise ValueError(
-            f"{int(missing.sum())} rows belong to patients without a split (first: "
-            f"{merged.loc[missing, 'patient_id'].iloc[0]}); make the splits from the same volume table"
-        )
-    return merged
 
 
 def assert_disjoint(table: pd.DataFrame, key: str = "patient_id") -> None:

@@ -15,7 +15,7 @@ import pandas as pd
 from prefect import task
 
 from tasks import cohorts as cohorts_mod
-from tasks import reports as reports_mod
+from tasks import report_filter as reports_mod
 from tasks import slices as slices_mod
 from tasks import splits as splits_mod
 from tasks.caching import content_cache_key_fn, step_dir

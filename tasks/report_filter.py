@@ -1,5 +1,8 @@
 """DEDUCE-style report filtering and the text rules that turn reports into findings.
 
+(Over 400 lines on purpose: this module is the boundary that report text never crosses, so
+reading, filtering and deriving stay in one file that can be audited alone.)
+
 Report text is patient-identifying. It is read here, matched against fixed patterns, and
 dropped: nothing in this module writes, logs or returns report text; outputs carry only
 ids, types, dates and derived categories.

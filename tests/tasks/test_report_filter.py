@@ -7,7 +7,7 @@ import datetime as dt
 import pandas as pd
 import pytest
 
-from tasks.reports import (
+from tasks.report_filter import (
     classify_pathology,
     filter_reports,
     parse_birads,
@@ -197,7 +197,7 @@ def test_read_reports_errors_name_file_and_column(tmp_path) -> None:
 
 
 def test_a_bad_byte_rejects_only_its_row_naming_file_and_row_never_text(tmp_path) -> None:
-    from tasks.reports import load_reports
+    from tasks.report_filter import load_reports
 
     secret = "Johanna Quixote DOB 1957-03-14 MRN 44175521"
     path = tmp_path / "reports.csv"
@@ -218,7 +218,7 @@ def test_a_bad_byte_rejects_only_its_row_naming_file_and_row_never_text(tmp_path
 
 
 def test_byte_order_marks_are_detected(tmp_path) -> None:
-    from tasks.reports import load_reports
+    from tasks.report_filter import load_reports
 
     text = "report_id,patient_id,study_uid,report_type,report_date,text\nR1,P1,S1,radiology,2015-01-01,Mélanie\n"
     for encoding, expected in (("utf-8-sig", "utf-8-sig"), ("utf-16", "utf-16")):

@@ -1,0 +1,170 @@
+"""The CLI's config-backed options: which config field each sets, its help from the field, and the
+configs built from parsed options (``tomoflow prepare / train / evaluate``)."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any, Literal, get_args, get_origin
+
+from pydantic import BaseModel
+
+from tasks.config import (
+    AugmentConfig,
+    DataConfig,
+    EvaluateConfig,
+    ModelConfig,
+    PrepareConfig,
+    ReportsConfig,
+    SlicesConfig,
+    TrainConfig,
+    TrainParams,
+)
+
+#: Which config field each config-backed option of a flow command sets: ``{command: {dest:
+#: (model, field)}}``. The option's help is the field's description and its choices the
+#: field's ``Literal`` values; ``tests/flows/test_cli_config.py`` checks that every option of
+#: these commands is listed here (or in :data:`NOT_CONFIG`) and lands in its field, so an
+#: option cannot drift from the model.
+CONFIG_OPTIONS: dict[str, dict[str, tuple[type[BaseModel], str]]] = {
+    "prepare": {
+        "data_root": (DataConfig, "data_root"),
+        "out": (DataConfig, "output_dir"),
+        "strategy": (SlicesConfig, "strategy"),
+        "image_size": (SlicesConfig, "image_size"),
+        "seed": (SlicesConfig, "seed"),
+        "normal_fraction": (SlicesConfig, "normal_fraction"),
+        "reports": (DataConfig, "reports"),
+        "no_labels": (DataConfig, "use_labels"),  # inverted
+        "workers": (SlicesConfig, "workers"),
+        "executor": (SlicesConfig, "executor"),
+        "full_resolution": (SlicesConfig, "full_resolution"),
+        "max_reject_fraction": (DataConfig, "max_reject_fraction"),
+        "reports_encoding": (ReportsConfig, "encoding"),
+    },
+    "train": {
+        "manifest": (TrainConfig, "manifest"),
+        "out": (TrainConfig, "run_dir"),
+        "model": (ModelConfig, "model"),
+        "weights": (ModelConfig, "weights"),
+        "head": (ModelConfig, "head"),
+        "optimizer": (TrainParams, "optimizer"),
+        "epochs": (TrainParams, "epochs"),
+        "batch_size": (TrainParams, "batch_size"),
+        "image_size": (TrainParams, "image_size"),
+        "patience": (TrainParams, "patience"),
+        "no_early_stopping": (TrainParams, "patience"),  # sets it to None
+        "lr": (TrainParams, "lr"),
+        "freeze_epochs": (TrainParams, "freeze_epochs"),
+        "seed": (TrainParams, "seed"),
+        "max_batches": (TrainParams, "max_batches"),
+        "num_workers": (TrainParams, "num_workers"),
+        "device": (TrainParams, "device"),
+        "no_augment": (AugmentConfig, "online"),  # inverted
+        "balance": (AugmentConfig, "offline_balance"),
+    },
+    "evaluate": {
+        "run": (EvaluateConfig, "run_dir"),
+        "manifest": (EvaluateConfig, "manifest"),
+        "out": (EvaluateConfig, "output_dir"),
+        "split": (EvaluateConfig, "split"),
+        "aggregate": (EvaluateConfig, "aggregate"),
+        "threshold": (EvaluateConfig, "threshold"),
+        "bootstrap": (EvaluateConfig, "bootstrap"),
+        "seed": (EvaluateConfig, "seed"),
+        "device": (EvaluateConfig, "device"),
+    },
+}
+
+#: Options of the flow commands above that set no config field (argparse's own ``help``).
+NOT_CONFIG: frozenset[str] = frozenset({"help", "func"})
+
+
+def _field_help(model: type[BaseModel], field: str, note: str = "") -> str:
+    """The help of an option: the field's description, with ``note`` (a default in brackets after it,
+    anything else, e.g. what an inverting flag does, before it)."""
+    description = (model.model_fields[field].description or "").replace("%", "%%")
+    if not note:
+        return description
+    return f"{description} {note}" if note.startswith("(") else f"{note} {description}"
+
+
+def _field_choices(model: type[BaseModel], field: str) -> list[str] | None:
+    """The values of a ``Literal`` field, in the model's order (None for other types)."""
+    annotation = model.model_fields[field].annotation
+    return list(get_args(annotation)) if get_origin(annotation) is Literal else None
+
+
+def config_option(p: argparse.ArgumentParser, flag: str, command: str, *, note: str = "",
+                   **kwargs: Any) -> None:
+    """Add a config-backed option: help and choices from its field (see :data:`CONFIG_OPTIONS`)."""
+    dest = flag.lstrip("-").replace("-", "_")
+    model, field = CONFIG_OPTIONS[command][dest]
+    if kwargs.get("action") not in ("store_true", "store_false") and "choices" not in kwargs:
+        choices = _field_choices(model, field)
+        if choices:
+            kwargs["choices"] = choices
+    p.add_argument(flag, help=_field_help(model, field, note), **kwargs)
+
+
+def prepare_config_from_args(args: argparse.Namespace) -> PrepareConfig:
+    """Build the ``prepare-data`` configuration from CLI options (validated before any work)."""
+    slices: dict[str, object] = {
+        "strategy": args.strategy,
+        "image_size": args.image_size,
+        "seed": args.seed,
+        "normal_fraction": args.normal_fraction,
+    }
+    if getattr(args, "full_resolution", False):
+        slices["full_resolution"] = True
+    if args.workers:
+        slices["workers"] = args.workers
+    if args.executor:
+        slices["executor"] = args.executor
+    data: dict[str, object] = {}
+    if getattr(args, "max_reject_fraction", None) is not None:
+        data["max_reject_fraction"] = args.max_reject_fraction
+    reports: dict[str, object] = {}
+    if getattr(args, "reports_encoding", None):
+        reports["encoding"] = args.reports_encoding
+    return PrepareConfig(
+        data=DataConfig(
+            data_root=str(args.data_root),
+            output_dir=str(args.out),
+            reports=str(args.reports) if args.reports else None,
+            use_labels=not args.no_labels,
+            **data,
+        ),
+        slices=SlicesConfig(**slices),
+        reports=ReportsConfig(**reports),
+    )
+
+
+def train_config_from_args(args: argparse.Namespace) -> TrainConfig:
+    """Build the ``train-classifier`` configuration from CLI options."""
+    train: dict[str, object] = {"optimizer": args.optimizer, "device": args.device}
+    for name in ("epochs", "batch_size", "image_size", "patience", "lr", "freeze_epochs", "seed",
+                 "max_batches", "num_workers"):
+        value = getattr(args, name, None)
+        if value is not None:
+            train[name] = value
+    if getattr(args, "no_early_stopping", False):
+        train["patience"] = None
+    weights = args.weights
+    return TrainConfig(
+        manifest=str(args.manifest),
+        run_dir=str(args.out),
+        model=ModelConfig(model=args.model, weights=weights, head=args.head),
+        train=TrainParams(**train),
+        augment=AugmentConfig(online=not args.no_augment, offline_balance=args.balance),
+    )
+
+
+def evaluate_config_from_args(args: argparse.Namespace) -> EvaluateConfig:
+    """Build the ``evaluate-model`` configuration from CLI options."""
+    fields: dict[str, object] = {"run_dir": str(args.run), "split": args.split, "aggregate": args.aggregate,
+                                 "device": args.device}
+    for name in ("manifest", "out", "bootstrap", "threshold", "seed"):
+        value = getattr(args, name)
+        if value is not None:
+            fields["output_dir" if name == "out" else name] = str(value) if name in ("manifest", "out") else value
+    return EvaluateConfig(**fields)

@@ -1,0 +1,144 @@
+"""The CLI's config-backed options against the pydantic config models: no option drifts."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+import pytest
+
+from flows.cli import (
+    CONFIG_OPTIONS,
+    NOT_CONFIG,
+    build_parser,
+    evaluate_config_from_args,
+    prepare_config_from_args,
+    train_config_from_args,
+)
+from tasks.config import EvaluateConfig
+
+REQUIRED = {
+    "prepare": ["--data-root", "d", "--out", "o"],
+    "train": ["--manifest", "m.parquet", "--out", "r"],
+    "evaluate": ["--run", "r"],
+}
+
+#: A value for each option that differs from the default, as typed on the command line,
+#: and what the config field must then hold.
+SAMPLES: dict[str, dict[str, tuple[list[str], Any]]] = {
+    "prepare": {
+        "data_root": (["--data-root", "elsewhere"], "elsewhere"),
+        "out": (["--out", "outdir"], "outdir"),
+        "strategy": (["--strategy", "lesion-slices"], "lesion-slices"),
+        "image_size": (["--image-size", "64"], 64),
+        "seed": (["--seed", "5"], 5),
+        "normal_fraction": (["--normal-fraction", "0.5"], 0.5),
+        "reports": (["--reports", "r.csv"], "r.csv"),
+        "no_labels": (["--no-labels"], False),
+        "workers": (["--workers", "3"], 3),
+        "executor": (["--executor", "serial"], "serial"),
+        "full_resolution": (["--full-resolution"], True),
+        "max_reject_fraction": (["--max-reject-fraction", "0.5"], 0.5),
+        "reports_encoding": (["--reports-encoding", "cp1252"], "cp1252"),
+    },
+    "train": {
+        "manifest": (["--manifest", "x.parquet"], "x.parquet"),
+        "out": (["--out", "run2"], "run2"),
+        "model": (["--model", "inception_v3"], "inception_v3"),
+        "weights": (["--weights", "none"], "none"),
+        "head": (["--head", "dense4"], "dense4"),
+        "optimizer": (["--optimizer", "adam"], "adam"),
+        "epochs": (["--epochs", "3"], 3),
+        "batch_size": (["--batch-size", "8"], 8),
+        "image_size": (["--image-size", "64"], 64),
+        "patience": (["--patience", "4"], 4),
+        "no_early_stopping": (["--no-early-stopping"], None),
+        "lr": (["--lr", "0.01"], 0.01),
+        "freeze_epochs": (["--freeze-epochs", "2"], 2),
+        "seed": (["--seed", "9"], 9),
+        "max_batches": (["--max-batches", "2"], 2),
+        "num_workers": (["--num-workers", "1"], 1),
+        "device": (["--device", "cpu"], "cpu"),
+        "no_augment": (["--no-augment"], False),
+        "balance": (["--balance"], True),
+    },
+    "evaluate": {
+        "run": (["--run", "r2"], "r2"),
+        "manifest": (["--manifest", "m2.parquet"], "m2.parquet"),
+        "out": (["--out", "ev"], "ev"),
+        "split": (["--split", "validation"], "validation"),
+        "aggregate": (["--aggregate", "mean"], "mean"),
+        "threshold": (["--threshold", "0.3"], 0.3),
+        "bootstrap": (["--bootstrap", "10"], 10),
+        "seed": (["--seed", "4"], 4),
+        "device": (["--device", "cpu"], "cpu"),
+    },
+}
+
+
+def _subparser(command: str) -> argparse.ArgumentParser:
+    parser = build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    return sub.choices[command]
+
+
+def _built(command: str, argv: list[str]) -> Any:
+    args = build_parser().parse_args([command, *argv])
+    if command == "prepare":
+        config = prepare_config_from_args(args)
+        return {m: getattr(config, s) for m, s in (("DataConfig", "data"), ("SlicesConfig", "slices"),
+                                                     ("ReportsConfig", "reports"))}
+    if command == "train":
+        config = train_config_from_args(args)
+        return {"TrainConfig": config, "ModelConfig": config.model, "TrainParams": config.train,
+                "AugmentConfig": config.augment}
+    return {"EvaluateConfig": evaluate_config_from_args(args)}
+
+
+@pytest.mark.parametrize("command", sorted(CONFIG_OPTIONS))
+def test_every_option_maps_to_a_field_with_its_description_and_choices(command: str) -> None:
+    options = {a.dest: a for a in _subparser(command)._actions}
+    assert set(options) - NOT_CONFIG == set(CONFIG_OPTIONS[command]), (
+        "a new option must be listed in flows.cli.CONFIG_OPTIONS with the field it sets")
+    for dest, (model, field) in CONFIG_OPTIONS[command].items():
+        info = model.model_fields[field]  # KeyError: the field was renamed or removed
+        assert info.description and info.description.replace("%", "%%") in options[dest].help, dest
+        literal = getattr(info.annotation, "__args__", None)
+        if options[dest].choices is not None:
+            assert list(options[dest].choices) == list(literal), dest
+
+
+@pytest.mark.parametrize("command", sorted(SAMPLES))
+def test_each_option_lands_in_its_field(command: str) -> None:
+    assert set(SAMPLES[command]) == set(CONFIG_OPTIONS[command])
+    for dest, (argv, expected) in SAMPLES[command].items():
+        model, field = CONFIG_OPTIONS[command][dest]
+        default = getattr(_built(command, REQUIRED[command])[model.__name__], field)
+        base = list(REQUIRED[command])
+        if argv[0] in base:  # replace a required option's value
+            i = base.index(argv[0])
+            base[i:i + 2] = argv
+            argv = []
+        value = getattr(_built(command, [*base, *argv])[model.__name__], field)
+        assert value == expected and value != default, (dest, value, default)
+
+
+def test_option_defaults_are_the_models_defaults() -> None:
+    # With no options, the configs the CLI builds equal the models' defaults (paths aside).
+    built = _built("prepare", REQUIRED["prepare"])
+    assert built["SlicesConfig"] == type(built["SlicesConfig"])()
+    assert built["ReportsConfig"] == type(built["ReportsConfig"])()
+    train = _built("train", REQUIRED["train"])
+    for name in ("ModelConfig", "TrainParams", "AugmentConfig"):
+        assert train[name] == type(train[name])(), name
+    evaluate = _built("evaluate", REQUIRED["evaluate"])["EvaluateConfig"]
+    assert evaluate == EvaluateConfig(run_dir="r")
+
+
+def test_demo_still_accepts_the_unread_image_size() -> None:
+    # Outside callers may pass it; the demo preset fixes the sizes, and the help says so.
+    args = build_parser().parse_args(["demo", "--image-size", "64"])
+    assert args.image_size == 64
+    demo = _subparser("demo")
+    action = next(a for a in demo._actions if a.dest == "image_size")
+    assert action.default == 128 and "ignored" in action.help
