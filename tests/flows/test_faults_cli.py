@@ -142,11 +142,15 @@ def test_bad_report_byte_rejects_one_row_and_no_phi_anywhere(cli_dataset: Path, 
 
 @pytest.fixture(scope="module")
 def slow_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Frames big and many enough that extraction with one worker outlasts a second command's start."""
+    """Frames big and many enough that extraction with one worker outlasts a second command's start.
+
+    The tests that use it pass ``--full-resolution``: a reduced decode of these frames is so cheap
+    that the plan would finish (in the flow's own process) before a kill could land mid-extraction.
+    """
     from tasks.synthetic import generate_dataset
 
     root = tmp_path_factory.mktemp("slow-data")
-    generate_dataset(root, patients=10, seed=6, rows=256, columns=196, frames=(40, 50), reports=False)
+    generate_dataset(root, patients=10, seed=6, rows=512, columns=392, frames=(40, 50), reports=False)
     return root
 
 
@@ -155,7 +159,7 @@ def test_kill_mid_extraction_second_run_refused_nothing_survives_rerun_resumes(s
     env = _env(tmp_path)
     out = tmp_path / "out"
     cli_dataset = slow_dataset
-    proc = subprocess.Popen(_prepare(cli_dataset, out, "--normal-fraction", "1.0"), cwd=REPO, env=env,
+    proc = subprocess.Popen(_prepare(cli_dataset, out, "--normal-fraction", "1.0", "--full-resolution"), cwd=REPO, env=env,
                             start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     records = lambda: len(list((out / "slices").rglob("volume.json"))) if (out / "slices").exists() else 0  # noqa: E731
     try:
@@ -174,7 +178,7 @@ def test_kill_mid_extraction_second_run_refused_nothing_survives_rerun_resumes(s
             os.killpg(proc.pid, signal.SIGKILL)
     assert not (out / "manifest.parquet").exists()
 
-    rerun = subprocess.run(_prepare(cli_dataset, out, "--normal-fraction", "1.0"), cwd=REPO, env=env,
+    rerun = subprocess.run(_prepare(cli_dataset, out, "--normal-fraction", "1.0", "--full-resolution"), cwd=REPO, env=env,
                            capture_output=True, text=True, timeout=900)
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     total = records()
@@ -186,7 +190,7 @@ def test_kill_mid_extraction_second_run_refused_nothing_survives_rerun_resumes(s
 def test_sigterm_cancels_cleans_up_and_rerun_resumes(slow_dataset: Path, tmp_path: Path) -> None:
     env = _env(tmp_path)
     out = tmp_path / "out"
-    proc = subprocess.Popen(_prepare(slow_dataset, out, "--normal-fraction", "1.0"), cwd=REPO, env=env,
+    proc = subprocess.Popen(_prepare(slow_dataset, out, "--normal-fraction", "1.0", "--full-resolution"), cwd=REPO, env=env,
                             start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     records = lambda: len(list((out / "slices").rglob("volume.json"))) if (out / "slices").exists() else 0  # noqa: E731
     try:
@@ -201,7 +205,7 @@ def test_sigterm_cancels_cleans_up_and_rerun_resumes(slow_dataset: Path, tmp_pat
     assert not (out / "manifest.parquet").exists() and list(out.rglob("*.tmp")) == []
     time.sleep(5)
     assert _session_processes(proc.pid) == []
-    rerun = subprocess.run(_prepare(slow_dataset, out, "--normal-fraction", "1.0"), cwd=REPO, env=env,
+    rerun = subprocess.run(_prepare(slow_dataset, out, "--normal-fraction", "1.0", "--full-resolution"), cwd=REPO, env=env,
                            capture_output=True, text=True, timeout=900)
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     assert "reused from earlier runs" in rerun.stdout + rerun.stderr

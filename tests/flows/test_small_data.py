@@ -112,6 +112,6 @@ def test_too_few_tumour_patients_stop_before_extraction_once(prefect_harness, tm
     assert calls == [1]  # raised once: bad input is not retried
     text = str(err.value)
     assert "validation has no tumour" in text and "test has no tumour" in text
-    assert "train: 2 tumour volumes (1 patients)" in text
+    assert "train: 1 tumour volumes (1 patients)" in text  # single-slice: one image per patient
     assert "1 patients with a tumour" in text and "split_fractions" in text
     assert not list(out.rglob("*.png")) and not (out / "manifest.parquet").exists()
