@@ -14,8 +14,6 @@ changed reuses every step and a retry after a failed training starts at training
 from __future__ import annotations
 
 import json
-import os
-import re
 from pathlib import Path
 from typing import Any
 
@@ -28,8 +26,9 @@ from flows.evaluate import evaluate_model
 from flows.prepare import prepare_data
 from flows.train import train_classifier
 from tasks.config import PipelineConfig, PrepareConfig, TrainConfig
-from tasks.io import atomic_write_json, file_fingerprint
-from tasks.presets import PresetName, check_preset, explicit_settings, list_presets, merge_config, pipeline_config, short_key
+from tasks import runtime
+from tasks.io import atomic_write_json
+from tasks.presets import PresetName, check_preset, explicit_settings, list_presets, merge_config, pipeline_config
 from tasks.service import (DATA_VAR, OUTPUT_VAR, ServiceConfigError, deployment_defaults, deployment_id,
                            flow_run_url, one_line, outputs_url, resolve_root, validation_message)
 
@@ -84,10 +83,6 @@ def _run_name() -> str:
         return "pipeline (invalid parameters)"
 
 
-def _slug(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.-]+", "-", text).strip("-") or "run"
-
-
 def _weights_or_scratch(cfg: PipelineConfig) -> tuple[PipelineConfig, str | None]:
     """Keep the configured weights, or fall back to scratch (with a note) where allowed."""
     if cfg.model.weights != "imagenet" or not cfg.scratch_if_no_weights:
@@ -118,12 +113,6 @@ def _check_local_weights(cfg: PipelineConfig) -> None:
         resolve_weights(cfg.model.model, cfg.model.weights)
     except (FileNotFoundError, ValueError) as exc:
         raise ServiceConfigError(one_line(str(exc))) from None
-
-
-def _link(link: Path, target: Path) -> None:
-    if link.is_symlink() or link.exists():
-        link.unlink()
-    link.symlink_to(os.path.relpath(target, link.parent), target_is_directory=True)
 
 
 class ChildRunFailed(RuntimeError):
@@ -203,7 +192,7 @@ def tomoflow_pipeline(
     if not cfg.train_deployment:
         _check_local_weights(cfg)
     root = Path(cfg.data.output_dir).resolve()
-    run_dir = root / "runs" / f"{_slug(flow_run.name or 'pipeline')}-{str(flow_run.id or '')[:8]}"
+    run_dir = runtime.run_folder(root, flow_run.name, flow_run.id)
     merged = cfg.model_dump(mode="json")
     atomic_write_json(run_dir / "config.json", {"preset": preset, "config": merged})
     logger.info("configuration (defaults < preset < deployment config < run config < paths): %s",
@@ -211,17 +200,11 @@ def tomoflow_pipeline(
     create_markdown_artifact(f"```json\n{json.dumps({'preset': preset, 'config': merged}, indent=1)}\n```",
                              key="pipeline-config", description="The merged configuration this run used")
     s = cfg.slices
-
-    prep_key = short_key(cfg.data.data_root, cfg.data.reports, cfg.data.use_labels, cfg.reports.model_dump(mode="json"),
-                         s.model_dump(mode="json", exclude={"executor", "workers", "shard_size", "dask_address"}))
-    prepared_dir = root / "prepared" / f"{s.strategy}-{s.image_size}px-{prep_key}"
+    prepared_dir = runtime.prepared_dir(root, cfg)
     prepared = prepare_data(config=PrepareConfig(
         data=cfg.data.model_copy(update={"output_dir": str(prepared_dir)}), slices=s, reports=cfg.reports))
 
-    model_key = short_key(file_fingerprint(prepared["manifest"]), cfg.model.model_dump(mode="json"),
-                          cfg.train.model_dump(mode="json", exclude={"device", "num_workers"}),
-                          cfg.augment.model_dump(mode="json"))
-    model_dir = root / "models" / f"{cfg.model.model}-{cfg.train.optimizer}-{model_key}"
+    model_dir = runtime.model_dir(root, cfg, prepared["manifest"])
     train_cfg = TrainConfig(manifest=prepared["manifest"], run_dir=str(model_dir), model=cfg.model,
                             train=cfg.train, augment=cfg.augment)
     if cfg.train_deployment:
@@ -230,13 +213,12 @@ def tomoflow_pipeline(
     else:
         train_classifier(config=train_cfg)
 
-    eval_dir = root / "evaluations" / short_key(model_dir.name, cfg.evaluate.model_dump(
-        mode="json", exclude={"device", "run_dir", "manifest", "output_dir"}))
+    eval_dir = runtime.evaluation_dir(root, cfg, model_dir)
     evaluated = evaluate_model(config=cfg.evaluate.model_copy(update={
         "run_dir": str(model_dir), "manifest": prepared["manifest"], "output_dir": str(eval_dir)}))
 
     for name, target in (("prepared", prepared_dir), ("model", model_dir), ("evaluation", eval_dir)):
-        _link(run_dir / name, target)
+        runtime.link(run_dir / name, target)
     outputs = {
         "run_dir": str(run_dir),
         "manifest": prepared["manifest"],
