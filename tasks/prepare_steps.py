@@ -8,14 +8,12 @@ the tasks that touch disk, and only transient errors are retried (``tasks.retry`
 from __future__ import annotations
 
 import json
-import sys
-from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 from prefect import get_run_logger, task
-from prefect.artifacts import create_progress_artifact, update_progress_artifact
+from prefect.artifacts import create_table_artifact
 
 from tasks import cohorts as cohorts_mod
 from tasks import reports as reports_mod
@@ -24,17 +22,10 @@ from tasks import splits as splits_mod
 from tasks.caching import content_cache_key_fn, step_dir
 from tasks.config import PrepareConfig
 from tasks import lifecycle
-from tasks.extract import (
-    SERIAL_BELOW_SECONDS,
-    balanced_shards,
-    estimated_seconds,
-    extract_shard,
-    split_finished,
-)
+from tasks.extract import extract_shard, remove_stale_temporaries
 from tasks.io import atomic_write, atomic_write_json, atomic_write_parquet
 from tasks.manifest import REJECT_COLUMNS, build_manifest, typed_frame
 from tasks.retry import retry_policy
-from tasks.runtime import task_runner, workers_see_ephemeral_api
 
 _CACHED = {"persist_result": True, **retry_policy(retries=2, delay_seconds=1)}
 
@@ -328,62 +319,6 @@ def check_label_rejects(volumes: str, plan: str, cohort_parts: list[str], config
     raise ValueError(error)
 
 
-def run_extraction(jobs: list[dict[str, Any]], config: PrepareConfig) -> list[str]:
-    """Run the extraction shards on the configured runner, with progress in the UI and terminal."""
-    from rich.progress import Progress
-
-    logger = get_run_logger()
-    out = config.data.output_dir
-    s = config.slices
-    done, todo = split_finished(jobs, data_root=config.data.data_root, out_dir=out,
-                                image_size=s.image_size, seed=s.seed, full_resolution=s.full_resolution)
-    if not todo:
-        logger.info("extraction: all %d volumes already extracted with the same inputs", len(jobs))
-        create_progress_artifact(100.0, key="extraction-progress",
-                                 description=f"Extraction of {len(jobs)} volumes: nothing to do")
-        return done
-    shards = balanced_shards(todo, s.shard_size)
-    params = [{"jobs": shard, "data_root": config.data.data_root, "out_dir": out,
-               "image_size": s.image_size, "seed": s.seed, "full_resolution": s.full_resolution}
-              for shard in shards]
-    artifact = create_progress_artifact(
-        100.0 * len(done) / len(jobs), key="extraction-progress",
-        description=f"Extraction of {len(todo)} of {len(jobs)} volumes in {len(shards)} shards")
-    records: list[str] = list(done)
-    decoded = 0
-    runner = task_runner(config)
-    if runner is not None and s.executor == "process":
-        seconds = estimated_seconds(todo, data_root=config.data.data_root, image_size=s.image_size,
-                                    full_resolution=s.full_resolution)
-        if seconds < SERIAL_BELOW_SECONDS:
-            # Starting worker processes (each imports Prefect and the tasks) costs more
-            # than this plan's whole decode: run it here.
-            logger.info("extraction: %d volumes, about %.1f s of decoding: run in this process, "
-                        "no worker pool", len(todo), seconds)
-            runner = None
-    bar = Progress(disable=not sys.stderr.isatty(), transient=False)
-    with workers_see_ephemeral_api(), bar, (runner if runner is not None else nullcontext()):
-        bar_task = bar.add_task("extracting volumes", total=len(todo))
-        if runner is None:
-            results = (extract_shard_task(**p) for p in params)
-        else:
-            futures = [runner.submit(extract_shard_task, p) for p in params]
-            results = (f.result() for f in futures)
-        try:
-            for done, (shard, result) in enumerate(zip(shards, results), start=1):
-                records.extend(result["records"])
-                decoded += result["decoded"]
-                bar.advance(bar_task, len(shard))
-                update_progress_artifact(artifact, 100.0 * done / max(len(shards), 1))
-        except BaseException as exc:
-            if not isinstance(exc, Exception):  # SIGTERM, Ctrl-C: the runner would wait for shards in flight
-                lifecycle.stop_workers()
-            raise
-    logger.info("extraction: %d volumes, %d extracted now, %d reused from earlier runs",
-                len(jobs), decoded, len(jobs) - decoded)
-    return records
-
-
 def fail_on_rejects(result: dict[str, Any], config: PrepareConfig, kept: str | None) -> None:
     """Publish the rejects and the summary without a manifest, and stop, if too much was rejected."""
     summary = json.loads(Path(result["summary"]).read_text())
@@ -393,3 +328,36 @@ def fail_on_rejects(result: dict[str, Any], config: PrepareConfig, kept: str | N
     publish_outputs({"rejects": result["rejects"], "summary": result["summary"]},
                           config.data.output_dir, kept=kept)
     raise ValueError(error)
+
+
+def cohort_csv_files(config: PrepareConfig, reports: dict[str, str] | None) -> list[str]:
+    """The BCS-DBT CSVs under the data root (found by name), sorted: group-cohorts' inputs and cache key."""
+    csvs = cohorts_mod.find_bcs_csvs(config.data.data_root,
+                                     require_labels=config.data.use_labels and reports is None)
+    return sorted(str(p) for paths in csvs.values() for p in paths)
+
+
+def extraction_jobs(plan: str) -> list[dict[str, Any]]:
+    """One job per planned volume: its key, where it is on disk and which frames to extract."""
+    return pd.read_parquet(plan)[["patient_id", "study_uid", "view", "descriptive_path",
+                                  "classic_path", "frames_rule"]].to_dict("records")
+
+
+def publish_cohort_table(manifest_path: str) -> None:
+    """The ``cohort-flow`` artifact (images and patients per split and cohort) and a log line."""
+    manifest = pd.read_parquet(manifest_path)
+    table = (manifest.groupby(["split", "cohort"]).agg(images=("image_path", "size"),
+                                                        patients=("patient_id", "nunique"))
+             .reset_index().to_dict("records"))
+    create_table_artifact(table, key="cohort-flow", description="Images and patients per split and cohort")
+    get_run_logger().info("manifest: %d images -> %s", len(manifest), manifest_path)
+
+
+def interrupted(exc: BaseException, out: Path) -> str:
+    """Stop the workers and remove partial files after SIGTERM or Ctrl-C; the Cancelled state's message."""
+    stopped = lifecycle.stop_workers()
+    removed = remove_stale_temporaries(out)
+    message = (f"interrupted by {lifecycle.signal_name(exc)}: {stopped} worker processes stopped, "
+               f"{removed} partial files removed; run the same command again to resume")
+    get_run_logger().warning("prepare-data %s", message)
+    return message
