@@ -265,7 +265,7 @@ def _reruns(tmp: Path, repeat: int, api_url: str | None) -> dict:
         env["PREFECT_API_URL"] = api_url
     # The rerun measures fixed cost, not decoding: a small dataset with enough patients that every
     # split holds both classes (prepare stops before extraction otherwise).
-    from tasks.synthetic import generate_dataset
+    from synth import generate_dataset
 
     root = tmp / "rerun-data"
     generate_dataset(root, patients=12, seed=1, positive_fraction=0.5, reports=False)
@@ -318,7 +318,7 @@ def main() -> None:
         tmp = Path(tmp_name)
         root = args.data
         if root is None:
-            from tasks.synthetic import generate_dataset
+            from synth import generate_dataset
 
             root = tmp / "data"
             t = time.perf_counter()

@@ -1,20 +1,23 @@
-"""The ``evaluate-model`` flow: predictions, metrics with intervals, Grad-CAM and the report."""
+"""The ``evaluate-model`` flow: predictions, metrics with intervals, Grad-CAM and the report.
+
+The tasks live in :mod:`tasks.evaluate_steps`; this module only calls them in order.
+"""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
-from typing import Any
 
-from prefect import flow, get_run_logger, task
-from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect import flow
 from prefect.runtime import flow_run
 
-from tasks.caching import content_cache_key_fn
 from tasks.config import EvaluateConfig
-from tasks.retry import retry_policy
-
-_CACHED = {"persist_result": True, **retry_policy(retries=1, delay_seconds=2)}
+from tasks.evaluate_steps import (  # noqa: F401 - the tasks, importable from here as before
+    compute_metrics,
+    predict_split,
+    publish_evaluation,
+    run_inputs,
+    write_report,
+)
 
 
 def _run_name() -> str:
@@ -25,93 +28,6 @@ def _run_name() -> str:
     except Exception:
         return "evaluate (invalid config)"
     return f"evaluate {Path(cfg.run_dir).name} {cfg.split}"
-
-
-def _inputs(cfg: EvaluateConfig) -> tuple[Path, Path, Path, dict[str, Any]]:
-    """(checkpoint, manifest, output folder, training config) of the run to evaluate."""
-    run = Path(cfg.run_dir)
-    config_path = run / "config.json"
-    if not config_path.is_file():
-        raise ValueError(f"{run}: no config.json: is this a training run folder (tomoflow train --out RUN)?")
-    train_conf = json.loads(config_path.read_text())
-    checkpoint = run / "best.pt" if (run / "best.pt").is_file() else run / "last.pt"
-    if not checkpoint.is_file():
-        raise ValueError(f"{run}: neither best.pt nor last.pt exists; train the model first")
-    manifest = Path(cfg.manifest or train_conf["manifest"])
-    if not manifest.is_file():
-        raise ValueError(f"manifest {manifest} does not exist; pass --manifest")
-    return checkpoint, manifest, Path(cfg.output_dir or run), train_conf
-
-
-@task(name="predict-split", cache_key_fn=content_cache_key_fn(files=("checkpoint", "manifest")), **_CACHED)
-def predict_split(checkpoint: str, manifest: str, image_size: int, out_dir: str, cfg: EvaluateConfig) -> str:
-    """Run the model over the split's images and write predictions.parquet."""
-    import pandas as pd
-
-    from models.predict import predict
-    from models.train import load_classifier, resolve_device
-    from tasks.io import atomic_write_parquet
-
-    device = resolve_device(cfg.device)
-    model = load_classifier(checkpoint, device=device)
-    pred = predict(model, pd.read_parquet(manifest), root=Path(manifest).parent, split=cfg.split,
-                   image_size=image_size, batch_size=cfg.batch_size, device=device)
-    return str(atomic_write_parquet(Path(out_dir) / "predictions.parquet", pred))
-
-
-@task(name="compute-metrics", cache_key_fn=content_cache_key_fn(files=("predictions", "checkpoint")), **_CACHED)
-def compute_metrics(predictions: str, checkpoint: str, manifest: str, image_size: int, out_dir: str,
-                    cfg: EvaluateConfig) -> str:
-    """Metrics at slice, volume and patient level with intervals and nulls; Grad-CAM box hits; occlusion."""
-    import pandas as pd
-
-    from models.gradcam import box_hit_fraction, occlusion_check
-    from models.train import load_classifier, resolve_device
-    from tasks.io import atomic_write_json
-    from tasks.metrics import evaluate_predictions
-
-    pred = pd.read_parquet(predictions)
-    metrics = evaluate_predictions(pred, how=cfg.aggregate, threshold=cfg.threshold, bootstrap=cfg.bootstrap,
-                                   ci=cfg.ci, seed=cfg.seed, calibration_bins=cfg.calibration_bins)
-    model = load_classifier(checkpoint, device=resolve_device(cfg.device))
-    positives = pred[pred["label"] == 1]
-    metrics["localization"] = box_hit_fraction(model, positives, Path(manifest).parent, image_size,
-                                               batch_size=cfg.batch_size)
-    metrics["occlusion"] = occlusion_check(model, positives, Path(manifest).parent, image_size,
-                                           threshold=cfg.threshold, batch_size=cfg.batch_size)
-    return str(atomic_write_json(Path(out_dir) / "metrics.json", metrics))
-
-
-@task(name="write-report", cache_key_fn=content_cache_key_fn(files=("metrics", "predictions", "checkpoint")),
-      **_CACHED)
-def write_report(metrics: str, predictions: str, checkpoint: str, manifest: str, image_size: int, out_dir: str,
-                 train_conf: dict[str, Any], cfg: EvaluateConfig) -> str:
-    """The self-contained report.html: curves, ROC, confusion, intervals, cohort flow, audit, Grad-CAM."""
-    import pandas as pd
-
-    from models.gradcam import gradcam_examples
-    from models.train import load_classifier, resolve_device
-    from tasks.metrics import chance_losses
-    from tasks.html_report import write_report as render
-
-    run = Path(cfg.run_dir)
-    pred = pd.read_parquet(predictions)
-    summary_path = Path(manifest).parent / "cohort_summary.json"
-    model = load_classifier(checkpoint, device=resolve_device(cfg.device))
-    examples = gradcam_examples(model, pred, root=Path(manifest).parent, image_size=image_size,
-                                threshold=cfg.threshold, per_kind=cfg.gradcam_examples, seed=cfg.seed)
-    # Chance on the learning curves: the manifest training read (offline-balanced or not) and its class weights.
-    trained_on = Path(train_conf.get("manifest") or manifest)
-    used = pd.read_parquet(manifest)
-    chance = chance_losses(pd.read_parquet(trained_on) if trained_on.is_file() else used,
-                           train_conf.get("train", {}).get("class_balance", "weights"),
-                           aux_weight=0.4 if getattr(model, "aux_head", None) is not None else 0.0)
-    return str(render(
-        run, metrics=json.loads(Path(metrics).read_text()), history=pd.read_csv(run / "history.csv"),
-        cohort_summary=json.loads(summary_path.read_text()) if summary_path.is_file() else None,
-        config={"train": train_conf, "evaluate": cfg.model_dump(mode="json")}, predictions=pred,
-        examples=examples, out_path=Path(out_dir) / "report.html", chance=chance, manifest=used,
-    ))
 
 
 @flow(name="evaluate-model", flow_run_name=_run_name, log_prints=True)
@@ -125,10 +41,7 @@ def evaluate_model(config: EvaluateConfig = EvaluateConfig()) -> dict[str, str]:
         Paths of ``predictions`` (predictions.parquet), ``metrics`` (metrics.json) and
         ``report`` (report.html).
     """
-    from tasks.html_report import metrics_table, summary_markdown
-
-    logger = get_run_logger()
-    checkpoint, manifest, out, train_conf = _inputs(config)
+    checkpoint, manifest, out, train_conf = run_inputs(config)
     out.mkdir(parents=True, exist_ok=True)
     image_size = int(train_conf["train"]["image_size"])
     cache = {"result_storage": (out / ".cache").resolve()}
@@ -137,15 +50,5 @@ def evaluate_model(config: EvaluateConfig = EvaluateConfig()) -> dict[str, str]:
                                                     str(out), config)
     report = write_report.with_options(**cache)(metrics, predictions, str(checkpoint), str(manifest), image_size,
                                                 str(out), train_conf, config)
-    values = json.loads(Path(metrics).read_text())
-    create_table_artifact(metrics_table(values), key="evaluation-metrics",
-                          description=f"Metrics of {config.run_dir} on the {config.split} split")
-    create_markdown_artifact(summary_markdown(values), key="evaluation-summary",
-                             description=f"Summary of {config.run_dir}")
-    if values.get("degenerate"):
-        logger.warning("degenerate model: %s", values.get("degenerate_reason"))
-    for level, entry in (values.get("levels") or {}).items():
-        if entry.get("null_warning"):
-            logger.warning("%s level: %s", level, entry["null_warning"])
-    logger.info("report: %s", report)
+    publish_evaluation(config, metrics, report)
     return {"predictions": predictions, "metrics": metrics, "report": report}

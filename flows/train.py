@@ -1,17 +1,24 @@
-"""The ``train-classifier`` flow: optional offline balancing, then resumable training."""
+"""The ``train-classifier`` flow: optional offline balancing, then resumable training.
+
+The tasks live in :mod:`tasks.train_steps`; this module only calls them in order.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
 
-from prefect import flow, get_run_logger, task
-from prefect.artifacts import create_progress_artifact, create_table_artifact, update_progress_artifact
+from prefect import flow
 from prefect.runtime import flow_run
 
-from tasks.caching import content_cache_key_fn, content_key
 from tasks.config import TrainConfig
-from tasks.retry import retry_policy
+from tasks.train_steps import (  # noqa: F401 - the tasks, importable from here as before
+    balance_offline,
+    check_weights,
+    fit_model,
+    fit_or_reuse,
+    publish_history,
+)
 
 
 def _run_name() -> str:
@@ -25,94 +32,6 @@ def _run_name() -> str:
     return f"train {cfg.model.model} {cfg.train.optimizer}{weights}"
 
 
-def _weights_key(context: Any, parameters: dict[str, Any]) -> str:
-    """Cache key of check-weights: the network section, and the weights file when it is a path."""
-    model = parameters["config"].model
-    weights = model.weights if model.weights not in ("imagenet", "none", "None") else None
-    return content_key({"model": model, "weights": weights}, files=("weights",), salt=context.task.name)
-
-
-def _fit_key(context: Any, parameters: dict[str, Any]) -> str:
-    """Cache key of fit-model: the whole configuration and the manifest's content."""
-    config = parameters["config"]
-    return content_key({"config": config, "manifest": config.manifest}, files=("manifest",),
-                       salt=context.task.name)
-
-
-# Cached, so that a rerun with nothing changed imports neither torch nor torchvision.
-@task(name="check-weights", cache_key_fn=_weights_key, persist_result=True)
-def check_weights(config: TrainConfig) -> str:
-    """Fail before any work if the starting weights are not on this machine."""
-    from models.backbones import resolve_weights
-
-    return str(resolve_weights(config.model.model, config.model.weights))
-
-
-@task(name="balance-offline", cache_key_fn=content_cache_key_fn(files=("manifest",)), persist_result=True,
-      **retry_policy(retries=2, delay_seconds=1))
-def balance_offline(manifest: str, config: TrainConfig) -> str:
-    """Write augmented copies of training positives up to the target ratio (single-slice)."""
-    from tasks.augment import balance_offline as balance
-
-    return str(balance(manifest, target_ratio=config.augment.target_ratio, seed=config.train.seed,
-                       cfg=config.augment))
-
-
-# A retry resumes from last.pt; only a lost worker, a dropped connection or an I/O hiccup is retried.
-@task(name="fit-model", **retry_policy(retries=2, delay_seconds=5),
-      cache_key_fn=_fit_key, persist_result=True)
-def fit_model(config: TrainConfig) -> dict[str, Any]:
-    """Train (or resume from the run folder's last checkpoint) and return the run's files."""
-    from models.train import fit
-
-    logger = get_run_logger()
-    artifact = create_progress_artifact(0.0, key="training-progress",
-                                        description=f"Training {config.model.model} for up to {config.train.epochs} epochs")
-
-    def progress(epoch: int, row: dict[str, Any]) -> None:
-        update_progress_artifact(artifact, 100.0 * epoch / config.train.epochs)
-        logger.info("epoch %d/%d: train loss %.4f acc %.3f, val loss %.4f acc %.3f", epoch, config.train.epochs,
-                    row["train_loss"], row["train_accuracy"], row["val_loss"], row["val_accuracy"])
-
-    gpus = _visible_gpus(config)
-    if gpus > 1:
-        from models.distributed import train_with_torchrun
-
-        logger.info("training on %d GPUs with torchrun (DistributedDataParallel)", gpus)
-        result = train_with_torchrun(config, gpus)
-    else:
-        result = fit(config, progress=progress)
-    update_progress_artifact(artifact, 100.0)
-    return result
-
-
-def _fit_or_reuse(config: TrainConfig, cache: dict[str, Any]) -> dict[str, Any]:
-    """fit-model, or its stored result when the same configuration and manifest finished before.
-
-    A reused result reports, like a resumed run that had nothing left to do, every epoch as
-    found at the start (``resumed_from == epochs_run``). When a file it names is gone, the
-    model is fitted again (resuming from what is left in the run folder).
-    """
-    state = fit_model.with_options(**cache)(config, return_state=True)
-    result = dict(state.result())
-    files = [result.get(k) for k in ("best", "last", "history", "config")]
-    if not all(isinstance(f, str) and Path(f).is_file() for f in files if f is not None):
-        get_run_logger().info("fit-model: files of the stored result are missing, fitting again")
-        return fit_model.with_options(**cache, refresh_cache=True)(config)
-    if state.is_completed() and state.name == "Cached":
-        result["resumed_from"] = result.get("epochs_run", result.get("resumed_from"))
-    return result
-
-
-def _visible_gpus(config: TrainConfig) -> int:
-    """GPUs to train on: all visible ones when allowed, else one (or none on the CPU)."""
-    if config.train.device == "cpu" or not config.train.multi_gpu:
-        return 0
-    import torch
-
-    return torch.cuda.device_count() if torch.cuda.is_available() else 0
-
-
 @flow(name="train-classifier", flow_run_name=_run_name, log_prints=True)
 def train_classifier(config: TrainConfig = TrainConfig()) -> dict[str, Any]:
     """Fine-tune VGG16 or Inception v3 (or train from scratch) on a prepared manifest.
@@ -123,18 +42,11 @@ def train_classifier(config: TrainConfig = TrainConfig()) -> dict[str, Any]:
     Returns:
         Paths of ``best``, ``last``, ``history`` and ``config`` in the run folder, and a summary.
     """
-    logger = get_run_logger()
     cache = {"result_storage": (Path(config.run_dir) / ".cache").resolve()}
     check_weights.with_options(**cache)(config)
     if config.augment.offline_balance:
         balanced = balance_offline.with_options(**cache)(config.manifest, config)
         config = config.model_copy(update={"manifest": balanced})
-    result = _fit_or_reuse(config, cache)
-    import pandas as pd
-
-    history = pd.read_csv(result["history"])
-    create_table_artifact(history.round(4).to_dict("records"), key="training-history",
-                          description=f"Per-epoch loss and accuracy of {config.run_dir}")
-    logger.info("best epoch %s (val loss %s), %d epochs, run folder %s", result.get("best_epoch"),
-                result.get("best_val_loss"), result.get("epochs_run"), config.run_dir)
+    result = fit_or_reuse(config, cache)
+    publish_history(config, result)
     return result

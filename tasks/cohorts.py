@@ -19,7 +19,7 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-# Re-exported: tasks.steps, bench and the tests import these from tasks.cohorts.
+# Re-exported: tasks.prepare_steps, bench and the tests import these from tasks.cohorts.
 from tasks.accounting import (  # noqa: F401
     account_volumes,
     drop_boxes_outside_frames,

@@ -92,7 +92,7 @@ def service(tmp_path_factory: pytest.TempPathFactory):
     if not database:
         pytest.skip(f"{DB_VAR} is not set: .ci/run installs Debian's postgresql, starts a cluster on loopback "
                     "and exports it; run the test through .ci/run or export it yourself")
-    from tasks.synthetic import generate_dataset
+    from synth import generate_dataset
 
     tmp = tmp_path_factory.mktemp("service")
     data, outputs = tmp / "data12", tmp / "outputs"

@@ -16,7 +16,7 @@ def test_flow_modules_import_no_heavy_library() -> None:
     repo = Path(__file__).resolve().parents[2]
     code = (
         "import json, sys\n"
-        "import flows.cli, flows.prepare, flows.train, flows.evaluate, flows.pipeline, tasks.extract, tasks.steps\n"
+        "import flows.cli, flows.prepare, flows.train, flows.evaluate, flows.pipeline, tasks.extract, tasks.prepare_steps\n"
         "import tasks.html_report  # the evaluate flow body imports it on every run, cached or not\n"
         f"print(json.dumps(sorted(m for m in {HEAVY!r} if m in sys.modules)))\n"
     )

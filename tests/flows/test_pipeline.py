@@ -55,12 +55,12 @@ def test_pipeline_runs_then_reuses_every_step(prefect_harness, small_dataset: Pa
 
 def test_training_failure_keeps_preparation_and_retry_starts_at_training(
         prefect_harness, small_dataset: Path, tmp_path: Path, monkeypatch) -> None:
-    import flows.train
+    import tasks.train_steps
     import models.train
     from flows.pipeline import tomoflow_pipeline
 
     out = tmp_path / "out"
-    monkeypatch.setattr(flows.train.fit_model, "retries", 0)
+    monkeypatch.setattr(tasks.train_steps.fit_model, "retries", 0)
 
     def broken_fit(*args, **kwargs):
         raise RuntimeError("simulated GPU failure")

@@ -95,7 +95,7 @@ def test_failed_training_deployment_reason_and_link_in_the_message(monkeypatch) 
     from prefect.settings import PREFECT_UI_URL, temporary_settings
     from prefect.states import Failed
 
-    from flows.pipeline import ChildRunFailed, _run_training_deployment
+    from tasks.pipeline_steps import ChildRunFailed, run_training_deployment as _run_training_deployment
     from tasks.config import TrainConfig
 
     child_id = uuid.uuid4()

@@ -15,7 +15,7 @@ from tasks.slices import select_slices
 
 @pytest.fixture(scope="module")
 def plan_and_root(tmp_path_factory: pytest.TempPathFactory) -> tuple[pd.DataFrame, Path]:
-    from tasks.synthetic import generate_dataset
+    from synth import generate_dataset
 
     root = tmp_path_factory.mktemp("extract-data")
     generate_dataset(root, patients=20, seed=5, rows=64, columns=48, frames=(6, 9), reports=False)

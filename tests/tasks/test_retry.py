@@ -46,12 +46,11 @@ def test_cause_chain_is_followed() -> None:
 def test_every_task_with_retries_uses_the_policy() -> None:
     from prefect import Task
 
-    import flows.evaluate
-    import flows.prepare
-    import flows.train
-    import tasks.steps
+    import tasks.evaluate_steps
+    import tasks.prepare_steps
+    import tasks.train_steps
 
-    tasks_with_retries = [obj for mod in (flows.evaluate, flows.prepare, flows.train, tasks.steps)
+    tasks_with_retries = [obj for mod in (tasks.evaluate_steps, tasks.prepare_steps, tasks.train_steps)
                           for obj in vars(mod).values() if isinstance(obj, Task) and obj.retries]
     assert {t.name for t in tasks_with_retries} >= {"fit-model", "extract-shard", "predict-split", "group-cohorts"}
     for t in tasks_with_retries:

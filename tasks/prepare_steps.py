@@ -1,4 +1,4 @@
-"""Thin Prefect task wrappers around the plain functions of each stage.
+"""Prefect tasks of the ``prepare-data`` flow: thin wrappers around the plain functions of each stage.
 
 Tasks hand each other paths to files they wrote, never DataFrames of images. Cached
 tasks are keyed on the content of their input files (``tasks.caching``); retries sit on
@@ -12,7 +12,8 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-from prefect import task
+from prefect import get_run_logger, task
+from prefect.artifacts import create_table_artifact
 
 from tasks import cohorts as cohorts_mod
 from tasks import report_filter as reports_mod
@@ -20,7 +21,8 @@ from tasks import slices as slices_mod
 from tasks import splits as splits_mod
 from tasks.caching import content_cache_key_fn, step_dir
 from tasks.config import PrepareConfig
-from tasks.extract import extract_shard
+from tasks import lifecycle
+from tasks.extract import extract_shard, remove_stale_temporaries
 from tasks.io import atomic_write, atomic_write_json, atomic_write_parquet
 from tasks.manifest import REJECT_COLUMNS, build_manifest, typed_frame
 from tasks.retry import retry_policy
@@ -315,3 +317,47 @@ def check_label_rejects(volumes: str, plan: str, cohort_parts: list[str], config
                      "summary": str(atomic_write_json(work / "cohort_summary.json", summary))},
                     config.data.output_dir, kept=kept)
     raise ValueError(error)
+
+
+def fail_on_rejects(result: dict[str, Any], config: PrepareConfig, kept: str | None) -> None:
+    """Publish the rejects and the summary without a manifest, and stop, if too much was rejected."""
+    summary = json.loads(Path(result["summary"]).read_text())
+    error = cohorts_mod.reject_fraction_error(summary.get("accounting", {}))
+    if error is None:
+        return
+    publish_outputs({"rejects": result["rejects"], "summary": result["summary"]},
+                          config.data.output_dir, kept=kept)
+    raise ValueError(error)
+
+
+def cohort_csv_files(config: PrepareConfig, reports: dict[str, str] | None) -> list[str]:
+    """The BCS-DBT CSVs under the data root (found by name), sorted: group-cohorts' inputs and cache key."""
+    csvs = cohorts_mod.find_bcs_csvs(config.data.data_root,
+                                     require_labels=config.data.use_labels and reports is None)
+    return sorted(str(p) for paths in csvs.values() for p in paths)
+
+
+def extraction_jobs(plan: str) -> list[dict[str, Any]]:
+    """One job per planned volume: its key, where it is on disk and which frames to extract."""
+    return pd.read_parquet(plan)[["patient_id", "study_uid", "view", "descriptive_path",
+                                  "classic_path", "frames_rule"]].to_dict("records")
+
+
+def publish_cohort_table(manifest_path: str) -> None:
+    """The ``cohort-flow`` artifact (images and patients per split and cohort) and a log line."""
+    manifest = pd.read_parquet(manifest_path)
+    table = (manifest.groupby(["split", "cohort"]).agg(images=("image_path", "size"),
+                                                        patients=("patient_id", "nunique"))
+             .reset_index().to_dict("records"))
+    create_table_artifact(table, key="cohort-flow", description="Images and patients per split and cohort")
+    get_run_logger().info("manifest: %d images -> %s", len(manifest), manifest_path)
+
+
+def interrupted(exc: BaseException, out: Path) -> str:
+    """Stop the workers and remove partial files after SIGTERM or Ctrl-C; the Cancelled state's message."""
+    stopped = lifecycle.stop_workers()
+    removed = remove_stale_temporaries(out)
+    message = (f"interrupted by {lifecycle.signal_name(exc)}: {stopped} worker processes stopped, "
+               f"{removed} partial files removed; run the same command again to resume")
+    get_run_logger().warning("prepare-data %s", message)
+    return message
