@@ -2,8 +2,8 @@
 reject reasons and the columns of the manifest and rejects tables.
 
 Every stage imports these rather than spelling them again, so a new view, cohort or column
-is added in one place. Values follow the BCS-DBT collection (``/work/shared/BCS-DBT.md``
-describes the real data): four standard views, four label columns in the labels CSV.
+is added in one place. Values follow the BCS-DBT collection: four standard views, four label
+columns (normal, actionable, benign, cancer) in the labels CSV.
 """
 
 from __future__ import annotations
