@@ -78,6 +78,8 @@ def _prepare(config: PrepareConfig, out: Path) -> dict[str, Any]:
     steps.check_label_rejects(cohort["volumes"], plan, parts, config, kept=kept)
     # A split without both classes cannot train or be evaluated: stop before extracting too.
     steps.check_splits(plan, splits, config)
+    # Missing files cost a listing each to find: stop on them before extraction writes anything.
+    steps.check_label_rejects(cohort["volumes"], plan, parts, config, kept=kept, check_files=True)
     records = run_extraction(steps.extraction_jobs(plan), config)
     result = cached(steps.write_manifest, cache, plan, splits, sorted(records), parts, config,
                      cohort["volumes"], cohort["boxes"])

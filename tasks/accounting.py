@@ -52,8 +52,8 @@ def account_volumes(
     order: its exclusion reason from the volume table (``no-label``, ``no-flag``,
     ``actionable``), its extraction reject (``missing-file: ...``, ``unreadable: ...``),
     ``no-frames`` (planned, but no frame written), ``no-box`` (a tumour volume the strategy
-    needs a box for) or ``not-selected`` (the strategy did not pick it, e.g. the other
-    normal views of a patient under single-slice).
+    needs a box for, and the boxes CSV has none) or ``not-selected`` (the strategy did not
+    pick it, e.g. a patient's other views, boxed or not, under single-slice).
 
     Args:
         volumes: :func:`build_volume_table`'s table.
@@ -89,7 +89,9 @@ def account_volumes(
             reason, path = extracted[key][0], extracted[key][1] or path
         elif key in planned:
             reason = "no-frames: the plan selected no frame of this volume that could be written"
-        elif row.label == 1:
+        elif row.label == 1 and not int(row.n_boxes or 0):
+            # A boxed view the strategy did not pick (single-slice keeps one image per
+            # patient) is a choice, not a missing box.
             reason = "no-box: the strategy needs the lesion's box and the boxes CSV has none for this volume"
         else:
             reason = "not-selected"

@@ -363,3 +363,15 @@ def volume_counts(volumes: pd.DataFrame) -> dict[str, object]:
         "excluded": _count(volumes.loc[~included, "excluded_reason"]),
         "positives_without_boxes": int((positives & inc["n_boxes"].eq(0)).sum()),
     }
+
+
+def no_report_reasons(volumes: pd.DataFrame) -> pd.DataFrame:
+    """With cohorts from reports alone, ``no-label`` volumes become ``no-report`` (by design).
+
+    Without a labels CSV the kept reports define the study population, so a volume whose
+    study has no kept report is outside it, as a view the strategy did not select is; with a
+    labels CSV, a volume without a label row stays a fault (``no-label``).
+    """
+    reason = volumes["excluded_reason"]
+    no_label = reason.astype("object").eq("no-label").fillna(False).astype(bool)
+    return volumes.assign(excluded_reason=reason.mask(no_label, "no-report"))

@@ -77,7 +77,7 @@ class DataConfig(_Frozen):
         0.10, ge=0.0, le=1.0,
         description="Stop (failed, with the counts by reason) when more than this share of the volumes "
         "listed in the file-paths CSVs is rejected for a fault (no label, missing or unreadable file, ...); "
-        "1.0 accepts any share. Actionable and not-selected volumes do not count.",
+        "1.0 accepts any share. Actionable, not-selected and no-report volumes do not count.",
     )
 
 

@@ -2,13 +2,18 @@
 
 One call of :func:`extract_shard` handles a shard of volumes (never one task per slice).
 Each finished volume leaves a small JSON record beside its PNGs, written last and
-atomically, keyed on the volume file's fingerprint, the frame rule and the image size:
+atomically, keyed on the SHA-256 of the volume file's bytes (:mod:`tasks.source_hash`), the
+frame rule and the image size, and listing each PNG's size and SHA-256:
 
 * a rerun with nothing changed finds the records and decodes nothing (PNGs untouched);
 * adding patients extracts only theirs, whatever shard they land in;
-* a run killed mid-way resumes at the first volume without a record.
+* a run killed mid-way resumes at the first volume without a record;
+* a changed volume (same name, size and mtime included) or a PNG that no longer holds the
+  bytes its record names is extracted again.
 
-Volumes that cannot be read become reject records; the run goes on.
+Volumes that cannot be read become reject records; the run goes on. An error on the output
+side (a full disk, permissions) is never a property of the volume: it stops the run with
+:class:`~tasks.io.OutputPathError` and nothing is recorded, so the rerun extracts the volume.
 """
 
 from __future__ import annotations
@@ -23,8 +28,9 @@ from typing import Any, Iterable
 
 from tasks.config import CODE_VERSION
 from tasks.dicom import read_frames, read_info
-from tasks.io import atomic_write_json, atomic_write_png
+from tasks.io import OutputPathError, atomic_write_bytes, atomic_write_json, png_bytes
 from tasks.slices import VolumeResolver, resolve_frames, volume_key
+from tasks.source_hash import png_matches, sha256_bytes, source_sha256
 
 log = logging.getLogger(__name__)
 
@@ -55,14 +61,12 @@ def _safe(part: str) -> str:
     return f"{cleaned}-{hashlib.sha256(text.encode('utf-8', 'surrogatepass')).hexdigest()[:8]}"
 
 
-def _volume_key(job: dict[str, Any], path: Path | None, image_size: int, seed: int,
+def _volume_key(job: dict[str, Any], source_sha: str | None, image_size: int, seed: int,
                 full_resolution: bool = False) -> str:
-    stat = path.stat() if path is not None and path.exists() else None
+    """The record's key: the volume's content and the settings that shape its PNGs."""
     payload = {
         "code": CODE_VERSION,
-        "path": str(path) if path else None,
-        "size": stat.st_size if stat else None,
-        "mtime_ns": stat.st_mtime_ns if stat else None,
+        "source_sha256": source_sha,
         "rule": job["frames_rule"],
         "view": job["view"],
         "image_size": image_size,
@@ -73,17 +77,32 @@ def _volume_key(job: dict[str, Any], path: Path | None, image_size: int, seed: i
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:20]
 
 
-def _load_record(record_path: Path, key: str) -> dict[str, Any] | None:
-    """The stored record if it matches ``key`` and every PNG it lists still exists."""
+def _read_record(record_path: Path) -> dict[str, Any] | None:
     try:
         record = json.loads(record_path.read_text())
     except (OSError, ValueError):
         return None
-    if record.get("key") != key:
+    return record if isinstance(record, dict) else None
+
+
+def _current_key(job: dict[str, Any], path: Path | None, record: dict[str, Any] | None, image_size: int,
+                 seed: int, full_resolution: bool) -> tuple[str, str | None, dict[str, int] | None]:
+    """``(key, sha256, stat)`` of the volume as it is now (the hash reused while its stat holds)."""
+    if path is None:
+        return _volume_key(job, None, image_size, seed, full_resolution), None, None
+    sha, stat = source_sha256(path, record)
+    return _volume_key(job, sha, image_size, seed, full_resolution), sha, stat
+
+
+def _load_record(record_path: Path, key: str, record: dict[str, Any] | None = None) -> dict[str, Any] | None:
+    """The stored record if it matches ``key`` and every PNG it lists still holds its bytes."""
+    record = record if record is not None else _read_record(record_path)
+    if record is None or record.get("key") != key:
         return None
     base = record_path.parent
-    if any(not (base / row["file"]).is_file() for row in record.get("frames", [])):
-        return None
+    for row in record.get("frames", []):
+        if not png_matches(base / row["file"], row.get("bytes"), row.get("sha256")):
+            return None
     return record
 
 
@@ -97,8 +116,11 @@ def finished_record(
     if path is None:
         return None  # missing volumes are looked for again on every run
     record_path = volume_dir(out_dir, *ids) / RECORD_NAME
-    key = _volume_key(job, path, image_size, seed, full_resolution)
-    return record_path if _load_record(record_path, key) is not None else None
+    record = _read_record(record_path)
+    if record is None:
+        return None  # never extracted: the worker hashes the file once, while extracting it
+    key, _, _ = _current_key(job, path, record, image_size, seed, full_resolution)
+    return record_path if _load_record(record_path, key, record) is not None else None
 
 
 def split_finished(
@@ -146,30 +168,43 @@ def extract_volume(
     path, how = resolver.resolve(
         job.get("descriptive_path"), job.get("classic_path"), ids[0], study_uid=ids[1]
     )
-    key = _volume_key(job, path, image_size, seed, full_resolution)
-    cached = _load_record(record_path, key)
-    if cached is not None:
+    earlier = _read_record(record_path)
+    if path is None:
+        key, sha, stat = _current_key(job, None, None, image_size, seed, full_resolution)
+    else:
+        try:
+            key, sha, stat = _current_key(job, path, earlier, image_size, seed, full_resolution)
+        except OSError as exc:  # the volume itself cannot be read (input side)
+            key, sha, stat = _volume_key(job, None, image_size, seed, full_resolution), None, None
+            record = {"key": key, "patient_id": ids[0], "study_uid": ids[1], "view": ids[2], "resolved_by": how,
+                      "source_path": _relative(path, data_root), "frames": [],
+                      "reject": f"unreadable: {exc.strerror or type(exc).__name__}"}
+            _write_output(record_path, lambda: atomic_write_json(record_path, record))
+            return record_path, True
+    if _load_record(record_path, key, earlier) is not None:
         return record_path, False
 
-    base = {"key": key, "patient_id": ids[0], "study_uid": ids[1], "view": ids[2], "resolved_by": how}
+    base = {"key": key, "patient_id": ids[0], "study_uid": ids[1], "view": ids[2], "resolved_by": how,
+            "source_sha256": sha, "source_stat": stat}
     if path is None:
-        record = {**base, "source_path": job.get("descriptive_path"), "reject": f"missing volume: {how}",
-                  "frames": []}
-        atomic_write_json(record_path, record)
+        reject = how if how.startswith("outside-data-root") else f"missing volume: {how}"
+        record = {**base, "source_path": job.get("descriptive_path"), "reject": reject, "frames": []}
+        _write_output(record_path, lambda: atomic_write_json(record_path, record))
         return record_path, True
     source = _relative(path, data_root)
+    rows = []
     try:
         info = read_info(path)
         frames = resolve_frames(
             str(job["frames_rule"]), info.n_frames, seed=seed, key=volume_key(*ids)
         )
-        rows = []
         for frame in read_frames(path, frames, view=ids[2], image_size=image_size,
                                  full_resolution=full_resolution):
             name = f"{frame.index:04d}.png"
-            atomic_write_png(vdir / name, frame.image, compress_level=PNG_COMPRESS_LEVEL)
+            data = png_bytes(frame.image, compress_level=PNG_COMPRESS_LEVEL)
+            _write_output(vdir / name, lambda: atomic_write_bytes(vdir / name, data))
             rows.append({
-                "slice_index": frame.index, "file": name,
+                "slice_index": frame.index, "file": name, "bytes": len(data), "sha256": sha256_bytes(data),
                 "window_center": frame.window_center, "window_width": frame.window_width,
                 "window_source": frame.window_source, "rotated": bool(frame.rotated),
                 "scale": float(frame.scale), "pad_x": int(frame.pad_x), "pad_y": int(frame.pad_y),
@@ -177,12 +212,30 @@ def extract_volume(
             })
         record = {**base, "source_path": source, "n_frames": info.n_frames, "rows": info.rows,
                   "columns": info.columns, "frames": rows, "reject": None}
+    except OutputPathError:
+        raise  # the output side failed: nothing about this volume is recorded
     except (ValueError, NotImplementedError, OSError) as exc:
         # ValueError covers DicomReadError; the message names the file and the fault.
         log.warning("rejected %s/%s/%s: %s", *ids, exc)
         record = {**base, "source_path": source, "reject": str(exc), "frames": []}
-    atomic_write_json(record_path, record)
+    _write_output(record_path, lambda: atomic_write_json(record_path, record))
     return record_path, True
+
+
+def _write_output(target: Path, write: Any) -> None:
+    """Run ``write()``; an OS error is the output's fault, never the volume's: stop the run.
+
+    Raises:
+        OutputPathError: Naming the file, the operating system's reason and what to do.
+    """
+    try:
+        write()
+    except OSError as exc:
+        reason = exc.strerror or type(exc).__name__
+        raise OutputPathError(
+            f"cannot write {target} ({reason}); nothing was recorded for this volume: free space or fix "
+            "the permissions of --out, then run the same command again to go on"
+        ) from None
 
 
 def _relative(path: Path, root: str | os.PathLike[str]) -> str:

@@ -69,6 +69,19 @@ def atomic_write_png(path: str | os.PathLike[str], image: np.ndarray, *, compres
         tmp, format="PNG", compress_level=compress_level))
 
 
+def png_bytes(image: np.ndarray, *, compress_level: int = 6) -> bytes:
+    """A 2-D uint8 array as the bytes of an 8-bit grayscale PNG (what :func:`atomic_write_png` writes)."""
+    import io
+
+    from PIL import Image
+
+    if image.dtype != np.uint8 or image.ndim != 2:
+        raise ValueError(f"expected a 2-D uint8 image, got {image.dtype} {image.shape}")
+    buffer = io.BytesIO()
+    Image.fromarray(image, mode="L").save(buffer, format="PNG", compress_level=compress_level)
+    return buffer.getvalue()
+
+
 def atomic_write_parquet(path: str | os.PathLike[str], table: Any) -> Path:
     """Write a pandas DataFrame (no index) to Parquet atomically."""
     return atomic_write(path, lambda tmp: table.to_parquet(tmp, index=False))

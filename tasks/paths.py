@@ -72,8 +72,12 @@ class VolumeResolver:
             SeriesInstanceUID that ``classic_path`` carries as its last-but-one component.
     """
 
-    def __init__(self, data_root: str | os.PathLike[str], *, series_uid_from_classic: bool = True) -> None:
+    def __init__(self, data_root: str | os.PathLike[str], *, series_uid_from_classic: bool = True,
+                 extra_roots: tuple[str | os.PathLike[str], ...] = ()) -> None:
         self.data_root = Path(data_root)
+        # Every volume must lie (after symlinks) under one of these: a CSV row with
+        # ``../`` or an absolute path must not make tomoflow read a file from elsewhere.
+        self.roots = tuple(os.path.realpath(r) for r in (data_root, *extra_roots))
         self.series_uid_from_classic = series_uid_from_classic
         self._listings: dict[Path, dict[str, bool] | None] = {}
         self._dicoms: dict[Path, list[Path]] = {}
@@ -174,17 +178,31 @@ class VolumeResolver:
             for variant in na_variants(descriptive[-2]):
                 attempts.append(("na-variant", [*descriptive[:-2], variant, descriptive[-1]]))
         attempts.append(("classic", classic))
+        outside: list[str] = []
         for how, parts in attempts:
             for candidate in self._candidates(parts):
                 if self._is_file(candidate):
-                    return candidate, how
+                    if self.inside(candidate):
+                        return candidate, how
+                    outside.append(str(candidate))
+                    continue
                 tried.append(str(candidate))
 
         found, searched = self._search(descriptive, classic, patient_id, study_uid)
-        if found is not None:
+        if found is not None and self.inside(found):
             return found, "search"
+        if found is not None:
+            outside.append(str(found))
+        if outside:
+            return None, (f"outside-data-root: {outside[0]} lies outside --data-root {self.roots[0]} "
+                          "(after symlinks); it was not read. Put the volume under the data root")
         tried.append(searched)
         return None, "not found: tried " + "; ".join(tried)
+
+    def inside(self, path: str | os.PathLike[str]) -> bool:
+        """Whether ``path`` resolves (after symlinks) under the data root (or an allowed extra root)."""
+        real = os.path.realpath(path)
+        return any(real == root or real.startswith(root.rstrip(os.sep) + os.sep) for root in self.roots)
 
     def _search(
         self, descriptive: list[str], classic: list[str], patient_id: str, study_uid: str | None

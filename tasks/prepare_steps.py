@@ -112,6 +112,8 @@ def group_cohorts(csv_files: list[str], data_root: str, report_studies: str | No
     volumes = cohorts_mod.build_volume_table(
         tables.file_paths, combined, tables.boxes, cohort_rejects=label_rejects
     )
+    if not (use_labels and len(tables.labels)):
+        volumes = cohorts_mod.no_report_reasons(volumes)
     work = _dir("group-cohorts", config, csv_files=csv_files, data_root=data_root,
                 report_studies=report_studies)
     summary = {
@@ -284,21 +286,31 @@ def publish_outputs(result: dict[str, Any], out_dir: str, *, kept: str | None = 
 
 
 def check_label_rejects(volumes: str, plan: str, cohort_parts: list[str], config: PrepareConfig,
-                        kept: str | None = None) -> dict[str, Any]:
-    """Stop before extraction when label-level faults (no label, no flag) already exceed the limit.
+                        kept: str | None = None, *, check_files: bool = False) -> dict[str, Any]:
+    """Stop before extraction when faults known already (no label, no flag) exceed the limit.
 
-    Every planned volume counts as used here (extraction has not run); the full account
-    is made again by :func:`write_manifest`. On failure ``rejects.parquet`` and
-    ``cohort_summary.json`` are published (no manifest) so the user can see what was
-    rejected and why.
+    With ``check_files``, the planned volumes whose file cannot be found (or lies outside
+    the data root) count too: a directory listing per folder, so 20,000 missing files stop
+    the run before a folder or a record is written for any of them. Every other planned
+    volume counts as used here (extraction has not run); the full account is made again by
+    :func:`write_manifest`. On failure ``rejects.parquet`` and ``cohort_summary.json`` are
+    published (no manifest) so the user can see what was rejected and why.
 
     Raises:
         ValueError: The faults exceed ``config.data.max_reject_fraction`` (counts by reason).
     """
+    from tasks.volume_check import unresolved_volumes
+
     plan_df = pd.read_parquet(plan)
-    empty = typed_frame([], REJECT_COLUMNS)
+    missing = typed_frame([], REJECT_COLUMNS)
+    used = plan_df
+    if check_files and len(plan_df):
+        missing = typed_frame(unresolved_volumes(plan_df, config.data.data_root).to_dict("records"), REJECT_COLUMNS)
+        gone = set(missing[cohorts_mod.KEY].astype(str).itertuples(index=False, name=None))
+        keep = [k not in gone for k in plan_df[cohorts_mod.KEY].astype(str).itertuples(index=False, name=None)]
+        used = plan_df.loc[keep]
     rows, accounting = cohorts_mod.account_volumes(
-        pd.read_parquet(volumes), plan_df, plan_df, empty, max_reject_fraction=config.data.max_reject_fraction)
+        pd.read_parquet(volumes), plan_df, used, missing, max_reject_fraction=config.data.max_reject_fraction)
     error = cohorts_mod.reject_fraction_error(accounting)
     if error is None:
         return accounting
@@ -312,7 +324,7 @@ def check_label_rejects(volumes: str, plan: str, cohort_parts: list[str], config
             summary.update(json.loads(Path(part).read_text()))
     summary.update({"strategy": config.slices.strategy, "image_size": config.slices.image_size,
                     "seed": config.slices.seed, "accounting": accounting, "failed": error, "images": 0})
-    work = Path(plan).parent / "label-check"
+    work = Path(plan).parent / ("file-check" if check_files else "label-check")
     publish_outputs({"rejects": str(atomic_write_parquet(work / "rejects.parquet", rejects)),
                      "summary": str(atomic_write_json(work / "cohort_summary.json", summary))},
                     config.data.output_dir, kept=kept)

@@ -38,7 +38,9 @@ STRATEGIES: tuple[str, ...] = ("all-slices", "single-slice", "lesion-slices")
 VOLUME_KEY: tuple[str, ...] = ("patient_id", "study_uid", "view")
 
 #: Reject reasons that are choices, not faults: they never count towards ``max_reject_fraction``.
-BY_DESIGN_REASONS: tuple[str, ...] = ("actionable", "not-selected")
+#: ``no-report``: with cohorts from reports alone, a volume whose study has no kept report
+#: is outside the report-defined study population (the report query defines the cohort).
+BY_DESIGN_REASONS: tuple[str, ...] = ("actionable", "not-selected", "no-report")
 
 #: Column order and dtypes of ``manifest.parquet`` (stable bytes for equal content).
 MANIFEST_COLUMNS: dict[str, str] = {
