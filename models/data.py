@@ -23,6 +23,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler, W
 from torchvision.transforms.v2 import functional as TF
 
 from models import distributed
+from models.manifest_audit import audit_splits, verify_images
 from models.engine import resolve_device
 from tasks.augment import apply_seeded, derive_seed, eval_transforms, open_gray, train_transforms
 from tasks.config import TrainConfig, TrainParams
@@ -51,7 +52,7 @@ def load_manifest(path: str | os.PathLike[str], *, check_files: bool = True) -> 
 
     Args:
         path: The manifest; image paths are relative to its folder.
-        check_files: Also check that every training and validation PNG exists.
+        check_files: Also check that every training and validation PNG exists and opens.
 
     Returns:
         The manifest, index = row position in the file (reported back as ``row index``).
@@ -59,7 +60,8 @@ def load_manifest(path: str | os.PathLike[str], *, check_files: bool = True) -> 
     Raises:
         FileNotFoundError: No manifest, or a missing PNG (named by its ``image_path``).
         ValueError: Missing columns, labels other than 0/1, no training or no validation
-            rows, or a split holding one class only.
+            rows, a split holding one class only, a patient in two splits, or a PNG that
+            cannot be read (named with its row).
     """
     path = Path(path)
     if not path.is_file():
@@ -92,15 +94,9 @@ def load_manifest(path: str | os.PathLike[str], *, check_files: bool = True) -> 
                 f"manifest '{path}': the '{split}' split holds only label {classes[0]} "
                 f"({len(labels)} rows); a classifier needs both classes: {advice}"
             )
+    audit_splits(frame, path)
     if check_files:
-        root = path.parent
-        used = frame.loc[frame["split"].isin(["train", "validation"]), "image_path"]
-        absent = [p for p in used if not (root / p).is_file()]
-        if absent:
-            raise FileNotFoundError(
-                f"manifest '{path}': {len(absent)} image file(s) are missing under '{root}', first "
-                f"image_path {absent[0]!r}; rerun the prepare-data flow (and offline balancing, if used)"
-            )
+        verify_images(frame, path)
     return frame
 
 

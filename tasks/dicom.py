@@ -130,9 +130,9 @@ def read_frames(
             raise DicomReadError(f"{name}: image_size {image_size!r} is not a positive integer")
     if info.photometric not in _MONOCHROME or int(header.ds.get("SamplesPerPixel", 1)) != 1:
         raise NotImplementedError(
-            f"{name}: Photometric Interpretation {info.photometric!r} (Samples per Pixel "
-            f"{header.ds.get('SamplesPerPixel', '?')}) is a colour image; only MONOCHROME1 and "
-            "MONOCHROME2 images are supported"
+            # The tag, never its value: a malformed header value may carry anything.
+            f"{name}: Photometric Interpretation (0028,0004) is not MONOCHROME1 or MONOCHROME2, or Samples "
+            "per Pixel (0028,0002) is not 1: only single-sample grayscale images are supported"
         )
     _check_decoder(UID(info.transfer_syntax), name)
     indices = _indices(frames, info.n_frames, name)

@@ -12,6 +12,8 @@ API and database, pass through it) and every warning message:
 * a DICOM element of the patient group ``(0010,xxxx)`` keeps its tag and VR, not its value;
 * ``PatientName=...``, ``PatientBirthDate: ...`` and the like keep the keyword, not the value;
 * ``text=...`` / ``'text': ...`` (a report row's text field in a repr) loses its value;
+* a value pydicom quotes (``Invalid value for VR IS: '...'``) loses it, and every quoted
+  string in a warning or log record from pydicom is removed (its messages quote header values);
 * values registered with :func:`register_sensitive` are replaced wherever they appear.
 
 :func:`install` is idempotent and is called by the CLI, by ``flows`` on import and by
@@ -43,6 +45,8 @@ _KEYWORD = re.compile(
     r"(\b(?:" + "|".join(IDENTIFYING_KEYWORDS) + r")\b['\"]?\s*[=:]\s*)"
     r"""('(?:\\.|[^'\\])*'|"(?:\\.|[^"\\])*"|\[[^\]\n]*\]|[^\s,;)]+)"""
 )
+_VR_VALUE = re.compile(r"""(\bfor VR [A-Z]{2}\s*:?\s*)('(?:\\.|[^'\\])*'|"(?:\\.|[^"\\])*"|[^\s,;)]+)""")
+_QUOTED = re.compile(r"'(?:\\.|[^'\\\n])*'" + r'|"(?:\\.|[^"\\\n])*"')
 _TEXT_FIELD = re.compile(r"""(\btext['"]?\s*[=:]\s*)('(?:\\.|[^'\\])*'|"(?:\\.|[^"\\])*"|[^\n,;)]+)""")
 
 _sensitive: set[str] = set()
@@ -66,6 +70,7 @@ def redact(text: str) -> str:
     text = _GROUP_0010.sub(lambda m: m.group(1) + REDACTED, text)
     text = _KEYWORD.sub(lambda m: m.group(1) + REDACTED, text)
     text = _TEXT_FIELD.sub(lambda m: m.group(1) + REDACTED, text)
+    text = _VR_VALUE.sub(lambda m: m.group(1) + REDACTED, text)
     if _sensitive:
         for value in sorted(_sensitive, key=len, reverse=True):
             if value in text:
@@ -76,12 +81,23 @@ def redact(text: str) -> str:
 _formatter = logging.Formatter()
 
 
+def redact_quoted(text: str) -> str:
+    """``text`` with every quoted string removed (for messages of libraries that quote header values)."""
+    return _QUOTED.sub(f"'{REDACTED}'", redact(text))
+
+
+def _from_pydicom(name: str) -> bool:
+    return name == "pydicom" or name.startswith("pydicom.") or "/pydicom/" in name.replace("\\", "/")
+
+
 def _redact_record(record: logging.LogRecord) -> logging.LogRecord:
     try:
         message = record.getMessage()
     except Exception:  # a bad format string: keep the template only
         message = str(record.msg)
-    record.msg, record.args = redact(message), ()
+    pydicom_warning = record.name == "py.warnings" and "pydicom" in message
+    clean = redact_quoted if _from_pydicom(record.name) or pydicom_warning else redact
+    record.msg, record.args = clean(message), ()
     if record.exc_info and record.exc_info[0] is not None:
         # Formatters use exc_text when it is set; format it now, redacted.
         record.exc_text = redact(_formatter.formatException(record.exc_info))
@@ -133,7 +149,8 @@ def install() -> None:
     original_format = warnings.formatwarning
 
     def formatwarning(message: Any, category: Any, filename: str, lineno: int, line: str | None = None) -> str:
-        return redact(original_format(message, category, filename, lineno, line))
+        text = original_format(message, category, filename, lineno, line)
+        return redact_quoted(text) if _from_pydicom(str(filename)) else redact(text)
 
     warnings.formatwarning = formatwarning
     _installed = True
