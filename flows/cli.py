@@ -98,9 +98,12 @@ def _cmd_prepare(args: argparse.Namespace) -> int:
 def _cmd_train(args: argparse.Namespace) -> int:
     from flows.train import train_classifier
 
+    from tasks.io import output_lock
+
     config = train_config_from_args(args)
     _writable(args.out)
-    result = train_classifier(config=config)
+    with output_lock(args.out, what="tomoflow train"):  # a second run into --out stops here, at once
+        result = train_classifier(config=config)
     print(json.dumps(result, sort_keys=True, default=str))
     return 0
 
@@ -108,10 +111,14 @@ def _cmd_train(args: argparse.Namespace) -> int:
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     from flows.evaluate import evaluate_model
 
+    from tasks.evaluate_lock import evaluation_locks
+
     config = evaluate_config_from_args(args)
     if args.out is not None:
         _writable(args.out)
-    result = evaluate_model(config=config)
+    # Refuses a run folder still being trained, and a second evaluation into the same folder.
+    with evaluation_locks(config.run_dir, config.output_dir, what="tomoflow evaluate"):
+        result = evaluate_model(config=config)
     print(json.dumps(result, sort_keys=True, default=str))
     return 0
 
@@ -361,10 +368,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command in FLOW_COMMANDS:
+        from flows.prefect_env import apply_prefect_defaults, check_prefect_home
+
+        try:
+            # A PREFECT_HOME that cannot be written would surface as a server start-up timeout.
+            check_prefect_home()
+        except ValueError as exc:
+            print(f"tomoflow {args.command}: error: {redact(str(exc))}", file=sys.stderr)
+            return 2
         # Before any flow: a first start of the temporary server on a new PREFECT_HOME
         # migrates its database, which outlasts Prefect's default timeout on small machines.
-        from flows.prefect_env import apply_prefect_defaults
-
         apply_prefect_defaults()
 
     if args.command not in ("synth", "export-slices"):

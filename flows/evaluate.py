@@ -11,6 +11,8 @@ from prefect import flow
 from prefect.runtime import flow_run
 
 from tasks.config import EvaluateConfig
+from tasks.evaluate_lock import evaluation_locks
+from tasks.lifecycle import interrupted
 from tasks.evaluate_steps import (  # noqa: F401 - the tasks, importable from here as before
     compute_metrics,
     predict_split,
@@ -41,6 +43,19 @@ def evaluate_model(config: EvaluateConfig = EvaluateConfig()) -> dict[str, str]:
         Paths of ``predictions`` (predictions.parquet), ``metrics`` (metrics.json) and
         ``report`` (report.html).
     """
+    from prefect.exceptions import TerminationSignal
+    from prefect.states import Cancelled
+
+    # The CLI holds these already (same process: re-entered); a deployment takes them here.
+    with evaluation_locks(config.run_dir, config.output_dir, what=f"flow run {flow_run.name or ''}"):
+        try:
+            return _evaluate(config)
+        except (KeyboardInterrupt, TerminationSignal) as exc:
+            return Cancelled(message=interrupted(exc, Path(config.output_dir or config.run_dir),
+                                                 flow="evaluate-model"))
+
+
+def _evaluate(config: EvaluateConfig) -> dict[str, str]:
     checkpoint, manifest, out, train_conf = run_inputs(config)
     out.mkdir(parents=True, exist_ok=True)
     image_size = int(train_conf["train"]["image_size"])

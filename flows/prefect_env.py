@@ -16,6 +16,7 @@ waiting as soon as the server answers.
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 #: Prefect's setting (environment variable) for how long to wait for the temporary server.
 STARTUP_TIMEOUT_VARIABLE = "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"
@@ -59,3 +60,22 @@ def apply_prefect_defaults(*, startup_timeout_s: int = EPHEMERAL_STARTUP_TIMEOUT
 
     refresh_global_settings_context()
     return int(startup_timeout_s)
+
+
+def check_prefect_home() -> Path:
+    """Fail at once when Prefect's home folder cannot be created or written.
+
+    Prefect keeps its database, profiles and results there; when it cannot, the temporary
+    server never starts and the command only fails after the start-up timeout, blaming the
+    server. Checked before any flow.
+
+    Raises:
+        ValueError: Naming ``PREFECT_HOME`` (the folder) and the reason.
+    """
+    from tasks.io import OutputPathError, ensure_writable_dir
+
+    home = Path(os.path.expanduser(os.environ.get("PREFECT_HOME") or "~/.prefect"))
+    try:
+        return ensure_writable_dir(home, what="PREFECT_HOME")
+    except OutputPathError as exc:
+        raise ValueError(f"{exc}; set PREFECT_HOME to a folder you can write to") from None

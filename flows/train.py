@@ -12,6 +12,8 @@ from prefect import flow
 from prefect.runtime import flow_run
 
 from tasks.config import TrainConfig
+from tasks.io import ensure_writable_dir, output_lock
+from tasks.lifecycle import interrupted
 from tasks.train_steps import (  # noqa: F401 - the tasks, importable from here as before
     balance_offline,
     check_weights,
@@ -42,6 +44,19 @@ def train_classifier(config: TrainConfig = TrainConfig()) -> dict[str, Any]:
     Returns:
         Paths of ``best``, ``last``, ``history`` and ``config`` in the run folder, and a summary.
     """
+    from prefect.exceptions import TerminationSignal
+    from prefect.states import Cancelled
+
+    # One writer per run folder (the CLI holds the lock already; a deployment takes it here).
+    run_dir = ensure_writable_dir(config.run_dir, what="run folder (--out)")
+    with output_lock(run_dir, what=f"flow run {flow_run.name or ''}"):
+        try:
+            return _train(config)
+        except (KeyboardInterrupt, TerminationSignal) as exc:
+            return Cancelled(message=interrupted(exc, Path(config.run_dir), flow="train-classifier"))
+
+
+def _train(config: TrainConfig) -> dict[str, Any]:
     cache = {"result_storage": (Path(config.run_dir) / ".cache").resolve()}
     check_weights.with_options(**cache)(config)
     if config.augment.offline_balance:

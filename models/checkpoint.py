@@ -213,7 +213,10 @@ def read_resume_state(last: Path, cfg: TrainConfig) -> dict[str, Any] | None:
     """
     if not last.is_file():
         return None
-    state = torch.load(last, map_location="cpu", weights_only=True)
+    # best.pt holds weights only (no optimiser or generator state), so it cannot be resumed from.
+    state = read_checkpoint(last, advice=(
+        "delete it and run the same command again to train this run from its start; best.pt, if present, "
+        "still holds the best epoch's weights for tomoflow evaluate"))
     if not isinstance(state, Mapping) or state.get("format") != _FORMAT:
         raise ValueError(
             f"'{last}' is not a tomoflow training checkpoint of format {_FORMAT!r}; "
@@ -281,6 +284,25 @@ def restore_rng_state(state: Mapping[str, Any]) -> None:
     random.setstate((version, tuple(internal), gauss))
 
 
+def read_checkpoint(path: str | os.PathLike[str], *, advice: str) -> Any:
+    """``torch.load`` (``weights_only``) with one clear line for a truncated or damaged file.
+
+    Raises:
+        ValueError: The file cannot be read as a checkpoint; the message names it and ``advice``.
+    """
+    import pickle
+    import zipfile
+
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, pickle.UnpicklingError, ValueError) as exc:
+        if isinstance(exc, FileNotFoundError):
+            raise
+        raise ValueError(
+            f"checkpoint '{path}' is truncated or damaged ({type(exc).__name__}) and cannot be read; {advice}"
+        ) from None
+
+
 def load_classifier(path: str | os.PathLike[str], *, device: str | torch.device = "cpu") -> TumorClassifier:
     """Rebuild the classifier saved in ``best.pt`` or ``last.pt``, in eval mode.
 
@@ -291,7 +313,8 @@ def load_classifier(path: str | os.PathLike[str], *, device: str | torch.device 
     Raises:
         ValueError: The file isn't a tomoflow training checkpoint.
     """
-    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    ckpt = read_checkpoint(path, advice=(
+        "train again (tomoflow train with the same --out resumes from last.pt), or evaluate another run"))
     if not isinstance(ckpt, Mapping) or "model" not in ckpt or "model_config" not in ckpt:
         raise ValueError(f"'{path}' is not a tomoflow training checkpoint (no 'model' and 'model_config')")
     model = build_model(**ckpt["model_config"], weights=None)

@@ -248,3 +248,28 @@ def signal_name(exc: BaseException) -> str:
         return signal.Signals(int(number)).name
     except ValueError:
         return f"signal {number}"
+
+
+def interrupted(exc: BaseException, out: Path, *, flow: str) -> str:
+    """Stop the workers and remove partial files after SIGTERM or Ctrl-C; the Cancelled state's message.
+
+    Args:
+        exc: The interrupt (``KeyboardInterrupt`` or Prefect's ``TerminationSignal``).
+        out: The folder the flow was writing (its ``.NAME.*.tmp`` files are removed).
+        flow: The flow's name, for the log line.
+    """
+    import logging
+
+    from tasks.extract import remove_stale_temporaries
+
+    stopped = stop_workers()
+    removed = remove_stale_temporaries(out)
+    message = (f"interrupted by {signal_name(exc)}: {stopped} worker processes stopped, "
+               f"{removed} partial files removed; run the same command again to resume")
+    try:
+        from prefect import get_run_logger
+
+        get_run_logger().warning("%s %s", flow, message)
+    except Exception:  # noqa: BLE001 - outside a run context: the standard logger will do
+        logging.getLogger(__name__).warning("%s %s", flow, message)
+    return message

@@ -367,9 +367,4 @@ def publish_cohort_table(manifest_path: str) -> None:
 
 def interrupted(exc: BaseException, out: Path) -> str:
     """Stop the workers and remove partial files after SIGTERM or Ctrl-C; the Cancelled state's message."""
-    stopped = lifecycle.stop_workers()
-    removed = remove_stale_temporaries(out)
-    message = (f"interrupted by {lifecycle.signal_name(exc)}: {stopped} worker processes stopped, "
-               f"{removed} partial files removed; run the same command again to resume")
-    get_run_logger().warning("prepare-data %s", message)
-    return message
+    return lifecycle.interrupted(exc, out, flow="prepare-data")

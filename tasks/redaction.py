@@ -98,6 +98,10 @@ def _redact_record(record: logging.LogRecord) -> logging.LogRecord:
     pydicom_warning = record.name == "py.warnings" and "pydicom" in message
     clean = redact_quoted if _from_pydicom(record.name) or pydicom_warning else redact
     record.msg, record.args = clean(message), ()
+    if record.exc_info and record.exc_info[0] is not None and _user_error(record.exc_info[0]):
+        # An error the user fixes (bad input, a busy or unwritable folder) already names the
+        # file and what to do in its message; a traceback under it only hides that line.
+        record.exc_info, record.exc_text = None, None
     if record.exc_info and record.exc_info[0] is not None:
         # Formatters use exc_text when it is set; format it now, redacted.
         record.exc_text = redact(_formatter.formatException(record.exc_info))
@@ -106,6 +110,19 @@ def _redact_record(record: logging.LogRecord) -> logging.LogRecord:
     if record.stack_info:
         record.stack_info = redact(record.stack_info)
     return record
+
+
+#: Exceptions whose message is the whole story (tomoflow raises them for bad input or a
+#: busy, unwritable output); ``TOMOFLOW_TRACEBACKS=1`` logs their tracebacks anyway.
+_USER_ERRORS = ("ValueError", "NotImplementedError", "FileNotFoundError", "OutputInUseError")
+
+
+def _user_error(kind: type[BaseException]) -> bool:
+    import os
+
+    if os.environ.get("TOMOFLOW_TRACEBACKS") == "1":
+        return False
+    return any(cls.__name__ in _USER_ERRORS for cls in kind.__mro__)
 
 
 def _constructible(kind: type[BaseException]) -> bool:
