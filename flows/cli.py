@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
+from flows.cli_serve import add_serve_outputs
 from flows.cli_config import (  # noqa: F401 - CONFIG_OPTIONS, NOT_CONFIG re-exported for the tests
     CONFIG_OPTIONS,
     NOT_CONFIG,
@@ -352,6 +353,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_run(sub)
     _add_experiments(sub)
     _add_demo(sub)
+    add_serve_outputs(sub)
     return parser
 
 
@@ -380,7 +382,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         # migrates its database, which outlasts Prefect's default timeout on small machines.
         apply_prefect_defaults()
 
-    if args.command not in ("synth", "export-slices"):
+    if args.command not in ("synth", "export-slices", "serve-outputs"):
         from tasks.lifecycle import isolate_temporary_server, start_reaper
 
         # Whatever this process starts (the temporary Prefect server, workers) stops when

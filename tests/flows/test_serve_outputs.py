@@ -1,0 +1,75 @@
+"""Item 9 of issue 18: `tomoflow serve-outputs` serves reports and curves only, read-only, on loopback."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _status(url: str, method: str = "GET") -> int:
+    request = urllib.request.Request(url, method=method, data=b"x" if method in ("PUT", "POST") else None)
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return response.status
+    except urllib.error.HTTPError as exc:
+        return exc.code
+
+
+def test_serve_outputs_serves_reports_not_slices(tmp_path: Path) -> None:
+    root = tmp_path / "outputs"
+    (root / "evaluations" / "k1").mkdir(parents=True)
+    (root / "evaluations" / "k1" / "report.html").write_text("<html>report</html>")
+    (root / "runs" / "r1").mkdir(parents=True)
+    (root / "runs" / "r1" / "learning_curves.png").write_bytes(b"\x89PNG curves")
+    (root / "runs" / "r1" / "best.pt").write_bytes(b"weights")
+    slices = root / "prepared" / "k2" / "slices" / "DBT-P00001" / "DBT-S00001" / "lcc"
+    slices.mkdir(parents=True)
+    (slices / "0003.png").write_bytes(b"\x89PNG patient")
+    (root / "prepared" / "k2" / "report.html").write_text("not a report")
+    (root / "prepared" / "k2" / "manifest.parquet").write_bytes(b"PAR1")
+    (tmp_path / "secret.html").write_text("outside")
+    (root / "evaluations" / "report.html").symlink_to(tmp_path / "secret.html")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
+    proc = subprocess.Popen([sys.executable, "-m", "flows.cli", "serve-outputs", "--root", str(root), "--port", "0"],
+                            cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        line = proc.stdout.readline()
+        match = re.search(r"http://(127\.0\.0\.1):(\d+)/", line)
+        assert match, line + proc.stderr.read() if proc.poll() is not None else line
+        base = f"http://127.0.0.1:{match.group(2)}"
+        assert _status(f"{base}/evaluations/k1/report.html") == 200
+        with urllib.request.urlopen(f"{base}/evaluations/k1/report.html", timeout=10) as response:
+            assert response.read() == b"<html>report</html>"
+        assert _status(f"{base}/runs/r1/learning_curves.png") == 200
+        for path in ("/", "/prepared/", "/prepared/k2/slices/DBT-P00001/DBT-S00001/lcc/0003.png",
+                     "/prepared/k2/report.html", "/prepared/k2/manifest.parquet", "/runs/r1/best.pt",
+                     "/evaluations/report.html", "/evaluations/k1/../../prepared/k2/manifest.parquet",
+                     "/%2e%2e/secret.html"):
+            assert _status(base + path) == 404, path
+        assert _status(f"{base}/evaluations/k1/report.html", method="PUT") in (405, 501)
+        assert _status(f"{base}/evaluations/k1/report.html", method="POST") in (405, 501)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def test_service_block_gives_the_database_url_to_the_server_only() -> None:
+    """Item 11: the README's service block never exports the database URL to the workers."""
+    from tests.e2e.test_service import readme_service_block
+
+    lines = readme_service_block()
+    with_url = [line for line in lines if "PREFECT_API_DATABASE_CONNECTION_URL" in line or "postgresql" in line]
+    assert with_url, "the block should still show how to use PostgreSQL"
+    for line in with_url:
+        assert not line.lstrip().startswith("export"), line
+        assert "prefect server start" in line, line
+    assert not any("http.server" in line for line in lines)
+    assert any(line.startswith("tomoflow serve-outputs") for line in lines)
