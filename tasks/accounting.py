@@ -36,6 +36,12 @@ def reject_reason(text: object) -> str:
     return f"unreadable: {detail}"
 
 
+def _has_boxes(row: object) -> bool:
+    """Whether the boxes CSV has a box for this volume (``n_boxes`` of the volume table)."""
+    n = getattr(row, "n_boxes", 0)
+    return bool(n) and not pd.isna(n) and int(n) > 0
+
+
 def reason_code(reason: object) -> str:
     """The code of a reject reason (the text before the first colon)."""
     return str(reason).split(":", 1)[0].strip()
@@ -89,7 +95,7 @@ def account_volumes(
             reason, path = extracted[key][0], extracted[key][1] or path
         elif key in planned:
             reason = "no-frames: the plan selected no frame of this volume that could be written"
-        elif row.label == 1 and not int(row.n_boxes or 0):
+        elif row.label == 1 and not _has_boxes(row):
             # A boxed view the strategy did not pick (single-slice keeps one image per
             # patient) is a choice, not a missing box.
             reason = "no-box: the strategy needs the lesion's box and the boxes CSV has none for this volume"

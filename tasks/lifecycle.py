@@ -218,7 +218,18 @@ class _NewSessionSubprocess:
     @staticmethod
     def Popen(*args: object, **kwargs: object) -> subprocess.Popen[bytes]:  # noqa: N802 - mirrors subprocess
         kwargs.setdefault("start_new_session", True)
-        return subprocess.Popen(*args, **kwargs)  # type: ignore[call-overload]
+        command = kwargs.get("args", args[0] if args else ())
+        uvicorn = "uvicorn" in [str(a) for a in command] if isinstance(command, (list, tuple)) else False
+        if uvicorn and "stderr" not in kwargs:
+            # Its stop prints a CancelledError traceback after a Completed run: drop that alone.
+            kwargs["stderr"] = subprocess.PIPE
+        process = subprocess.Popen(*args, **kwargs)  # type: ignore[call-overload]
+        if uvicorn and process.stderr is not None and kwargs["stderr"] is subprocess.PIPE:
+            from tasks.server_output import forward_without_cancelled
+
+            forward_without_cancelled(process.stderr)
+            process.stderr = None  # Prefect reads it on a failed start; the thread already passes it on
+        return process
 
 
 def isolate_temporary_server() -> None:

@@ -98,9 +98,11 @@ def _redact_record(record: logging.LogRecord) -> logging.LogRecord:
     pydicom_warning = record.name == "py.warnings" and "pydicom" in message
     clean = redact_quoted if _from_pydicom(record.name) or pydicom_warning else redact
     record.msg, record.args = clean(message), ()
-    if record.exc_info and record.exc_info[0] is not None and _user_error(record.exc_info[0]):
-        # An error the user fixes (bad input, a busy or unwritable folder) already names the
-        # file and what to do in its message; a traceback under it only hides that line.
+    if (record.exc_info and record.exc_info[0] is not None and record.name.startswith(_RUN_LOGGERS)
+            and _user_error(record.exc_info[0])):
+        # Prefect logs a failed run with the exception's repr and its traceback; an error the
+        # user fixes (bad input, a busy or unwritable folder) already names the file and what
+        # to do, and a traceback under it only hides that line.
         record.exc_info, record.exc_text = None, None
     if record.exc_info and record.exc_info[0] is not None:
         # Formatters use exc_text when it is set; format it now, redacted.
@@ -114,6 +116,8 @@ def _redact_record(record: logging.LogRecord) -> logging.LogRecord:
 
 #: Exceptions whose message is the whole story (tomoflow raises them for bad input or a
 #: busy, unwritable output); ``TOMOFLOW_TRACEBACKS=1`` logs their tracebacks anyway.
+#: Prefect's run loggers: their failure records already quote the exception in the message.
+_RUN_LOGGERS = ("prefect.flow_runs", "prefect.task_runs")
 _USER_ERRORS = ("ValueError", "NotImplementedError", "FileNotFoundError", "OutputInUseError")
 
 

@@ -96,6 +96,11 @@ def test_single_slice_records_boxed_views_as_not_selected(dataset: Path, tmp_pat
 def test_report_cohort_without_labels_csv_is_not_a_fault(dataset: Path, tmp_path: Path) -> None:
     """Item 7: with --reports and no labels CSV, volumes without a kept report are `no-report`, by design."""
     data = _copy(dataset, tmp_path)
+    table = pd.read_csv(_file_paths(data), dtype=str)
+    normal_patients = sorted({table.loc[i, "PatientID"] for i in _labelled_rows(data, table)})
+    reports = pd.read_csv(data / "reports.csv", dtype=str, keep_default_na=False)
+    # Two patients' studies without any report: outside the report-defined cohort.
+    reports[~reports["patient_id"].isin(normal_patients[:2])].to_csv(data / "reports.csv", index=False)
     for labels in data.glob("BCS-DBT*labels*.csv"):
         labels.unlink()
     out = tmp_path / "out"
