@@ -92,7 +92,8 @@ def account_volumes(
         if isinstance(row.excluded_reason, str):
             reason = row.excluded_reason
         elif key in extracted:
-            reason, path = extracted[key][0], extracted[key][1] or path
+            found = extracted[key][1]  # may be <NA> (a row with no descriptive path)
+            reason, path = extracted[key][0], found if isinstance(found, str) and found else path
         elif key in planned:
             reason = "no-frames: the plan selected no frame of this volume that could be written"
         elif row.label == 1 and not _has_boxes(row):
