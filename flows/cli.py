@@ -63,6 +63,10 @@ def _cmd_synth(args: argparse.Namespace) -> int:
         frames=frames,
         positive_fraction=args.positive_fraction,
         reports=not args.no_reports,
+        difficulty=getattr(args, "difficulty", "easy"),
+        lesion_contrast=getattr(args, "lesion_contrast", None),
+        lesion_size=getattr(args, "lesion_size", None),
+        lesion_count=getattr(args, "lesion_count", None),
         **({"rows": args.rows, "columns": args.columns} if args.rows and args.columns else {}),
     )
     # The per-volume details (drift, rotation, laterality ground truth) are for tests.
@@ -216,6 +220,15 @@ def _add_synth(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> No
     p.add_argument("--positive-fraction", type=float, default=None,
                    help="fraction of positive patients (default: the collection's proportions)")
     p.add_argument("--no-reports", action="store_true", help="do not write reports.csv")
+    p.add_argument("--difficulty", default="easy", choices=["easy", "moderate", "subtle"],
+                   help="lesion level: easy (default; plainly visible, the same bytes as before for a seed), "
+                        "moderate (a brightness filter reaches about 0.8 AUC), subtle")
+    p.add_argument("--lesion-contrast", type=float, default=None,
+                   help="peak lesion brightening in tissue-texture SDs (over --difficulty; easy: 4.5-10)")
+    p.add_argument("--lesion-size", type=float, default=None,
+                   help="factor on the lesion box side (over --difficulty; 1: 10-25%% of the frame width)")
+    p.add_argument("--lesion-count", type=int, default=None,
+                   help="lesions per positive volume (over --difficulty; default one, two for about 20%%)")
     p.set_defaults(func=_cmd_synth)
 
 
