@@ -54,7 +54,8 @@ def predict_split(checkpoint: str, manifest: str, image_size: int, out_dir: str,
     return str(atomic_write_parquet(Path(out_dir) / "predictions.parquet", pred))
 
 
-@task(name="compute-metrics", cache_key_fn=content_cache_key_fn(files=("predictions", "checkpoint")), **_CACHED)
+@task(name="compute-metrics", cache_key_fn=content_cache_key_fn(files=("predictions", "checkpoint", "manifest")),
+      **_CACHED)
 def compute_metrics(predictions: str, checkpoint: str, manifest: str, image_size: int, out_dir: str,
                     cfg: EvaluateConfig) -> str:
     """Metrics at slice, volume and patient level with intervals and nulls; Grad-CAM box hits; occlusion."""
@@ -64,10 +65,13 @@ def compute_metrics(predictions: str, checkpoint: str, manifest: str, image_size
     from models.train import load_classifier, resolve_device
     from tasks.io import atomic_write_json
     from tasks.metrics import evaluate_predictions
+    from tasks.trivial_scores import trivial_baseline
 
     pred = pd.read_parquet(predictions)
     metrics = evaluate_predictions(pred, how=cfg.aggregate, threshold=cfg.threshold, bootstrap=cfg.bootstrap,
                                    ci=cfg.ci, seed=cfg.seed, calibration_bins=cfg.calibration_bins)
+    metrics["trivial"] = trivial_baseline(pred, pd.read_parquet(manifest), Path(manifest).parent, how=cfg.aggregate,
+                                          bootstrap=cfg.bootstrap, ci=cfg.ci, seed=cfg.seed)
     model = load_classifier(checkpoint, device=resolve_device(cfg.device))
     positives = pred[pred["label"] == 1]
     metrics["localization"] = box_hit_fraction(model, positives, Path(manifest).parent, image_size,
@@ -121,6 +125,8 @@ def publish_evaluation(config: EvaluateConfig, metrics: str, report: str) -> Non
                              description=f"Summary of {config.run_dir}")
     if values.get("degenerate"):
         logger.warning("degenerate model: %s", values.get("degenerate_reason"))
+    if (values.get("trivial") or {}).get("note"):
+        logger.warning("%s", values["trivial"]["note"])
     for level, entry in (values.get("levels") or {}).items():
         if entry.get("null_warning"):
             logger.warning("%s level: %s", level, entry["null_warning"])

@@ -231,7 +231,7 @@ def evaluate_predictions(
         "levels": {},
         "null": {"draws": int(null_draws), "seed": int(seed), "method": "permutation"},
     }
-    result["degenerate"], result["degenerate_reason"] = degeneracy(pred["probability"], t)
+    result["degenerate"], result["degenerate_reason"] = degeneracy(pred["probability"], t, labels=pred["label"])
     for level in LEVELS:
         result["levels"][level] = _level_result(pred, level, how, t, bootstrap=int(bootstrap), ci=ci, seed=seed,
                                                 calibration_bins=calibration_bins, null_draws=null_draws)
