@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
+from flows.cli_experiments import add_experiments
 from flows.cli_config import (  # noqa: F401 - CONFIG_OPTIONS, NOT_CONFIG re-exported for the tests
     CONFIG_OPTIONS,
     NOT_CONFIG,
@@ -198,15 +199,6 @@ def demo_verdict(metrics: dict) -> tuple[str, bool]:
             "learning curves in the report."), False
 
 
-def _cmd_experiments(args: argparse.Namespace) -> int:
-    from flows.pipeline import run_experiments
-
-    result = run_experiments(data_root=str(args.data_root), output_root=str(args.out),
-                             presets=args.preset or None)
-    print(json.dumps(result, sort_keys=True, default=str))
-    return 0
-
-
 def _add_synth(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
     """The ``tomoflow synth`` command."""
     p = sub.add_parser("synth", help="write a synthetic, BCS-DBT-shaped dataset")
@@ -318,16 +310,6 @@ def _add_run(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None
     p.set_defaults(func=_cmd_run)
 
 
-def _add_experiments(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
-    """The ``tomoflow experiments`` command."""
-    p = sub.add_parser("experiments", help="run the study's experiment presets and compare them")
-    p.add_argument("--data-root", type=Path, required=True)
-    p.add_argument("--out", type=Path, required=True, help="output root; comparison.md and .csv go here")
-    p.add_argument("--preset", action="append", default=None,
-                   help="run only this preset (repeatable); default: the study's sequence")
-    p.set_defaults(func=_cmd_experiments)
-
-
 def _add_demo(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
     """The ``tomoflow demo`` command."""
     p = sub.add_parser("demo", help="the whole pipeline on a small synthetic dataset (CPU)")
@@ -356,7 +338,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train(sub)
     _add_evaluate(sub)
     _add_run(sub)
-    _add_experiments(sub)
+    add_experiments(sub)
     _add_demo(sub)
     return parser
 

@@ -80,6 +80,7 @@ __all__ = [
     "degeneracy",
     "evaluate_predictions",
     "floor_scorers",
+    "floor_tables",
     "null_roc_auc",
 ]
 
@@ -239,6 +240,16 @@ def evaluate_predictions(
     return result
 
 
+def floor_tables(pred: pd.DataFrame, *, threshold: float = 0.5, seed: int = 0) -> dict[str, pd.DataFrame]:
+    """The prediction tables of :func:`floor_scorers`' two scorers (``constant``, ``random``) on ``pred``'s images."""
+    base = pred.reset_index(drop=True)
+    rng = np.random.default_rng([int(seed), 0x51])  # the random scorer's own stream
+    return {
+        "constant": base.assign(probability=float(_check_threshold(threshold))),
+        "random": base.assign(probability=rng.random(len(base))),
+    }
+
+
 def floor_scorers(
     pred: pd.DataFrame,
     *,
@@ -264,12 +275,7 @@ def floor_scorers(
     Returns:
         ``{"constant": metrics, "random": metrics}``.
     """
-    base = pred.reset_index(drop=True)
-    rng = np.random.default_rng([int(seed), 0x51])  # the random scorer's own stream
-    scorers = {
-        "constant": base.assign(probability=float(_check_threshold(threshold))),
-        "random": base.assign(probability=rng.random(len(base))),
-    }
+    scorers = floor_tables(pred, threshold=threshold, seed=seed)
     return {
         name: evaluate_predictions(table, how=how, threshold=threshold, bootstrap=bootstrap, ci=ci, seed=seed,
                                    null_draws=null_draws)
