@@ -31,14 +31,14 @@ rows also say Benign (most severe flag wins; its boxes say ``cancer``).
 
 from __future__ import annotations
 
+import json
 import multiprocessing
 import os
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
-
-from dataclasses import asdict
 
 import numpy as np
 from pydicom.dataset import Dataset
@@ -49,7 +49,7 @@ from synth.layout import (
     BOXES_COLUMNS, FILE_PATHS_COLUMNS, FULL_COLUMNS, FULL_ROWS, LABELS_COLUMNS, MIN_FRAME_SIDE,
     REPORT_COLUMNS, REPORTS_FILE, csv_file_name, csv_text,
 )
-from synth.anatomy import lesion_settings
+from synth.anatomy import DIFFICULTIES, LesionSettings, lesion_settings
 from synth.plan import Patient, Volume, plan
 from synth.render import Renderer, display_window, lesion_visibility
 from synth.report_text import build_reports
@@ -205,6 +205,10 @@ def generate_dataset(
     _write_volumes(volumes, root, rows, columns, seed, _WORKERS)
     names, n_boxes = _write_csvs(root, volumes)
     report_path, report_rows = _write_reports(root, people, seed) if reports else (None, 0)
+    if settings != LesionSettings():  # the default (easy) collection keeps exactly its files
+        atomic_write_text(root / "tomoflow-synth.json", json.dumps(
+            {"generator": "tomoflow synth", "difficulty": difficulty if settings == DIFFICULTIES[difficulty]
+             else "custom", "lesion_settings": asdict(settings), "seed": seed}, sort_keys=True) + "\n")
     written = {"boxes": n_boxes, "csv": names, "reports": report_path, "report_rows": report_rows,
                "difficulty": difficulty, "lesion_settings": asdict(settings)}
     return _summary(root, seed, (rows, columns, frames), people, volumes, {**extras, **written})

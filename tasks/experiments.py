@@ -2,7 +2,8 @@
 
 :func:`plan_experiments` turns preset names and the command's overrides into the runs to
 make: each preset's configuration with the overrides over it, its starting weights resolved
-(``--weights none``: from scratch, with the preset's own scratch recipe where it has one;
+(``--weights none``: from scratch, with the preset's own scratch recipe where it has one and
+the demo's for VGG16 presets without one;
 otherwise ImageNet weights must be in torchvision's cache, checked here, before any data is
 prepared), and presets whose effective configurations are then equal merged into one run.
 """
@@ -56,8 +57,14 @@ def _resolve_weights(name: str, cfg: PipelineConfig, weights: str) -> tuple[Pipe
     if weights == "none":
         if cfg.model.weights == "none":
             return cfg, None
-        return scratch_config(cfg), f"trained from scratch (--weights none): {cfg.model.model} -> " \
-            f"{scratch_config(cfg).model.model}, no ImageNet weights"
+        if not cfg.scratch_overrides and cfg.model.model == "vgg16":
+            # Plain VGG16 sits at chance for many epochs from random initialisation: the demo's
+            # scratch recipe (batch normalisation, a faster backbone) is the from-scratch VGG16.
+            recipe = load_preset("demo").get("scratch_overrides") or {}
+            cfg = cfg.model_copy(update={"scratch_overrides": recipe})
+        scratch = scratch_config(cfg)
+        return scratch, (f"trained from scratch (--weights none): {scratch.model.model}, "
+                         f"backbone lr x{scratch.train.backbone_lr_factor:g}; not transfer-learning figures")
     cfg, note = weights_or_scratch(cfg)
     from models.backbones import resolve_weights
 

@@ -110,3 +110,15 @@ def test_cli_prints_the_level(tmp_path: Path, capsys: pytest.CaptureFixture[str]
     printed = json.loads(capsys.readouterr().out)
     assert printed["difficulty"] == "subtle" and printed["lesion_settings"]["contrast"] == DIFFICULTIES["subtle"].contrast
     assert printed["lesion_visibility"]["contrast_to_texture"]["max"] < 1.5
+
+
+def test_the_pipeline_can_tell_a_synthetic_collection_and_its_level(levels, tmp_path: Path) -> None:
+    from synth.layout import UID_PREFIX
+    from tasks.data_origin import SYNTH_UID_ROOT, data_origin
+
+    assert SYNTH_UID_ROOT == UID_PREFIX
+    assert not (levels["easy"][0] / "tomoflow-synth.json").exists()  # easy: the same files as always
+    assert data_origin(levels["easy"][0]) == {"synthetic": True, "difficulty": "easy"}
+    assert data_origin(levels["moderate"][0]) == {"synthetic": True, "difficulty": "moderate"}
+    assert data_origin(levels["subtle"][0]) == {"synthetic": True, "difficulty": "subtle"}
+    assert data_origin(tmp_path) == {"synthetic": False, "difficulty": None}
