@@ -61,6 +61,7 @@ def compute_metrics(predictions: str, checkpoint: str, manifest: str, image_size
     """Metrics at slice, volume and patient level with intervals and nulls; Grad-CAM box hits; occlusion."""
     import pandas as pd
 
+    from models.controls import localisation_references, occlusion_control
     from models.gradcam import box_hit_fraction, occlusion_check
     from models.train import load_classifier, resolve_device
     from tasks.io import atomic_write_json
@@ -78,6 +79,11 @@ def compute_metrics(predictions: str, checkpoint: str, manifest: str, image_size
                                                batch_size=cfg.batch_size)
     metrics["occlusion"] = occlusion_check(model, positives, Path(manifest).parent, image_size,
                                            threshold=cfg.threshold, batch_size=cfg.batch_size)
+    # What the two checks would show by chance, by brightness, or by hiding any tissue.
+    metrics["localization"]["references"] = localisation_references(positives, Path(manifest).parent, image_size)
+    metrics["occlusion"]["control"] = occlusion_control(model, positives, Path(manifest).parent, image_size,
+                                                        threshold=cfg.threshold, batch_size=cfg.batch_size,
+                                                        seed=cfg.seed)
     return str(atomic_write_json(Path(out_dir) / "metrics.json", metrics))
 
 

@@ -136,7 +136,7 @@ def write_report(
         "aggregate": metrics.get("aggregate", "max"),
         "ci": ci_label(metrics),
         "b": n_resamples(metrics),
-        "summary": sections.summary(metrics, config),
+        "summary": sections.summary(metrics, config, (cohort_summary or {}).get("data_origin")),
         "curves": sections.learning_curves(history, chance),
         "roc": sections.roc(metrics, predictions),
         "confusion": sections.confusion(metrics),

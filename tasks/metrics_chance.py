@@ -120,7 +120,8 @@ def chance_losses(
 
     Returns:
         ``train`` and ``validation`` (float or ``None`` without cases), ``pos_weight``,
-        ``class_balance``.
+        ``class_balance``, and ``accuracy_train`` / ``accuracy_validation``: the accuracy of
+        always answering the larger class.
     """
     split = manifest["split"].astype("string")
     label = manifest["label"].astype("int64")
@@ -136,10 +137,17 @@ def chance_losses(
         train = constant_predictor_loss(n_pos, n_neg, pos_weight)
     if train is not None:
         train *= 1.0 + float(aux_weight)
+    def majority(n_p: int, n_n: int) -> float | None:
+        return max(n_p, n_n) / (n_p + n_n) if n_p + n_n else None
+
     return {
         "train": train,
         "validation": constant_predictor_loss(*counts["validation"], pos_weight),
         "pos_weight": pos_weight,
         "class_balance": class_balance,
+        # Accuracy of always answering the larger class: the accuracy curve's chance line
+        # (a balanced training stream, "sampler", makes it one half).
+        "accuracy_train": 0.5 if class_balance == "sampler" and n_pos and n_neg else majority(n_pos, n_neg),
+        "accuracy_validation": majority(*counts["validation"]),
     }
 
