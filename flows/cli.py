@@ -189,6 +189,12 @@ def demo_verdict(metrics: dict) -> tuple[str, bool]:
     figures = (f"test split, per image ({level.get('n', 0)} images, {level.get('n_positive', 0)} with a tumour): "
                f"ROC AUC {fmt('roc_auc')}, accuracy {fmt('accuracy')}, sensitivity {fmt('sensitivity')}, "
                f"specificity {fmt('specificity')}")
+    trivial = ((metrics.get("trivial") or {}).get("levels") or {}).get("slice") or {}
+    if trivial.get("roc_auc") is not None:
+        # The floor beside the figures: on easy lesions a brightness filter alone reaches about 1.0.
+        figures += (f"; trivial brightness score ({metrics['trivial'].get('score')}) ROC AUC "
+                    f"{trivial['roc_auc']:.3f}, the classifier "
+                    + ("beats it" if trivial.get("beats_trivial") else "does NOT beat it"))
     auc, accuracy = values.get("roc_auc"), values.get("accuracy")
     learned = auc is not None and accuracy is not None and auc >= DEMO_MIN_AUC and accuracy >= DEMO_MIN_ACCURACY
     if learned:

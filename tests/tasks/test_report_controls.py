@@ -109,3 +109,21 @@ def test_page_says_synthetic_trivial_and_controls(tmp_path: Path) -> None:
     plain = write_report(tmp_path / "run2", metrics=evaluate_predictions(pred, bootstrap=0, null_draws=5),
                          history=None, cohort_summary=None, config={"evaluate": {}}, predictions=None).read_text()
     assert "synthetic" not in plain and "Against a trivial score" not in plain
+
+
+def test_demo_printout_and_dashboard_carry_the_trivial_score() -> None:
+    from flows.cli import demo_verdict
+    from tasks.html_report import summary_markdown
+
+    rng = np.random.default_rng(0)
+    pred = pd.DataFrame({"patient_id": [f"P{i}" for i in range(12)], "study_uid": "S", "view": "lcc",
+                         "slice_index": 0, "label": [1, 0] * 6, "probability": rng.random(12), "split": "test"})
+    metrics = evaluate_predictions(pred, bootstrap=0, null_draws=5)
+    metrics["trivial"] = {"score": "percentile_99.9", "chosen_note": "chosen on the validation split",
+                          "note": "the model does NOT beat the trivial score percentile_99.9",
+                          "levels": {"slice": {"roc_auc": 0.97, "roc_auc_interval": [0.9, 1.0],
+                                               "beats_trivial": False}}}
+    line, _ = demo_verdict(metrics)
+    assert "trivial brightness score (percentile_99.9) ROC AUC 0.970" in line and "does NOT beat it" in line
+    markdown = summary_markdown(metrics)
+    assert "ROC AUC of the trivial score (percentile_99.9) | 0.970" in markdown and "NOT beaten" in markdown
