@@ -108,7 +108,7 @@ def interval_of(entry: Mapping[str, Any], metric: str, ci: float = 0.95) -> tupl
     """
     boot = (entry.get("intervals") or {}).get(metric)
     value = (entry.get("metrics") or {}).get(metric)
-    if metric not in _PROPORTION_COUNTS or value is None:
+    if metric not in _PROPORTION_COUNTS or value is None or not boot:  # no bootstrap run: no interval at all
         return boot, False
     if not (value in (0.0, 1.0) or (boot and boot[0] == boot[1])):
         return boot, False
