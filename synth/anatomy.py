@@ -187,12 +187,14 @@ def plan_image(
         taken.append(box)
         spiculated = bool(ad) or bool(rng.random() < (0.5 if cls == "cancer" else 0.1))
         k = int(rng.integers(6, 13))
+        # Drawn in the order the generator always drew them (slice, then amplitude): same bytes at easy.
+        lesion_slice = int(rng.integers(n // 4, n - n // 4)) if n > 1 else 0
         amplitude = float(rng.uniform(260, 340)) * (0.9 if ad else 1.0)
         if settings.contrast is not None:  # in texture SDs of this breast, keeping the draw's spread
             amplitude = settings.contrast * breast.amp * TEXTURE_SD * amplitude / _EASY_AMPLITUDE
         vol.lesions.append(
             Lesion(
-                slice=int(rng.integers(n // 4, n - n // 4)) if n > 1 else 0,
+                slice=lesion_slice,
                 x=box[0], y=box[1], width=box[2], height=box[3], cls=cls, ad=int(ad),
                 amplitude=amplitude,
                 sigma_z=float(rng.uniform(0.9, 1.3)),
