@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo test bench clean
+.PHONY: install demo test bench bench-learning clean
 
 install: $(STAMP)
 
@@ -27,3 +27,7 @@ bench: install
 
 clean:
 	rm -rf demo-output .pytest_cache
+
+# CNN vs the trivial brightness score on a `moderate` synthetic collection (CPU, up to ~20 min).
+bench-learning: install
+	$(PY) bench/learning.py

@@ -136,25 +136,36 @@ def tomoflow_pipeline(
 
 @flow(name="tomoflow-experiments", log_prints=True)
 def run_experiments(data_root: str, output_root: str, presets: list[str] | None = None,
-                    overrides: dict[str, Any] | None = None) -> dict[str, str]:
+                    overrides: dict[str, Any] | None = None, weights: str = "preset") -> dict[str, str]:
     """Run the study's experiments (one pipeline per preset; one prepared manifest per strategy
     and image size, shared) and write ``comparison.md`` and ``comparison.csv``.
+
+    Every preset's configuration and starting weights are checked before any data is prepared
+    (:func:`tasks.experiments.plan_experiments`); presets whose effective configurations are
+    equal run once, as one row naming both.
 
     Args:
         data_root: Folder with the BCS-DBT CSVs and images.
         output_root: Root of all outputs; the comparison goes here.
         presets: Preset names; default: the study's sequence (:data:`tasks.presets.STUDY_PRESETS`).
         overrides: Settings applied over every preset (e.g. fewer epochs for a smoke run).
+        weights: ``"preset"`` (each preset's own) or ``"none"`` (every preset from scratch).
     """
-    from tasks.presets import STUDY_PRESETS, _merge, load_preset
+    from tasks.experiments import plan_experiments
 
+    logger = get_run_logger()
+    runs = plan_experiments(presets, data_root=data_root, output_root=output_root, overrides=overrides,
+                            weights=weights)
     rows = []
     floors: dict[str, list[dict[str, Any]]] = {}
-    for name in presets or STUDY_PRESETS:
-        merged = _merge(load_preset(name), overrides or {})
-        cfg = pipeline_config(data_root=data_root, output_root=output_root, base=merged)
-        outputs = tomoflow_pipeline.with_options(flow_run_name=f"experiment {name}")(config=cfg, preset=None)
-        rows.append(comparison_row(name, weights_or_scratch(cfg)[0], outputs))
+    for names, cfg, note in runs:
+        if len(names) > 1:
+            logger.info("presets %s have the same effective configuration: one run, one row", ", ".join(names))
+        outputs = tomoflow_pipeline.with_options(flow_run_name=f"experiment {'+'.join(names)}")(config=cfg,
+                                                                                              preset=None)
+        if note and not outputs.get("note"):
+            outputs = {**outputs, "note": note}
+        rows.append(comparison_row(names, cfg, outputs))
         if cfg.slices.strategy not in floors:
             floors[cfg.slices.strategy] = floor_rows(cfg, outputs)
     return write_comparison(rows, floors, Path(output_root))

@@ -16,6 +16,63 @@ if TYPE_CHECKING:  # the plan holds volumes; a volume's anatomy is planned here
     from synth.plan import Volume
 
 
+#: Weights of the four texture octaves (coarse to fine), in units of the breast's ``amp``.
+OCTAVE_WEIGHTS = (0.6, 0.45, 0.3, 0.2)
+#: Standard deviation of the tissue texture per unit of ``amp`` (independent octaves).
+TEXTURE_SD = float(np.sqrt(sum(w * w for w in OCTAVE_WEIGHTS)))
+#: Mean of the ``easy`` peak brightening draw (grey values), used to keep its +-13% spread
+#: when a contrast is asked for in texture SDs.
+_EASY_AMPLITUDE = 300.0
+
+
+@dataclass(frozen=True)
+class LesionSettings:
+    """How hard the lesions are to see: contrast, size and count (``None``: today's ``easy`` draw).
+
+    Attributes:
+        contrast: Peak brightening in units of the tissue texture's standard deviation (each
+            lesion varies +-13% around it); ``None``: 260-340 grey values (4.5-10 SDs).
+        size: Factor on the box side (1: 10-25% of the frame's width, shrunk where it does not fit).
+        count: Lesions per positive volume; ``None``: one, two for about 20% of volumes.
+    """
+
+    contrast: float | None = None
+    size: float = 1.0
+    count: int | None = None
+
+
+#: Named difficulty levels of ``tomoflow synth --difficulty``. ``easy`` draws exactly what
+#: the generator always drew (same bytes for the same seed); ``moderate`` puts the brightest
+#: lesion-sized spot of a normal image within reach of a lesion's (a brightness filter
+#: reaches an image-level AUC of about 0.8 or less); ``subtle`` hides them in the texture.
+DIFFICULTIES: dict[str, LesionSettings] = {
+    "easy": LesionSettings(),
+    "moderate": LesionSettings(contrast=2.0),
+    "subtle": LesionSettings(contrast=0.9, size=0.6),
+}
+
+
+def lesion_settings(difficulty: str = "easy", *, contrast: float | None = None, size: float | None = None,
+                    count: int | None = None) -> LesionSettings:
+    """The named level with any explicit option over it.
+
+    Raises:
+        ValueError: an unknown level or an out-of-range option, naming the value and what is allowed.
+    """
+    if difficulty not in DIFFICULTIES:
+        raise ValueError(f"difficulty {difficulty!r}: expected one of {', '.join(DIFFICULTIES)}")
+    base = DIFFICULTIES[difficulty]
+    if contrast is not None and not 0.0 < contrast <= 50.0:
+        raise ValueError(f"lesion contrast {contrast!r}: expected texture SDs in (0, 50], e.g. 2")
+    if size is not None and not 0.2 <= size <= 1.5:
+        raise ValueError(f"lesion size {size!r}: expected a factor from 0.2 to 1.5 (1 = 10-25% of the frame)")
+    if count is not None and not 1 <= count <= 4:
+        raise ValueError(f"lesion count {count!r}: expected 1 to 4 lesions per positive volume")
+    return LesionSettings(contrast=base.contrast if contrast is None else float(contrast),
+                          size=base.size if size is None else float(size),
+                          count=base.count if count is None else int(count))
+
+
 @dataclass
 class Lesion:
     """One lesion: its box (oriented frame), class, and the shape of its profile."""
@@ -71,9 +128,11 @@ def _place_box(
     cols: int,
     side: str,
     taken: list[tuple[int, int, int, int]],
+    size: float = 1.0,
 ) -> tuple[int, int, int, int] | None:
     """A box (x, y, w, h) inside the breast, off the pectoral muscle, clear of ``taken``."""
-    frac = float(rng.uniform(0.10, 0.25))
+    # The draw is the same whatever ``size`` is, so ``easy`` (size 1) keeps its bytes.
+    frac = float(rng.uniform(0.10, 0.25)) * size
     aspect = float(rng.uniform(0.8, 1.25))
     for _shrink in range(6):
         w = max(4, round_half_up(frac * cols))
@@ -101,7 +160,8 @@ def _place_box(
 
 
 def plan_image(
-    vol: Volume, rows: int, cols: int, seed: int, lesion_classes: list[tuple[str, int]]
+    vol: Volume, rows: int, cols: int, seed: int, lesion_classes: list[tuple[str, int]],
+    settings: LesionSettings = LesionSettings(),
 ) -> None:
     """Draw the volume's anatomy and place its lesions (box coordinates are oriented)."""
     rng = np.random.default_rng([seed, 1, vol.index])
@@ -121,17 +181,22 @@ def plan_image(
     taken: list[tuple[int, int, int, int]] = []
     n = vol.n_frames
     for cls, ad in lesion_classes:
-        box = _place_box(rng, breast, rows, cols, vol.side, taken)
+        box = _place_box(rng, breast, rows, cols, vol.side, taken, settings.size)
         if box is None:  # pragma: no cover - the breast always has room for a 10% box
             raise RuntimeError(f"{vol.key}: could not place a lesion box in a {rows}x{cols} frame")
         taken.append(box)
         spiculated = bool(ad) or bool(rng.random() < (0.5 if cls == "cancer" else 0.1))
         k = int(rng.integers(6, 13))
+        # Drawn in the order the generator always drew them (slice, then amplitude): same bytes at easy.
+        lesion_slice = int(rng.integers(n // 4, n - n // 4)) if n > 1 else 0
+        amplitude = float(rng.uniform(260, 340)) * (0.9 if ad else 1.0)
+        if settings.contrast is not None:  # in texture SDs of this breast, keeping the draw's spread
+            amplitude = settings.contrast * breast.amp * TEXTURE_SD * amplitude / _EASY_AMPLITUDE
         vol.lesions.append(
             Lesion(
-                slice=int(rng.integers(n // 4, n - n // 4)) if n > 1 else 0,
+                slice=lesion_slice,
                 x=box[0], y=box[1], width=box[2], height=box[3], cls=cls, ad=int(ad),
-                amplitude=float(rng.uniform(260, 340)) * (0.9 if ad else 1.0),
+                amplitude=amplitude,
                 sigma_z=float(rng.uniform(0.9, 1.3)),
                 spiculated=spiculated,
                 lobes=int(rng.integers(3, 7)),

@@ -31,10 +31,12 @@ rows also say Benign (most severe flag wins; its boxes say ``cancer``).
 
 from __future__ import annotations
 
+import json
 import multiprocessing
 import os
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +49,7 @@ from synth.layout import (
     BOXES_COLUMNS, FILE_PATHS_COLUMNS, FULL_COLUMNS, FULL_ROWS, LABELS_COLUMNS, MIN_FRAME_SIDE,
     REPORT_COLUMNS, REPORTS_FILE, csv_file_name, csv_text,
 )
+from synth.anatomy import DIFFICULTIES, LesionSettings, lesion_settings
 from synth.plan import Patient, Volume, plan
 from synth.render import Renderer, display_window, lesion_visibility
 from synth.report_text import build_reports
@@ -136,6 +139,10 @@ def generate_dataset(
     frames: tuple[int, int] | None = None,
     positive_fraction: float | None = None,
     reports: bool = True,
+    difficulty: str = "easy",
+    lesion_contrast: float | None = None,
+    lesion_size: float | None = None,
+    lesion_count: int | None = None,
 ) -> dict:
     """Write a synthetic dataset shaped like Duke's BCS-DBT collection under ``out``.
 
@@ -161,6 +168,11 @@ def generate_dataset(
         positive_fraction: If given, this fraction of patients is positive, split about evenly
             between benign and cancer (overrides the default cohort sizes).
         reports: Also write ``reports.csv``.
+        difficulty: ``easy`` (the default: the same bytes as before the levels existed),
+            ``moderate`` or ``subtle`` (:data:`synth.anatomy.DIFFICULTIES`).
+        lesion_contrast: Peak brightening in tissue-texture SDs, over the level's.
+        lesion_size: Factor on the lesion box side, over the level's.
+        lesion_count: Lesions per positive volume, over the level's.
 
     Returns:
         A JSON-able summary: ``out``, ``seed``, ``patients``, ``studies``, ``volumes``, ``rows``,
@@ -169,7 +181,8 @@ def generate_dataset(
         ``two_study_patients``, ``missing_view_studies``, ``splits`` (patients and volumes
         per split), ``csv`` (file names per split and kind), ``reports`` (path or None),
         ``report_rows``, ``na_drift_volumes``, ``rotated_volumes``,
-        ``wrong_laterality_volumes``, ``lesion_visibility`` (``lesions``, ``size_of_frame``:
+        ``wrong_laterality_volumes``, ``difficulty``, ``lesion_settings`` (``contrast``,
+        ``size``, ``count``), ``lesion_visibility`` (``lesions``, ``size_of_frame``:
         box side / frame's long side, ``smallest_px_at``: pixels across the smallest lesion in
         a 64, 96 and 224 px image, ``contrast_of_window``: peak brightening / display window
         width, ``contrast_to_texture``: peak brightening / tissue texture SD, each as min,
@@ -182,16 +195,22 @@ def generate_dataset(
     rows, columns, frames = _checked_args(
         patients, seed, rows, columns, full_size, frames, positive_fraction
     )
+    settings = lesion_settings(difficulty, contrast=lesion_contrast, size=lesion_size, count=lesion_count)
     root = Path(out)
     root.mkdir(parents=True, exist_ok=True)
     people, volumes, extras = plan(
         patients=patients, seed=seed, rows=rows, cols=columns, frames=frames,
-        positive_fraction=positive_fraction,
+        positive_fraction=positive_fraction, lesions=settings,
     )
     _write_volumes(volumes, root, rows, columns, seed, _WORKERS)
     names, n_boxes = _write_csvs(root, volumes)
     report_path, report_rows = _write_reports(root, people, seed) if reports else (None, 0)
-    written = {"boxes": n_boxes, "csv": names, "reports": report_path, "report_rows": report_rows}
+    if settings != LesionSettings():  # the default (easy) collection keeps exactly its files
+        atomic_write_text(root / "tomoflow-synth.json", json.dumps(
+            {"generator": "tomoflow synth", "difficulty": difficulty if settings == DIFFICULTIES[difficulty]
+             else "custom", "lesion_settings": asdict(settings), "seed": seed}, sort_keys=True) + "\n")
+    written = {"boxes": n_boxes, "csv": names, "reports": report_path, "report_rows": report_rows,
+               "difficulty": difficulty, "lesion_settings": asdict(settings)}
     return _summary(root, seed, (rows, columns, frames), people, volumes, {**extras, **written})
 
 
@@ -299,6 +318,8 @@ def _summary(
         "na_drift_volumes": sum(v.na_drift for v in volumes),
         "rotated_volumes": sum(v.rotated for v in volumes),
         "wrong_laterality_volumes": sum(v.wrong_laterality for v in volumes),
+        "difficulty": counts["difficulty"],
+        "lesion_settings": counts["lesion_settings"],
         "lesion_visibility": lesion_visibility(volumes, rows, columns),
         "details": {
             "na_drift": [v.key for v in volumes if v.na_drift],

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from synth.anatomy import Breast, Lesion, plan_image, round_half_up
+from synth.anatomy import Breast, Lesion, LesionSettings, plan_image, round_half_up
 from synth.layout import deterministic_uid
 from tasks.schema import COHORTS, COLLECTION_FOLDER, SPLITS, VIEWS
 
@@ -152,9 +152,11 @@ def _split_patients(rng: np.random.Generator, patients: list[Patient]) -> None:
 
 def plan(
     *, patients: int, seed: int, rows: int, cols: int, frames: tuple[int, int],
-    positive_fraction: float | None,
+    positive_fraction: float | None, lesions: LesionSettings = LesionSettings(),
 ) -> tuple[list[Patient], list[Volume], dict[str, Any]]:
     """The patients, studies and volumes of a collection, with anatomy and lesions drawn.
+
+    ``lesions`` sets their contrast, size and count (the default draws the ``easy`` level).
 
     Returns:
         ``(patients, volumes, extras)``; ``extras`` counts the two-study patients and the
@@ -166,11 +168,15 @@ def plan(
     _split_patients(rng, people)
     volumes = _volumes(rng, people, frames)
     _traps(rng, volumes)
+    if lesions.count is not None:  # after the traps' draws, so they stay as they were
+        for v in volumes:
+            if v.n_lesions:
+                v.n_lesions = lesions.count
     for v in volumes:
         cls = "cancer" if v.flags[3] else "benign"
         ad_rng = np.random.default_rng([seed, 2, v.index])
         classes = [(cls, int(ad_rng.random() < 0.15)) for _ in range(v.n_lesions)]
-        plan_image(v, rows, cols, seed, classes)
+        plan_image(v, rows, cols, seed, classes, lesions)
     return people, volumes, extras
 
 

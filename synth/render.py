@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from synth.layout import MAX_VALUE
-from synth.anatomy import Lesion, round_half_up
+from synth.anatomy import OCTAVE_WEIGHTS as _OCTAVE_WEIGHTS, TEXTURE_SD as _TEXTURE_SD, Lesion, round_half_up
 from synth.plan import Volume
 
 
@@ -72,10 +72,6 @@ def _lesion_template(les: Lesion, min_side_px: float) -> np.ndarray:
     return out
 
 
-#: Weights of the four texture octaves (coarse to fine), in units of the breast's ``amp``.
-_OCTAVE_WEIGHTS = (0.6, 0.45, 0.3, 0.2)
-#: Standard deviation of the tissue texture per unit of ``amp`` (independent octaves).
-_TEXTURE_SD = float(np.sqrt(sum(w * w for w in _OCTAVE_WEIGHTS)))
 #: Network input sides at which the summary says how many pixels the smallest lesion spans.
 _REPORTED_SIDES = (64, 96, 224)
 
@@ -187,10 +183,25 @@ def lesion_visibility(volumes: list[Volume], rows: int, cols: int) -> dict[str, 
             f"lesions span {100 * min(size):.0f}-{100 * max(size):.0f}% of the frame's long side (the "
             f"smallest about {px['64']:g} px across in a 64 px image, {px['224']:g} px in a 224 px one) and "
             f"brighten their tissue by {100 * min(window):.0f}-{100 * max(window):.0f}% of the display window "
-            f"({min(texture):.1f}-{max(texture):.1f} times the tissue texture's standard deviation): plainly "
-            "visible, unlike many real ones"
+            f"({min(texture):.1f}-{max(texture):.1f} times the tissue texture's standard deviation): "
+            + visibility_verdict(float(np.median(texture)))
         ),
     }
+
+
+def visibility_verdict(contrast_to_texture: float) -> str:
+    """What a lesion's median contrast (in tissue-texture SDs) means for a reader, in a few words.
+
+    The texture is smooth noise, so its brightest lesion-sized spot in a breast sits a few
+    SDs above its mean: a lesion far above that is found by a brightness filter alone; one
+    near it competes with the texture's own bright spots.
+    """
+    if contrast_to_texture >= 4.0:
+        return "plainly visible (a brightness filter alone finds them), unlike many real ones"
+    if contrast_to_texture >= 1.3:
+        return ("visible but not plain: the texture's own bright spots compete with them, so a brightness "
+                "filter finds many but not all")
+    return "subtle: about as bright as the texture's own variation, hard to tell from tissue"
 
 
 def display_window(vol: Volume) -> tuple[int, int]:

@@ -54,26 +54,36 @@ def predict_split(checkpoint: str, manifest: str, image_size: int, out_dir: str,
     return str(atomic_write_parquet(Path(out_dir) / "predictions.parquet", pred))
 
 
-@task(name="compute-metrics", cache_key_fn=content_cache_key_fn(files=("predictions", "checkpoint")), **_CACHED)
+@task(name="compute-metrics", cache_key_fn=content_cache_key_fn(files=("predictions", "checkpoint", "manifest")),
+      **_CACHED)
 def compute_metrics(predictions: str, checkpoint: str, manifest: str, image_size: int, out_dir: str,
                     cfg: EvaluateConfig) -> str:
     """Metrics at slice, volume and patient level with intervals and nulls; Grad-CAM box hits; occlusion."""
     import pandas as pd
 
+    from models.controls import localisation_references, occlusion_control
     from models.gradcam import box_hit_fraction, occlusion_check
     from models.train import load_classifier, resolve_device
     from tasks.io import atomic_write_json
     from tasks.metrics import evaluate_predictions
+    from tasks.trivial_scores import trivial_baseline
 
     pred = pd.read_parquet(predictions)
     metrics = evaluate_predictions(pred, how=cfg.aggregate, threshold=cfg.threshold, bootstrap=cfg.bootstrap,
                                    ci=cfg.ci, seed=cfg.seed, calibration_bins=cfg.calibration_bins)
+    metrics["trivial"] = trivial_baseline(pred, pd.read_parquet(manifest), Path(manifest).parent, how=cfg.aggregate,
+                                          bootstrap=cfg.bootstrap, ci=cfg.ci, seed=cfg.seed)
     model = load_classifier(checkpoint, device=resolve_device(cfg.device))
     positives = pred[pred["label"] == 1]
     metrics["localization"] = box_hit_fraction(model, positives, Path(manifest).parent, image_size,
                                                batch_size=cfg.batch_size)
     metrics["occlusion"] = occlusion_check(model, positives, Path(manifest).parent, image_size,
                                            threshold=cfg.threshold, batch_size=cfg.batch_size)
+    # What the two checks would show by chance, by brightness, or by hiding any tissue.
+    metrics["localization"]["references"] = localisation_references(positives, Path(manifest).parent, image_size)
+    metrics["occlusion"]["control"] = occlusion_control(model, positives, Path(manifest).parent, image_size,
+                                                        threshold=cfg.threshold, batch_size=cfg.batch_size,
+                                                        seed=cfg.seed)
     return str(atomic_write_json(Path(out_dir) / "metrics.json", metrics))
 
 
@@ -121,6 +131,8 @@ def publish_evaluation(config: EvaluateConfig, metrics: str, report: str) -> Non
                              description=f"Summary of {config.run_dir}")
     if values.get("degenerate"):
         logger.warning("degenerate model: %s", values.get("degenerate_reason"))
+    if (values.get("trivial") or {}).get("note"):
+        logger.warning("%s", values["trivial"]["note"])
     for level, entry in (values.get("levels") or {}).items():
         if entry.get("null_warning"):
             logger.warning("%s level: %s", level, entry["null_warning"])

@@ -136,7 +136,7 @@ def write_report(
         "aggregate": metrics.get("aggregate", "max"),
         "ci": ci_label(metrics),
         "b": n_resamples(metrics),
-        "summary": sections.summary(metrics, config),
+        "summary": sections.summary(metrics, config, (cohort_summary or {}).get("data_origin")),
         "curves": sections.learning_curves(history, chance),
         "roc": sections.roc(metrics, predictions),
         "confusion": sections.confusion(metrics),
@@ -181,6 +181,12 @@ def summary_markdown(metrics: Mapping[str, Any]) -> str:
             lines.append(f"| {METRIC_NAMES[metric][0]} | {shown} | {fmt_ci(metric, interval) or '–'} |")
         if null_text(entry):
             lines.append(f"| ROC AUC of random scores | {null_text(entry)} | |")
+        trivial = ((metrics.get("trivial") or {}).get("levels") or {}).get(level) or {}
+        if trivial.get("roc_auc") is not None:
+            beats = {True: "beaten", False: "NOT beaten", None: "n/a"}[trivial.get("beats_trivial")]
+            lines.append(f"| ROC AUC of the trivial score ({metrics['trivial'].get('score')}) | "
+                         f"{trivial['roc_auc']:.3f} | {fmt_ci('roc_auc', trivial.get('roc_auc_interval')) or '–'} "
+                         f"({beats}) |")
     lines += ["", "| Level | n | Accuracy | Sensitivity | Specificity | ROC AUC | random ROC AUC |",
               "|---|---:|---:|---:|---:|---:|---:|"]
     for level in LEVELS:
@@ -190,6 +196,8 @@ def summary_markdown(metrics: Mapping[str, Any]) -> str:
         values.append("n/a" if null is None else f"{null:.3f}")
         lines.append(f"| {level} | {e.get('n', 0)} | " + " | ".join(values) + " |")
     warnings = sections.null_warnings(metrics)
+    if (metrics.get("trivial") or {}).get("note"):
+        warnings = [*warnings, f"{metrics['trivial']['note']} ({metrics['trivial'].get('chosen_note', '')})"]
     if warnings:
         lines += ["", *[f"**Warning:** {w}" for w in warnings]]
     notes = [

@@ -80,6 +80,7 @@ __all__ = [
     "degeneracy",
     "evaluate_predictions",
     "floor_scorers",
+    "floor_tables",
     "null_roc_auc",
 ]
 
@@ -231,12 +232,22 @@ def evaluate_predictions(
         "levels": {},
         "null": {"draws": int(null_draws), "seed": int(seed), "method": "permutation"},
     }
-    result["degenerate"], result["degenerate_reason"] = degeneracy(pred["probability"], t)
+    result["degenerate"], result["degenerate_reason"] = degeneracy(pred["probability"], t, labels=pred["label"])
     for level in LEVELS:
         result["levels"][level] = _level_result(pred, level, how, t, bootstrap=int(bootstrap), ci=ci, seed=seed,
                                                 calibration_bins=calibration_bins, null_draws=null_draws)
         result["n"][level] = result["levels"][level]["n"]
     return result
+
+
+def floor_tables(pred: pd.DataFrame, *, threshold: float = 0.5, seed: int = 0) -> dict[str, pd.DataFrame]:
+    """The prediction tables of :func:`floor_scorers`' two scorers (``constant``, ``random``) on ``pred``'s images."""
+    base = pred.reset_index(drop=True)
+    rng = np.random.default_rng([int(seed), 0x51])  # the random scorer's own stream
+    return {
+        "constant": base.assign(probability=float(_check_threshold(threshold))),
+        "random": base.assign(probability=rng.random(len(base))),
+    }
 
 
 def floor_scorers(
@@ -264,12 +275,7 @@ def floor_scorers(
     Returns:
         ``{"constant": metrics, "random": metrics}``.
     """
-    base = pred.reset_index(drop=True)
-    rng = np.random.default_rng([int(seed), 0x51])  # the random scorer's own stream
-    scorers = {
-        "constant": base.assign(probability=float(_check_threshold(threshold))),
-        "random": base.assign(probability=rng.random(len(base))),
-    }
+    scorers = floor_tables(pred, threshold=threshold, seed=seed)
     return {
         name: evaluate_predictions(table, how=how, threshold=threshold, bootstrap=bootstrap, ci=ci, seed=seed,
                                    null_draws=null_draws)

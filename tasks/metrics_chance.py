@@ -15,11 +15,19 @@ import pandas as pd
 
 from tasks.metrics_point import _check_threshold
 
-__all__ = ["DEGENERATE_SPREAD", "chance_losses", "constant_predictor_loss", "degeneracy"]
+__all__ = ["DEGENERATE_SPREAD", "NEAR_CONSTANT_GAP", "NEAR_CONSTANT_SPAN", "chance_losses",
+           "constant_predictor_loss", "degeneracy"]
 
 #: Test probabilities whose standard deviation is below this are "negligible spread":
 #: a collapsed model (VGG16 from scratch at a high learning rate outputs 0.494899 +- 6e-7).
 DEGENERATE_SPREAD = 1e-3
+#: Near-constant outputs: the middle 90% of the probabilities spans less than this...
+NEAR_CONSTANT_SPAN = 0.1
+#: ... and the mean probability of tumour images differs from that of normal images by less
+#: than this: the decision rests on the third decimal (a collapsed Adam run gave every image
+#: 0.534-0.539), so any threshold that "works" is tuned to noise. Relative to the classes,
+#: not an absolute SD: a model with narrow but well separated outputs is not degenerate.
+NEAR_CONSTANT_GAP = 0.02
 
 
 def degeneracy(
@@ -27,13 +35,16 @@ def degeneracy(
     threshold: float = 0.5,
     *,
     spread: float = DEGENERATE_SPREAD,
+    labels: Sequence[int] | np.ndarray | pd.Series | None = None,
 ) -> tuple[bool, str | None]:
     """Whether a model's test probabilities are degenerate, and why.
 
     Degenerate: the standard deviation of the probabilities is below ``spread`` (the
     model gives every image about the same score, so its ranking, and its AUC, come from
-    noise), or every image falls on one side of ``threshold`` (all called tumour, or all
-    called normal).
+    noise), every image falls on one side of ``threshold`` (all called tumour, or all
+    called normal), or, given ``labels``, the outputs are near-constant relative to the
+    classes: the middle 90% spans less than :data:`NEAR_CONSTANT_SPAN` and the class means
+    differ by less than :data:`NEAR_CONSTANT_GAP`.
 
     Returns:
         ``(degenerate, reason)``; ``reason`` is ``None`` when not degenerate.
@@ -50,6 +61,17 @@ def degeneracy(
             f"{p.max():.6f}, below {spread:g}): the model gives every image the same score, so its ROC AUC "
             "comes from numerical noise"
         )
+    if labels is not None and std >= spread:
+        y = np.asarray(pd.Series(labels).astype("int64"))
+        span = float(np.quantile(p, 0.95) - np.quantile(p, 0.05))
+        if 0 < int(y.sum()) < y.size:
+            gap = float(p[y == 1].mean() - p[y == 0].mean())
+            if span < NEAR_CONSTANT_SPAN and abs(gap) < NEAR_CONSTANT_GAP:
+                reasons.append(
+                    f"the test probabilities are near-constant: the middle 90% spans {span:.3f} (below "
+                    f"{NEAR_CONSTANT_SPAN:g}) and tumour images average only {gap:+.4f} above normal ones "
+                    f"(below {NEAR_CONSTANT_GAP:g}): any threshold separating them is tuned to noise"
+                )
     called = int((p >= t).sum())
     if called == 0:
         reasons.append(f"every one of the {p.size} test images is called normal (probability below {t:g})")
@@ -98,7 +120,8 @@ def chance_losses(
 
     Returns:
         ``train`` and ``validation`` (float or ``None`` without cases), ``pos_weight``,
-        ``class_balance``.
+        ``class_balance``, and ``accuracy_train`` / ``accuracy_validation``: the accuracy of
+        always answering the larger class.
     """
     split = manifest["split"].astype("string")
     label = manifest["label"].astype("int64")
@@ -114,10 +137,17 @@ def chance_losses(
         train = constant_predictor_loss(n_pos, n_neg, pos_weight)
     if train is not None:
         train *= 1.0 + float(aux_weight)
+    def majority(n_p: int, n_n: int) -> float | None:
+        return max(n_p, n_n) / (n_p + n_n) if n_p + n_n else None
+
     return {
         "train": train,
         "validation": constant_predictor_loss(*counts["validation"], pos_weight),
         "pos_weight": pos_weight,
         "class_balance": class_balance,
+        # Accuracy of always answering the larger class: the accuracy curve's chance line
+        # (a balanced training stream, "sampler", makes it one half).
+        "accuracy_train": 0.5 if class_balance == "sampler" and n_pos and n_neg else majority(n_pos, n_neg),
+        "accuracy_validation": majority(*counts["validation"]),
     }
 

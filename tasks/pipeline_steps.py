@@ -2,8 +2,7 @@
 
 Plain functions the flows in :mod:`flows.pipeline` call in order: the run's configuration
 (defaults < preset < deployment config < run config < paths), the fall-back to training
-from scratch, training as a deployment, the run's artifacts, and the experiments'
-comparison table. The output layout is in :mod:`tasks.runtime`.
+from scratch, training as a deployment, the run's artifacts; the experiments' comparison table is in :mod:`tasks.comparison`. The output layout is in :mod:`tasks.runtime`.
 """
 
 from __future__ import annotations
@@ -16,6 +15,7 @@ from prefect.artifacts import create_image_artifact, create_markdown_artifact
 from prefect.runtime import flow_run
 from pydantic import ValidationError
 
+from tasks.comparison import comparison_row, floor_rows, write_comparison  # noqa: F401 - re-exported for the flows
 from tasks.config import PipelineConfig, TrainConfig
 from tasks.presets import check_preset, explicit_settings, merge_config, pipeline_config
 from tasks.service import (DATA_VAR, OUTPUT_VAR, ServiceConfigError, deployment_defaults, deployment_id,
@@ -135,88 +135,3 @@ def publish_pipeline(cfg: PipelineConfig, root: Path, run_dir: Path, outputs: di
                    f"- metrics: `{outputs['metrics']}`", f"- manifest: `{outputs['manifest']}`",
                    f"- checkpoint: `{outputs['checkpoint']}`", *([f"\n> {note}"] if note else [])]),
         key="pipeline-outputs", description="Where this pipeline run's outputs are")
-
-
-_COMPARED = ("accuracy", "sensitivity", "specificity", "roc_auc")
-
-
-def comparison_row(preset: str, cfg: PipelineConfig, outputs: dict[str, Any]) -> dict[str, Any]:
-    from tasks.presets import preset_description
-
-    metrics = json.loads(Path(outputs["metrics"]).read_text())
-    import pandas as pd
-
-    history = pd.read_csv(outputs["history"])
-    row: dict[str, Any] = {
-        "preset": preset, "description": preset_description(preset), "strategy": cfg.slices.strategy,
-        "model": cfg.model.model, "weights": cfg.model.weights, "head": cfg.model.head,
-        "optimizer": cfg.train.optimizer, "image_size": cfg.train.image_size, "epochs_run": int(len(history)),
-    }
-    row.update(_metric_cells(metrics))
-    row["note"] = outputs.get("note") or ""
-    row["report"] = outputs["report"]
-    return row
-
-
-def _metric_cells(metrics: dict[str, Any]) -> dict[str, Any]:
-    """The compared figures of one metrics.json, with intervals and the random-score null AUC."""
-    cells: dict[str, Any] = {}
-    for level in ("patient", "slice"):
-        values = metrics["levels"][level]
-        for name in _COMPARED:
-            low_high = (values.get("intervals") or {}).get(name) or [None, None]
-            cells[f"{level}_{name}"] = values["metrics"].get(name)
-            cells[f"{level}_{name}_low"], cells[f"{level}_{name}_high"] = low_high
-        cells[f"{level}_null_roc_auc"] = values.get("null_roc_auc")
-    return cells
-
-
-def floor_rows(cfg: PipelineConfig, outputs: dict[str, Any]) -> list[dict[str, Any]]:
-    """A constant and a random scorer on the test images of one strategy's run: the floor to read against."""
-    import pandas as pd
-
-    from tasks.metrics import floor_scorers
-
-    e, strategy = cfg.evaluate, cfg.slices.strategy
-    floors = floor_scorers(pd.read_parquet(outputs["predictions"]), how=e.aggregate, threshold=e.threshold,
-                           bootstrap=e.bootstrap, ci=e.ci, seed=e.seed)
-    what = {"constant": f"P(tumour) = {e.threshold:g} for every image", "random": "seeded uniform random scores"}
-    return [{"preset": f"floor-{name}", "description": f"{name} scorer ({what[name]}) on the {strategy} test images",
-             "strategy": strategy, "model": f"{name} scorer", "weights": "", "head": "", "optimizer": "",
-             "image_size": cfg.train.image_size, "epochs_run": 0, **_metric_cells(metrics),
-             "note": "", "report": ""} for name, metrics in floors.items()]
-
-
-def _fmt(value: Any, low: Any, high: Any) -> str:
-    if value is None:
-        return "n/a"
-    text = f"{value:.3f}"
-    return text + (f" [{low:.3f}, {high:.3f}]" if low is not None and high is not None else "")
-
-
-def write_comparison(rows: list[dict[str, Any]], floors: dict[str, list[dict[str, Any]]],
-                     out: Path) -> dict[str, str]:
-    """``comparison.csv`` and ``comparison.md`` of the experiments' rows, the floor rows last."""
-    import pandas as pd
-
-    from tasks.io import atomic_write_text
-
-    rows += [row for pair in floors.values() for row in pair]
-    table = pd.DataFrame(rows)
-    csv_path = atomic_write_text(out / "comparison.csv", table.to_csv(index=False))
-    lines = ["# tomoflow: the study's experiments", "",
-             "Patient-level figures with 95% bootstrap intervals (patients resampled); slice level in the CSV. "
-             "Read them against the floor: the floor-constant and floor-random rows score the same test images "
-             "with no model, and \"random AUC\" is what shuffled scores reach when aggregated the same way.", "",
-             "| preset | strategy | model | weights | head | optimizer | px | epochs | accuracy | sensitivity | "
-             "specificity | ROC AUC | random AUC |", "|" + "---|" * 13]
-    for r in rows:
-        cells = [_fmt(r[f"patient_{m}"], r[f"patient_{m}_low"], r[f"patient_{m}_high"]) for m in _COMPARED]
-        cells.append(_fmt(r["patient_null_roc_auc"], None, None))
-        lines.append(f"| {r['preset']} | {r['strategy']} | {r['model']} | {r['weights']} | {r['head']} | "
-                     f"{r['optimizer']} | {r['image_size']} | {r['epochs_run']} | " + " | ".join(cells) + " |")
-    notes = [f"- {r['preset']}: {r['note']}" for r in rows if r["note"]]
-    if notes:
-        lines += ["", "Notes:", *notes]
-    md_path = atomic_write_text(out / "comparison.md", "\n".join(lines) + "\n")
-    return {"comparison_md": str(md_path), "comparison_csv": str(csv_path)}

@@ -19,6 +19,7 @@ from tasks import cohorts as cohorts_mod
 from tasks import report_filter as reports_mod
 from tasks import slices as slices_mod
 from tasks import splits as splits_mod
+from tasks.data_origin import data_origin
 from tasks.caching import content_cache_key_fn, step_dir
 from tasks.config import PrepareConfig
 from tasks import lifecycle
@@ -229,6 +230,7 @@ def write_manifest(plan: str, splits: str, records: list[str], cohort_parts: lis
             for (s, lab), n in manifest.groupby(["split", "label"]).size().sort_index().items()
         },
         "audit": splits_mod.split_audit(manifest),
+        "data_origin": data_origin(config.data.data_root),
     })
     if accounting:
         summary["accounting"] = accounting

@@ -150,12 +150,16 @@ def gradcam(metrics: Mapping[str, Any], examples: Sequence[Mapping[str, Any]]) -
         "loc": {"layer": loc.get("layer", "?"), "map_resolution": loc.get("map_resolution"),
                 "fraction": loc.get("fraction"), "hits": loc.get("hits", 0), "n": loc.get("n", 0),
                 "n_no_signal": loc.get("n_no_signal"),
-                "reason": loc.get("reason", "no boxed tumour slice")} if loc else None,
+                "reason": loc.get("reason", "no boxed tumour slice"),
+                "chance": (loc.get("references") or {}).get("chance_fraction"),
+                "brightest": (loc.get("references") or {}).get("brightest_fraction"),
+                "brightest_hits": (loc.get("references") or {}).get("brightest_hits"),
+                "brightest_n": (loc.get("references") or {}).get("n")} if loc else None,
         "loc_note": note[0].upper() + note[1:] if note else "",
         "occlusion": {key: occ.get(key) for key in (
             "mean_drop", "mean_probability", "mean_probability_hidden", "n", "n_called_positive", "flips",
             "flip_fraction")} | {"reason": occ.get("reason", "no boxed tumour image" if occ.get("mean_drop") is None
-                                                else "")} if occ else None,
+                                                else ""), "control": occ.get("control")} if occ else None,
         "any": bool(examples),
         "kinds": [(kind, KIND_TEXT[kind], [example(e) for e in examples if e.get("kind") == kind])
                   for kind in ("TP", "FP", "FN")] if examples else [],

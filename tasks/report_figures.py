@@ -90,6 +90,13 @@ def learning_curves_figure(h: pd.DataFrame, chance: Mapping[str, Any]) -> dict[s
     ):
         ax.plot(epochs, scale * h[f"train_{column}"], color=_TRAIN, marker=marker, ms=3, label="training")
         ax.plot(epochs, scale * h[f"val_{column}"], color=_VAL, marker=marker, ms=3, label="validation")
+        if column == "accuracy":
+            for split, colour in (("train", _TRAIN), ("validation", _VAL)):
+                value = chance.get(f"accuracy_{split}")
+                if value is not None:
+                    ax.axhline(100 * value, color=colour, ls=":", lw=1.4,
+                               label=f"chance, {split} ({100 * value:.0f}%: the larger class)")
+                    chance_notes.append(f"accuracy {split} {100 * value:.0f}%")
         if column == "loss" and top is not None:
             ax.set_ylim(0, top)
             for split, colour in (("train", _TRAIN), ("val", _VAL)):

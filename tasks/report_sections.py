@@ -76,6 +76,48 @@ def fmt_ci(metric: str, interval: Sequence[float] | None) -> str:
     return f"{low:.3f}–{high:.3f}"
 
 
+#: The counts behind each proportion: (successes, trials) from the confusion matrix.
+_PROPORTION_COUNTS = {
+    "accuracy": (("tp", "tn"), ("tp", "tn", "fp", "fn")),
+    "sensitivity": (("tp",), ("tp", "fn")),
+    "specificity": (("tn",), ("tn", "fp")),
+    "ppv": (("tp",), ("tp", "fp")),
+    "npv": (("tn",), ("tn", "fn")),
+}
+
+
+def wilson_interval(successes: int, trials: int, ci: float = 0.95) -> list[float] | None:
+    """Wilson score interval of a proportion (scipy's ``binomtest``), ``None`` without trials.
+
+    At 0% and 100% a percentile bootstrap collapses to a point (every resample of 9/9 is
+    9/9); Wilson's interval does not: 9/9 gives about 70-100%.
+    """
+    if trials <= 0:
+        return None
+    from scipy.stats import binomtest
+
+    low_high = binomtest(int(successes), int(trials)).proportion_ci(confidence_level=ci, method="wilson")
+    return [float(low_high.low), float(low_high.high)]
+
+
+def interval_of(entry: Mapping[str, Any], metric: str, ci: float = 0.95) -> tuple[list[float] | None, bool]:
+    """The interval shown for a metric: the bootstrap's, or Wilson's for a proportion at an edge.
+
+    A proportion at 0 or 1, or whose bootstrap interval has no width, gets the Wilson score
+    interval of its counts (cases taken as independent). Returns ``(interval, is_wilson)``.
+    """
+    boot = (entry.get("intervals") or {}).get(metric)
+    value = (entry.get("metrics") or {}).get(metric)
+    if metric not in _PROPORTION_COUNTS or value is None or not boot:  # no bootstrap run: no interval at all
+        return boot, False
+    if not (value in (0.0, 1.0) or (boot and boot[0] == boot[1])):
+        return boot, False
+    c = entry.get("confusion") or {}
+    num, den = _PROPORTION_COUNTS[metric]
+    wilson = wilson_interval(sum(int(c.get(k, 0)) for k in num), sum(int(c.get(k, 0)) for k in den), ci)
+    return (wilson, True) if wilson else (boot, False)
+
+
 def ci_label(metrics: Mapping[str, Any]) -> str:
     return f"{round(100 * float(metrics.get('ci', 0.95)))}% CI"
 
@@ -131,12 +173,13 @@ def null_warnings(metrics: Mapping[str, Any]) -> list[str]:
 def _card(metrics: Mapping[str, Any], metric: str, detail: str, level: str) -> dict[str, Any]:
     entry = level_entry(metrics, level)
     value = (entry.get("metrics") or {}).get(metric)
+    interval, wilson = interval_of(entry, metric, float(metrics.get("ci", 0.95)))
     return {
         "name": METRIC_NAMES[metric][0],
         "unit": UNIT[level],
         "value": None if value is None else fmt(metric, value),
         "why": (entry.get("undefined") or {}).get(metric),
-        "interval": fmt_ci(metric, (entry.get("intervals") or {}).get(metric)),
+        "interval": fmt_ci(metric, interval) + (" (Wilson)" if wilson and interval else ""),
         "detail": detail,
         "null_text": null_text(entry) if metric == "roc_auc" else "",
         "not_better": entry.get("better_than_null") is False,
@@ -159,8 +202,40 @@ def _level_cards(metrics: Mapping[str, Any], level: str) -> list[dict[str, Any]]
     ]
 
 
-def summary(metrics: Mapping[str, Any], config: Mapping[str, Any]) -> dict[str, Any]:
-    """The summary: the evaluated set, per-image and per-patient cards, intervals, the model."""
+def trivial_summary(metrics: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The trivial-score baseline beside the model's AUC, per image and per patient, as plain text."""
+    trivial = metrics.get("trivial") or {}
+    levels = trivial.get("levels") or {}
+    if not levels:
+        return None
+    lines = []
+    for level in ("slice", "patient"):
+        e = levels.get(level) or {}
+        if e.get("roc_auc") is None or e.get("model_roc_auc") is None:
+            continue
+        own = fmt_ci("roc_auc", e.get("roc_auc_interval"))
+        diff = e.get("model_minus_trivial")
+        diff_ci = fmt_ci("roc_auc", e.get("difference_interval"))
+        verdict = {True: "the model beats it", False: "the model does NOT beat it", None: "not decidable"}[
+            e.get("beats_trivial")]
+        lines.append(f"per {UNIT[level]}: trivial score ROC AUC {e['roc_auc']:.3f}" + (f" ({own})" if own else "")
+                     + f" vs the model's {e['model_roc_auc']:.3f}; difference {diff:+.3f}"
+                     + (f" (paired interval {diff_ci})" if diff_ci else "") + f": {verdict}")
+    return {"score": trivial.get("score", ""), "chosen": trivial.get("chosen_note", ""), "lines": lines,
+            "beaten": trivial.get("beats_trivial"), "note": trivial.get("note")}
+
+
+def origin_text(origin: Mapping[str, Any] | None) -> str | None:
+    """``"synthetic (tomoflow synth, difficulty moderate)"`` for a generated collection, else ``None``."""
+    if not origin or not origin.get("synthetic"):
+        return None
+    level = origin.get("difficulty")
+    return "synthetic (generated by tomoflow synth" + (f", lesion difficulty {level}" if level else "") + ")"
+
+
+def summary(metrics: Mapping[str, Any], config: Mapping[str, Any],
+            origin: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The summary: the evaluated set, per-image and per-patient cards, intervals, the model, its floors."""
     level = level_entry(metrics, "patient")
     c = level.get("confusion") or {}
     threshold = metrics.get("threshold", 0.5)
@@ -188,6 +263,8 @@ def summary(metrics: Mapping[str, Any], config: Mapping[str, Any]) -> dict[str, 
                       for m in ("accuracy", "sensitivity", "specificity") if m in undefined],
         "image_level": image_level(metrics),
         "training": training(config),
+        "trivial": trivial_summary(metrics),
+        "origin": origin_text(origin),
     }
 
 
@@ -316,7 +393,9 @@ def metrics_by_level(metrics: Mapping[str, Any]) -> dict[str, Any]:
             reason = (entry.get("undefined") or {}).get(metric, "not computed")
             footnotes.append(f"{level} {METRIC_NAMES[metric][0]}: {reason}")
             return {"footnote": len(footnotes), "value": None, "interval": ""}
-        return {"footnote": None, "value": fmt(metric, value), "interval": fmt_ci(metric, (entry.get("intervals") or {}).get(metric))}
+        interval, wilson = interval_of(entry, metric, float(metrics.get("ci", 0.95)))
+        return {"footnote": None, "value": fmt(metric, value),
+                "interval": fmt_ci(metric, interval) + (" (Wilson)" if wilson and interval else "")}
 
     def null_cell(level: str) -> dict[str, Any]:
         entry = level_entry(metrics, level)

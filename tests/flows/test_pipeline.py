@@ -86,9 +86,11 @@ def test_experiments_write_comparison(prefect_harness, small_dataset: Path, tmp_
     table = pd.read_csv(result["comparison_csv"])
     # The study's rows, then the floor: a constant and a random scorer on each strategy's test images.
     assert list(table["preset"]) == ["m1-baseline", "m2-baseline", "floor-constant", "floor-random",
-                                     "floor-constant", "floor-random"]
-    assert list(table["strategy"]) == ["all-slices", "single-slice", "all-slices", "all-slices", "single-slice",
-                                       "single-slice"]
+                                     "floor-trivial", "floor-constant", "floor-random", "floor-trivial"]
+    assert list(table["strategy"]) == ["all-slices", "single-slice", "all-slices", "all-slices", "all-slices",
+                                       "single-slice", "single-slice", "single-slice"]
+    for column in ("degenerate", "null_roc_auc", "trivial_roc_auc", "beats_null", "beats_trivial"):
+        assert column in table.columns
     constant = table[table["preset"] == "floor-constant"]
     assert (constant["patient_roc_auc"] == 0.5).all() and (constant["patient_sensitivity"] == 1.0).all()
     assert table["patient_null_roc_auc"].notna().all()
@@ -96,6 +98,6 @@ def test_experiments_write_comparison(prefect_harness, small_dataset: Path, tmp_
         assert column in table.columns
     md = Path(result["comparison_md"]).read_text()
     assert "| m1-baseline | all-slices | vgg16 |" in md and "| m2-baseline | single-slice |" in md
-    assert "| floor-random | single-slice | random scorer |" in md and "random AUC" in md
+    assert "| floor-random | single-slice | random scorer |" in md and "random AUC" in md and "trivial AUC" in md
     # One prepared manifest per strategy (and image size), shared by the presets that use it.
     assert len(list((out / "prepared").iterdir())) == 2

@@ -1,0 +1,65 @@
+"""``tomoflow experiments``: its options, parsed in one place, and the command.
+
+Every option that changes what the experiments run lands in :func:`experiments_kwargs`, the
+one mapping from parsed options to :func:`flows.pipeline.run_experiments`' arguments, so new
+options (a training-size sweep, weights from a tomoflow run) slot in beside these.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+
+def add_experiments(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> argparse.ArgumentParser:
+    """The ``tomoflow experiments`` command and its options."""
+    p = sub.add_parser("experiments", help="run the study's experiment presets and compare them")
+    p.add_argument("--data-root", type=Path, required=True,
+                   help="the BCS-DBT folder (any number of patients, e.g. from tomoflow synth)")
+    p.add_argument("--out", type=Path, required=True, help="output root; comparison.md and .csv go here")
+    p.add_argument("--preset", action="append", default=None,
+                   help="run only this preset (repeatable); default: the study's sequence")
+    p.add_argument("--weights", default="preset", choices=["preset", "none"],
+                   help="starting weights: each preset's own (default; ImageNet weights must be in torchvision's "
+                        "cache, checked before any data is prepared) or none (every preset from scratch)")
+    p.add_argument("--epochs", type=int, default=None, help="epochs of every preset (default: the preset's)")
+    p.add_argument("--image-size", type=int, default=None,
+                   help="prepared image and network input side of every preset (default: the preset's)")
+    p.add_argument("--max-batches", type=int, default=None,
+                   help="at most this many batches per epoch (a smoke run; default: all)")
+    p.set_defaults(func=cmd_experiments)
+    return p
+
+
+def experiments_kwargs(args: argparse.Namespace) -> dict[str, Any]:
+    """:func:`flows.pipeline.run_experiments`' arguments from the parsed options (checked here)."""
+    from tasks.experiments import experiment_overrides
+
+    return {
+        "data_root": str(args.data_root),
+        "output_root": str(args.out),
+        "presets": args.preset or None,
+        "weights": args.weights,
+        "overrides": experiment_overrides(epochs=args.epochs, image_size=args.image_size,
+                                          max_batches=args.max_batches),
+    }
+
+
+def cmd_experiments(args: argparse.Namespace) -> int:
+    """Run the experiments and print where the comparison is."""
+    from flows.pipeline import run_experiments
+    from tasks.experiments import plan_experiments
+    from tasks.io import ensure_writable_dir
+
+    kwargs = experiments_kwargs(args)
+    if not Path(args.data_root).is_dir():
+        raise FileNotFoundError(f"--data-root {args.data_root}: no such folder")
+    ensure_writable_dir(args.out, what="--out")
+    # Presets, settings and starting weights, before Prefect starts or any data is prepared
+    # (the flow plans again: a deployment run has no terminal in front of it).
+    plan_experiments(**{k: kwargs[k] for k in ("presets", "data_root", "output_root", "overrides", "weights")})
+    result = run_experiments(**kwargs)
+    print(json.dumps(result, sort_keys=True, default=str))
+    return 0

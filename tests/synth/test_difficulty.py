@@ -1,0 +1,124 @@
+"""``tomoflow synth --difficulty`` and the lesion options: what is drawn, and what the summary says about it."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from flows.cli import main
+from synth import generate_dataset
+from synth.anatomy import DIFFICULTIES, lesion_settings
+from tests.synth.test_synthetic import oriented_frame, resolve
+
+TINY = dict(patients=10, rows=64, columns=48, frames=(6, 8), positive_fraction=0.4, reports=False)
+
+
+def _boxes(root: Path) -> list[dict[str, str]]:
+    rows = []
+    for path in sorted(root.glob("*boxes*.csv")):
+        with path.open(newline="") as fh:
+            rows += list(csv.DictReader(fh))
+    return rows
+
+
+def _hashes(root: Path) -> dict[str, str]:
+    return {p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def levels(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Path, dict]]:
+    base = tmp_path_factory.mktemp("difficulty")
+    out = {}
+    for name, kwargs in (("default", {}), ("easy", {"difficulty": "easy"}), ("moderate", {"difficulty": "moderate"}),
+                         ("subtle", {"difficulty": "subtle"})):
+        out[name] = (base / name, generate_dataset(base / name, seed=3, **TINY, **kwargs))
+    return out
+
+
+def test_easy_is_the_default_draw_byte_for_byte(levels) -> None:
+    assert _hashes(levels["easy"][0]) == _hashes(levels["default"][0])
+    assert levels["easy"][1]["difficulty"] == "easy" and levels["easy"][1]["lesion_settings"]["contrast"] is None
+
+
+def test_harder_levels_draw_dimmer_lesions_and_say_so(levels) -> None:
+    medians = {name: levels[name][1]["lesion_visibility"]["contrast_to_texture"]["median"]
+               for name in ("easy", "moderate", "subtle")}
+    assert medians["easy"] > 4 > medians["moderate"] > medians["subtle"]
+    # The level's contrast is what was drawn: the median lies within the draw's +-13% spread.
+    assert abs(medians["moderate"] - DIFFICULTIES["moderate"].contrast) <= 0.15 * DIFFICULTIES["moderate"].contrast
+    notes = {name: levels[name][1]["lesion_visibility"]["note"] for name in medians}
+    assert "plainly visible" in notes["easy"]
+    assert "plainly visible" not in notes["moderate"] and "not plain" in notes["moderate"]
+    assert "subtle" in notes["subtle"]
+
+
+def _box_lift(root: Path, box: dict[str, str]) -> float:
+    """Mean shown value in the box's middle third minus the frame's breast median, on the lesion's slice."""
+    paths = {}
+    for path in root.glob("*file-paths*.csv"):
+        with path.open(newline="") as fh:
+            for r in csv.DictReader(fh):
+                paths[(r["PatientID"], r["StudyUID"], r["View"])] = r["descriptive_path"]
+    file = resolve(root, paths[(box["PatientID"], box["StudyUID"], box["View"])])
+    frame, _ = oriented_frame(file, box["View"], int(box["Slice"]))
+    x, y, w, h = (int(box[c]) for c in ("X", "Y", "Width", "Height"))
+    centre = frame[y + h // 3:y + h - h // 3, x + w // 3:x + w - w // 3]
+    return float(centre.mean() - np.median(frame[frame > 0]))
+
+
+def test_moderate_lesions_are_fainter_in_the_pixels(levels) -> None:
+    easy, moderate = _boxes(levels["easy"][0]), _boxes(levels["moderate"][0])
+    # Same size factor at moderate: the same boxes, only fainter.
+    assert [(b["X"], b["Y"], b["Width"]) for b in easy] == [(b["X"], b["Y"], b["Width"]) for b in moderate]
+    lift_easy = np.median([_box_lift(levels["easy"][0], b) for b in easy])
+    lift_moderate = np.median([_box_lift(levels["moderate"][0], b) for b in moderate])
+    assert lift_moderate < 0.6 * lift_easy
+
+
+def test_lesion_size_and_count_options(tmp_path: Path) -> None:
+    small = generate_dataset(tmp_path / "s", seed=3, **TINY, lesion_size=0.5, lesion_count=2)
+    base = generate_dataset(tmp_path / "b", seed=3, **TINY)
+    boxes = _boxes(tmp_path / "s")
+    per_volume: dict[tuple[str, str, str], int] = {}
+    for b in boxes:
+        key = (b["PatientID"], b["StudyUID"], b["View"])
+        per_volume[key] = per_volume.get(key, 0) + 1
+    assert set(per_volume.values()) == {2}
+    assert small["lesion_visibility"]["size_of_frame"]["max"] < 0.7 * base["lesion_visibility"]["size_of_frame"]["max"]
+
+
+def test_bad_options_are_one_line_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(ValueError, match="lesion contrast"):
+        lesion_settings("easy", contrast=-1.0)
+    assert main(["synth", str(tmp_path / "x"), "--patients", "4", "--lesion-size", "9"]) == 2
+    err = capsys.readouterr().err
+    assert "lesion size 9.0" in err and "Traceback" not in err
+    with pytest.raises(SystemExit) as exc:
+        main(["synth", str(tmp_path / "y"), "--difficulty", "impossible"])
+    assert exc.value.code == 2
+
+
+def test_cli_prints_the_level(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["synth", str(tmp_path / "d"), "--patients", "6", "--rows", "48", "--columns", "40", "--frames", "4-5",
+                 "--positive-fraction", "0.5", "--no-reports", "--difficulty", "subtle"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["difficulty"] == "subtle" and printed["lesion_settings"]["contrast"] == DIFFICULTIES["subtle"].contrast
+    assert printed["lesion_visibility"]["contrast_to_texture"]["max"] < 1.5
+
+
+def test_the_pipeline_can_tell_a_synthetic_collection_and_its_level(levels, tmp_path: Path) -> None:
+    from synth.layout import UID_PREFIX
+    from tasks.data_origin import SYNTH_UID_ROOT, data_origin
+
+    assert SYNTH_UID_ROOT == UID_PREFIX
+    assert not (levels["easy"][0] / "tomoflow-synth.json").exists()  # easy: the same files as always
+    assert data_origin(levels["easy"][0]) == {"synthetic": True, "difficulty": "easy"}
+    assert data_origin(levels["moderate"][0]) == {"synthetic": True, "difficulty": "moderate"}
+    assert data_origin(levels["subtle"][0]) == {"synthetic": True, "difficulty": "subtle"}
+    assert data_origin(tmp_path) == {"synthetic": False, "difficulty": None}
