@@ -262,6 +262,7 @@ def _add_train(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> No
     opt("--out", type=Path, required=True, note="Rerun resumes.")
     opt("--model", default="vgg16")
     opt("--weights", default="imagenet")
+    opt("--transfer", default=None, note="(default all)")
     opt("--head", default="single")
     opt("--optimizer", default="sgd")
     opt("--epochs", type=int, default=None, note="(default 10)")
@@ -293,6 +294,9 @@ def _add_evaluate(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") ->
     opt("--bootstrap", type=int, default=None, note="(default 1000)")
     opt("--seed", type=int, default=None)
     opt("--device", default="auto")
+    opt("--allow-overlap", action="store_true")
+    opt("--external", type=Path, default=None)
+    opt("--external-split", default=None, note="(default all)")
     p.set_defaults(func=_cmd_evaluate)
 
 

@@ -18,18 +18,31 @@ from tasks.config import TrainConfig
 from tasks.retry import retry_policy
 
 
+def _weights_file(config: TrainConfig) -> str | None:
+    """The file the weights setting reads when it is a path (a run folder's checkpoint), else None."""
+    weights = config.model.weights
+    if weights in ("imagenet", "none", "None"):
+        return None
+    from models.transfer import checkpoint_of
+
+    try:
+        return str(checkpoint_of(weights) or weights)
+    except FileNotFoundError:
+        return weights
+
+
 def _weights_key(context: Any, parameters: dict[str, Any]) -> str:
     """Cache key of check-weights: the network section, and the weights file when it is a path."""
-    model = parameters["config"].model
-    weights = model.weights if model.weights not in ("imagenet", "none", "None") else None
-    return content_key({"model": model, "weights": weights}, files=("weights",), salt=context.task.name)
+    config = parameters["config"]
+    return content_key({"model": config.model, "weights": _weights_file(config)}, files=("weights",),
+                       salt=context.task.name)
 
 
 def _fit_key(context: Any, parameters: dict[str, Any]) -> str:
-    """Cache key of fit-model: the whole configuration and the manifest's content."""
+    """Cache key of fit-model: the whole configuration, the manifest's content and the starting weights' content."""
     config = parameters["config"]
-    return content_key({"config": config, "manifest": config.manifest}, files=("manifest",),
-                       salt=context.task.name)
+    return content_key({"config": config, "manifest": config.manifest, "weights": _weights_file(config)},
+                       files=("manifest", "weights"), salt=context.task.name)
 
 
 # Cached, so that a rerun with nothing changed imports neither torch nor torchvision.
