@@ -203,6 +203,35 @@ def _cmd_experiments(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_weights(args: argparse.Namespace) -> int:
+    from models.weights_fetch import STUDY_BACKBONES, cached_weights, fetch_weights
+
+    if args.action == "fetch":
+        for row in fetch_weights(tuple(args.model or STUDY_BACKBONES), mirror=args.mirror, force=args.force):
+            print(json.dumps(row, sort_keys=True))
+        return 0
+    for row in cached_weights(check=not args.no_check):
+        print(json.dumps(row, sort_keys=True))
+    return 0
+
+
+def _add_weights(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
+    """The ``tomoflow weights`` command."""
+    p = sub.add_parser("weights", help="fetch torchvision's ImageNet weights into its cache, or list what is cached")
+    actions = p.add_subparsers(dest="action", required=True)
+    fetch = actions.add_parser("fetch", help="download the study backbones' ImageNet weights (hash-checked) "
+                                             "into torchvision's cache; runs never download")
+    fetch.add_argument("--model", action="append", choices=["vgg16", "vgg16_bn", "inception_v3"],
+                       help="only this backbone (repeatable); default: all three")
+    fetch.add_argument("--mirror", default=None,
+                       help="base URL serving torchvision's file names (default: download.pytorch.org)")
+    fetch.add_argument("--force", action="store_true", help="download again even when cached with a good hash")
+    listing = actions.add_parser("list", help="show each backbone's file in torchvision's cache and whether "
+                                              "its hash matches")
+    listing.add_argument("--no-check", action="store_true", help="do not hash the files (faster)")
+    p.set_defaults(func=_cmd_weights)
+
+
 def _add_synth(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
     """The ``tomoflow synth`` command."""
     p = sub.add_parser("synth", help="write a synthetic, BCS-DBT-shaped dataset")
@@ -349,6 +378,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_run(sub)
     _add_experiments(sub)
     _add_demo(sub)
+    _add_weights(sub)
     return parser
 
 
@@ -371,7 +401,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         apply_prefect_defaults()
 
-    if args.command not in ("synth", "export-slices"):
+    if args.command not in ("synth", "export-slices", "weights"):
         from tasks.lifecycle import isolate_temporary_server, start_reaper
 
         # Whatever this process starts (the temporary Prefect server, workers) stops when
