@@ -17,6 +17,7 @@ from flows.cli_config import (  # noqa: F401 - CONFIG_OPTIONS, NOT_CONFIG re-exp
     prepare_config_from_args,
     train_config_from_args,
 )
+from flows.cli_transfer import add_sweep_options, add_weights_command
 
 
 def _writable(path: Path) -> None:
@@ -197,39 +198,15 @@ def demo_verdict(metrics: dict) -> tuple[str, bool]:
 def _cmd_experiments(args: argparse.Namespace) -> int:
     from flows.pipeline import run_experiments
 
+    if args.train_fractions is not None:
+        from flows.cli_transfer import cmd_sweep
+
+        return cmd_sweep(args)
+
     result = run_experiments(data_root=str(args.data_root), output_root=str(args.out),
                              presets=args.preset or None)
     print(json.dumps(result, sort_keys=True, default=str))
     return 0
-
-
-def _cmd_weights(args: argparse.Namespace) -> int:
-    from models.weights_fetch import STUDY_BACKBONES, cached_weights, fetch_weights
-
-    if args.action == "fetch":
-        for row in fetch_weights(tuple(args.model or STUDY_BACKBONES), mirror=args.mirror, force=args.force):
-            print(json.dumps(row, sort_keys=True))
-        return 0
-    for row in cached_weights(check=not args.no_check):
-        print(json.dumps(row, sort_keys=True))
-    return 0
-
-
-def _add_weights(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
-    """The ``tomoflow weights`` command."""
-    p = sub.add_parser("weights", help="fetch torchvision's ImageNet weights into its cache, or list what is cached")
-    actions = p.add_subparsers(dest="action", required=True)
-    fetch = actions.add_parser("fetch", help="download the study backbones' ImageNet weights (hash-checked) "
-                                             "into torchvision's cache; runs never download")
-    fetch.add_argument("--model", action="append", choices=["vgg16", "vgg16_bn", "inception_v3"],
-                       help="only this backbone (repeatable); default: all three")
-    fetch.add_argument("--mirror", default=None,
-                       help="base URL serving torchvision's file names (default: download.pytorch.org)")
-    fetch.add_argument("--force", action="store_true", help="download again even when cached with a good hash")
-    listing = actions.add_parser("list", help="show each backbone's file in torchvision's cache and whether "
-                                              "its hash matches")
-    listing.add_argument("--no-check", action="store_true", help="do not hash the files (faster)")
-    p.set_defaults(func=_cmd_weights)
 
 
 def _add_synth(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
@@ -345,6 +322,7 @@ def _add_experiments(sub: "argparse._SubParsersAction[argparse.ArgumentParser]")
     p.add_argument("--out", type=Path, required=True, help="output root; comparison.md and .csv go here")
     p.add_argument("--preset", action="append", default=None,
                    help="run only this preset (repeatable); default: the study's sequence")
+    add_sweep_options(p)
     p.set_defaults(func=_cmd_experiments)
 
 
@@ -378,7 +356,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_run(sub)
     _add_experiments(sub)
     _add_demo(sub)
-    _add_weights(sub)
+    add_weights_command(sub)
     return parser
 
 
