@@ -129,3 +129,19 @@ def publish_history(config: TrainConfig, result: dict[str, Any]) -> None:
                           description=f"Per-epoch loss and accuracy of {config.run_dir}")
     get_run_logger().info("best epoch %s (val loss %s), %d epochs, run folder %s", result.get("best_epoch"),
                           result.get("best_val_loss"), result.get("epochs_run"), config.run_dir)
+    publish_starting_point(config)
+
+
+def publish_starting_point(config: TrainConfig) -> None:
+    """The ``starting-point`` artifact: where the weights came from (a tomoflow source with its hash and figures)."""
+    from prefect.artifacts import create_markdown_artifact
+
+    from models.transfer import weights_source
+    from tasks.report_generalization import starting_point
+
+    part = starting_point(weights_source(config.model.model, config.model.weights, config.model.transfer))
+    lines = ["### Starting point", "", part["text"], ""]
+    if part["rows"]:
+        lines += ["| | |", "|---|---|"] + [f"| {k} | {v} |" for k, v in part["rows"]]
+    create_markdown_artifact("\n".join(lines) + "\n", key="starting-point",
+                             description=f"Where the weights of {config.run_dir} started")

@@ -79,6 +79,7 @@ def test_evaluate_stops_when_reprepared_splits_hold_training_patients(prefect_ha
         assert patient not in audit.get("message", "")
 
 
+@pytest.mark.slow
 def test_fine_tune_from_an_earlier_tomoflow_run(prefect_harness, run_a: Path, collection_b: Path,
                                                 tmp_path: Path, capsys) -> None:
     from models.checkpoint import load_classifier
@@ -110,7 +111,12 @@ def test_fine_tune_from_an_earlier_tomoflow_run(prefect_harness, run_a: Path, co
     for key, value in source_model.backbone.state_dict().items():
         assert torch.equal(backbone_only.backbone.state_dict()[key], value), key
 
-    # The report says where the model started.
+    # The report and the dashboard say where the model started.
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        notes = [a.data for a in client.read_artifacts() if a.key == "starting-point"]
+    assert any(str(run_a) in (n or "") and "earlier tomoflow model" in (n or "") for n in notes)
     assert main(["evaluate", "--run", str(tmp_path / "run-b"), *FAST_EVAL]) == 0
     html = (tmp_path / "run-b" / "report.html").read_text()
     assert "Started from an earlier tomoflow model" in html and str(run_a) in html
@@ -122,6 +128,7 @@ def test_fine_tune_from_an_earlier_tomoflow_run(prefect_harness, run_a: Path, co
     assert "hold a vgg16 model; this run builds vgg16_bn" in err and "Traceback" not in err
 
 
+@pytest.mark.slow
 def test_external_evaluation_reports_gap_or_overlap(prefect_harness, run_a: Path, collection_b: Path,
                                                     tmp_path: Path, capsys) -> None:
     # A disjoint collection: the gap to the model's own test figures, with an interval.
@@ -139,6 +146,11 @@ def test_external_evaluation_reports_gap_or_overlap(prefect_harness, run_a: Path
     pred = pd.read_parquet(tmp_path / "ext" / "predictions.parquet")
     assert set(pred["split"]) == {"train", "validation", "test"}  # all rows of the other collection
     assert "External evaluation" in (tmp_path / "ext" / "report.html").read_text()
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        keys = {a.key for a in client.read_artifacts() if a.key}
+    assert {"external-evaluation", "training-audit"} <= keys
 
     # A collection holding the model's training patients under other names: found by pixels.
     own_manifest = pd.read_parquet(run_a.parent / "prepared" / "manifest.parquet")
