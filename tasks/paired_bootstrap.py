@@ -22,8 +22,6 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from tasks.metrics_point import binary_metrics
-
 __all__ = ["FIGURES", "gap_interval", "paired_difference"]
 
 #: The figures compared (image level).
@@ -31,8 +29,24 @@ FIGURES = ("roc_auc", "accuracy", "sensitivity", "specificity")
 
 
 def _figures(pred: pd.DataFrame, threshold: float) -> dict[str, float | None]:
-    values = binary_metrics(pred["label"].to_numpy(), pred["probability"].to_numpy(), threshold)
-    return {k: values.get(k) for k in FIGURES}
+    """The figures of one table or resample (``None`` where a class is missing).
+
+    Thousands of resamples call this, so it counts with numpy and asks scikit-learn only for
+    the AUC; :func:`tasks.metrics_point.binary_metrics` (its reference, checked in the tests)
+    computes far more than these four.
+    """
+    from sklearn.metrics import roc_auc_score
+
+    y = pred["label"].to_numpy().astype(int)
+    called = pred["probability"].to_numpy() >= threshold
+    pos, neg = y == 1, y == 0
+    n_pos, n_neg = int(pos.sum()), int(neg.sum())
+    return {
+        "roc_auc": float(roc_auc_score(y, pred["probability"].to_numpy())) if n_pos and n_neg else None,
+        "accuracy": float((called == pos).mean()) if len(y) else None,
+        "sensitivity": float(called[pos].mean()) if n_pos else None,
+        "specificity": float((~called[neg]).mean()) if n_neg else None,
+    }
 
 
 def _patient_rows(pred: pd.DataFrame) -> list[np.ndarray]:

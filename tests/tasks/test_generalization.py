@@ -36,6 +36,15 @@ def test_paired_difference_finds_a_better_model_and_none_between_equals() -> Non
         paired_difference(weak, strong.iloc[:-3], n=10)
 
 
+def test_figures_agree_with_binary_metrics() -> None:
+    from tasks.metrics_point import binary_metrics
+    from tasks.paired_bootstrap import FIGURES, _figures
+
+    pred = _pred(12, skill=0.5, seed=4)
+    reference = binary_metrics(pred["label"], pred["probability"], 0.5)
+    assert _figures(pred, 0.5) == pytest.approx({k: reference[k] for k in FIGURES})
+
+
 def test_gap_interval_is_other_minus_own_and_covers_it() -> None:
     own, other = _pred(30, skill=0.8, seed=2), _pred(20, skill=0.2, seed=3)
     gap = gap_interval(own, other, n=300, seed=0)
