@@ -19,6 +19,7 @@ from flows.cli_config import (  # noqa: F401 - CONFIG_OPTIONS, NOT_CONFIG re-exp
     prepare_config_from_args,
     train_config_from_args,
 )
+from flows.cli_transfer import add_weights_command
 
 
 def _writable(path: Path) -> None:
@@ -281,6 +282,7 @@ def _add_train(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> No
     opt("--out", type=Path, required=True, note="Rerun resumes.")
     opt("--model", default="vgg16")
     opt("--weights", default="imagenet")
+    opt("--transfer", default=None, note="(default all)")
     opt("--head", default="single")
     opt("--optimizer", default="sgd")
     opt("--epochs", type=int, default=None, note="(default 10)")
@@ -312,6 +314,9 @@ def _add_evaluate(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") ->
     opt("--bootstrap", type=int, default=None, note="(default 1000)")
     opt("--seed", type=int, default=None)
     opt("--device", default="auto")
+    opt("--allow-overlap", action="store_true")
+    opt("--external", type=Path, default=None)
+    opt("--external-split", default=None, note="(default all)")
     p.set_defaults(func=_cmd_evaluate)
 
 
@@ -355,6 +360,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_experiments(sub)
     _add_demo(sub)
     add_serve_outputs(sub)
+    add_weights_command(sub)
     return parser
 
 
@@ -383,7 +389,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         # migrates its database, which outlasts Prefect's default timeout on small machines.
         apply_prefect_defaults()
 
-    if args.command not in ("synth", "export-slices", "serve-outputs"):
+    if args.command not in ("synth", "export-slices", "serve-outputs", "weights"):
         from tasks.lifecycle import isolate_temporary_server, start_reaper
 
         # Whatever this process starts (the temporary Prefect server, workers) stops when

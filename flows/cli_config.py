@@ -46,6 +46,7 @@ CONFIG_OPTIONS: dict[str, dict[str, tuple[type[BaseModel], str]]] = {
         "out": (TrainConfig, "run_dir"),
         "model": (ModelConfig, "model"),
         "weights": (ModelConfig, "weights"),
+        "transfer": (ModelConfig, "transfer"),
         "head": (ModelConfig, "head"),
         "optimizer": (TrainParams, "optimizer"),
         "epochs": (TrainParams, "epochs"),
@@ -72,6 +73,9 @@ CONFIG_OPTIONS: dict[str, dict[str, tuple[type[BaseModel], str]]] = {
         "bootstrap": (EvaluateConfig, "bootstrap"),
         "seed": (EvaluateConfig, "seed"),
         "device": (EvaluateConfig, "device"),
+        "allow_overlap": (EvaluateConfig, "allow_overlap"),
+        "external": (EvaluateConfig, "external"),
+        "external_split": (EvaluateConfig, "external_split"),
     },
 }
 
@@ -153,7 +157,8 @@ def train_config_from_args(args: argparse.Namespace) -> TrainConfig:
     return TrainConfig(
         manifest=str(args.manifest),
         run_dir=str(args.out),
-        model=ModelConfig(model=args.model, weights=weights, head=args.head),
+        model=ModelConfig(model=args.model, weights=weights, head=args.head,
+                          **({"transfer": args.transfer} if getattr(args, "transfer", None) else {})),
         train=TrainParams(**train),
         augment=AugmentConfig(online=not args.no_augment, offline_balance=args.balance),
     )
@@ -163,6 +168,12 @@ def evaluate_config_from_args(args: argparse.Namespace) -> EvaluateConfig:
     """Build the ``evaluate-model`` configuration from CLI options."""
     fields: dict[str, object] = {"run_dir": str(args.run), "split": args.split, "aggregate": args.aggregate,
                                  "device": args.device}
+    if getattr(args, "allow_overlap", False):
+        fields["allow_overlap"] = True
+    if getattr(args, "external", None) is not None:
+        fields["external"] = str(args.external)
+    if getattr(args, "external_split", None):
+        fields["external_split"] = args.external_split
     for name in ("manifest", "out", "bootstrap", "threshold", "seed"):
         value = getattr(args, name)
         if value is not None:

@@ -12,6 +12,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from flows.cli_transfer import setting_arg
+
 
 def add_experiments(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> argparse.ArgumentParser:
     """The ``tomoflow experiments`` command and its options."""
@@ -21,14 +23,23 @@ def add_experiments(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") 
     p.add_argument("--out", type=Path, required=True, help="output root; comparison.md and .csv go here")
     p.add_argument("--preset", action="append", default=None,
                    help="run only this preset (repeatable); default: the study's sequence")
-    p.add_argument("--weights", default="preset", choices=["preset", "none"],
-                   help="starting weights: each preset's own (default; ImageNet weights must be in torchvision's "
-                        "cache, checked before any data is prepared) or none (every preset from scratch)")
+    p.add_argument("--weights", default=None,
+                   help="starting weights: preset (default: each preset's own; ImageNet weights must be in "
+                        "torchvision's cache, checked before any data is prepared) or none (every preset from scratch); "
+                        "with --train-fractions: starting points separated by commas (none, imagenet, a state_dict "
+                        "file or a tomoflow run folder), the first the reference of the paired differences "
+                        "(default none,imagenet)")
     p.add_argument("--epochs", type=int, default=None, help="epochs of every preset (default: the preset's)")
     p.add_argument("--image-size", type=int, default=None,
                    help="prepared image and network input side of every preset (default: the preset's)")
     p.add_argument("--max-batches", type=int, default=None,
                    help="at most this many batches per epoch (a smoke run; default: all)")
+    p.add_argument("--train-fractions", default=None,
+                   help="training-size sweep: shares of the training patients, e.g. 0.1,0.25,0.5,1 (nested, "
+                        "stratified subsets; validation and test fixed); trains each --weights starting point at each "
+                        "size with the first --preset's settings (default demo) and writes sweep/sweep.csv and sweep.png")
+    p.add_argument("--set", action="append", type=setting_arg, default=None, metavar="SECTION.FIELD=VALUE",
+                   help="with --train-fractions: a setting over the preset, e.g. --set train.epochs=2 (repeatable)")
     p.set_defaults(func=cmd_experiments)
     return p
 
@@ -37,11 +48,15 @@ def experiments_kwargs(args: argparse.Namespace) -> dict[str, Any]:
     """:func:`flows.pipeline.run_experiments`' arguments from the parsed options (checked here)."""
     from tasks.experiments import experiment_overrides
 
+    weights = args.weights or "preset"
+    if weights not in ("preset", "none"):
+        raise ValueError(f"--weights {weights}: expected preset or none for a preset comparison "
+                         "(a list of starting points needs --train-fractions)")
     return {
         "data_root": str(args.data_root),
         "output_root": str(args.out),
         "presets": args.preset or None,
-        "weights": args.weights,
+        "weights": weights,
         "overrides": experiment_overrides(epochs=args.epochs, image_size=args.image_size,
                                           max_batches=args.max_batches),
     }
@@ -53,6 +68,15 @@ def cmd_experiments(args: argparse.Namespace) -> int:
     from tasks.experiments import plan_experiments
     from tasks.io import ensure_writable_dir
 
+    if args.train_fractions is not None:
+        from flows.cli_transfer import cmd_sweep
+        from tasks.experiments import experiment_overrides
+
+        # --epochs, --image-size and --max-batches apply to the sweep as they do to presets.
+        for section, values in experiment_overrides(epochs=args.epochs, image_size=args.image_size,
+                                                    max_batches=args.max_batches).items():
+            args.set = (args.set or []) + [(section, k, v) for k, v in values.items()]
+        return cmd_sweep(args)
     kwargs = experiments_kwargs(args)
     if not Path(args.data_root).is_dir():
         raise FileNotFoundError(f"--data-root {args.data_root}: no such folder")

@@ -14,7 +14,11 @@ from tasks.config import EvaluateConfig
 from tasks.evaluate_lock import evaluation_locks
 from tasks.lifecycle import interrupted
 from tasks.evaluate_steps import (  # noqa: F401 - the tasks, importable from here as before
+    audit_training_overlap,
+    compare_external,
     compute_metrics,
+    evaluated_split,
+    external_manifest,
     predict_split,
     publish_evaluation,
     run_inputs,
@@ -58,12 +62,24 @@ def evaluate_model(config: EvaluateConfig = EvaluateConfig()) -> dict[str, str]:
 def _evaluate(config: EvaluateConfig) -> dict[str, str]:
     checkpoint, manifest, out, train_conf = run_inputs(config)
     out.mkdir(parents=True, exist_ok=True)
+    own_manifest = manifest
+    if config.external:
+        manifest = external_manifest(config, own_manifest, out)
     image_size = int(train_conf["train"]["image_size"])
     cache = {"result_storage": (out / ".cache").resolve()}
+    audit = audit_training_overlap.with_options(**cache)(str(checkpoint), str(manifest), evaluated_split(config),
+                                                         str(out), config.allow_overlap)
     predictions = predict_split.with_options(**cache)(str(checkpoint), str(manifest), image_size, str(out), config)
+    external = None
+    if config.external:
+        external = compare_external.with_options(**cache)(str(checkpoint), str(own_manifest), predictions,
+                                                          image_size, str(out), config)
     metrics = compute_metrics.with_options(**cache)(predictions, str(checkpoint), str(manifest), image_size,
                                                     str(out), config)
     report = write_report.with_options(**cache)(metrics, predictions, str(checkpoint), str(manifest), image_size,
-                                                str(out), train_conf, config)
-    publish_evaluation(config, metrics, report)
-    return {"predictions": predictions, "metrics": metrics, "report": report}
+                                                str(out), train_conf, config, audit, external)
+    publish_evaluation(config, metrics, report, audit, external)
+    result = {"predictions": predictions, "metrics": metrics, "report": report, "training_audit": audit}
+    if external:
+        result["external"] = external
+    return result

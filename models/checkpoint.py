@@ -14,7 +14,10 @@ Run folder (``cfg.run_dir``):
 * ``history.csv``: one row per epoch (:data:`HISTORY_COLUMNS`), rewritten atomically.
 * ``config.json``: the configuration of the latest invocation.
 
-Both checkpoints also carry ``format``, ``world_size`` and ``rank``. No file is named like
+Both checkpoints also carry ``format``, ``world_size`` and ``rank``, ``training_data`` (the
+training manifest's fingerprint and hashed patient, study and pixel sets of its training and
+validation splits, :mod:`models.provenance`) and ``weights_source`` (where the weights started,
+:func:`models.transfer.weights_source`). No file is named like
 ``name-<hex>.pth``: the weights loader would hash-check it.
 """
 

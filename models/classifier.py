@@ -27,6 +27,7 @@ from torch import Tensor, nn
 
 from models.backbones import INCEPTION_AUX_FEATURES, INCEPTION_AUX_MIN_SIZE, build_backbone
 from models.heads import ClassifierOutput, HeadKind, build_head, check_head_args, he_init_
+from models.transfer import apply_transfer, load_source
 from models.weights import BackboneName, BackboneSpec, WeightsArg, backbone_spec, resolve_weights
 
 __all__ = ["TumorClassifier", "build_model"]
@@ -172,6 +173,7 @@ def build_model(
     dropout: float = 0.5,
     aux_logits: bool = True,
     seed: int | None = None,
+    transfer: str = "all",
 ) -> TumorClassifier:
     """Build a tumour / no-tumour classifier: backbone + dense head with one logit.
 
@@ -193,6 +195,8 @@ def build_model(
         seed: Seed for the random initialisation of the new layers (and of a scratch
             backbone); ``None`` uses torch's global generator. The global generator's state
             is left untouched when a seed is given.
+        transfer: With ``weights`` naming a tomoflow run or checkpoint: ``"backbone"`` or
+            ``"all"`` (backbone and heads, see :mod:`models.transfer`). Ignored otherwise.
 
     Returns:
         The :class:`TumorClassifier`, in training mode, backbone trainable.
@@ -207,6 +211,9 @@ def build_model(
     size = _image_size(spec, image_size)
     check_head_args(head, dropout=dropout)
     resolve_weights(model, weights)
+    source = load_source(weights)
+    if source is not None:
+        weights = None  # the backbone is built bare, then the source copied in below
     use_aux = model == "inception_v3" and aux_logits
     if use_aux and min(size) < INCEPTION_AUX_MIN_SIZE:
         log.info(
@@ -232,6 +239,10 @@ def build_model(
         aux_head = None
         if use_aux:
             aux_head = he_init_(nn.Linear(INCEPTION_AUX_FEATURES, 1))
-    return TumorClassifier(
+    classifier = TumorClassifier(
         backbone, head_module, arch=model, image_size=size, aux_head=aux_head, config=config
     )
+    if source is not None:
+        loaded = apply_transfer(classifier, source[0], mode=transfer, source=source[1])  # type: ignore[arg-type]
+        log.info("started from the tomoflow model '%s' (%s)", source[1], ", ".join(loaded))
+    return classifier

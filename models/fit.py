@@ -152,12 +152,14 @@ def _fit(
         return _summary(paths, run, device, group)
 
     trainer = _Trainer.build(cfg, device, group, frame, state, say)
+    # What the model sees (and where it started), kept in both checkpoints for evaluate's audit.
+    recorded = _provenance(cfg, frame, fingerprint) if group.is_writer else {}
     with _deterministic_on_cpu(device):
         for epoch in range(run.start, params.epochs):
             row, sample = trainer.run_epoch(epoch, on_batch)
             improved = run.record(row, sample, params.patience)
             if group.is_writer:
-                trainer.save(paths, run, improved=improved, fingerprint=fingerprint)
+                trainer.save(paths, run, improved=improved, fingerprint=fingerprint, recorded=recorded)
             # The others wait until rank 0 has committed the epoch.
             group.barrier()
             say(
@@ -191,6 +193,15 @@ def _read_manifest(cfg: TrainConfig, state: dict[str, Any] | None) -> tuple[pd.D
             "(differing field: manifest content); use a new run_dir for the new manifest"
         )
     return frame, fingerprint
+
+
+def _provenance(cfg: TrainConfig, frame: pd.DataFrame, fingerprint: str) -> dict[str, Any]:
+    """The checkpoints' ``training_data`` and ``weights_source`` entries (see :mod:`models.provenance`)."""
+    from models.provenance import training_data_record
+    from models.transfer import weights_source
+
+    return {"training_data": training_data_record(frame, root=Path(cfg.manifest).parent, fingerprint=fingerprint),
+            "weights_source": weights_source(cfg.model.model, cfg.model.weights, cfg.model.transfer)}
 
 
 def _summary(paths: RunPaths, run: RunProgress, device: torch.device, group: distributed.Group) -> dict[str, Any]:
@@ -258,6 +269,7 @@ class _Trainer:
             image_size=params.image_size,
             dropout=cfg.model.dropout,
             seed=derive_seed(params.seed, "init"),
+            transfer=cfg.model.transfer,
         )
         _, channels_last = precision(device)
         model = model.to(device, memory_format=torch.channels_last) if channels_last else model.to(device)
@@ -317,17 +329,21 @@ class _Trainer:
                   "world_size": group.world_size}
         return row, sample
 
-    def save(self, paths: RunPaths, run: RunProgress, *, improved: bool, fingerprint: str) -> None:
-        """Write ``best.pt`` (if ``improved``), ``history.csv`` and ``last.pt``, the commit point, in that order."""
+    def save(self, paths: RunPaths, run: RunProgress, *, improved: bool, fingerprint: str,
+             recorded: dict[str, Any]) -> None:
+        """Write ``best.pt`` (if ``improved``), ``history.csv`` and ``last.pt``, the commit point, in that order.
+
+        ``recorded`` (``training_data`` and ``weights_source``) goes into both checkpoints.
+        """
         epoch, row = run.history[-1]["epoch"], run.history[-1]
         where = {"world_size": self.group.world_size, "rank": self.group.rank}
         if improved:
             save_checkpoint(checkpoint_dict(self.model, self.cfg, epoch, **where, val_loss=row["val_loss"],
-                                            val_accuracy=row["val_accuracy"]), paths.best)
+                                            val_accuracy=row["val_accuracy"], **recorded), paths.best)
         atomic_write_text(paths.history, history_csv(run.history))
         save_checkpoint(
             checkpoint_dict(self.model, self.cfg, epoch, **where, optimizer=self.optimizer, **run.as_checkpoint(),
-                            rng=rng_state(), manifest_fingerprint=fingerprint, samples=run.samples),
+                            rng=rng_state(), manifest_fingerprint=fingerprint, samples=run.samples, **recorded),
             paths.last,
         )
 

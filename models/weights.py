@@ -10,6 +10,8 @@ so a run fails while it is being configured rather than hanging on the network m
 ``weights`` takes:
     ``"imagenet"`` (or the torchvision enum member): the ImageNet-1K weights from the cache.
         Not hash-checked, like torchvision's own cache loads.
+    a tomoflow run folder or its ``best.pt``: handled by :mod:`models.transfer` (backbone and
+        head of an earlier tomoflow model); :func:`resolve_weights` returns its checkpoint.
     a path: a ``state_dict`` saved with ``torch.save`` (or a dict holding one under
         ``"state_dict"`` or ``"model"``), loaded with ``weights_only=True``. When the file
         name ends in torchvision's ``-<hex>.pth`` suffix, the hex must be the start of the
@@ -46,6 +48,7 @@ __all__ = [
     "imagenet_weights_file",
     "load_into",
     "load_weights_file",
+    "missing_weights_message",
     "resolve_weights",
     "weights_state",
 ]
@@ -57,7 +60,6 @@ WeightsArg = str | os.PathLike[str] | WeightsEnum | None
 _HASH_SUFFIX = re.compile(r"-([0-9a-f]{8,64})\.pth$")
 _KEYWORDS_IMAGENET = {"imagenet"}
 _KEYWORDS_SCRATCH = {"none", "scratch"}
-_ALTERNATIVES = "pass --weights PATH (a local state_dict file) or --weights none to train from scratch"
 
 
 class WeightsNotFoundError(FileNotFoundError):
@@ -158,21 +160,36 @@ def resolve_weights(name: BackboneName, weights: WeightsArg) -> Path | None:
     if isinstance(weights, str) and weights.strip().lower() in _KEYWORDS_IMAGENET:
         path = imagenet_weights_file(name)
         if not path.is_file():
-            raise WeightsNotFoundError(
-                f"ImageNet weights for {name} ({spec.imagenet!r}) are not in torchvision's cache: "
-                f"expected the file {path.name!r} in the folder '{path.parent}' "
-                "(torch.hub.get_dir()/checkpoints; set TORCH_HOME to move it). tomoflow never downloads "
-                f"weights during a run: download {spec.imagenet.url} on a machine with internet access "
-                f"and copy it into that folder, or {_ALTERNATIVES}."
-            )
+            raise WeightsNotFoundError(missing_weights_message(name, path))
         return path
+    from models.transfer import checkpoint_of
+
+    checkpoint = checkpoint_of(weights)  # a tomoflow run folder or checkpoint (models.transfer)
+    if checkpoint is not None:
+        return checkpoint
     path = Path(weights).expanduser()
     if not path.is_file():
         raise FileNotFoundError(
             f"weights file '{path}' for {name} does not exist; weights must be 'imagenet', 'none', "
-            "or the path of a state_dict file"
+            "a tomoflow run folder (or its best.pt), or the path of a state_dict file"
         )
     return path
+
+
+def missing_weights_message(name: BackboneName, path: Path) -> str:
+    """What to do when ImageNet weights are not cached: a few whole sentences, under 600 characters.
+
+    Names the file and the folder it goes in, ``tomoflow weights fetch``, the alternatives at
+    the command line, and the deployment parameter that trains from scratch instead.
+    """
+    url = backbone_spec(name).imagenet.url
+    return (
+        f"ImageNet weights for {name} are not in torchvision's cache: expected {path.name} in {path.parent} "
+        "(TORCH_HOME moves it). Runs never download: run 'tomoflow weights fetch' where the network reaches "
+        f"{url}, or copy that file there. Else pass --weights PATH (a state_dict or a tomoflow run) or "
+        "--weights none to train from scratch; a deployment does so with the parameter "
+        'config={"model":{"weights":"none"}}.'
+    )
 
 
 def _sha256(path: Path) -> str:
@@ -245,8 +262,8 @@ def load_into(model: nn.Module, state: dict[str, Tensor], *, source: Path, arch:
         hint = ""
         if any(k.startswith(("backbone.", "head.")) for k in unexpected):
             hint = (
-                " It looks like a tomoflow TumorClassifier checkpoint: load it with "
-                "TumorClassifier.load_state_dict instead."
+                " It looks like a tomoflow TumorClassifier state: pass its run folder or best.pt "
+                "as --weights to start from it (see --transfer)."
             )
         raise ValueError(
             f"weights file '{source}' does not match torchvision's {arch} architecture; "

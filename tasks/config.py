@@ -190,8 +190,15 @@ class ModelConfig(_Frozen):
     )
     weights: str = Field(
         "imagenet",
-        description="imagenet (torchvision's cache, $TORCH_HOME/hub/checkpoints), none (from scratch) "
-        "or a path to a state_dict file.",
+        description="imagenet (torchvision's cache, $TORCH_HOME/hub/checkpoints), none (from scratch), "
+        "a tomoflow run folder or its best.pt (an earlier model as the starting point), or a path to a "
+        "state_dict file.",
+    )
+    transfer: Literal["backbone", "all"] = Field(
+        "all",
+        description="With weights from a tomoflow run: all loads the backbone and the head (they must match "
+        "this run's; the first forward pass equals the source model's), backbone loads the backbone only and "
+        "starts the head afresh.",
     )
     head: Literal["single", "dense4"] = Field(
         "single", description="single: one dense layer of 100 units; dense4: 8192, 2048, 512, 128 units."
@@ -298,6 +305,21 @@ class EvaluateConfig(_Frozen):
     batch_size: int = Field(64, ge=1, description="Inference batch size.")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: CUDA when available.")
     calibration_bins: int = Field(10, ge=2, le=50, description="Bins of the reliability diagram.")
+    allow_overlap: bool = Field(
+        False,
+        description="Evaluate even when the evaluated rows hold patients, studies or images the model trained "
+        "or was validated on (the checkpoint records them); the overlap is then reported in the leak audit. "
+        "Off: such an evaluation stops, naming the counts.",
+    )
+    external: str | None = Field(
+        None,
+        description="Evaluate on another collection: a manifest.parquet, a prepared folder, or a BCS-DBT-shaped "
+        "data root (prepared like the training data). The report sets its figures beside the model's own test "
+        "figures, with the gap and its bootstrap interval. Default output: RUN/external.",
+    )
+    external_split: Literal["all", "train", "validation", "test"] = Field(
+        "all", description="With external: which rows of the other collection to evaluate (all: every split)."
+    )
 
 
 class PipelineConfig(_Frozen):

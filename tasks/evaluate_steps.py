@@ -35,7 +35,58 @@ def run_inputs(cfg: EvaluateConfig) -> tuple[Path, Path, Path, dict[str, Any]]:
     manifest = Path(cfg.manifest or train_conf["manifest"])
     if not manifest.is_file():
         raise ValueError(f"manifest {manifest} does not exist; pass --manifest")
-    return checkpoint, manifest, Path(cfg.output_dir or run), train_conf
+    return checkpoint, manifest, Path(cfg.output_dir or (run / "external" if cfg.external else run)), train_conf
+
+
+def evaluated_split(cfg: EvaluateConfig) -> str:
+    """The rows evaluated: ``external_split`` of an external collection, else ``split``."""
+    return cfg.external_split if cfg.external else cfg.split
+
+
+def external_manifest(cfg: EvaluateConfig, training_manifest: Path, out: Path) -> Path:
+    """The manifest of ``cfg.external``, preparing a data root like the training data first (a subflow)."""
+    from tasks.generalization import external_prepare_settings, external_source
+
+    kind, path = external_source(cfg.external or "")
+    if kind == "manifest":
+        return path
+    from flows.prepare import prepare_data
+    from tasks.config import DataConfig, PrepareConfig, SlicesConfig
+
+    get_run_logger().info("preparing the external data root like the training data: %s",
+                          external_prepare_settings(training_manifest))
+    prepared = prepare_data(config=PrepareConfig(
+        data=DataConfig(data_root=str(path), output_dir=str(out / "prepared")),
+        slices=SlicesConfig(**external_prepare_settings(training_manifest))))
+    return Path(prepared["manifest"])
+
+
+@task(name="audit-training-overlap", cache_key_fn=content_cache_key_fn(files=("checkpoint", "manifest")), **_CACHED)
+def audit_training_overlap(checkpoint: str, manifest: str, split: str, out_dir: str, allow_overlap: bool) -> str:
+    """Stop (or, when allowed, record) an evaluation on patients the model trained or was validated on."""
+    from tasks.generalization import training_audit
+
+    return str(training_audit(checkpoint, manifest, split, allow_overlap=allow_overlap, out_dir=out_dir))
+
+
+@task(name="compare-external", cache_key_fn=content_cache_key_fn(files=("checkpoint", "manifest", "predictions")),
+      **_CACHED)
+def compare_external(checkpoint: str, manifest: str, predictions: str, image_size: int, out_dir: str,
+                     cfg: EvaluateConfig) -> str:
+    """Score the model's own test split again, and write the external figures beside them with the gap."""
+    import pandas as pd
+
+    from models.train import load_classifier, resolve_device
+    from tasks.generalization import EXTERNAL_NAME, external_comparison, predict_rows
+    from tasks.io import atomic_write_json
+
+    device = resolve_device(cfg.device)
+    model = load_classifier(checkpoint, device=device)
+    own = predict_rows(model, pd.read_parquet(manifest), root=Path(manifest).parent, split="test",
+                       image_size=image_size, batch_size=cfg.batch_size, device=device)
+    comparison = external_comparison(own, pd.read_parquet(predictions), source=str(cfg.external),
+                                     threshold=cfg.threshold, n=cfg.bootstrap, ci=cfg.ci, seed=cfg.seed)
+    return str(atomic_write_json(Path(out_dir) / EXTERNAL_NAME, comparison))
 
 
 @task(name="predict-split", cache_key_fn=content_cache_key_fn(files=("checkpoint", "manifest")), **_CACHED)
@@ -43,14 +94,14 @@ def predict_split(checkpoint: str, manifest: str, image_size: int, out_dir: str,
     """Run the model over the split's images and write predictions.parquet."""
     import pandas as pd
 
-    from models.predict import predict
     from models.train import load_classifier, resolve_device
+    from tasks.generalization import predict_rows
     from tasks.io import atomic_write_parquet
 
     device = resolve_device(cfg.device)
     model = load_classifier(checkpoint, device=device)
-    pred = predict(model, pd.read_parquet(manifest), root=Path(manifest).parent, split=cfg.split,
-                   image_size=image_size, batch_size=cfg.batch_size, device=device)
+    pred = predict_rows(model, pd.read_parquet(manifest), root=Path(manifest).parent, split=evaluated_split(cfg),
+                        image_size=image_size, batch_size=cfg.batch_size, device=device)
     return str(atomic_write_parquet(Path(out_dir) / "predictions.parquet", pred))
 
 
@@ -87,10 +138,11 @@ def compute_metrics(predictions: str, checkpoint: str, manifest: str, image_size
     return str(atomic_write_json(Path(out_dir) / "metrics.json", metrics))
 
 
-@task(name="write-report", cache_key_fn=content_cache_key_fn(files=("metrics", "predictions", "checkpoint")),
-      **_CACHED)
+@task(name="write-report", cache_key_fn=content_cache_key_fn(
+    files=("metrics", "predictions", "checkpoint", "audit", "external")), **_CACHED)
 def write_report(metrics: str, predictions: str, checkpoint: str, manifest: str, image_size: int, out_dir: str,
-                 train_conf: dict[str, Any], cfg: EvaluateConfig) -> str:
+                 train_conf: dict[str, Any], cfg: EvaluateConfig, audit: str | None = None,
+                 external: str | None = None) -> str:
     """The self-contained report.html: curves, ROC, confusion, intervals, cohort flow, audit, Grad-CAM."""
     import pandas as pd
 
@@ -116,12 +168,28 @@ def write_report(metrics: str, predictions: str, checkpoint: str, manifest: str,
         cohort_summary=json.loads(summary_path.read_text()) if summary_path.is_file() else None,
         config={"train": train_conf, "evaluate": cfg.model_dump(mode="json")}, predictions=pred,
         examples=examples, out_path=Path(out_dir) / "report.html", chance=chance, manifest=used,
+        generalization=generalization_sections(checkpoint, audit, external),
     ))
 
 
-def publish_evaluation(config: EvaluateConfig, metrics: str, report: str) -> None:
-    """The run's metrics table and summary artifacts, and warnings for a degenerate model or a weak null."""
+def generalization_sections(checkpoint: str, audit: str | None, external: str | None) -> dict[str, Any]:
+    """What the report shows of where the model started, the audit against its training data, and external data."""
+    import torch
+
+    ckpt = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    return {
+        "weights_source": ckpt.get("weights_source") if isinstance(ckpt, dict) else None,
+        "training_audit": json.loads(Path(audit).read_text()) if audit else None,
+        "external": json.loads(Path(external).read_text()) if external else None,
+    }
+
+
+def publish_evaluation(config: EvaluateConfig, metrics: str, report: str, audit: str | None = None,
+                       external: str | None = None) -> None:
+    """The run's metrics table and summary artifacts (and the training-data audit and external comparison),
+    and warnings for a degenerate model, a weak null or an allowed overlap with the training data."""
     from tasks.html_report import metrics_table, summary_markdown
+    from tasks.report_generalization import external_markdown, training_audit_markdown
 
     logger = get_run_logger()
     values = json.loads(Path(metrics).read_text())
@@ -136,4 +204,13 @@ def publish_evaluation(config: EvaluateConfig, metrics: str, report: str) -> Non
     for level, entry in (values.get("levels") or {}).items():
         if entry.get("null_warning"):
             logger.warning("%s level: %s", level, entry["null_warning"])
+    if audit:
+        audit_values = json.loads(Path(audit).read_text())
+        create_markdown_artifact(training_audit_markdown(audit_values), key="training-audit",
+                                 description=f"Evaluated data of {config.run_dir} against its training data")
+        if audit_values.get("message"):
+            logger.warning("%s", audit_values["message"])
+    if external:
+        create_markdown_artifact(external_markdown(json.loads(Path(external).read_text())), key="external-evaluation",
+                                 description=f"{config.run_dir} on {config.external} beside its own test figures")
     logger.info("report: %s", report)

@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 import pandas as pd
 
 from tasks import report_data as data
+from tasks import report_generalization
 from tasks import report_sections as sections
 from tasks.io import atomic_write_text
 from tasks.metrics import LEVELS, METRICS
@@ -60,6 +61,8 @@ SECTION_HEADINGS: dict[str, str] = {
     "calibration": "Calibration",
     "cohort-flow": "Cohort flow",
     "leak-audit": "Leak audit",
+    "starting-point": "Starting point",
+    "external": "External evaluation",
     "gradcam": "Grad-CAM examples",
     "undefined": "Notes on undefined metrics",
     "configuration": "Configuration",
@@ -100,6 +103,7 @@ def write_report(
     out_path: str | os.PathLike[str] | None = None,
     chance: Mapping[str, Any] | None = None,
     manifest: pd.DataFrame | None = None,
+    generalization: Mapping[str, Any] | None = None,
 ) -> Path:
     """Write the evaluation report: one self-contained HTML page.
 
@@ -122,6 +126,9 @@ def write_report(
             ``validation``, ``class_balance``): the chance lines of the learning curves.
         manifest: The manifest the evaluated data came from: the cohort flow counts the
             patients, views and images it actually holds.
+        generalization: ``weights_source`` (the checkpoint's), ``training_audit``
+            (``training_audit.json``) and ``external`` (``external.json``); see
+            :mod:`tasks.report_generalization`.
 
     Returns:
         The path written (atomically).
@@ -149,6 +156,7 @@ def write_report(
         "gradcam": data.gradcam(metrics, examples),
         "undefined": sections.undefined_notes(metrics),
         "settings": data.configuration(config, metrics),
+        "generalization": report_generalization.sections(generalization),
     }
     return atomic_write_text(out, render_report(context))
 

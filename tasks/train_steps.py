@@ -18,18 +18,31 @@ from tasks.config import TrainConfig
 from tasks.retry import retry_policy
 
 
+def _weights_file(config: TrainConfig) -> str | None:
+    """The file the weights setting reads when it is a path (a run folder's checkpoint), else None."""
+    weights = config.model.weights
+    if weights in ("imagenet", "none", "None"):
+        return None
+    from models.transfer import checkpoint_of
+
+    try:
+        return str(checkpoint_of(weights) or weights)
+    except FileNotFoundError:
+        return weights
+
+
 def _weights_key(context: Any, parameters: dict[str, Any]) -> str:
     """Cache key of check-weights: the network section, and the weights file when it is a path."""
-    model = parameters["config"].model
-    weights = model.weights if model.weights not in ("imagenet", "none", "None") else None
-    return content_key({"model": model, "weights": weights}, files=("weights",), salt=context.task.name)
+    config = parameters["config"]
+    return content_key({"model": config.model, "weights": _weights_file(config)}, files=("weights",),
+                       salt=context.task.name)
 
 
 def _fit_key(context: Any, parameters: dict[str, Any]) -> str:
-    """Cache key of fit-model: the whole configuration and the manifest's content."""
+    """Cache key of fit-model: the whole configuration, the manifest's content and the starting weights' content."""
     config = parameters["config"]
-    return content_key({"config": config, "manifest": config.manifest}, files=("manifest",),
-                       salt=context.task.name)
+    return content_key({"config": config, "manifest": config.manifest, "weights": _weights_file(config)},
+                       files=("manifest", "weights"), salt=context.task.name)
 
 
 # Cached, so that a rerun with nothing changed imports neither torch nor torchvision.
@@ -116,3 +129,19 @@ def publish_history(config: TrainConfig, result: dict[str, Any]) -> None:
                           description=f"Per-epoch loss and accuracy of {config.run_dir}")
     get_run_logger().info("best epoch %s (val loss %s), %d epochs, run folder %s", result.get("best_epoch"),
                           result.get("best_val_loss"), result.get("epochs_run"), config.run_dir)
+    publish_starting_point(config)
+
+
+def publish_starting_point(config: TrainConfig) -> None:
+    """The ``starting-point`` artifact: where the weights came from (a tomoflow source with its hash and figures)."""
+    from prefect.artifacts import create_markdown_artifact
+
+    from models.transfer import weights_source
+    from tasks.report_generalization import starting_point
+
+    part = starting_point(weights_source(config.model.model, config.model.weights, config.model.transfer))
+    lines = ["### Starting point", "", part["text"], ""]
+    if part["rows"]:
+        lines += ["| | |", "|---|---|"] + [f"| {k} | {v} |" for k, v in part["rows"]]
+    create_markdown_artifact("\n".join(lines) + "\n", key="starting-point",
+                             description=f"Where the weights of {config.run_dir} started")

@@ -61,6 +61,7 @@ SAMPLES: dict[str, dict[str, tuple[list[str], Any]]] = {
         "device": (["--device", "cpu"], "cpu"),
         "no_augment": (["--no-augment"], False),
         "balance": (["--balance"], True),
+        "transfer": (["--transfer", "backbone"], "backbone"),
     },
     "evaluate": {
         "run": (["--run", "r2"], "r2"),
@@ -72,6 +73,9 @@ SAMPLES: dict[str, dict[str, tuple[list[str], Any]]] = {
         "bootstrap": (["--bootstrap", "10"], 10),
         "seed": (["--seed", "4"], 4),
         "device": (["--device", "cpu"], "cpu"),
+        "allow_overlap": (["--allow-overlap"], True),
+        "external": (["--external", "other/"], "other"),
+        "external_split": (["--external-split", "test"], "test"),
     },
 }
 

@@ -1,0 +1,202 @@
+"""An earlier tomoflow model as a starting point: ``--weights RUN_DIR`` or ``--weights RUN_DIR/best.pt``.
+
+A tomoflow checkpoint holds a whole :class:`~models.classifier.TumorClassifier` (backbone,
+head, Inception's auxiliary head), not a torchvision ``state_dict``. :func:`load_source`
+recognises one (a run folder holding ``best.pt`` or ``last.pt``, or such a file) and
+:func:`apply_transfer` copies it into a freshly built classifier:
+
+* ``transfer="backbone"``: the backbone only; the head starts from its usual random
+  initialisation (a new task, or another head);
+* ``transfer="all"`` (the default): the backbone and, when their keys and shapes match,
+  the head and the auxiliary head, so the first forward pass equals the source model's.
+  A head that doesn't match stops the run naming the difference (pass ``backbone``).
+
+:func:`weights_source` is what the new run's checkpoints and report record about where it
+started: for a tomoflow source its run folder, checkpoint and SHA-256, the source's
+training-data fingerprint and its own test figures (its ``metrics.json``, when it was
+evaluated).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from torch import Tensor, nn
+
+__all__ = ["TransferMode", "apply_transfer", "checkpoint_of", "load_source", "weights_source"]
+
+TransferMode = Literal["backbone", "all"]
+_FORMAT = "tomoflow-train/1"
+_KEYWORDS = {"imagenet", "none", "scratch"}
+
+
+def checkpoint_of(weights: Any) -> Path | None:
+    """The tomoflow checkpoint ``weights`` names (a run folder's ``best.pt``, else ``last.pt``), or ``None``.
+
+    A run folder is recognised by its ``best.pt``/``last.pt``; a file by its name (``best.pt``,
+    ``last.pt``) or by a ``config.json`` of a training run beside it. Anything else is for
+    :mod:`models.weights` (``imagenet``, ``none``, a state_dict file).
+    """
+    if weights is None or not isinstance(weights, (str, os.PathLike)) or str(weights).strip().lower() in _KEYWORDS:
+        return None
+    path = Path(weights).expanduser()
+    if path.is_dir():
+        for name in ("best.pt", "last.pt"):
+            if (path / name).is_file():
+                return path / name
+        raise FileNotFoundError(
+            f"weights folder '{path}' holds neither best.pt nor last.pt; --weights takes a tomoflow run folder "
+            "(tomoflow train --out RUN), its best.pt, a state_dict file, imagenet or none"
+        )
+    if path.is_file() and (path.name in ("best.pt", "last.pt") or (path.parent / "config.json").is_file()):
+        return path
+    return None
+
+
+def load_source(weights: Any) -> tuple[dict[str, Any], Path] | None:
+    """The tomoflow checkpoint ``weights`` names, loaded safely (``weights_only=True``), or ``None``.
+
+    Raises:
+        ValueError: The file is not a tomoflow training checkpoint (named, with what it holds).
+    """
+    path = checkpoint_of(weights)
+    if path is None:
+        return None
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises several types for truncated or foreign files
+        raise ValueError(f"weights '{path}' could not be read as a tomoflow checkpoint: {exc}") from exc
+    if not isinstance(ckpt, Mapping) or "model" not in ckpt or "model_config" not in ckpt:
+        raise ValueError(f"weights '{path}' is not a tomoflow training checkpoint (no 'model' and 'model_config')")
+    return dict(ckpt), path
+
+
+def _prefixed(state: Mapping[str, Tensor], prefix: str) -> dict[str, Tensor]:
+    return {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+
+
+def _differences(expected: Mapping[str, Tensor], found: Mapping[str, Tensor]) -> list[str]:
+    missing = [k for k in expected if k not in found and not k.endswith("num_batches_tracked")]
+    extra = [k for k in found if k not in expected]
+    shapes = [f"{k}: source {tuple(found[k].shape)} vs model {tuple(v.shape)}"
+              for k, v in expected.items() if k in found and found[k].shape != v.shape]
+    out = []
+    for label, items in (("missing", missing), ("unexpected", extra), ("shape mismatches", shapes)):
+        if items:
+            out.append(f"{label} ({len(items)}): {items[:3]}")
+    return out
+
+
+def apply_transfer(model: nn.Module, ckpt: Mapping[str, Any], *, mode: TransferMode, source: Path) -> list[str]:
+    """Copy a tomoflow checkpoint's backbone (and with ``mode="all"`` its heads) into ``model``.
+
+    Args:
+        model: A freshly built :class:`~models.classifier.TumorClassifier`.
+        ckpt: The source checkpoint (:func:`load_source`).
+        mode: ``"backbone"`` or ``"all"``.
+        source: The checkpoint's path, for messages.
+
+    Returns:
+        The parts loaded (``["backbone"]`` or ``["backbone", "head", ...]``).
+
+    Raises:
+        ValueError: Another backbone architecture, or (``all``) a head of other shape.
+    """
+    if mode not in ("backbone", "all"):
+        raise ValueError(f"transfer {mode!r} is not one of ['all', 'backbone']")
+    arch = ckpt["model_config"].get("model")
+    if arch != model.arch:
+        raise ValueError(
+            f"weights '{source}' hold a {arch} model; this run builds {model.arch}: pass --model {arch} to start "
+            "from it (the backbone architectures must match)"
+        )
+    state = ckpt["model"]
+    backbone = _prefixed(state, "backbone.")
+    target = model.backbone.state_dict()
+    # A source trained at 299 px or more has Inception's AuxLogits; a smaller run doesn't use it.
+    backbone = {k: v for k, v in backbone.items() if k in target or not k.startswith("AuxLogits.")}
+    problems = _differences(target, backbone)
+    if problems:
+        raise ValueError(f"weights '{source}': the backbone does not fit this {model.arch}: " + "; ".join(problems))
+    model.backbone.load_state_dict(backbone, strict=False)
+    loaded = ["backbone"]
+    if mode == "all":
+        for part in ("head", "aux_head"):
+            module = getattr(model, part, None)
+            found = _prefixed(state, f"{part}.")
+            if module is None:
+                continue
+            problems = _differences(module.state_dict(), found)
+            if problems:
+                raise ValueError(
+                    f"weights '{source}': the {part} does not fit this run's ({model.config.get('head')} head, "
+                    f"source: {ckpt['model_config'].get('head')}): " + "; ".join(problems)
+                    + ". Pass --transfer backbone to start the head afresh, or --head "
+                    f"{ckpt['model_config'].get('head')}."
+                )
+            module.load_state_dict(found)
+            loaded.append(part)
+    return loaded
+
+
+def _sha256(path: Path) -> str:
+    with path.open("rb") as fh:
+        return hashlib.file_digest(fh, "sha256").hexdigest()
+
+
+def _test_figures(run_dir: Path) -> dict[str, Any] | None:
+    """The source run's own evaluation (``metrics.json`` in its folder): image-level figures and intervals."""
+    path = run_dir / "metrics.json"
+    if not path.is_file():
+        return None
+    try:
+        metrics = json.loads(path.read_text())
+        level = metrics["levels"]["slice"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    keep = ("roc_auc", "accuracy", "sensitivity", "specificity")
+    return {
+        "split": metrics.get("split"),
+        "n": level.get("n"),
+        "metrics": {k: level.get("metrics", {}).get(k) for k in keep},
+        "intervals": {k: (level.get("intervals") or {}).get(k) for k in keep},
+    }
+
+
+def weights_source(model: str, weights: str | None, transfer: TransferMode = "all") -> dict[str, Any]:
+    """Where a run starts from, as its checkpoints and report record it.
+
+    Returns:
+        ``{"kind": "none"}``, ``{"kind": "imagenet", "file"}``, ``{"kind": "file", "path", "sha256"}``,
+        or for a tomoflow model ``{"kind": "tomoflow", "run", "checkpoint", "sha256", "transfer",
+        "model_config", "epoch", "training_data_fingerprint", "test_figures"}``.
+    """
+    from models.weights import resolve_weights
+
+    path = checkpoint_of(weights)
+    if path is not None:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        training = ckpt.get("training_data") or {}
+        return {
+            "kind": "tomoflow",
+            "run": str(path.parent),
+            "checkpoint": str(path),
+            "sha256": _sha256(path),
+            "transfer": transfer,
+            "model_config": dict(ckpt.get("model_config") or {}),
+            "epoch": ckpt.get("epoch"),
+            "training_data_fingerprint": training.get("manifest_fingerprint") or ckpt.get("manifest_fingerprint"),
+            "test_figures": _test_figures(path.parent),
+        }
+    resolved = resolve_weights(model, weights)  # type: ignore[arg-type]
+    if resolved is None:
+        return {"kind": "none"}
+    if str(weights).strip().lower() == "imagenet":
+        return {"kind": "imagenet", "file": str(resolved)}
+    return {"kind": "file", "path": str(resolved), "sha256": _sha256(resolved)}

@@ -1,0 +1,119 @@
+"""``tomoflow weights fetch|list``: put torchvision's ImageNet weights where runs look for them.
+
+Runs never download (:mod:`models.weights`); this command is the one place that does, on
+purpose, at a terminal. It downloads each study backbone's file from torchvision's URL (or
+a ``--mirror`` serving the same file names, e.g. a hospital's internal server) into
+torchvision's cache (``torch.hub.get_dir()/checkpoints``), through
+``torch.hub.download_url_to_file``: the file is written under a temporary name, its
+SHA-256 checked against the hash in its name (torchvision's ``<name>-<hex>.pth``
+convention), and only then moved into place, so a corrupt or interrupted download never
+leaves a file a run would load.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+import torch
+
+from models.weights import _HASH_SUFFIX, BackboneName, backbone_spec
+
+__all__ = ["STUDY_BACKBONES", "WeightsFetchError", "cached_weights", "fetch_weights", "weights_url"]
+
+#: The backbones of the study, whose ImageNet weights ``fetch`` gets by default.
+STUDY_BACKBONES: tuple[BackboneName, ...] = ("vgg16", "vgg16_bn", "inception_v3")
+
+
+class WeightsFetchError(ValueError):
+    """A download that failed or whose content does not match its hash."""
+
+
+def weights_url(name: BackboneName) -> str:
+    """torchvision's download URL of a backbone's ImageNet weights."""
+    return backbone_spec(name).imagenet.url
+
+
+def _cache_dir() -> Path:
+    return Path(torch.hub.get_dir()) / "checkpoints"
+
+
+def _hash_prefix(file_name: str) -> str | None:
+    match = _HASH_SUFFIX.search(file_name)
+    return match.group(1) if match else None
+
+
+def _hash_ok(path: Path) -> bool | None:
+    """Whether the file's SHA-256 starts with the hash in its name (``None``: no hash in the name)."""
+    prefix = _hash_prefix(path.name)
+    if prefix is None:
+        return None
+    with path.open("rb") as fh:
+        return hashlib.file_digest(fh, "sha256").hexdigest().startswith(prefix)
+
+
+def cached_weights(*, check: bool = True) -> list[dict[str, Any]]:
+    """Each study backbone's expected file in torchvision's cache: ``name``, ``file``, ``present``, ``bytes``,
+    ``hash_ok`` (``None`` unchecked or absent); then any other ``.pth`` file found there (``name`` ``None``)."""
+    folder = _cache_dir()
+    rows, expected = [], set()
+    for name in STUDY_BACKBONES:
+        path = folder / os.path.basename(urlparse(weights_url(name)).path)
+        expected.add(path.name)
+        present = path.is_file()
+        rows.append({"name": name, "file": str(path), "present": present,
+                     "bytes": path.stat().st_size if present else None,
+                     "hash_ok": _hash_ok(path) if present and check else None})
+    for path in sorted(folder.glob("*.pth")) if folder.is_dir() else []:
+        if path.name not in expected:
+            rows.append({"name": None, "file": str(path), "present": True, "bytes": path.stat().st_size,
+                         "hash_ok": _hash_ok(path) if check else None})
+    return rows
+
+
+def fetch_weights(names: tuple[str, ...] | list[str] = STUDY_BACKBONES, *, mirror: str | None = None,
+                  force: bool = False) -> list[dict[str, Any]]:
+    """Download the ImageNet weights of ``names`` into torchvision's cache, hash-checked.
+
+    Args:
+        names: Backbones (``vgg16``, ``vgg16_bn``, ``inception_v3``).
+        mirror: A base URL serving torchvision's file names instead of download.pytorch.org.
+        force: Download again even when a file with a matching hash is cached.
+
+    Returns:
+        One dict per backbone: ``name``, ``file``, ``url``, ``status`` (``cached`` or ``downloaded``).
+
+    Raises:
+        WeightsFetchError: The host could not be reached, or the content does not match the
+            hash in the file's name (nothing is left in the cache then).
+    """
+    folder = _cache_dir()
+    folder.mkdir(parents=True, exist_ok=True)
+    done = []
+    for name in names:
+        url = weights_url(name)  # type: ignore[arg-type]
+        file_name = os.path.basename(urlparse(url).path)
+        if mirror:
+            url = f"{mirror.rstrip('/')}/{file_name}"
+        target = folder / file_name
+        if target.is_file() and not force and _hash_ok(target) is not False:
+            done.append({"name": name, "file": str(target), "url": url, "status": "cached"})
+            continue
+        prefix = _hash_prefix(file_name)
+        try:
+            torch.hub.download_url_to_file(url, str(target), hash_prefix=prefix, progress=False)
+        except RuntimeError as exc:  # torch.hub's hash check
+            raise WeightsFetchError(
+                f"{name}: the file downloaded from {url} does not match the SHA-256 prefix {prefix!r} in its name "
+                f"({exc}); nothing was written to '{folder}'. Check the mirror, or download it again."
+            ) from None
+        except OSError as exc:  # URLError, refused connection, DNS, disk
+            raise WeightsFetchError(
+                f"{name}: could not download {url} ({exc}). On a machine without access, download it elsewhere "
+                f"and copy it into '{folder}' (tomoflow weights list shows what is there), or pass --mirror URL."
+            ) from None
+        done.append({"name": name, "file": str(target), "url": url, "status": "downloaded"})
+    return done
