@@ -16,12 +16,15 @@ from __future__ import annotations
 import hashlib
 import logging
 from collections.abc import Iterator
-from contextlib import contextmanager
+import time
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
 #: Prefix of the per-output-root limits (``prefect gcl ls`` shows them).
 SLOT_PREFIX = "tomoflow-output-"
+#: Server errors survived while waiting for the slot, and the pause between tries.
+_ACQUIRE_ATTEMPTS, _RETRY_SECONDS = 20, 10.0
 
 
 def slot_name(output_root: str | Path) -> str:
@@ -64,6 +67,7 @@ def output_root_slot(output_root: str | Path, logger: logging.Logger | logging.L
         The limit's name.
     """
     from prefect.client.orchestration import get_client
+    from prefect.concurrency._asyncio import ConcurrencySlotAcquisitionError
     from prefect.concurrency.sync import concurrency
 
     name = slot_name(output_root)
@@ -72,7 +76,30 @@ def output_root_slot(output_root: str | Path, logger: logging.Logger | logging.L
     if held:
         logger.warning("another tomoflow run is writing into the output root %s: this run waits its turn "
                        "(concurrency limit %s) and starts when that run ends", output_root, name)
-    with concurrency(name, occupy=1, strict=True, lease_duration=lease_seconds):
+    with ExitStack() as stack:
+        for attempt in range(1, _ACQUIRE_ATTEMPTS + 1):
+            try:
+                stack.enter_context(concurrency(name, occupy=1, strict=True, lease_duration=lease_seconds))
+                break
+            except ConcurrencySlotAcquisitionError as exc:
+                # Prefect retries a full slot (423) itself; a server error while waiting (503: its
+                # database was busy) ends the wait, so wait again, a bounded number of times.
+                if not _server_error(exc) or attempt == _ACQUIRE_ATTEMPTS:
+                    raise
+                logger.warning("the Prefect server answered %s while this run waited for the output root; "
+                               "waiting again (%d of %d)", _server_error(exc), attempt, _ACQUIRE_ATTEMPTS)
+                time.sleep(_RETRY_SECONDS)
         if held:
             logger.info("the output root %s is free: this run goes on", output_root)
         yield name
+
+
+def _server_error(exc: BaseException) -> int | None:
+    """The 5xx status behind a failed slot acquisition, if that is what it was."""
+    seen = 0
+    while exc is not None and seen < 5:
+        status = getattr(getattr(exc, "response", None), "status_code", None)
+        if isinstance(status, int) and status >= 500:
+            return status
+        exc, seen = exc.__cause__ or exc.__context__, seen + 1
+    return None
