@@ -329,32 +329,6 @@ def _add_demo(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> Non
     p.set_defaults(func=_cmd_demo)
 
 
-def _cmd_alerts(args: argparse.Namespace) -> int:
-    from prefect.settings import get_current_settings
-
-    from tasks.alerts import install_alerts, notification_block
-
-    if not get_current_settings().api.url:
-        raise ValueError("PREFECT_API_URL is not set: alerts live on the service's Prefect server; "
-                         "export PREFECT_API_URL=http://HOST:4200/api first")
-    block = notification_block(webhook=args.webhook, slack=args.slack, block=args.block)
-    for name in install_alerts(block, pending_minutes=args.pending_minutes, running_hours=args.running_hours):
-        print(f"automation {name}: created")
-    return 0
-
-
-def _add_alerts(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
-    """The ``tomoflow alerts`` command (deploy/automations.yaml, tasks/alerts.py)."""
-    p = sub.add_parser("alerts", help="create the service's Prefect automations: notify on failed, crashed or "
-                       "stuck runs")
-    p.add_argument("--webhook", default=None, help="URL that receives a JSON POST {subject, body}")
-    p.add_argument("--slack", default=None, help="Slack incoming-webhook URL")
-    p.add_argument("--block", default=None, help="an existing notification block, SLUG/NAME (e.g. email/ops)")
-    p.add_argument("--pending-minutes", type=float, default=30, help="alert on a run not started after this")
-    p.add_argument("--running-hours", type=float, default=12, help="alert on a run still running after this")
-    p.set_defaults(func=_cmd_alerts)
-
-
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``tomoflow`` command."""
     parser = argparse.ArgumentParser(
@@ -371,7 +345,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_run(sub)
     _add_experiments(sub)
     _add_demo(sub)
-    _add_alerts(sub)
+    from tasks.alerts import add_alerts_command
+
+    add_alerts_command(sub)
     return parser
 
 

@@ -10,6 +10,7 @@ a limit or the target.
 
 from __future__ import annotations
 
+import argparse
 from pathlib import Path
 from typing import Any
 
@@ -91,3 +92,28 @@ def install_alerts(block_id: str, pending_minutes: float = 30, running_hours: fl
             pass
         names.append(Automation.model_validate(spec).create().name)
     return names
+
+
+def _cmd_alerts(args: argparse.Namespace) -> int:
+    """``tomoflow alerts``: the block, then the automations, on the server of PREFECT_API_URL."""
+    from prefect.settings import get_current_settings
+
+    if not get_current_settings().api.url:
+        raise ValueError("PREFECT_API_URL is not set: alerts live on the service's Prefect server; "
+                         "export PREFECT_API_URL=http://HOST:4200/api first")
+    block = notification_block(webhook=args.webhook, slack=args.slack, block=args.block)
+    for name in install_alerts(block, pending_minutes=args.pending_minutes, running_hours=args.running_hours):
+        print(f"automation {name}: created")
+    return 0
+
+
+def add_alerts_command(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
+    """The ``tomoflow alerts`` command, added to the ``tomoflow`` parser (flows/cli.py)."""
+    p = sub.add_parser("alerts", help="create the service's Prefect automations: notify on failed, crashed or "
+                       "stuck runs")
+    p.add_argument("--webhook", default=None, help="URL that receives a JSON POST {subject, body}")
+    p.add_argument("--slack", default=None, help="Slack incoming-webhook URL")
+    p.add_argument("--block", default=None, help="an existing notification block, SLUG/NAME (e.g. email/ops)")
+    p.add_argument("--pending-minutes", type=float, default=30, help="alert on a run not started after this")
+    p.add_argument("--running-hours", type=float, default=12, help="alert on a run still running after this")
+    p.set_defaults(func=_cmd_alerts)

@@ -39,3 +39,20 @@ def test_notification_block_needs_exactly_one_target() -> None:
         notification_block(webhook="http://127.0.0.1:1/x", slack="http://127.0.0.1:1/y")
     with pytest.raises(ValueError, match="not an http"):
         notification_block(webhook="ftp://example/x")
+
+
+def test_cli_without_a_server_says_what_to_set(tmp_path) -> None:
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[2]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+    env.update({"PREFECT_HOME": str(tmp_path / "prefect-home"), "PYTHONPATH": str(repo)})
+    result = subprocess.run([sys.executable, "-m", "flows.cli", "alerts", "--webhook", "http://127.0.0.1:9/x"],
+                            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.strip().splitlines() == [
+        "tomoflow alerts: error: PREFECT_API_URL is not set: alerts live on the service's Prefect server; "
+        "export PREFECT_API_URL=http://HOST:4200/api first"]
