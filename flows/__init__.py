@@ -13,3 +13,8 @@ os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 from tasks.redaction import install as _install_redaction  # noqa: E402
 
 _install_redaction()
+
+# An ordinary Failed run is not "Engine execution exited with unexpected exception" (tasks/engine_logs.py).
+from tasks.engine_logs import install as _install_engine_logs  # noqa: E402
+
+_install_engine_logs()

@@ -361,6 +361,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_demo(sub)
     add_serve_outputs(sub)
     add_weights_command(sub)
+    from tasks.alerts import add_alerts_command
+
+    add_alerts_command(sub)
     return parser
 
 
@@ -389,7 +392,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         # migrates its database, which outlasts Prefect's default timeout on small machines.
         apply_prefect_defaults()
 
-    if args.command not in ("synth", "export-slices", "serve-outputs", "weights"):
+    if args.command not in ("synth", "export-slices", "serve-outputs", "weights", "alerts"):
         from tasks.lifecycle import isolate_temporary_server, start_reaper
 
         # Whatever this process starts (the temporary Prefect server, workers) stops when

@@ -28,13 +28,13 @@ from flows.evaluate import evaluate_model
 from flows.prepare import prepare_data
 from flows.train import train_classifier
 from tasks import runtime
-from tasks.config import PrepareConfig, TrainConfig
+from tasks.config import PipelineConfig, PrepareConfig, TrainConfig
 from tasks.io import atomic_write_json
 from tasks.pipeline_steps import (  # noqa: F401 - ChildRunFailed and the old private names, re-exported
     ChildRunFailed,
-    check_local_weights,
     comparison_row,
     floor_rows,
+    preflight,
     publish_pipeline,
     resolve_config,
     run_training_deployment,
@@ -43,19 +43,30 @@ from tasks.pipeline_steps import (  # noqa: F401 - ChildRunFailed and the old pr
 )
 from tasks.pipeline_steps import run_training_deployment as _run_training_deployment  # noqa: F401 - re-export
 from tasks.pipeline_steps import weights_or_scratch as _weights_or_scratch  # noqa: F401 - re-export
-from tasks.presets import PresetName, explicit_settings, list_presets, pipeline_config
+from tasks.output_slot import output_root_slot
+from tasks.presets import PresetName, explicit_settings, list_presets, merge_config, pipeline_config
+from tasks.service import deployment_defaults, deployment_id
 
 
 def _run_name() -> str:
-    """``pipeline demo vgg16 96px``; never raises (a bad parameter fails the run later, with its reason)."""
+    """``pipeline demo vgg16_bn 64px``: what will run; never raises (a bad parameter fails the run later).
+
+    The model and image size are those training will use: after the deployment's stored
+    config, the run's config and the fall-back to scratch (no ImageNet weights here), and
+    the training image size (the slices may be stored larger).
+    """
     try:
         params = flow_run.parameters
         preset = params.get("preset")
         if preset is not None and preset not in list_presets():
             return "pipeline (unknown preset)"
-        cfg = pipeline_config(preset=preset, base=explicit_settings(params.get("config")))
+        explicit = explicit_settings(params.get("config"))
+        stored = deployment_defaults("config") if deployment_id() is not None else None
+        if isinstance(stored, dict):
+            explicit = merge_config(stored, explicit)
+        cfg, _ = weights_or_scratch(pipeline_config(preset=preset, base=explicit))
         label = preset or cfg.slices.strategy
-        return f"pipeline {label} {cfg.model.model} {cfg.slices.image_size}px"
+        return f"pipeline {label} {cfg.model.model} {cfg.train.image_size}px"
     except Exception:
         return "pipeline (invalid parameters)"
 
@@ -75,10 +86,11 @@ def tomoflow_pipeline(
     Args:
         data_root: Folder with the BCS-DBT CSVs and images; default: the worker's TOMOFLOW_DATA_ROOT.
         output_root: Root of all outputs, outside the code checkout; default: TOMOFLOW_OUTPUT_ROOT.
-        preset: A study preset from configs/ (demo, m1-baseline, ...); none: the defaults.
-        config: Settings over the preset, by section, e.g. {"train": {"epochs": 5}} (a
-            :class:`~tasks.config.PipelineConfig` or its dict; see tasks/config.py for every
-            field). Merged into the deployment's stored config; wins over the preset.
+        preset: A study preset from configs/ (demo, m1-baseline, ...). None (empty): no preset, the defaults
+            of tasks/config.py (all slices, VGG16 from ImageNet, SGD, 224 px) with this deployment's config.
+        config: Settings over the preset, by section, e.g. {"train": {"epochs": 5}} or
+            {"model": {"weights": "none"}} to train from scratch (see tasks/config.py for every field).
+            Merged into the deployment's stored config; wins over the preset.
 
     Returns:
         The run folder and the paths of the manifest, checkpoint, metrics and report.
@@ -87,9 +99,19 @@ def tomoflow_pipeline(
     cfg, note = weights_or_scratch(resolve_config(config, data_root, output_root, preset))
     if note:
         logger.warning(note)
-    if not cfg.train_deployment:
-        check_local_weights(cfg)
+    started_by = "deployment" if deployment_id() is not None else "cli"
+    preflight(cfg, started_by)
     root = Path(cfg.data.output_dir).resolve()
+    if started_by == "deployment":
+        # Runs started on the server queue per output root instead of colliding on its lock.
+        with output_root_slot(root, logger):
+            return _run_pipeline(cfg, root, preset, note)
+    return _run_pipeline(cfg, root, preset, note)
+
+
+def _run_pipeline(cfg: PipelineConfig, root: Path, preset: str | None, note: str | None) -> dict[str, Any]:
+    """The pipeline's body once its configuration is checked: prepare, train, evaluate, publish."""
+    logger = get_run_logger()
     run_dir = runtime.run_folder(root, flow_run.name, flow_run.id)
     merged = cfg.model_dump(mode="json")
     atomic_write_json(run_dir / "config.json", {"preset": preset, "config": merged})

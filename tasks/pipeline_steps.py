@@ -11,7 +11,9 @@ import json
 from pathlib import Path
 from typing import Any
 
+from prefect import task
 from prefect.artifacts import create_image_artifact, create_markdown_artifact
+from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
 from pydantic import ValidationError
 
@@ -80,14 +82,29 @@ def weights_or_scratch(cfg: PipelineConfig) -> tuple[PipelineConfig, str | None]
         return scratch, note
 
 
-def check_local_weights(cfg: PipelineConfig) -> None:
-    """Training in this process: its starting weights must be here, checked before preparing."""
-    from models.backbones import resolve_weights
+@task(name="preflight", cache_policy=NO_CACHE, persist_result=False, retries=0)
+def preflight(cfg: PipelineConfig, started_by: str) -> None:
+    """The pipeline's first step: weights, roots, writable output, the training pool; seconds, before any work.
 
-    try:
-        resolve_weights(cfg.model.model, cfg.model.weights)
-    except (FileNotFoundError, ValueError) as exc:
-        raise ServiceConfigError(one_line(str(exc))) from None
+    Args:
+        cfg: The run's resolved configuration.
+        started_by: ``deployment`` or ``cli``: which fix the messages name.
+
+    Raises:
+        PreflightError: whole sentences naming each problem and the fix for the way the run
+            was started (the deployment parameter or the command-line option).
+    """
+    from tasks.preflight import PreflightError, preflight_message, preflight_problems
+
+    if cfg.train_deployment:
+        from prefect.client.orchestration import get_client
+
+        with get_client(sync_client=True) as client:
+            problems = preflight_problems(cfg, started_by, client)
+    else:
+        problems = preflight_problems(cfg, started_by)
+    if problems:
+        raise PreflightError(preflight_message(problems))
 
 
 class ChildRunFailed(RuntimeError):

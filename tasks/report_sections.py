@@ -148,6 +148,23 @@ def null_text(entry: Mapping[str, Any]) -> str:
     return f"{null:.3f}" + (f" (95% range {span[0]:.3f}–{span[1]:.3f})" if span else "")
 
 
+def _no_interval_reason(entry: Mapping[str, Any], level: str) -> str:
+    """Why an AUC as high as 1.000 is still not shown to beat chance: too few positives for an interval.
+
+    Only when there is no interval and random scores reach the model's AUC (with a handful of
+    tumour cases a shuffle often ranks them all first); otherwise the warning says enough.
+    """
+    if (entry.get("intervals") or {}).get("roc_auc"):
+        return ""
+    auc = (entry.get("metrics") or {}).get("roc_auc")
+    top = (entry.get("null_roc_auc_range") or [None, None])[1]
+    pos, neg = entry.get("n_positive"), entry.get("n_negative")
+    if None in (auc, top, pos, neg) or top < auc - 1e-9:
+        return ""
+    return (f", because {pos} tumour and {neg} normal {UNIT[level]}s are too few positives for an interval "
+            f"and random scores reach {top:.3f} too")
+
+
 def null_warnings(metrics: Mapping[str, Any]) -> list[str]:
     """One warning per level whose ROC AUC interval reaches what random scores get."""
     out = []
@@ -160,7 +177,8 @@ def null_warnings(metrics: Mapping[str, Any]) -> list[str]:
                    if (entry.get("intervals") or {}).get("roc_auc") else "")
                 + ") overlaps what random scores aggregated the same way reach (mean "
                 + null_text(entry).replace(" (", ", ", 1).rstrip(")")
-                + "): at this level the model is not shown to be better than chance."
+                + "): at this level the model is not shown to be better than chance"
+                + _no_interval_reason(entry, level) + "."
             )
     return out
 

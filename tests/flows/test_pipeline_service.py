@@ -38,6 +38,19 @@ def test_missing_roots_name_the_variable(prefect_harness, tmp_path: Path, monkey
     assert state.is_failed() and "TOMOFLOW_OUTPUT_ROOT" in state.message
 
 
+def test_preflight_fails_before_any_work_naming_the_cli_fix(prefect_harness, small_dataset: Path, tmp_path: Path,
+                                                            monkeypatch) -> None:
+    from flows.pipeline import tomoflow_pipeline
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    state = tomoflow_pipeline(data_root=str(small_dataset), output_root=str(tmp_path / "out"), return_state=True)
+    assert state.is_failed() and "\n" not in state.message
+    assert "Preflight found 1 problem before any work: ImageNet weights for vgg16" in state.message
+    assert "--weights none" in state.message and "--param" not in state.message
+    assert state.message.rstrip().endswith(".") and len(state.message) < 700
+    assert not (tmp_path / "out" / "prepared").exists()  # nothing was prepared
+
+
 def test_invalid_setting_is_one_line_naming_the_field(prefect_harness, tmp_path: Path) -> None:
     from flows.pipeline import tomoflow_pipeline
 
@@ -47,9 +60,12 @@ def test_invalid_setting_is_one_line_naming_the_field(prefect_harness, tmp_path:
     assert "config.train.epochs" in state.message and "(got 0)" in state.message
 
 
-def test_run_name_never_raises(monkeypatch) -> None:
+def test_run_name_never_raises(monkeypatch, tmp_path: Path) -> None:
     import flows.pipeline
     from flows import evaluate, prepare, train
+
+    # No ImageNet weights here: the demo falls back to vgg16_bn, trained on 64 px (its slices are 96 px).
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
 
     class Params:
         def __init__(self, params):
@@ -57,7 +73,7 @@ def test_run_name_never_raises(monkeypatch) -> None:
 
     for params, expected in (({"preset": "demo2"}, "pipeline (unknown preset)"),
                              ({"config": {"train": {"epochs": -1}}}, "pipeline (invalid parameters)"),
-                             ({"preset": "demo"}, "pipeline demo vgg16 96px"),
+                             ({"preset": "demo"}, "pipeline demo vgg16_bn 64px"),
                              ({"config": "not a mapping"}, "pipeline (invalid parameters)")):
         monkeypatch.setattr(flows.pipeline, "flow_run", Params(params))
         assert flows.pipeline._run_name() == expected

@@ -95,3 +95,24 @@ def test_checkout_pull_step_and_gpu_handoff(spec: dict) -> None:
     for name, deployment in by_name.items():
         if deployment["entrypoint"].startswith("flows/pipeline.py"):
             assert deployment["parameters"]["config"]["train_deployment"] == "train-classifier/gpu-train", name
+
+
+def test_every_deployment_is_tagged_for_alerts_and_overlaps_queue(spec: dict) -> None:
+    # deploy/automations.yaml matches runs by the tag "tomoflow": every deployment carries it.
+    assert all("tomoflow" in d["tags"] for d in spec["deployments"])
+    by_name = {d["name"]: d for d in spec["deployments"]}
+    for name in ("nightly", "gpu-train"):
+        limit = by_name[name]["concurrency_limit"]
+        assert limit == {"limit": 1, "collision_strategy": "ENQUEUE"}, name
+
+
+def test_form_help_is_plain_text_and_says_what_no_preset_runs() -> None:
+    from prefect.utilities.callables import parameter_schema
+
+    from flows.pipeline import tomoflow_pipeline
+
+    props = parameter_schema(tomoflow_pipeline.fn).model_dump()["properties"]
+    assert all(":class:" not in (p.get("description") or "") and ":func:" not in (p.get("description") or "")
+               for p in props.values())
+    assert "None" in props["preset"]["description"] and "defaults" in props["preset"]["description"]
+    assert '{"model": {"weights": "none"}}' in props["config"]["description"]

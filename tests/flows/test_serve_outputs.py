@@ -62,14 +62,18 @@ def test_serve_outputs_serves_reports_not_slices(tmp_path: Path) -> None:
 
 
 def test_service_block_gives_the_database_url_to_the_server_only() -> None:
-    """Item 11: the README's service block never exports the database URL to the workers."""
+    """Item 11: the database URL lives in the server's env file alone, never exported to workers."""
     from tests.e2e.test_service import readme_service_block
 
     lines = readme_service_block()
-    with_url = [line for line in lines if "PREFECT_API_DATABASE_CONNECTION_URL" in line or "postgresql" in line]
-    assert with_url, "the block should still show how to use PostgreSQL"
-    for line in with_url:
-        assert not line.lstrip().startswith("export"), line
-        assert "prefect server start" in line, line
+    assert not any("PREFECT_API_DATABASE_CONNECTION_URL" in line and line.lstrip().startswith("export")
+                   for line in lines)
+    env_dir = Path(__file__).resolve().parents[2] / "deploy" / "systemd"
+    with_url = sorted(f.name for f in env_dir.glob("*.env") if "PREFECT_API_DATABASE_CONNECTION_URL" in f.read_text())
+    assert with_url == ["server.env"]
+    assert any(line.startswith("deploy/tomoflow-service") and " server &" in line for line in lines)
+    # The outputs role is tomoflow serve-outputs (reports and curves only), not http.server.
     assert not any("http.server" in line for line in lines)
-    assert any(line.startswith("tomoflow serve-outputs") for line in lines)
+    assert any(line.startswith("deploy/tomoflow-service") and " outputs &" in line for line in lines)
+    launcher = (env_dir.parent / "tomoflow-service").read_text()
+    assert "serve-outputs" in launcher and "http.server" not in launcher
