@@ -267,7 +267,7 @@ def test_readme_service_steps_on_postgresql(service: dict) -> None:
     # The run-time config was merged into the deployment's (the GPU handoff stayed) and won over the preset.
     run_dirs = {p.name: p for p in (outputs / "runs").iterdir()}
     adhoc_dir = next(p for n, p in run_dirs.items() if n.endswith(adhoc["id"][:8]))
-    assert adhoc_dir.name.startswith("pipeline demo vgg16_bn 64px")  # what ran: scratch fall-back, 64 px
+    assert adhoc_dir.name.startswith("pipeline-demo-vgg16_bn-64px")  # what ran (folder-safe run name): scratch fall-back, 64 px
     stored = json.loads((adhoc_dir / "config.json").read_text())["config"]
     assert stored["train"]["epochs"] == 2 and stored["train_deployment"] == "train-classifier/gpu-train"
     report = adhoc_dir / "evaluation" / "report.html"
