@@ -25,6 +25,8 @@ from typing import Any
 SLOT_PREFIX = "tomoflow-output-"
 #: Server errors survived while waiting for the slot, and the pause between tries.
 _ACQUIRE_ATTEMPTS, _RETRY_SECONDS = 20, 10.0
+#: How long the first, silent try for the slot lasts before the run says it waits.
+_FIRST_TRY_SECONDS = 3.0
 
 
 def slot_name(output_root: str | Path) -> str:
@@ -72,13 +74,23 @@ def output_root_slot(output_root: str | Path, logger: logging.Logger | logging.L
 
     name = slot_name(output_root)
     with get_client(sync_client=True) as client:
-        held = ensure_limit(client, name)
-    if held:
-        logger.warning("another tomoflow run is writing into the output root %s: this run waits its turn "
-                       "(concurrency limit %s) and starts when that run ends", output_root, name)
+        ensure_limit(client, name)
+    waited = False
     with ExitStack() as stack:
         for attempt in range(1, _ACQUIRE_ATTEMPTS + 1):
             try:
+                if not waited:
+                    # A short first try, so that a run which has to wait says so before it waits
+                    # (reading the held slots first would race with a run starting at the same moment).
+                    try:
+                        stack.enter_context(concurrency(name, occupy=1, strict=True, lease_duration=lease_seconds,
+                                                        timeout_seconds=_FIRST_TRY_SECONDS))
+                        break
+                    except TimeoutError:
+                        waited = True
+                        logger.warning("another tomoflow run is writing into the output root %s: this run waits "
+                                       "its turn (concurrency limit %s) and starts when that run ends",
+                                       output_root, name)
                 stack.enter_context(concurrency(name, occupy=1, strict=True, lease_duration=lease_seconds))
                 break
             except ConcurrencySlotAcquisitionError as exc:
@@ -89,7 +101,7 @@ def output_root_slot(output_root: str | Path, logger: logging.Logger | logging.L
                 logger.warning("the Prefect server answered %s while this run waited for the output root; "
                                "waiting again (%d of %d)", _server_error(exc), attempt, _ACQUIRE_ATTEMPTS)
                 time.sleep(_RETRY_SECONDS)
-        if held:
+        if waited:
             logger.info("the output root %s is free: this run goes on", output_root)
         yield name
 
