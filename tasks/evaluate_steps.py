@@ -174,9 +174,9 @@ def write_report(metrics: str, predictions: str, checkpoint: str, manifest: str,
 
 def generalization_sections(checkpoint: str, audit: str | None, external: str | None) -> dict[str, Any]:
     """What the report shows of where the model started, the audit against its training data, and external data."""
-    import torch
+    from models.checkpoint import read_checkpoint
 
-    ckpt = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    ckpt = read_checkpoint(checkpoint, advice="train again, or evaluate another run")
     return {
         "weights_source": ckpt.get("weights_source") if isinstance(ckpt, dict) else None,
         "training_audit": json.loads(Path(audit).read_text()) if audit else None,

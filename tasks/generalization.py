@@ -50,12 +50,13 @@ def training_audit(checkpoint: str | os.PathLike[str], manifest: str | os.PathLi
     Raises:
         models.provenance.TrainingOverlapError: Overlap, and ``allow_overlap`` is off.
     """
-    import torch
-
     from models.provenance import TrainingOverlapError, audit_overlap, overlap_message
+    from models.checkpoint import read_checkpoint
     from tasks.io import atomic_write_json, file_fingerprint
 
-    ckpt = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    # The first read of the checkpoint in an evaluation: a truncated file gets its one clear line here.
+    ckpt = read_checkpoint(checkpoint, advice=(
+        "train again (delete the run folder's best.pt first), or evaluate another run"))
     record = ckpt.get("training_data") if isinstance(ckpt, dict) else None
     frame = pd.read_parquet(manifest)
     audit = audit_overlap(record, _rows(frame, split), root=Path(manifest).parent,

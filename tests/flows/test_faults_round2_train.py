@@ -176,5 +176,7 @@ def test_sigterm_during_evaluate_ends_cancelled(trained: Path, home: Path, tmp_p
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
     assert proc.returncode == 143, stderr[-3000:]
-    assert "Finished in state Cancelled" in stderr and "Crashed" not in stderr
+    # The flow run ends Cancelled; a task still in flight at the signal may itself show Crashed.
+    assert "Finished in state Cancelled" in stderr
+    assert not [line for line in stderr.splitlines() if "Flow run" in line and "Crashed" in line], stderr[-3000:]
     assert "cancelled: interrupted by SIGTERM" in stderr
