@@ -1,12 +1,12 @@
 """The ``tomoflow`` commands of transfer and generalisation: ``weights fetch|list`` and the training-size
-sweep options of ``experiments`` (kept apart from :mod:`flows.cli` so each module stays small)."""
+sweep behind ``experiments --train-fractions``, whose options live in :mod:`flows.cli_experiments` (kept apart from :mod:`flows.cli` so each module stays small)."""
 
 from __future__ import annotations
 
 import argparse
 import json
 
-__all__ = ["add_sweep_options", "add_weights_command", "cmd_sweep", "cmd_weights", "setting_arg"]
+__all__ = ["add_weights_command", "cmd_sweep", "cmd_weights", "setting_arg"]
 
 
 def setting_arg(text: str) -> tuple[str, str, object]:
@@ -37,20 +37,6 @@ def cmd_sweep(args: argparse.Namespace) -> int:
                        preset=(args.preset or ["demo"])[0], overrides=overrides)
     print(json.dumps(result, sort_keys=True, default=str))
     return 0
-
-
-def add_sweep_options(p: argparse.ArgumentParser) -> None:
-    """The sweep options of ``tomoflow experiments``."""
-    p.add_argument("--train-fractions", default=None,
-                   help="training-size sweep: shares of the training patients, e.g. 0.1,0.25,0.5,1 (nested, "
-                        "stratified subsets; validation and test fixed); trains each --weights starting point at each "
-                        "size with the first --preset's settings (default demo) and writes sweep/sweep.csv and sweep.png")
-    p.add_argument("--weights", default=None,
-                   help="with --train-fractions: starting points separated by commas (none, imagenet, a state_dict "
-                        "file or a tomoflow run folder); the first is the reference of the paired differences "
-                        "(default none,imagenet)")
-    p.add_argument("--set", action="append", type=setting_arg, default=None, metavar="SECTION.FIELD=VALUE",
-                   help="with --train-fractions: a setting over the preset, e.g. --set train.epochs=2 (repeatable)")
 
 
 def cmd_weights(args: argparse.Namespace) -> int:
