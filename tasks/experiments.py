@@ -77,6 +77,24 @@ def _resolve_weights(name: str, cfg: PipelineConfig, weights: str) -> tuple[Pipe
     return cfg, note
 
 
+def _fit_input_size(cfg: PipelineConfig) -> tuple[PipelineConfig, str | None]:
+    """The network input raised to the backbone's minimum (Inception: 75 px) when a small run asks for less.
+
+    A small ``--image-size`` is meant for every preset; Inception cannot take it, and stopping
+    after the VGG16 presets have run would lose the comparison. Its prepared images and network
+    input both become the minimum, and the row's note says so.
+    """
+    from models.weights import backbone_spec
+
+    minimum = backbone_spec(cfg.model.model).min_size
+    if cfg.train.image_size >= minimum:
+        return cfg, None
+    train = cfg.train.model_copy(update={"image_size": minimum})
+    slices = cfg.slices.model_copy(update={"image_size": max(cfg.slices.image_size, minimum)})
+    return cfg.model_copy(update={"train": train, "slices": slices}), (
+        f"images and network input {minimum} px, {cfg.model.model}'s minimum (asked {cfg.train.image_size} px)")
+
+
 def plan_experiments(
     presets: list[str] | None, *, data_root: str, output_root: str, overrides: dict[str, Any] | None = None,
     weights: str = "preset",
@@ -101,5 +119,6 @@ def plan_experiments(
         merged = merge_config(load_preset(check_preset(name)), overrides or {})
         cfg = pipeline_config(data_root=data_root, output_root=output_root, base=merged)
         cfg, note = _resolve_weights(name, cfg, weights)
-        planned.append((name, cfg, note))
+        cfg, size_note = _fit_input_size(cfg)
+        planned.append((name, cfg, "; ".join(n for n in (note, size_note) if n) or None))
     return group_presets(planned)

@@ -77,7 +77,9 @@ def test_equal_effective_configs_are_one_run(tmp_path: Path) -> None:
     assert [names for names, _, _ in runs] == [["m2-inception", "m2-inception-scratch"], ["m2-baseline"]]
     cfg = runs[0][1]
     assert cfg.model.weights == "none" and cfg.train.epochs == 2 and cfg.train.max_batches == 3
-    assert cfg.slices.image_size == cfg.train.image_size == 64
+    # Inception's minimum input is 75 px: the small size is raised for it alone.
+    assert cfg.slices.image_size == cfg.train.image_size == 75
+    assert runs[1][1].slices.image_size == runs[1][1].train.image_size == 64
 
 
 def test_missing_weights_stop_before_any_work(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
@@ -100,3 +102,20 @@ def test_missing_weights_stop_before_any_work(tmp_path: Path, monkeypatch: pytes
     assert not (out / "prepared").exists()
     assert main(["experiments", "--data-root", str(data), "--out", str(out), "--epochs", "0"]) == 2
     assert "--epochs 0" in capsys.readouterr().err
+
+
+def test_small_image_size_raises_inception_input_to_its_minimum(tmp_path: Path) -> None:
+    """--image-size 64 runs every preset: Inception's network input becomes its 75 px minimum, said in the note."""
+    import torch
+
+    from models.classifier import build_model
+
+    groups = plan_experiments(["m2-inception", "m1-baseline"], data_root=str(tmp_path), output_root=str(tmp_path),
+                              overrides=experiment_overrides(epochs=2, image_size=64), weights="none")
+    by_name = {names[0]: (cfg, note) for names, cfg, note in groups}
+    inception, note = by_name["m2-inception"]
+    assert inception.train.image_size == 75 and inception.slices.image_size == 75
+    assert "75 px" in note and "64 px" in note
+    assert by_name["m1-baseline"][0].train.image_size == by_name["m1-baseline"][0].slices.image_size == 64
+    model = build_model(model=inception.model.model, weights="none", image_size=inception.train.image_size).train()
+    assert model(torch.rand(2, 1, 75, 75)).shape[0] == 2
