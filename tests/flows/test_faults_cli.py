@@ -6,27 +6,16 @@ import os
 import re
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
+from tests.flows.cli_env import REPO
+from tests.flows.cli_env import cli_command as _cli
+from tests.flows.cli_env import cli_env as _env
 NAME, BIRTH, BIRTH_DICOM, MRN = "Quixote", "1957-03-14", "19570314", "44175521"
 SECRETS = [NAME.encode(), BIRTH.encode(), BIRTH_DICOM.encode(), MRN.encode()]
-
-
-def _env(tmp_path: Path) -> dict[str, str]:
-    env = dict(os.environ)
-    env["PREFECT_HOME"] = str(tmp_path / "prefect-home")
-    env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")])
-    env.pop("PREFECT_API_URL", None)
-    return env
-
-
-def _cli(*args: str) -> list[str]:
-    return [sys.executable, "-m", "flows.cli", *args]
 
 
 def _prepare(data: Path, out: Path, *extra: str) -> list[str]:

@@ -17,16 +17,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
+from tests.flows.cli_env import REPO
+from tests.flows.cli_env import cli_env as _env
 SECRET = "Quixote"
-
-
-def _env(tmp_path: Path) -> dict[str, str]:
-    env = dict(os.environ)
-    env["PREFECT_HOME"] = str(tmp_path / "prefect-home")
-    env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")])
-    env.pop("PREFECT_API_URL", None)
-    return env
 
 
 def _prepare(data: Path, out: Path, *extra: str) -> list[str]:

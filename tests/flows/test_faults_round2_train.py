@@ -6,28 +6,17 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pandas as pd
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
+from tests.flows.cli_env import REPO
+from tests.flows.cli_env import cli_command as _cli
+from tests.flows.cli_env import cli_env as _env
 TRAIN_FAST = ("--weights", "none", "--batch-size", "4", "--image-size", "32", "--max-batches", "1",
               "--num-workers", "0", "--device", "cpu", "--no-augment")
-
-
-def _env(tmp_path: Path) -> dict[str, str]:
-    env = dict(os.environ)
-    env["PREFECT_HOME"] = str(tmp_path / "prefect-home")
-    env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")])
-    env.pop("PREFECT_API_URL", None)
-    return env
-
-
-def _cli(*args: str) -> list[str]:
-    return [sys.executable, "-m", "flows.cli", *args]
 
 
 def _run(cmd: list[str], home: Path, timeout: float = 600) -> subprocess.CompletedProcess:
