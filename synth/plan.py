@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from synth.anatomy import Breast, Lesion, LesionSettings, plan_image, round_half_up
+from synth.anatomy import Breast, Lesion, LesionSettings, Structure, plan_image, plan_structures, round_half_up
 from synth.layout import deterministic_uid
 from tasks.schema import COHORTS, COLLECTION_FOLDER, SPLITS, VIEWS
 
@@ -37,6 +37,7 @@ class Volume:
     series_suffix: int
     breast: Breast | None = None
     lesions: list[Lesion] = field(default_factory=list)
+    structures: list[Structure] = field(default_factory=list)
     n_lesions: int = 0
     rotated: bool = False
     na_drift: bool = False
@@ -177,6 +178,8 @@ def plan(
         ad_rng = np.random.default_rng([seed, 2, v.index])
         classes = [(cls, int(ad_rng.random() < 0.15)) for _ in range(v.n_lesions)]
         plan_image(v, rows, cols, seed, classes, lesions)
+        if lesions.mimics is not None:  # own generator: the draws above stay as they were
+            plan_structures(v, rows, cols, seed, lesions.mimics)
     return people, volumes, extras
 
 

@@ -11,7 +11,9 @@ from typing import Any
 import numpy as np
 
 from synth.layout import MAX_VALUE
-from synth.anatomy import OCTAVE_WEIGHTS as _OCTAVE_WEIGHTS, TEXTURE_SD as _TEXTURE_SD, Lesion, round_half_up
+from synth.anatomy import (
+    OCTAVE_WEIGHTS as _OCTAVE_WEIGHTS, TEXTURE_SD as _TEXTURE_SD, Lesion, Structure, round_half_up,
+)
 from synth.plan import Volume
 
 
@@ -72,6 +74,27 @@ def _lesion_template(les: Lesion, min_side_px: float) -> np.ndarray:
     return out
 
 
+def _structures_image(structures: list[Structure], rows: int, cols: int) -> np.ndarray:
+    """The brightening of the volume's normal structures on one frame (the same on every frame).
+
+    Soft-edged by design, unlike a lesion's plateau: a duct is a Gaussian ridge across its
+    axis that fades over its last fifth at each end; a patch is a broad elliptical Gaussian.
+    """
+    yy, xx = np.mgrid[0:rows, 0:cols].astype(np.float32)
+    out = np.zeros((rows, cols), dtype=np.float32)
+    for st in structures:
+        c, s = np.float32(np.cos(st.angle)), np.float32(np.sin(st.angle))
+        along = (xx - st.cx) * c + (yy - st.cy) * s
+        across = -(xx - st.cx) * s + (yy - st.cy) * c
+        if st.kind == "duct":
+            ends = np.clip((st.half_length - np.abs(along)) / (0.2 * st.half_length), 0, 1)
+            profile = np.exp(-0.5 * (across / st.half_width) ** 2) * ends
+        else:
+            profile = np.exp(-0.5 * ((along / st.half_length) ** 2 + (across / st.half_width) ** 2))
+        out = np.maximum(out, np.float32(st.amplitude) * profile.astype(np.float32))
+    return out
+
+
 #: Network input sides at which the summary says how many pixels the smallest lesion spans.
 _REPORTED_SIDES = (64, 96, 224)
 
@@ -99,6 +122,8 @@ class Renderer:
         if breast.pect_w > 0:
             pect = np.clip((1 - dx / breast.pect_w - y / breast.pect_h) / 0.05, 0, 1)
             static = static + self.inside * np.float32(breast.pect_amp) * pect.astype(np.float32)
+        if vol.structures:  # only at levels that draw them: easy keeps its bytes
+            static = static + self.inside * _structures_image(vol.structures, rows, cols)
         self.static = static.astype(np.float32)
         self.noise_sd = self.inside * np.float32(breast.noise)
         self.amp = np.float32(breast.amp)
@@ -154,10 +179,12 @@ def lesion_visibility(volumes: list[Volume], rows: int, cols: int) -> dict[str, 
     fraction ``f`` of the frame's long side spans about ``f * N`` pixels of an ``N``-pixel
     image. Contrast is the lesion's peak brightening (on its boxed slice) as a share of the
     volume's display window, which is what survives the 8-bit conversion (x 255 = grey
-    levels), and in units of the tissue texture's standard deviation.
+    levels), and in units of the tissue texture's standard deviation. Where the level draws
+    bright normal structures (ducts, dense patches), ``mimics`` gives their count and peak
+    brightening in the same units, from what was drawn.
     """
     long_side = max(rows, cols)
-    size, window, texture = [], [], []
+    size, window, texture, mimic = [], [], [], []
     for vol in volumes:
         assert vol.breast is not None
         width = display_window(vol)[1]
@@ -165,6 +192,7 @@ def lesion_visibility(volumes: list[Volume], rows: int, cols: int) -> dict[str, 
             size.append(min(les.width, les.height) / long_side)
             window.append(min(1.0, les.amplitude / width))
             texture.append(les.amplitude / (vol.breast.amp * _TEXTURE_SD))
+        mimic += [st.amplitude / (vol.breast.amp * _TEXTURE_SD) for st in vol.structures]
     if not size:
         return {"lesions": 0, "note": "no lesions (no benign or cancer volume)"}
 
@@ -173,32 +201,43 @@ def lesion_visibility(volumes: list[Volume], rows: int, cols: int) -> dict[str, 
                 "max": round(max(values), digits)}
 
     px = {str(n): round(min(size) * n, 1) for n in _REPORTED_SIDES}
-    return {
+    out: dict[str, Any] = {
         "lesions": len(size),
         "size_of_frame": spread(size),
         "smallest_px_at": px,
         "contrast_of_window": spread(window),
         "contrast_to_texture": spread(texture, 1),
-        "note": (
-            f"lesions span {100 * min(size):.0f}-{100 * max(size):.0f}% of the frame's long side (the "
-            f"smallest about {px['64']:g} px across in a 64 px image, {px['224']:g} px in a 224 px one) and "
-            f"brighten their tissue by {100 * min(window):.0f}-{100 * max(window):.0f}% of the display window "
-            f"({min(texture):.1f}-{max(texture):.1f} times the tissue texture's standard deviation): "
-            + visibility_verdict(float(np.median(texture)))
-        ),
     }
+    mimics_note = ""
+    if mimic:
+        out["mimics"] = {"structures": len(mimic), "contrast_to_texture": spread(mimic, 1)}
+        mimics_note = (f"; every volume also holds bright normal ducts and dense patches ({len(mimic)} in all, "
+                       f"{min(mimic):.1f}-{max(mimic):.1f} times the texture's SD)")
+    out["note"] = (
+        f"lesions span {100 * min(size):.0f}-{100 * max(size):.0f}% of the frame's long side (the "
+        f"smallest about {px['64']:g} px across in a 64 px image, {px['224']:g} px in a 224 px one) and "
+        f"brighten their tissue by {100 * min(window):.0f}-{100 * max(window):.0f}% of the display window "
+        f"({min(texture):.1f}-{max(texture):.1f} times the tissue texture's standard deviation){mimics_note}: "
+        + visibility_verdict(float(np.median(texture)), float(np.median(mimic)) if mimic else None)
+    )
+    return out
 
 
-def visibility_verdict(contrast_to_texture: float) -> str:
+def visibility_verdict(contrast_to_texture: float, mimics_to_texture: float | None = None) -> str:
     """What a lesion's median contrast (in tissue-texture SDs) means for a reader, in a few words.
 
     The texture is smooth noise, so its brightest lesion-sized spot in a breast sits a few
     SDs above its mean: a lesion far above that is found by a brightness filter alone; one
-    near it competes with the texture's own bright spots.
+    near it competes with the texture's own bright spots. ``mimics_to_texture``: the median
+    peak of the bright normal structures drawn beside the lesions (``None``: none drawn); at
+    or above the lesions' contrast, brightness alone no longer tells them apart.
     """
     if contrast_to_texture >= 4.0:
         return "plainly visible (a brightness filter alone finds them), unlike many real ones"
     if contrast_to_texture >= 1.3:
+        if mimics_to_texture is not None and mimics_to_texture >= contrast_to_texture:
+            return ("visible but not plain: normal ducts and dense patches are as bright or brighter, so a "
+                    "brightness filter separates them poorly; their compact, sharp-edged shape tells them apart")
         return ("visible but not plain: the texture's own bright spots compete with them, so a brightness "
                 "filter finds many but not all")
     return "subtle: about as bright as the texture's own variation, hard to tell from tissue"
