@@ -56,6 +56,59 @@ def test_harder_levels_draw_dimmer_lesions_and_say_so(levels) -> None:
     assert "plainly visible" in notes["easy"]
     assert "plainly visible" not in notes["moderate"] and "not plain" in notes["moderate"]
     assert "subtle" in notes["subtle"]
+    # The harder levels draw bright normal structures, at least as bright as their lesions, and say so.
+    vis = {name: levels[name][1]["lesion_visibility"] for name in medians}
+    assert "mimics" not in vis["easy"] and "ducts" not in notes["easy"]
+    for name in ("moderate", "subtle"):
+        mimics = vis[name]["mimics"]
+        assert mimics["structures"] >= 3 * 2 * TINY["patients"]  # 3-6 a volume, at least 2 views a patient
+        assert mimics["contrast_to_texture"]["median"] >= medians["moderate"] > medians["subtle"]
+        assert "ducts and dense patches" in notes[name]
+    assert "separates them poorly" in notes["moderate"]
+
+
+def _rendered(settings, patients: int = 40) -> tuple[list, list[np.ndarray], list[int]]:
+    """The volumes of a small collection at ``settings`` and one shown frame of each (0..1, the display
+    window), with its label: a positive volume's lesion slice, a normal volume's middle frame."""
+    from synth.plan import plan
+    from synth.render import Renderer, display_window
+
+    _, volumes, _ = plan(patients=patients, seed=5, rows=96, cols=72, frames=(6, 8), positive_fraction=0.5,
+                         lesions=settings)
+    shown, labels = [], []
+    for vol in volumes:
+        if vol.rotated or (not vol.lesions and not vol.flags[0]):
+            continue  # stored rotated (a trap), or a positive volume without a box
+        z = vol.lesions[0].slice if vol.lesions else vol.n_frames // 2
+        centre, width = display_window(vol)
+        frame = Renderer(vol, 96, 72, 5).frame(z).astype(np.float32)
+        shown.append(np.clip((frame - (centre - width / 2)) / width, 0, 1))
+        labels.append(int(bool(vol.lesions)))
+    return volumes, shown, labels
+
+
+def test_moderate_normal_tissue_holds_lesion_bright_structures_that_a_brightness_filter_confuses() -> None:
+    from sklearn.metrics import roc_auc_score
+
+    from tasks.trivial_scores import SCORES
+
+    easy_volumes, easy, labels = _rendered(DIFFICULTIES["easy"])
+    moderate_volumes, moderate, moderate_labels = _rendered(DIFFICULTIES["moderate"])
+    assert labels == moderate_labels and 0 < sum(labels) < len(labels)
+    # Same anatomy and lesion boxes: the structures come from a generator of their own.
+    assert [v.lesions[0].x for v in easy_volumes if v.lesions] == [v.lesions[0].x for v in moderate_volumes
+                                                                   if v.lesions]
+    assert all(not v.structures for v in easy_volumes) and all(v.structures for v in moderate_volumes)
+    # On a normal frame, moderate adds bright structures to the easy pixels and takes nothing away.
+    normal = labels.index(0)
+    added = moderate[normal] - easy[normal]
+    assert added.min() > -0.01 and added.max() > 0.15
+    # A brightness filter finds easy lesions but not moderate ones: the best of the trivial family
+    # (chosen here on the same images, which flatters it) drops well below easy's.
+    best = {name: max(roc_auc_score(labels, [fn(im) for im in images]) for fn in SCORES.values())
+            for name, images in (("easy", easy), ("moderate", moderate))}
+    assert best["easy"] > 0.95
+    assert best["moderate"] < 0.85
 
 
 def _box_lift(root: Path, box: dict[str, str]) -> float:
