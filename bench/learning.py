@@ -50,6 +50,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--png-size", type=int, default=96, help="prepared PNG side")
     p.add_argument("--lr", type=float, default=0.001, help="head learning rate (backbone: x10, the scratch recipe)")
     p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--optimizer", default="sgd", choices=["sgd", "adam"], help="sgd with momentum (the study) or adam")
     p.add_argument("--strategy", default="single-slice")
     p.add_argument("--no-augment", action="store_true", help="no online augmentation")
     return p.parse_args(argv)
@@ -72,7 +73,7 @@ def run(args: argparse.Namespace, out: Path) -> dict:
         "data": {"max_reject_fraction": 0.25},
         "slices": {"strategy": args.strategy, "image_size": args.png_size, "split_fractions": [0.6, 0.2, 0.2]},
         "train": {"epochs": args.epochs, "image_size": args.image_size, "lr": args.lr,
-                  "batch_size": args.batch_size, "device": "cpu"},
+                  "batch_size": args.batch_size, "optimizer": args.optimizer, "device": "cpu"},
         "augment": {"online": not args.no_augment},
         "evaluate": {"bootstrap": 1000},
     }
