@@ -19,7 +19,7 @@ when the target is missed (and says by how much), 0 when it is met.
 
 Usage::
 
-    .venv/bin/python bench/learning.py [--out DIR] [--patients 400] [--epochs 40] [--image-size 64]
+    .venv/bin/python bench/learning.py [--out DIR] [--patients 400] [--epochs 20] [--image-size 64]
         [--png-size 96] [--lr 0.001] [--batch-size 16] [--optimizer sgd] [--augment]
         [--difficulty moderate] [--seed 0]
 
@@ -46,7 +46,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--patients", type=int, default=400)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--difficulty", default="moderate", choices=["easy", "moderate", "subtle"])
-    p.add_argument("--epochs", type=int, default=40)
+    p.add_argument("--epochs", type=int, default=20)
     p.add_argument("--image-size", type=int, default=64, help="network input side")
     p.add_argument("--png-size", type=int, default=96, help="prepared PNG side")
     p.add_argument("--lr", type=float, default=0.001, help="head learning rate (backbone: x10, the scratch recipe)")
