@@ -28,6 +28,6 @@ bench: install
 clean:
 	rm -rf demo-output .pytest_cache
 
-# CNN vs the trivial brightness score on a `moderate` synthetic collection (CPU: ~6 min quiet, up to ~20 min on 2 shared cores).
+# CNN vs the trivial brightness score on a `moderate` synthetic collection (CPU: 5-7 min quiet, up to ~20 min on 2 shared cores).
 bench-learning: install
 	$(PY) bench/learning.py
