@@ -393,7 +393,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         apply_prefect_defaults()
 
     if args.command not in ("synth", "export-slices", "serve-outputs", "weights", "alerts"):
-        from tasks.lifecycle import isolate_temporary_server, start_reaper
+        from tasks.lifecycle import start_reaper
+        from tasks.prefect_internals import isolate_temporary_server
 
         # Whatever this process starts (the temporary Prefect server, workers) stops when
         # it dies, even by SIGKILL; Ctrl-C reaches the flow, not the server it reports to.

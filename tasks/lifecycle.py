@@ -31,6 +31,8 @@ import threading
 import time
 from pathlib import Path
 
+from tasks.prefect_internals import running_server_pids
+
 _POLL_S = 0.3
 _GRACE_S = 3.0
 
@@ -155,27 +157,13 @@ def worker_initializer(parent: int) -> None:
     threading.Thread(target=_watch_parent, args=(parent,), name="tomoflow-parent-watchdog", daemon=True).start()
 
 
-def _server_pids() -> set[int]:
-    """Pids of the temporary Prefect servers this process runs (kept for the final state)."""
-    try:
-        from prefect.server.api.server import SubprocessASGIServer
-    except ImportError:
-        return set()
-    pids = set()
-    for server in list(getattr(SubprocessASGIServer, "_instances", {}).values()):
-        process = getattr(server, "server_process", None)
-        if process is not None and process.poll() is None:
-            pids.add(process.pid)
-    return pids
-
-
 def stop_workers() -> int:
     """Terminate this process's descendants except the temporary Prefect server and the reaper.
 
     Returns:
         How many processes were signalled.
     """
-    keep = _server_pids()
+    keep = running_server_pids()
     if _REAPER is not None:
         keep.add(_REAPER.pid)
     pids = descendants(os.getpid())
@@ -207,47 +195,6 @@ def _ancestors_in(pid: int, keep: set[int], family: dict[int, int]) -> bool:
             return True
         seen += 1
     return False
-
-
-class _NewSessionSubprocess:
-    """``subprocess`` as seen by Prefect's server module, with ``Popen`` in a new session."""
-
-    def __getattr__(self, name: str) -> object:
-        return getattr(subprocess, name)
-
-    @staticmethod
-    def Popen(*args: object, **kwargs: object) -> subprocess.Popen[bytes]:  # noqa: N802 - mirrors subprocess
-        kwargs.setdefault("start_new_session", True)
-        command = kwargs.get("args", args[0] if args else ())
-        uvicorn = "uvicorn" in [str(a) for a in command] if isinstance(command, (list, tuple)) else False
-        if uvicorn and "stderr" not in kwargs:
-            # Its stop prints a CancelledError traceback after a Completed run: drop that alone.
-            kwargs["stderr"] = subprocess.PIPE
-        process = subprocess.Popen(*args, **kwargs)  # type: ignore[call-overload]
-        if uvicorn and process.stderr is not None and kwargs["stderr"] is subprocess.PIPE:
-            from tasks.server_output import forward_without_cancelled
-
-            forward_without_cancelled(process.stderr)
-            process.stderr = None  # Prefect reads it on a failed start; the thread already passes it on
-        return process
-
-
-def isolate_temporary_server() -> None:
-    """Start Prefect's temporary server in a session of its own.
-
-    Ctrl-C at a terminal signals the whole foreground process group; the server would
-    stop at once and the interrupted run could not record that it was cancelled (its
-    API calls would hang on a dead server). In its own session the server only stops
-    when Prefect stops it at the end of the command, or when the reaper does after a
-    SIGKILL. Prefect offers no option for this, so its server module's reference to
-    ``subprocess`` is replaced by one whose ``Popen`` adds ``start_new_session=True``.
-    """
-    try:
-        from prefect.server.api import server as prefect_server
-    except ImportError:
-        return
-    if not isinstance(getattr(prefect_server, "subprocess", None), _NewSessionSubprocess):
-        prefect_server.subprocess = _NewSessionSubprocess()  # type: ignore[assignment]
 
 
 def signal_name(exc: BaseException) -> str:

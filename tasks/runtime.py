@@ -118,9 +118,8 @@ def ephemeral_api_url() -> str | None:
 
     Without a configured PREFECT_API_URL each spawned worker would start a temporary
     server of its own (seconds each) and its task runs would not show in this run's
-    view. Prefect keeps its temporary servers in a class-level registry; there is no
-    public accessor, so this reads it, and returns None when an API is configured or no
-    temporary server runs.
+    view. Prefect has no public accessor for it (:mod:`tasks.prefect_internals` reads it);
+    None when an API is configured or no temporary server runs.
     """
     if os.environ.get("PREFECT_API_URL"):
         return None
@@ -128,12 +127,9 @@ def ephemeral_api_url() -> str | None:
 
     if get_current_settings().api.url:
         return None
-    from prefect.server.api.server import SubprocessASGIServer
+    from tasks.prefect_internals import running_server_url
 
-    for server in list(getattr(SubprocessASGIServer, "_instances", {}).values()):
-        if getattr(server, "running", False):
-            return str(server.api_url)
-    return None
+    return running_server_url()
 
 
 @contextmanager
