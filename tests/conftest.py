@@ -76,3 +76,28 @@ def dbt_volume(make_dbt: Callable[..., tuple[Path, np.ndarray]]) -> tuple[Path, 
 def phantom() -> Callable[..., np.ndarray]:
     """The :func:`breast_phantom` generator, for tests that build their own volumes."""
     return breast_phantom
+
+
+# The slow tier: `make test-fast` (pytest -m "not slow and not e2e") leaves these out; `make
+# test` (what CI runs) runs them too. Listed here by path or node id, not decorated in each
+# module, so the tier reads in one place. Times measured on 2 shared cores (see README).
+SLOW_TESTS: dict[str, str] = {
+    "tests/flows/test_prepare_kill.py": "kills a real prepare run and resumes it",
+    "tests/e2e/test_service.py": "PostgreSQL, a Prefect server, workers and deployments",
+    "tests/flows/test_demo.py::test_demo_falls_back_to_the_scratch_recipe_without_imagenet_weights":
+        "the full demo",
+    "tests/flows/test_demo.py::test_demo_keeps_the_study_settings_with_imagenet_weights": "the full demo",
+    "tests/flows/test_dask.py": "starts a Dask cluster and a temporary Prefect server",
+    "tests/models/test_distributed.py::test_torchrun": "torchrun with two ranks",
+    "tests/models/test_distributed.py::test_two_ranks": "torchrun with two ranks",
+    "tests/models/test_distributed.py::test_a_second_torchrun": "torchrun with two ranks",
+    "tests/models/test_distributed.py::test_replicas_that_drift": "torchrun with two ranks",
+}
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Mark the slow tier: every test whose node id (from the repository root) starts with a key of
+    :data:`SLOW_TESTS` (a file, or a test name or its prefix)."""
+    for item in items:
+        if item.nodeid.startswith(tuple(SLOW_TESTS)):
+            item.add_marker(pytest.mark.slow)
