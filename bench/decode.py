@@ -96,7 +96,7 @@ def _child(args: argparse.Namespace) -> None:
     result: dict[str, object] = {"import_rss_mib": _peak_rss_mib()}
     path = args.volume
     if args.child == "generate":
-        from synth import write_dbt_dicom
+        from synth.dicom_writer import write_dbt_dicom
 
         start = time.perf_counter()
         frames = _volume(args.frames, args.rows, args.columns, args.seed)

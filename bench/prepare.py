@@ -43,7 +43,8 @@ ALL_SLICES_FRAMES = 243_565
 
 def _jobs(root: Path) -> list[dict]:
     """Every frame of every volume (rule ``all``): the all-slices rule of positive volumes."""
-    from tasks.cohorts import build_volume_table, cohorts_from_labels, load_bcs_tables
+    from tasks.cohorts import build_volume_table, cohorts_from_labels
+    from tasks.bcs_csv import load_bcs_tables
     from tasks.slices import select_slices
 
     tables = load_bcs_tables(root)
@@ -57,7 +58,7 @@ def _jobs(root: Path) -> list[dict]:
 def _codestreams(path: str) -> tuple[object, list[bytes]]:
     from pydicom.encaps import get_frame
 
-    from tasks.dicom import _read_header
+    from tasks.dicom_header import read_header as _read_header
 
     header = _read_header(path)
     n = header.info.n_frames
@@ -114,7 +115,7 @@ def _decode_shard(args: tuple[list[str], int | None, int]) -> tuple[int, float]:
     from pydicom.pixels import iter_pixels
 
     from tasks import j2k
-    from tasks.dicom import decode_level
+    from tasks.dicom_decode import decode_level
 
     paths, image_size, edges = args
     frames = 0
@@ -151,7 +152,7 @@ def _extract_shard(args: tuple[list[dict], str, str, int]) -> tuple[int, float]:
 
 
 def _paths(root: Path, jobs: list[dict]) -> list[str]:
-    from tasks.slices import VolumeResolver
+    from tasks.paths import VolumeResolver
 
     resolver = VolumeResolver(root)
     return [str(resolver.resolve(j["descriptive_path"], j["classic_path"], j["patient_id"])[0]) for j in jobs]
@@ -164,7 +165,9 @@ def _step_costs(path: str, size: int) -> dict[str, float]:
     from PIL import Image
 
     from tasks import j2k
-    from tasks.dicom import _render, decode_level, letterbox
+    from tasks.dicom_render import render as _render
+    from tasks.dicom_decode import decode_level
+    from tasks.dicom_geometry import letterbox
     from tasks.io import atomic_write_png
 
     header, streams = _codestreams(path)
@@ -265,7 +268,7 @@ def _reruns(tmp: Path, repeat: int, api_url: str | None) -> dict:
         env["PREFECT_API_URL"] = api_url
     # The rerun measures fixed cost, not decoding: a small dataset with enough patients that every
     # split holds both classes (prepare stops before extraction otherwise).
-    from synth import generate_dataset
+    from synth.generate import generate_dataset
 
     root = tmp / "rerun-data"
     generate_dataset(root, patients=12, seed=1, positive_fraction=0.5, reports=False)
@@ -318,7 +321,7 @@ def main() -> None:
         tmp = Path(tmp_name)
         root = args.data
         if root is None:
-            from synth import generate_dataset
+            from synth.generate import generate_dataset
 
             root = tmp / "data"
             t = time.perf_counter()

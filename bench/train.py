@@ -67,11 +67,12 @@ sys.path.insert(0, str(ROOT))
 
 import torchvision.transforms as T  # noqa: E402
 
-from models import build_model  # noqa: E402
+from models.classifier import build_model  # noqa: E402
 from models.data import default_num_workers, make_loaders  # noqa: E402
 from models.engine import batch_to_device, train_one_epoch  # noqa: E402
 from tasks.config import AugmentConfig, ModelConfig, TrainConfig, TrainParams  # noqa: E402
-from tasks.manifest import MANIFEST_COLUMNS, typed_frame  # noqa: E402
+from tasks.schema import MANIFEST_COLUMNS  # noqa: E402
+from tasks.manifest import typed_frame
 
 TARGET_LOADER_RATIO = 1.0
 TARGET_REAL_VS_DEVICE = 0.9

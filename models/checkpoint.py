@@ -3,7 +3,7 @@
 Run folder (``cfg.run_dir``):
 
 * ``last.pt``: written atomically after every epoch: ``model`` (state_dict),
-  ``model_config`` (the :func:`~models.build_model` arguments), ``optimizer``,
+  ``model_config`` (the :func:`~models.classifier.build_model` arguments), ``optimizer``,
   ``scheduler`` (``None``: the study uses none), ``epoch`` (completed epochs), ``config``
   (``TrainConfig.model_dump(mode="json")``), ``history``, ``best_val_loss``,
   ``best_epoch``, ``epochs_without_improvement``, ``stopped_early``, ``rng``,

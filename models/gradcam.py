@@ -34,7 +34,6 @@ from captum.attr import LayerAttribution, LayerGradCam
 from torch import Tensor, nn
 
 from models.boxes import box_of, boxed_positives, device_of, load_inputs, peak_in_box
-from models.occlusion import occlusion_check  # noqa: F401  re-export: flows/evaluate.py imports it from here
 
 __all__ = [
     "MIN_MAP_SIDE",

@@ -19,23 +19,7 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-# Re-exported: tasks.prepare_steps, bench and the tests import these from tasks.cohorts.
-from tasks.accounting import (  # noqa: F401
-    account_volumes,
-    drop_boxes_outside_frames,
-    reason_code,
-    reject_fraction_error,
-    reject_reason,
-)
-from tasks.bcs_csv import (  # noqa: F401
-    BOX_COLUMNS,
-    CSV_KINDS,
-    FILE_PATH_COLUMNS,
-    LABEL_COLUMNS,
-    BcsTables,
-    find_bcs_csvs,
-    load_bcs_tables,
-)
+from tasks.bcs_csv import FILE_PATH_COLUMNS, LABEL_COLUMNS
 from tasks.schema import COHORT_LABEL, COHORTS, VOLUME_KEY
 
 logger = logging.getLogger(__name__)

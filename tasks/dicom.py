@@ -42,36 +42,17 @@ from pydicom.uid import (
     RLETransferSyntaxes,
 )
 
-from tasks.dicom_decode import (
-    MAX_DECODE_LEVEL,
-    Frame,
-    decode_level,
-    iter_frames,
-    iter_reduced,
-    reduced_allowed,
-)
-from tasks.dicom_geometry import box_to_image, image_side, letterbox
-from tasks.dicom_header import DicomReadError, VolumeInfo, read_header, read_info
+from tasks.dicom_decode import Frame, iter_frames, iter_reduced, reduced_allowed
+from tasks.dicom_header import DicomReadError, read_header
 from tasks.dicom_render import render
 from tasks.schema import VIEWS
-
-# Old private names, still imported by bench/prepare.py (outside this lane).
-_read_header = read_header  # re-export
-_render = render  # re-export
 
 __all__ = [
     "VIEWS",
     "DicomReadError",
     "Frame",
-    "VolumeInfo",
-    "MAX_DECODE_LEVEL",
-    "box_to_image",
-    "decode_level",
     "export_slices",
-    "image_side",
-    "letterbox",
     "read_frames",
-    "read_info",
 ]
 
 _MONOCHROME = ("MONOCHROME1", "MONOCHROME2")

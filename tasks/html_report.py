@@ -33,7 +33,7 @@ from tasks import report_data as data
 from tasks import report_generalization
 from tasks import report_sections as sections
 from tasks.io import atomic_write_text
-from tasks.metrics import LEVELS, METRICS
+from tasks.metrics_point import LEVELS, METRICS
 from tasks.report_sections import METRIC_NAMES, UNIT, ci_label, fmt, fmt_ci, level_entry, n_resamples, null_text
 
 if TYPE_CHECKING:

@@ -10,7 +10,7 @@ from typing import Any, Iterable
 import numpy as np
 import pandas as pd
 
-from tasks.dicom import box_to_image
+from tasks.dicom_geometry import box_to_image
 from tasks.schema import MANIFEST_COLUMNS, REJECT_COLUMNS, VOLUME_KEY
 from tasks.slices import box_records, frame_boxes
 

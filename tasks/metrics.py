@@ -32,7 +32,7 @@ patient's slices and views are not independent evidence) and reports percentile 
 The parts live in :mod:`tasks.metrics_point` (aggregation, point metrics, calibration),
 :mod:`tasks.metrics_bootstrap` (intervals and the null baseline) and
 :mod:`tasks.metrics_chance` (degenerate models, chance losses); this module puts them
-together in :func:`evaluate_predictions` (``metrics.json``) and re-exports them.
+together in :func:`evaluate_predictions` (``metrics.json``); import each part from its own module.
 """
 
 
@@ -44,16 +44,13 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-# The parts, re-exported here: callers import every metric from tasks.metrics.
-from tasks.metrics_bootstrap import NULL_DRAWS, _bootstrap_table, _check_bootstrap, bootstrap_intervals, null_roc_auc
-from tasks.metrics_chance import DEGENERATE_SPREAD, chance_losses, constant_predictor_loss, degeneracy
+from tasks.metrics_bootstrap import NULL_DRAWS, _bootstrap_table, _check_bootstrap, null_roc_auc
+from tasks.metrics_chance import degeneracy
+from tasks.schema import POSITIVE_COHORTS
 from tasks.metrics_point import (
-    COHORT_SEVERITY,
     HOWS,
-    LEVEL_KEYS,
     LEVELS,
     METRICS,
-    POSITIVE_COHORTS,
     How,
     _as_arrays,
     _check_threshold,
@@ -63,20 +60,14 @@ from tasks.metrics_point import (
 )
 
 __all__ = [
-    "COHORT_SEVERITY",
-    "DEGENERATE_SPREAD",
     "LEVELS",
-    "LEVEL_KEYS",
     "METRICS",
     "NULL_DRAWS",
     "POSITIVE_COHORTS",
     "SCHEMA",
     "aggregate",
     "binary_metrics",
-    "bootstrap_intervals",
     "calibration",
-    "chance_losses",
-    "constant_predictor_loss",
     "degeneracy",
     "evaluate_predictions",
     "floor_scorers",

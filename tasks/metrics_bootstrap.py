@@ -24,7 +24,6 @@ import pandas as pd
 from tasks.metrics_point import (
     LEVEL_KEYS,
     METRICS,
-    POSITIVE_COHORTS,
     How,
     Level,
     _as_arrays,
@@ -32,6 +31,7 @@ from tasks.metrics_point import (
     _check_threshold,
     aggregate,
 )
+from tasks.schema import POSITIVE_COHORTS
 
 __all__ = ["NULL_DRAWS", "bootstrap_intervals", "null_roc_auc"]
 

@@ -15,7 +15,7 @@ from typing import Any, Literal
 import numpy as np
 import pandas as pd
 
-from tasks.schema import COHORT_SEVERITY, POSITIVE_COHORTS
+from tasks.schema import COHORT_SEVERITY
 
 __all__ = [
     "COHORT_SEVERITY",
@@ -23,7 +23,6 @@ __all__ = [
     "LEVELS",
     "LEVEL_KEYS",
     "METRICS",
-    "POSITIVE_COHORTS",
     "aggregate",
     "binary_metrics",
     "calibration",

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from tasks.metrics import LEVELS, aggregate
+from tasks.metrics_point import LEVELS, aggregate
 
 if TYPE_CHECKING:  # matplotlib and scikit-learn are imported where a figure is drawn (1-2 s)
     from matplotlib.figure import Figure

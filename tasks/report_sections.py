@@ -17,7 +17,8 @@ import numpy as np
 import pandas as pd
 
 from tasks import report_figures as figures
-from tasks.metrics import LEVELS, METRICS, POSITIVE_COHORTS
+from tasks.metrics_point import LEVELS, METRICS
+from tasks.schema import POSITIVE_COHORTS
 
 #: Plain names and one-line definitions of the metrics.
 METRIC_NAMES: dict[str, tuple[str, str]] = {

@@ -16,9 +16,8 @@ import numpy as np
 import pandas as pd
 
 from tasks.config import SlicesConfig
-from tasks.frame_rules import FrameRule, resolve_frames, stable_seed, volume_key  # noqa: F401 - re-exported
-from tasks.paths import PATH_HOW, VolumeResolver, na_variants  # noqa: F401 - re-export for tasks.extract, bench
-from tasks.schema import STRATEGIES, VOLUME_KEY, Strategy  # noqa: F401 - STRATEGIES re-exported
+from tasks.frame_rules import FrameRule, stable_seed, volume_key
+from tasks.schema import VOLUME_KEY, Strategy
 
 logger = logging.getLogger(__name__)
 

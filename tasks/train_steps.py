@@ -49,7 +49,7 @@ def _fit_key(context: Any, parameters: dict[str, Any]) -> str:
 @task(name="check-weights", cache_key_fn=_weights_key, persist_result=True)
 def check_weights(config: TrainConfig) -> str:
     """Fail before any work if the starting weights are not on this machine."""
-    from models.backbones import resolve_weights
+    from models.weights import resolve_weights
 
     return str(resolve_weights(config.model.model, config.model.weights))
 
@@ -69,7 +69,7 @@ def balance_offline(manifest: str, config: TrainConfig) -> str:
       cache_key_fn=_fit_key, persist_result=True)
 def fit_model(config: TrainConfig) -> dict[str, Any]:
     """Train (or resume from the run folder's last checkpoint) and return the run's files."""
-    from models.train import fit
+    from models.fit import fit
 
     logger = get_run_logger()
     artifact = create_progress_artifact(0.0, key="training-progress",

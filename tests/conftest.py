@@ -22,7 +22,7 @@ from typing import Any, Callable
 import numpy as np
 import pytest
 
-from synth import write_dbt_dicom
+from synth.dicom_writer import write_dbt_dicom
 
 
 def breast_phantom(
@@ -84,9 +84,6 @@ def phantom() -> Callable[..., np.ndarray]:
 SLOW_TESTS: dict[str, str] = {
     "tests/flows/test_prepare_kill.py": "kills a real prepare run and resumes it",
     "tests/e2e/test_service.py": "PostgreSQL, a Prefect server, workers and deployments",
-    "tests/flows/test_demo.py::test_demo_falls_back_to_the_scratch_recipe_without_imagenet_weights":
-        "the full demo",
-    "tests/flows/test_demo.py::test_demo_keeps_the_study_settings_with_imagenet_weights": "the full demo",
     "tests/flows/test_dask.py": "starts a Dask cluster and a temporary Prefect server",
     "tests/models/test_distributed.py::test_torchrun": "torchrun with two ranks",
     "tests/models/test_distributed.py::test_two_ranks": "torchrun with two ranks",

@@ -32,7 +32,7 @@ ROOT = Path(__file__).resolve().parents[2]
 @pytest.fixture(scope="module")
 def dask_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """12 synthetic patients, 64 x 48 frames, 6 to 9 frames per volume."""
-    from synth import generate_dataset
+    from synth.generate import generate_dataset
 
     root = tmp_path_factory.mktemp("bcs-dbt-dask")
     generate_dataset(root, patients=12, seed=4, rows=64, columns=48, frames=(6, 9), reports=False)

@@ -26,7 +26,7 @@ def _env(tmp_path: Path) -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def kill_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from synth import generate_dataset
+    from synth.generate import generate_dataset
 
     root = tmp_path_factory.mktemp("kill-data")
     generate_dataset(root, patients=24, seed=11, rows=96, columns=72, frames=(20, 30), reports=False)

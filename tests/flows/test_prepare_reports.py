@@ -11,7 +11,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from tasks.cohorts import cohorts_from_labels, load_bcs_tables
+from tasks.cohorts import cohorts_from_labels
+from tasks.bcs_csv import load_bcs_tables
 from tasks.config import DataConfig, PrepareConfig, SlicesConfig
 
 

@@ -19,7 +19,7 @@ import pytest
 import tasks.splits as splits_mod
 from flows.prefect_env import EPHEMERAL_STARTUP_TIMEOUT_S, STARTUP_TIMEOUT_VARIABLE
 from tasks.config import DataConfig, PrepareConfig, SlicesConfig
-from synth import generate_dataset
+from synth.generate import generate_dataset
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -42,9 +42,9 @@ def test_train_flow_two_epochs_then_rerun_resumes(prefect_harness, prepared: Pat
     assert result["resumed_from"] == 0
 
     # The rerun reuses the stored result: it neither trains nor loads a checkpoint.
-    import models.train
+    import models.fit
 
-    monkeypatch.setattr(models.train, "fit", lambda *a, **k: pytest.fail("a cached rerun must not train"))
+    monkeypatch.setattr(models.fit, "fit", lambda *a, **k: pytest.fail("a cached rerun must not train"))
     again = train_classifier(config=_train_config(prepared, run))
     assert again["resumed_from"] == 2 and again["epochs_run"] == 2
     assert pd.read_csv(again["history"]).equals(history)

@@ -20,7 +20,7 @@ import torch
 from sklearn.metrics import roc_auc_score
 from torch import nn
 
-from models import build_model
+from models.classifier import build_model
 from models.predict import predict
 from models.checkpoint import load_classifier
 from models.engine import recalibrate_batchnorm

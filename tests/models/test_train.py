@@ -17,7 +17,9 @@ import torch
 
 import models.engine
 import models.fit
-from models import ClassifierOutput, WeightsNotFoundError, build_model
+from models.heads import ClassifierOutput
+from models.weights import WeightsNotFoundError
+from models.classifier import build_model
 from models.checkpoint import HISTORY_COLUMNS, load_classifier
 from models.data import load_manifest, make_loaders
 from models.engine import apply_schedule, batch_to_device, build_optimizer, train_one_epoch

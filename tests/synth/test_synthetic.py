@@ -19,7 +19,8 @@ import pytest
 from pydicom.pixels import pixel_array
 
 from synth import generate as synth_generate
-from synth import generate_dataset, write_dbt_dicom, write_dbt_dicom_frames
+from synth.generate import generate_dataset
+from synth.dicom_writer import write_dbt_dicom, write_dbt_dicom_frames
 
 SMALL = dict(patients=20, rows=64, columns=48, frames=(8, 12))
 

@@ -23,7 +23,8 @@ from tasks.augment import (
     train_transforms,
 )
 from tasks.config import AugmentConfig
-from tasks.manifest import MANIFEST_COLUMNS, typed_frame
+from tasks.schema import MANIFEST_COLUMNS
+from tasks.manifest import typed_frame
 
 OFF = AugmentConfig(flip_p=0.0, max_rotation=0.0, zoom=(1.0, 1.0), shift=0.0, brightness=0.0)
 

@@ -16,10 +16,9 @@ from tasks.cohorts import (
     build_volume_table,
     cohorts_from_labels,
     combine_cohorts,
-    find_bcs_csvs,
-    load_bcs_tables,
     volume_counts,
 )
+from tasks.bcs_csv import find_bcs_csvs, load_bcs_tables
 
 FP_HEADER = ["PatientID", "StudyUID", "View", "descriptive_path", "classic_path"]
 LABEL_HEADER = ["PatientID", "StudyUID", "View", "Normal", "Actionable", "Benign", "Cancer"]
@@ -296,7 +295,7 @@ def test_cohorts_from_reports_apply_side_and_study_views() -> None:
 
 
 def test_every_listed_volume_is_used_or_rejected_with_a_reason() -> None:
-    from tasks.cohorts import account_volumes, reject_fraction_error, reject_reason
+    from tasks.accounting import account_volumes, reject_fraction_error, reject_reason
 
     volumes = pd.DataFrame({
         "patient_id": ["P1", "P1", "P2", "P3", "P4", "P5", "P6"],

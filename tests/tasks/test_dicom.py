@@ -18,17 +18,11 @@ from pydicom.pixels.decoders.base import get_decoder
 from pydicom.sequence import Sequence as DicomSequence
 from pydicom.uid import JPEG2000Lossless
 
-from synth import BREAST_TOMOSYNTHESIS_STORAGE
-from tasks.dicom import (
-    DicomReadError,
-    Frame,
-    box_to_image,
-    export_slices,
-    image_side,
-    letterbox,
-    read_frames,
-    read_info,
-)
+from synth.layout import BREAST_TOMOSYNTHESIS_STORAGE
+from tasks.dicom_header import DicomReadError, read_info
+from tasks.dicom_decode import Frame
+from tasks.dicom_geometry import box_to_image, image_side, letterbox
+from tasks.dicom import export_slices, read_frames
 
 
 def reference_window(values: np.ndarray, center: float, width: float) -> np.ndarray:

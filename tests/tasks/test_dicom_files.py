@@ -9,7 +9,8 @@ from pydicom.pixels import apply_modality_lut, apply_voi_lut
 from pydicom.pixels.decoders.base import get_decoder
 from pydicom.uid import JPEG2000Lossless, JPEGLSLossless, RLELossless
 
-from tasks.dicom import DicomReadError, read_frames, read_info
+from tasks.dicom_header import DicomReadError, read_info
+from tasks.dicom import read_frames
 from tests.tasks.test_dicom import assert_close, images, real
 
 

@@ -8,14 +8,15 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from tasks.cohorts import build_volume_table, cohorts_from_labels, load_bcs_tables
+from tasks.cohorts import build_volume_table, cohorts_from_labels
+from tasks.bcs_csv import load_bcs_tables
 from tasks.extract import extract_shard, remove_stale_temporaries, split_finished
 from tasks.slices import select_slices
 
 
 @pytest.fixture(scope="module")
 def plan_and_root(tmp_path_factory: pytest.TempPathFactory) -> tuple[pd.DataFrame, Path]:
-    from synth import generate_dataset
+    from synth.generate import generate_dataset
 
     root = tmp_path_factory.mktemp("extract-data")
     generate_dataset(root, patients=20, seed=5, rows=64, columns=48, frames=(6, 9), reports=False)

@@ -12,7 +12,9 @@ from pydicom.pixels import iter_pixels
 from pydicom.uid import JPEG2000TransferSyntaxes
 
 from tasks import j2k
-from tasks.dicom import MAX_DECODE_LEVEL, decode_level, letterbox, read_frames
+from tasks.dicom_decode import MAX_DECODE_LEVEL, decode_level
+from tasks.dicom_geometry import letterbox
+from tasks.dicom import read_frames
 
 pytestmark = pytest.mark.skipif(not j2k.available()[0], reason="libopenjp2 not reachable through ctypes")
 
@@ -142,7 +144,7 @@ def _difference(a: np.ndarray, b: np.ndarray, mask: np.ndarray) -> tuple[float, 
 @pytest.fixture(scope="module")
 def full_size_frame(tmp_path_factory) -> Path:
     """One full-size (2457 x 1890) synthetic DBT frame, as `tomoflow synth --full-size` writes."""
-    from synth import generate_dataset
+    from synth.generate import generate_dataset
 
     root = tmp_path_factory.mktemp("full-size")
     generate_dataset(root, patients=1, seed=5, full_size=True, frames=(1, 1), reports=False)

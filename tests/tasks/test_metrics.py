@@ -11,14 +11,10 @@ import pytest
 
 import tasks.metrics as metrics_mod
 import tasks.metrics_bootstrap as bootstrap_mod
-from tasks.metrics import (
-    METRICS,
-    aggregate,
-    binary_metrics,
-    bootstrap_intervals,
-    calibration,
-    evaluate_predictions,
-)
+import tasks.metrics_chance as chance_mod
+from tasks.metrics_point import METRICS, aggregate, binary_metrics, calibration
+from tasks.metrics_bootstrap import bootstrap_intervals
+from tasks.metrics import evaluate_predictions
 
 
 def _no_nan(obj: object) -> None:
@@ -359,13 +355,13 @@ def test_random_scores_null_auc_matches_hand_computation_and_is_flagged() -> Non
 
 def test_null_auc_is_seeded_and_mean_aggregation_removes_the_count_bias() -> None:
     pred = _random_scores_manifest(n_pos=20, n_neg=20, pos_images=4)
-    a = metrics_mod.null_roc_auc(pred, "patient", "max", draws=50, seed=7)
-    b = metrics_mod.null_roc_auc(pred, "patient", "max", draws=50, seed=7)
+    a = bootstrap_mod.null_roc_auc(pred, "patient", "max", draws=50, seed=7)
+    b = bootstrap_mod.null_roc_auc(pred, "patient", "max", draws=50, seed=7)
     assert a == b
     assert a["null_roc_auc"] == pytest.approx(0.8, abs=0.04)  # 4 / (4 + 1)
-    mean = metrics_mod.null_roc_auc(pred, "patient", "mean", draws=50, seed=7)
+    mean = bootstrap_mod.null_roc_auc(pred, "patient", "mean", draws=50, seed=7)
     assert mean["null_roc_auc"] == pytest.approx(0.5, abs=0.05)
-    one_class = metrics_mod.null_roc_auc(pred[pred["label"] == 1], "patient", draws=5)
+    one_class = bootstrap_mod.null_roc_auc(pred[pred["label"] == 1], "patient", draws=5)
     assert one_class["null_roc_auc"] is None and "one class" in one_class["reason"]
 
 
@@ -387,9 +383,9 @@ def test_constant_output_model_is_degenerate() -> None:
     assert "hardly vary" in result["degenerate_reason"]
     assert "called normal" in result["degenerate_reason"]
     # All called tumour, with spread: degenerate for the other reason only.
-    flagged, why = metrics_mod.degeneracy(np.linspace(0.6, 0.9, 20), 0.5)
+    flagged, why = chance_mod.degeneracy(np.linspace(0.6, 0.9, 20), 0.5)
     assert flagged and "called tumour" in why and "hardly vary" not in why
-    assert metrics_mod.degeneracy(np.linspace(0.1, 0.9, 20), 0.5) == (False, None)
+    assert chance_mod.degeneracy(np.linspace(0.1, 0.9, 20), 0.5) == (False, None)
 
 
 def test_constant_predictor_loss_is_the_weighted_chance_loss() -> None:
@@ -397,9 +393,9 @@ def test_constant_predictor_loss_is_the_weighted_chance_loss() -> None:
     import torch.nn.functional as F
 
     # Unweighted: the entropy of the prevalence.
-    assert metrics_mod.constant_predictor_loss(1, 3) == pytest.approx(-(0.25 * math.log(0.25) + 0.75 * math.log(0.75)))
+    assert chance_mod.constant_predictor_loss(1, 3) == pytest.approx(-(0.25 * math.log(0.25) + 0.75 * math.log(0.75)))
     # Weighted by n_neg / n_pos: the best constant is 1/2 and the loss 2 * n_neg / n * log 2.
-    loss = metrics_mod.constant_predictor_loss(10, 90, 9.0)
+    loss = chance_mod.constant_predictor_loss(10, 90, 9.0)
     assert loss == pytest.approx(2 * 90 / 100 * math.log(2))
     # No constant logit does better in torch's own weighted BCE.
     target = torch.tensor([1.0] * 10 + [0.0] * 90)
@@ -408,12 +404,12 @@ def test_constant_predictor_loss_is_the_weighted_chance_loss() -> None:
     assert best == pytest.approx(loss, abs=1e-4)
     manifest = pd.DataFrame({"split": ["train"] * 100 + ["validation"] * 20,
                              "label": [1] * 10 + [0] * 90 + [1] * 4 + [0] * 16})
-    chance = metrics_mod.chance_losses(manifest, "weights")
+    chance = chance_mod.chance_losses(manifest, "weights")
     assert chance["train"] == pytest.approx(loss) and chance["pos_weight"] == pytest.approx(9.0)
-    assert chance["validation"] == pytest.approx(metrics_mod.constant_predictor_loss(4, 16, 9.0))
-    assert metrics_mod.chance_losses(manifest, "sampler")["train"] == pytest.approx(math.log(2))
-    assert metrics_mod.chance_losses(manifest, "none", aux_weight=0.4)["train"] == pytest.approx(
-        1.4 * metrics_mod.constant_predictor_loss(10, 90))
+    assert chance["validation"] == pytest.approx(chance_mod.constant_predictor_loss(4, 16, 9.0))
+    assert chance_mod.chance_losses(manifest, "sampler")["train"] == pytest.approx(math.log(2))
+    assert chance_mod.chance_losses(manifest, "none", aux_weight=0.4)["train"] == pytest.approx(
+        1.4 * chance_mod.constant_predictor_loss(10, 90))
 
 
 def test_floor_scorers_constant_and_random() -> None:

@@ -14,7 +14,9 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from tasks.metrics import LEVELS, METRICS, POSITIVE_COHORTS, evaluate_predictions
+from tasks.metrics_point import LEVELS, METRICS
+from tasks.schema import POSITIVE_COHORTS
+from tasks.metrics import evaluate_predictions
 from tasks.html_report import SECTION_HEADINGS, metrics_table, summary_markdown, write_report
 
 COHORT_SUMMARY: dict[str, Any] = {

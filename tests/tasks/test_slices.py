@@ -18,7 +18,8 @@ from pydicom.uid import ExplicitVRLittleEndian
 from tasks.frame_rules import FrameRule, resolve_frames, volume_key
 from tasks.paths import VolumeResolver, na_variants
 from tasks.slices import PLAN_COLUMNS, frame_boxes, select_slices
-from synth import deterministic_uid, write_dbt_dicom
+from synth.layout import deterministic_uid
+from synth.dicom_writer import write_dbt_dicom
 
 COLLECTION = "Breast-Cancer-Screening-DBT"
 REPO_ROOT = Path(__file__).resolve().parents[2]

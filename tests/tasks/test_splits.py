@@ -7,8 +7,8 @@ import json
 import pandas as pd
 import pytest
 
+from tasks.schema import SPLITS
 from tasks.splits import (
-    SPLITS,
     SplitClassError,
     SplitLeakError,
     allocate,
