@@ -59,7 +59,7 @@ def run(args: argparse.Namespace, out: Path) -> dict:
     """Write the collection, run the pipeline, and read the comparison from metrics.json."""
     from flows.prefect_env import apply_prefect_defaults
     from flows.pipeline import tomoflow_pipeline
-    from synth import generate_dataset
+    from synth.generate import generate_dataset
 
     start = time.perf_counter()
     data = out / "data"

@@ -45,7 +45,7 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3)
     args = parser.parse_args()
 
-    from synth import write_dbt_dicom
+    from synth.dicom_writer import write_dbt_dicom
     from tasks.dicom import read_frames
     from tasks.source_hash import sha256_file, source_sha256
     from tests.conftest import breast_phantom

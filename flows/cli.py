@@ -11,9 +11,7 @@ from typing import Sequence
 
 from flows.cli_experiments import add_experiments
 from flows.cli_serve import add_serve_outputs
-from flows.cli_config import (  # noqa: F401 - CONFIG_OPTIONS, NOT_CONFIG re-exported for the tests
-    CONFIG_OPTIONS,
-    NOT_CONFIG,
+from flows.cli_config import (
     config_option,
     evaluate_config_from_args,
     prepare_config_from_args,
@@ -52,7 +50,7 @@ def _frames_arg(text: str) -> list[int]:
 
 
 def _cmd_synth(args: argparse.Namespace) -> int:
-    from synth import generate_dataset
+    from synth.generate import generate_dataset
 
     frames = None
     if args.frames:

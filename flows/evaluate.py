@@ -13,7 +13,7 @@ from prefect.runtime import flow_run
 from tasks.config import EvaluateConfig
 from tasks.evaluate_lock import evaluation_locks
 from tasks.lifecycle import interrupted
-from tasks.evaluate_steps import (  # noqa: F401 - the tasks, importable from here as before
+from tasks.evaluate_steps import (
     audit_training_overlap,
     compare_external,
     compute_metrics,

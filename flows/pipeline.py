@@ -30,19 +30,14 @@ from flows.train import train_classifier
 from tasks import runtime
 from tasks.config import PipelineConfig, PrepareConfig, TrainConfig
 from tasks.io import atomic_write_json
-from tasks.pipeline_steps import (  # noqa: F401 - ChildRunFailed and the old private names, re-exported
-    ChildRunFailed,
-    comparison_row,
-    floor_rows,
+from tasks.pipeline_steps import (
     preflight,
     publish_pipeline,
     resolve_config,
     run_training_deployment,
     weights_or_scratch,
-    write_comparison,
 )
-from tasks.pipeline_steps import run_training_deployment as _run_training_deployment  # noqa: F401 - re-export
-from tasks.pipeline_steps import weights_or_scratch as _weights_or_scratch  # noqa: F401 - re-export
+from tasks.comparison import comparison_row, floor_rows, write_comparison
 from tasks.output_slot import output_root_slot
 from tasks.presets import PresetName, explicit_settings, list_presets, merge_config, pipeline_config
 from tasks.service import deployment_defaults, deployment_id

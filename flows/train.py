@@ -14,10 +14,9 @@ from prefect.runtime import flow_run
 from tasks.config import TrainConfig
 from tasks.io import ensure_writable_dir, output_lock
 from tasks.lifecycle import interrupted
-from tasks.train_steps import (  # noqa: F401 - the tasks, importable from here as before
+from tasks.train_steps import (
     balance_offline,
     check_weights,
-    fit_model,
     fit_or_reuse,
     publish_history,
 )

@@ -44,7 +44,6 @@ from pydicom.uid import (
 
 from tasks.dicom_decode import Frame, iter_frames, iter_reduced, reduced_allowed
 from tasks.dicom_header import DicomReadError, read_header
-from tasks.dicom_render import render
 from tasks.schema import VIEWS
 
 __all__ = [

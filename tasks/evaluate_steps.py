@@ -76,7 +76,8 @@ def compare_external(checkpoint: str, manifest: str, predictions: str, image_siz
     """Score the model's own test split again, and write the external figures beside them with the gap."""
     import pandas as pd
 
-    from models.train import load_classifier, resolve_device
+    from models.checkpoint import load_classifier
+    from models.engine import resolve_device
     from tasks.generalization import EXTERNAL_NAME, external_comparison, predict_rows
     from tasks.io import atomic_write_json
 
@@ -94,7 +95,8 @@ def predict_split(checkpoint: str, manifest: str, image_size: int, out_dir: str,
     """Run the model over the split's images and write predictions.parquet."""
     import pandas as pd
 
-    from models.train import load_classifier, resolve_device
+    from models.checkpoint import load_classifier
+    from models.engine import resolve_device
     from tasks.generalization import predict_rows
     from tasks.io import atomic_write_parquet
 
@@ -113,8 +115,10 @@ def compute_metrics(predictions: str, checkpoint: str, manifest: str, image_size
     import pandas as pd
 
     from models.controls import localisation_references, occlusion_control
-    from models.gradcam import box_hit_fraction, occlusion_check
-    from models.train import load_classifier, resolve_device
+    from models.gradcam import box_hit_fraction
+    from models.occlusion import occlusion_check
+    from models.checkpoint import load_classifier
+    from models.engine import resolve_device
     from tasks.io import atomic_write_json
     from tasks.metrics import evaluate_predictions
     from tasks.trivial_scores import trivial_baseline
@@ -147,8 +151,9 @@ def write_report(metrics: str, predictions: str, checkpoint: str, manifest: str,
     import pandas as pd
 
     from models.gradcam import gradcam_examples
-    from models.train import load_classifier, resolve_device
-    from tasks.metrics import chance_losses
+    from models.checkpoint import load_classifier
+    from models.engine import resolve_device
+    from tasks.metrics_chance import chance_losses
     from tasks.html_report import write_report as render
 
     run = Path(cfg.run_dir)

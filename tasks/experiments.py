@@ -66,7 +66,7 @@ def _resolve_weights(name: str, cfg: PipelineConfig, weights: str) -> tuple[Pipe
         return scratch, (f"trained from scratch (--weights none): {scratch.model.model}, "
                          f"backbone lr x{scratch.train.backbone_lr_factor:g}; not transfer-learning figures")
     cfg, note = weights_or_scratch(cfg)
-    from models.backbones import resolve_weights
+    from models.weights import resolve_weights
 
     try:
         resolve_weights(cfg.model.model, cfg.model.weights)

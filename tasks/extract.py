@@ -27,9 +27,11 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from tasks.config import CODE_VERSION
-from tasks.dicom import read_frames, read_info
+from tasks.dicom import read_frames
+from tasks.dicom_header import read_info
 from tasks.io import OutputPathError, atomic_write_bytes, atomic_write_json, png_bytes
-from tasks.slices import VolumeResolver, resolve_frames, volume_key
+from tasks.paths import VolumeResolver
+from tasks.frame_rules import resolve_frames, volume_key
 from tasks.source_hash import png_matches, sha256_bytes, source_sha256
 
 log = logging.getLogger(__name__)
@@ -321,7 +323,7 @@ def estimated_seconds(
     sampled volume's size at the level the reader will use; a rough figure, only to decide
     whether worker processes are worth starting.
     """
-    from tasks.dicom import decode_level
+    from tasks.dicom_decode import decode_level
     from pydicom.uid import JPEG2000TransferSyntaxes
 
     resolver = VolumeResolver(data_root)

@@ -17,7 +17,6 @@ from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
 from pydantic import ValidationError
 
-from tasks.comparison import comparison_row, floor_rows, write_comparison  # noqa: F401 - re-exported for the flows
 from tasks.config import PipelineConfig, TrainConfig
 from tasks.presets import check_preset, explicit_settings, merge_config, pipeline_config
 from tasks.service import (DATA_VAR, OUTPUT_VAR, ServiceConfigError, deployment_defaults, deployment_id,
@@ -64,7 +63,7 @@ def weights_or_scratch(cfg: PipelineConfig) -> tuple[PipelineConfig, str | None]
     """Keep the configured weights, or fall back to scratch (with a note) where allowed."""
     if cfg.model.weights != "imagenet" or not cfg.scratch_if_no_weights:
         return cfg, None
-    from models.backbones import WeightsNotFoundError, resolve_weights
+    from models.weights import WeightsNotFoundError, resolve_weights
 
     try:
         resolve_weights(cfg.model.model, cfg.model.weights)

@@ -76,7 +76,7 @@ def fit_sentences(sentences: list[str], limit: int = MESSAGE_LIMIT) -> str:
 
 def weights_problem(cfg: PipelineConfig, started_by: StartedBy) -> str | None:
     """Whether the network's starting weights are on this worker; None when they are (or none are wanted)."""
-    from models.backbones import WeightsNotFoundError, resolve_weights
+    from models.weights import WeightsNotFoundError, resolve_weights
     from models.weights import imagenet_weights_file
 
     model = cfg.model.model

@@ -23,9 +23,10 @@ from tasks.data_origin import data_origin
 from tasks.caching import content_cache_key_fn, step_dir
 from tasks.config import PrepareConfig
 from tasks import lifecycle
-from tasks.extract import extract_shard, remove_stale_temporaries
+from tasks.extract import extract_shard
 from tasks.io import atomic_write, atomic_write_json, atomic_write_parquet
-from tasks.manifest import REJECT_COLUMNS, build_manifest, typed_frame
+from tasks.schema import REJECT_COLUMNS
+from tasks.manifest import build_manifest, typed_frame
 from tasks.retry import retry_policy
 
 _CACHED = {"persist_result": True, **retry_policy(retries=2, delay_seconds=1)}

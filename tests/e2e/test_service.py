@@ -132,7 +132,7 @@ def service(tmp_path_factory: pytest.TempPathFactory):
         pytest.skip(f"{DB_VAR} is not set: .ci/run installs Debian's postgresql, starts a cluster on loopback "
                     "and exports it; run the test through .ci/run or export it yourself (sqlite: Prefect's SQLite)")
     database = None if database == "sqlite" else database
-    from synth import generate_dataset
+    from synth.generate import generate_dataset
 
     tmp = tmp_path_factory.mktemp("service")
     data, outputs = tmp / "data12", tmp / "outputs"

@@ -7,14 +7,14 @@ from typing import Any
 
 import pytest
 
-from flows.cli import (
+from flows.cli_config import (
     CONFIG_OPTIONS,
     NOT_CONFIG,
-    build_parser,
     evaluate_config_from_args,
     prepare_config_from_args,
     train_config_from_args,
 )
+from flows.cli import build_parser
 from tasks.config import EvaluateConfig
 
 REQUIRED = {

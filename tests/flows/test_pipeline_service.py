@@ -3,7 +3,6 @@ on data errors, run names that never raise, the merged configuration stored with
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest

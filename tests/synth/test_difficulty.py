@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from flows.cli import main
-from synth import generate_dataset
+from synth.generate import generate_dataset
 from synth.anatomy import DIFFICULTIES, lesion_settings
 from tests.synth.test_synthetic import oriented_frame, resolve
 

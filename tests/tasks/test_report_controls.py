@@ -14,7 +14,8 @@ from torch import nn
 
 from models.controls import control_box, localisation_references, occlusion_control
 from tasks.html_report import write_report
-from tasks.metrics import chance_losses, evaluate_predictions
+from tasks.metrics_chance import chance_losses
+from tasks.metrics import evaluate_predictions
 from tasks.report_sections import interval_of, wilson_interval
 
 
