@@ -24,6 +24,7 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 from prefect.runtime import flow_run
 
+from models.checkpoint import chosen_checkpoint
 from flows.evaluate import evaluate_model
 from flows.prepare import prepare_data
 from flows.train import train_classifier
@@ -138,7 +139,7 @@ def _run_pipeline(cfg: PipelineConfig, root: Path, preset: str | None, note: str
         "run_dir": str(run_dir),
         "manifest": prepared["manifest"],
         "cohort_summary": prepared["summary"],
-        "checkpoint": str(model_dir / "best.pt") if (model_dir / "best.pt").is_file() else str(model_dir / "last.pt"),
+        "checkpoint": str(chosen_checkpoint(model_dir)),
         "history": str(model_dir / "history.csv"),
         "predictions": evaluated["predictions"],
         "metrics": evaluated["metrics"],

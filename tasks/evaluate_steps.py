@@ -15,6 +15,7 @@ from typing import Any
 from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
+from models.checkpoint import chosen_checkpoint
 from tasks.caching import content_cache_key_fn
 from tasks.config import EvaluateConfig
 from tasks.retry import retry_policy
@@ -29,7 +30,7 @@ def run_inputs(cfg: EvaluateConfig) -> tuple[Path, Path, Path, dict[str, Any]]:
     if not config_path.is_file():
         raise ValueError(f"{run}: no config.json: is this a training run folder (tomoflow train --out RUN)?")
     train_conf = json.loads(config_path.read_text())
-    checkpoint = run / "best.pt" if (run / "best.pt").is_file() else run / "last.pt"
+    checkpoint = chosen_checkpoint(run)
     if not checkpoint.is_file():
         raise ValueError(f"{run}: neither best.pt nor last.pt exists; train the model first")
     manifest = Path(cfg.manifest or train_conf["manifest"])
