@@ -333,11 +333,8 @@ def _add_demo(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> Non
     p.add_argument("--out", type=Path, default=Path("demo-output"), help="output folder")
     p.add_argument("--patients", type=int, default=100, help="synthetic patients (default 100)")
     p.add_argument("--seed", type=int, default=0)
-    # Accepted so that existing callers keep working, but not read: the demo preset
-    # (configs/demo.yaml) fixes the image sizes the demo is tuned for.
-    p.add_argument("--image-size", type=int, default=128,
-                   help="ignored, kept for compatibility: configs/demo.yaml sets the image sizes "
-                        "(96 px PNGs, 64 px network input)")
+    # No --image-size: the demo preset (configs/demo.yaml) fixes the sizes its verdict is tuned
+    # for (96 px PNGs, 64 px network input); 'tomoflow run --preset demo' takes other settings.
     p.set_defaults(func=_cmd_demo)
 
 

@@ -6,7 +6,7 @@ killed. It cannot help with a data or configuration error (a split that holds on
 an unknown option, a missing weights file): those fail again, identically, after
 wasting the retry delay and leaving duplicate progress artifacts. Every task that has
 ``retries`` passes :func:`retry_on_transient` as its ``retry_condition_fn``
-(:data:`RETRY_POLICY` bundles the three options).
+(:func:`retry_policy` bundles the three options).
 """
 
 from __future__ import annotations
