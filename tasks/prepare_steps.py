@@ -15,6 +15,8 @@ import pandas as pd
 from prefect import get_run_logger, task
 from prefect.artifacts import create_table_artifact
 
+from tasks import accounting as accounting_mod
+from tasks import bcs_csv
 from tasks import cohorts as cohorts_mod
 from tasks import report_filter as reports_mod
 from tasks import slices as slices_mod
@@ -98,7 +100,7 @@ def group_cohorts(csv_files: list[str], data_root: str, report_studies: str | No
                   config: PrepareConfig) -> dict[str, str]:
     """Group volumes into cohorts from the labels CSV and/or report-derived study cohorts."""
     use_labels = config.data.use_labels
-    tables = cohorts_mod.load_bcs_tables(data_root, require_labels=use_labels and report_studies is None)
+    tables = bcs_csv.load_bcs_tables(data_root, require_labels=use_labels and report_studies is None)
     sources, label_rejects = [], tables.labels.iloc[0:0][["patient_id", "study_uid", "view"]].assign(reason="")
     if use_labels and len(tables.labels):
         from_labels, label_rejects = cohorts_mod.cohorts_from_labels(tables.labels)
@@ -193,16 +195,16 @@ def write_manifest(plan: str, splits: str, records: list[str], cohort_parts: lis
     plan_df, splits_df = pd.read_parquet(plan), pd.read_parquet(splits)
     box_rejects = pd.DataFrame(columns=list(REJECT_COLUMNS))
     if boxes is not None:
-        plan_df, box_rejects = cohorts_mod.drop_boxes_outside_frames(plan_df, pd.read_parquet(boxes), records)
+        plan_df, box_rejects = accounting_mod.drop_boxes_outside_frames(plan_df, pd.read_parquet(boxes), records)
     manifest, extraction_rejects = build_manifest(
         plan_df, splits_df, records, out_dir=config.data.output_dir, lesion_window=config.slices.lesion_window
     )
     splits_mod.assert_disjoint(manifest)
     earlier = [pd.read_parquet(p) for p in cohort_parts if p.endswith(".parquet")]
     accounting = {}
-    volume_rows = extraction_rejects.assign(reason=extraction_rejects["reason"].map(cohorts_mod.reject_reason))
+    volume_rows = extraction_rejects.assign(reason=extraction_rejects["reason"].map(accounting_mod.reject_reason))
     if volumes is not None:
-        volume_rows, accounting = cohorts_mod.account_volumes(
+        volume_rows, accounting = accounting_mod.account_volumes(
             pd.read_parquet(volumes), plan_df, manifest, volume_rows,
             max_reject_fraction=config.data.max_reject_fraction,
         )
@@ -312,9 +314,9 @@ def check_label_rejects(volumes: str, plan: str, cohort_parts: list[str], config
         gone = set(missing[cohorts_mod.KEY].astype(str).itertuples(index=False, name=None))
         keep = [k not in gone for k in plan_df[cohorts_mod.KEY].astype(str).itertuples(index=False, name=None)]
         used = plan_df.loc[keep]
-    rows, accounting = cohorts_mod.account_volumes(
+    rows, accounting = accounting_mod.account_volumes(
         pd.read_parquet(volumes), plan_df, used, missing, max_reject_fraction=config.data.max_reject_fraction)
-    error = cohorts_mod.reject_fraction_error(accounting)
+    error = accounting_mod.reject_fraction_error(accounting)
     if error is None:
         return accounting
     earlier = [pd.read_parquet(p) for p in cohort_parts if p.endswith(".parquet")]
@@ -337,7 +339,7 @@ def check_label_rejects(volumes: str, plan: str, cohort_parts: list[str], config
 def fail_on_rejects(result: dict[str, Any], config: PrepareConfig, kept: str | None) -> None:
     """Publish the rejects and the summary without a manifest, and stop, if too much was rejected."""
     summary = json.loads(Path(result["summary"]).read_text())
-    error = cohorts_mod.reject_fraction_error(summary.get("accounting", {}))
+    error = accounting_mod.reject_fraction_error(summary.get("accounting", {}))
     if error is None:
         return
     publish_outputs({"rejects": result["rejects"], "summary": result["summary"]},
@@ -347,7 +349,7 @@ def fail_on_rejects(result: dict[str, Any], config: PrepareConfig, kept: str | N
 
 def cohort_csv_files(config: PrepareConfig, reports: dict[str, str] | None) -> list[str]:
     """The BCS-DBT CSVs under the data root (found by name), sorted: group-cohorts' inputs and cache key."""
-    csvs = cohorts_mod.find_bcs_csvs(config.data.data_root,
+    csvs = bcs_csv.find_bcs_csvs(config.data.data_root,
                                      require_labels=config.data.use_labels and reports is None)
     return sorted(str(p) for paths in csvs.values() for p in paths)
 
