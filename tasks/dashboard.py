@@ -17,47 +17,27 @@ from tasks.io import atomic_write_bytes
 
 
 def learning_curves_png(history_csv: str | Path, out_path: str | Path) -> Path | None:
-    """Loss and accuracy per epoch (training and validation) as a small PNG.
+    """The report's learning-curve figure (loss and accuracy per epoch) as a small PNG.
 
     Args:
         history_csv: The training run's ``history.csv``.
         out_path: Where the PNG goes (written atomically).
 
     Returns:
-        The PNG's path, or None when the history is missing or empty.
+        The PNG's path, or None when the history is missing, empty or lacks a column.
     """
-    import io
-
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     import pandas as pd
+
+    from tasks.report_figures import CURVE_COLUMNS, draw_learning_curves, png_bytes
 
     path = Path(history_csv)
     if not path.is_file():
         return None
     h = pd.read_csv(path)
-    if h.empty or "epoch" not in h.columns:
+    if h.empty or not set(CURVE_COLUMNS) <= set(h.columns):
         return None
-    h = h.sort_values("epoch")
-    fig, axes = plt.subplots(1, 2, figsize=(8, 3), dpi=80)
-    for ax, kind in zip(axes, ("loss", "accuracy")):
-        for split, style in (("train", "-o"), ("val", "--s")):
-            column = f"{split}_{kind}"
-            if column in h.columns:
-                ax.plot(h["epoch"], h[column], style, markersize=3,
-                        label="training" if split == "train" else "validation")
-        if kind == "accuracy":
-            ax.set_ylim(0, 1)
-        ax.set_xlabel("epoch")
-        ax.set_title(kind)
-        ax.legend(fontsize=8)
-    fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png")
-    plt.close(fig)
-    return atomic_write_bytes(Path(out_path), buffer.getvalue())
+    fig, _ = draw_learning_curves(h.sort_values("epoch"), {})
+    return atomic_write_bytes(Path(out_path), png_bytes(fig, dpi=80))
 
 
 def pipeline_summary_markdown(metrics: Mapping[str, Any], *, run_name: str, report_url: str | None,

@@ -25,18 +25,25 @@ __all__ = ["calibration_figure", "confusion_figure", "example_figure", "learning
 
 # Okabe-Ito colours: distinguishable with the common colour-vision deficiencies.
 _TRAIN, _VAL = "#0072B2", "#E69F00"
+#: The columns of ``history.csv`` the learning curves draw.
+CURVE_COLUMNS = ("epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy")
 LEVEL_COLOURS = {"slice": "#56B4E9", "volume": "#009E73", "patient": "#D55E00"}
 
 
-def png_data_uri(fig: Figure, *, dpi: int = 110) -> str:
-    """The figure as a ``data:`` URI: the page loads nothing from anywhere."""
+def png_bytes(fig: Figure, *, dpi: int = 110) -> bytes:
+    """The figure as PNG bytes (Agg canvas, no pyplot state)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
 
     FigureCanvasAgg(fig)
     buffer = io.BytesIO()
     # No "Software" entry: equal figures give equal bytes.
     fig.savefig(buffer, format="png", dpi=dpi, metadata={"Software": None})
-    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+    return buffer.getvalue()
+
+
+def png_data_uri(fig: Figure, *, dpi: int = 110) -> str:
+    """The figure as a ``data:`` URI: the page loads nothing from anywhere."""
+    return "data:image/png;base64," + base64.b64encode(png_bytes(fig, dpi=dpi)).decode("ascii")
 
 
 def _loss_top(values: np.ndarray, chance: float | None) -> float | None:
@@ -59,11 +66,26 @@ def learning_curves_figure(h: pd.DataFrame, chance: Mapping[str, Any]) -> dict[s
 
     Args:
         h: ``history.csv`` sorted by epoch (all five columns present).
-        chance: :func:`tasks.metrics.chance_losses`' dict (may be empty).
+        chance: :func:`tasks.metrics_chance.chance_losses`' dict (may be empty).
 
     Returns:
         ``src``, ``best`` (epoch of lowest validation loss or None), ``chance_notes``,
         ``top`` (the loss axis limit or None) and ``off_scale`` (texts of the losses above it).
+    """
+    fig, parts = draw_learning_curves(h, chance)
+    return {"src": png_data_uri(fig), **parts}
+
+
+def draw_learning_curves(h: pd.DataFrame, chance: Mapping[str, Any]) -> tuple[Figure, dict[str, Any]]:
+    """The learning-curve figure (the report's and the dashboard's) and its caption parts.
+
+    Args:
+        h: ``history.csv`` sorted by epoch (every :data:`CURVE_COLUMNS` present).
+        chance: :func:`tasks.metrics_chance.chance_losses`' dict (may be empty).
+
+    Returns:
+        The figure, and ``best``, ``chance_notes``, ``top``, ``off_scale`` as in
+        :func:`learning_curves_figure`.
     """
     from matplotlib.figure import Figure
 
@@ -117,8 +139,7 @@ def learning_curves_figure(h: pd.DataFrame, chance: Mapping[str, Any]) -> dict[s
     if len(epochs) <= 20:
         for ax in (ax_loss, ax_acc):
             ax.set_xticks(epochs)
-    return {"src": png_data_uri(fig), "best": best, "chance_notes": chance_notes, "top": top,
-            "off_scale": off_scale}
+    return fig, {"best": best, "chance_notes": chance_notes, "top": top, "off_scale": off_scale}
 
 
 def roc_figure(metrics: Mapping[str, Any], predictions: pd.DataFrame, levels: Mapping[str, Any]) -> dict[str, Any]:
