@@ -13,6 +13,7 @@ from prefect.runtime import flow_run
 from tasks.config import EvaluateConfig
 from tasks.evaluate_lock import evaluation_locks
 from tasks.lifecycle import interrupted
+from tasks.run_names import config_run_name
 from tasks.evaluate_steps import (
     audit_training_overlap,
     compare_external,
@@ -26,14 +27,12 @@ from tasks.evaluate_steps import (
 )
 
 
-def _run_name() -> str:
-    """``evaluate <run folder> test``; never raises (a bad config fails the run later, with its reason)."""
-    try:
-        config = flow_run.parameters.get("config")
-        cfg = config if isinstance(config, EvaluateConfig) else EvaluateConfig.model_validate(config or {})
-    except Exception:
-        return "evaluate (invalid config)"
-    return f"evaluate {Path(cfg.run_dir).name} {cfg.split}"
+def _describe(cfg: EvaluateConfig) -> str:
+    """``<run folder> test`` of ``evaluate <run folder> test``."""
+    return f"{Path(cfg.run_dir).name} {cfg.split}"
+
+
+_run_name = config_run_name("evaluate", EvaluateConfig, _describe)
 
 
 @flow(name="evaluate-model", flow_run_name=_run_name, log_prints=True)

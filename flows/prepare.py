@@ -18,16 +18,15 @@ from tasks.extract import remove_stale_temporaries
 from tasks.extract_run import run_extraction
 from tasks.runtime import cached
 from tasks.io import ensure_writable_dir, output_lock
+from tasks.run_names import config_run_name
 
 
-def _run_name() -> str:
-    """``prepare single-slice 224px``; never raises (a bad config fails the run later, with its reason)."""
-    try:
-        config = flow_run.parameters.get("config")
-        s = getattr(config, "slices", None) or PrepareConfig.model_validate(config or {}).slices
-    except Exception:
-        return "prepare (invalid config)"
-    return f"prepare {s.strategy} {s.image_size}px"
+def _describe(cfg: PrepareConfig) -> str:
+    """``single-slice 224px`` of ``prepare single-slice 224px``."""
+    return f"{cfg.slices.strategy} {cfg.slices.image_size}px"
+
+
+_run_name = config_run_name("prepare", PrepareConfig, _describe)
 
 
 @flow(name="prepare-data", flow_run_name=_run_name, log_prints=True)

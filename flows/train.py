@@ -14,6 +14,7 @@ from prefect.runtime import flow_run
 from tasks.config import TrainConfig
 from tasks.io import ensure_writable_dir, output_lock
 from tasks.lifecycle import interrupted
+from tasks.run_names import config_run_name
 from tasks.train_steps import (
     balance_offline,
     check_weights,
@@ -22,15 +23,13 @@ from tasks.train_steps import (
 )
 
 
-def _run_name() -> str:
-    """``train vgg16 sgd``; never raises (a bad config fails the run later, with its reason)."""
-    try:
-        config = flow_run.parameters.get("config")
-        cfg = config if isinstance(config, TrainConfig) else TrainConfig.model_validate(config or {})
-    except Exception:
-        return "train (invalid config)"
+def _describe(cfg: TrainConfig) -> str:
+    """``vgg16 sgd`` of ``train vgg16 sgd`` (``scratch`` / ``custom-weights`` added without ImageNet weights)."""
     weights = "" if cfg.model.weights == "imagenet" else " scratch" if cfg.model.weights in ("none", "None") else " custom-weights"
-    return f"train {cfg.model.model} {cfg.train.optimizer}{weights}"
+    return f"{cfg.model.model} {cfg.train.optimizer}{weights}"
+
+
+_run_name = config_run_name("train", TrainConfig, _describe)
 
 
 @flow(name="train-classifier", flow_run_name=_run_name, log_prints=True)

@@ -61,6 +61,7 @@ def test_invalid_setting_is_one_line_naming_the_field(prefect_harness, tmp_path:
 
 def test_run_name_never_raises(monkeypatch, tmp_path: Path) -> None:
     import flows.pipeline
+    import tasks.run_names
     from flows import evaluate, prepare, train
 
     # No ImageNet weights here: the demo falls back to vgg16_bn, trained on 64 px (its slices are 96 px).
@@ -76,10 +77,14 @@ def test_run_name_never_raises(monkeypatch, tmp_path: Path) -> None:
                              ({"config": "not a mapping"}, "pipeline (invalid parameters)")):
         monkeypatch.setattr(flows.pipeline, "flow_run", Params(params))
         assert flows.pipeline._run_name() == expected
+    monkeypatch.setattr(tasks.run_names, "flow_run", Params({"config": {"nope": 1}}))
     for module, name in ((train, "train (invalid config)"), (evaluate, "evaluate (invalid config)"),
                          (prepare, "prepare (invalid config)")):
-        monkeypatch.setattr(module, "flow_run", Params({"config": {"nope": 1}}))
         assert module._run_name() == name
+    monkeypatch.setattr(tasks.run_names, "flow_run", Params({"config": {"slices": {"image_size": 96}}}))
+    assert prepare._run_name() == "prepare all-slices 96px"
+    monkeypatch.setattr(tasks.run_names, "flow_run", Params({"config": {"run_dir": "runs/a", "split": "test"}}))
+    assert evaluate._run_name() == "evaluate a test"
 
 
 def test_fit_model_is_not_retried_on_a_data_error(prefect_harness, tmp_path: Path, monkeypatch) -> None:
