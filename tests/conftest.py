@@ -84,6 +84,9 @@ def phantom() -> Callable[..., np.ndarray]:
 SLOW_TESTS: dict[str, str] = {
     "tests/flows/test_prepare_kill.py": "kills a real prepare run and resumes it",
     "tests/e2e/test_service.py": "PostgreSQL, a Prefect server, workers and deployments",
+    "tests/flows/test_faults_cli.py::test_kill_mid_extraction": "kills a real run and resumes it",
+    "tests/flows/test_faults_cli.py::test_sigterm_cancels": "SIGTERM to a real run and a resume",
+    "tests/test_golden.py": "every command end to end (about 4 minutes alone)",
     "tests/flows/test_dask.py": "starts a Dask cluster and a temporary Prefect server",
     "tests/models/test_distributed.py::test_torchrun": "torchrun with two ranks",
     "tests/models/test_distributed.py::test_two_ranks": "torchrun with two ranks",
