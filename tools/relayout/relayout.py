@@ -47,6 +47,12 @@ MODULES: dict[str, str] = {
     "service": "tasks/infra/environment",  # what a deployment needs from its environment
     "prefect_internals": "tasks/infra/prefect_internals",  # issue 22 part B
     "run_names": "tasks/infra/run_names",  # issue 22 part B: flow run names from the config
+    "alerts": "tasks/infra/alerts",  # Prefect automations for failed, crashed or stuck runs
+    "engine_logs": "tasks/infra/engine_logs",
+    "output_slot": "tasks/infra/output_slot",  # one pipeline run at a time per output root
+    "outputs_server": "tasks/infra/outputs_server",  # read-only server of reports and curves
+    "server_output": "tasks/infra/server_output",  # the temporary server's stderr, filtered
+    "service_worker": "tasks/infra/service_worker",
     # reader: one DICOM volume to 8-bit frames.
     "dicom": "tasks/reader/frames",
     "dicom_header": "tasks/reader/header",
@@ -67,6 +73,9 @@ MODULES: dict[str, str] = {
     "extract_run": "tasks/prepare/extract_run",
     "manifest": "tasks/prepare/manifest",
     "prepare_steps": "tasks/prepare/steps",
+    "data_origin": "tasks/prepare/data_origin",
+    "source_hash": "tasks/prepare/source_hash",
+    "volume_check": "tasks/prepare/volume_check",
     # train: the Prefect steps of train-classifier (the work is in models/).
     "train_steps": "tasks/train/steps",
     # evaluate: metrics and the HTML evaluation report.
@@ -79,9 +88,20 @@ MODULES: dict[str, str] = {
     "report_figures": "tasks/evaluate/report_figures",
     "report_sections": "tasks/evaluate/report_sections",
     "evaluate_steps": "tasks/evaluate/steps",
+    "evaluate_lock": "tasks/evaluate/locks",
+    "generalization": "tasks/evaluate/generalization",
+    "report_generalization": "tasks/evaluate/report_generalization",
+    "paired_bootstrap": "tasks/evaluate/paired_bootstrap",
+    "trivial_scores": "tasks/evaluate/trivial_scores",
     # pipeline: the whole run and what its dashboard shows.
     "pipeline_steps": "tasks/pipeline/steps",
     "dashboard": "tasks/pipeline/dashboard",
+    "preflight": "tasks/pipeline/preflight",
+    "experiments": "tasks/pipeline/experiments",
+    "comparison": "tasks/pipeline/comparison",
+    # sweep: the training-size sweep (tomoflow experiments --train-fractions).
+    "sweep": "tasks/sweep/analysis",
+    "sweep_steps": "tasks/sweep/steps",
     # torchvision code that only models/ and the train steps use.
     "augment": "models/augment",
 }
@@ -116,6 +136,15 @@ TESTS: dict[str, str] = {
     "test_evaluate_steps": "tests/tasks/evaluate/test_steps",
     "test_dashboard": "tests/tasks/pipeline/test_dashboard",
     "test_augment": "tests/models/test_augment",
+    "test_alerts": "tests/tasks/infra/test_alerts",
+    "test_engine_logs": "tests/tasks/infra/test_engine_logs",
+    "test_output_slot": "tests/tasks/infra/test_output_slot",
+    "test_server_output": "tests/tasks/infra/test_server_output",
+    "test_generalization": "tests/tasks/evaluate/test_generalization",
+    "test_report_controls": "tests/tasks/evaluate/test_report_controls",
+    "test_trivial_scores": "tests/tasks/evaluate/test_trivial_scores",
+    "test_comparison": "tests/tasks/pipeline/test_comparison",
+    "test_preflight": "tests/tasks/pipeline/test_preflight",
 }
 
 # Test data folders that move with their test (found by Path(__file__).with_name(...)).
@@ -131,7 +160,8 @@ PACKAGE_DOCS: dict[str, str] = {
     "tasks/prepare": "The prepare-data stage: CSVs and radiology reports to a manifest of PNG slices.",
     "tasks/train": "The train-classifier stage's Prefect steps (the training itself is in models/).",
     "tasks/evaluate": "The evaluate-model stage: metrics and the HTML evaluation report.",
-    "tasks/pipeline": "The whole pipeline's steps and what its Prefect dashboard shows.",
+    "tasks/pipeline": "The whole pipeline's steps, the experiments' plan and comparison, and what its dashboard shows.",
+    "tasks/sweep": "The training-size sweep: nested patient subsets, its table and figure, and its Prefect steps.",
 }
 
 # Files whose text is data compared byte for byte: never rewritten.
