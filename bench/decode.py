@@ -91,7 +91,7 @@ def _child(args: argparse.Namespace) -> None:
     from pydicom import dcmread
     from pydicom.pixels import pixel_array
 
-    from tasks.dicom import read_frames
+    from tasks.reader.frames import read_frames
 
     result: dict[str, object] = {"import_rss_mib": _peak_rss_mib()}
     path = args.volume

@@ -3,7 +3,7 @@
 On the demo's ``easy`` lesions a brightness filter already reaches ROC AUC 1.0, so the demo
 cannot show whether a change to the pipeline helps. This benchmark writes a ``moderate``
 collection (``tomoflow synth --difficulty moderate``), where the best trivial score
-(:mod:`tasks.trivial_scores`) stays at an image-level ROC AUC of about 0.8 or below, runs the
+(:mod:`tasks.evaluate.trivial_scores`) stays at an image-level ROC AUC of about 0.8 or below, runs the
 whole ``tomoflow-pipeline`` flow on the CPU (the ``demo`` preset's scratch recipe with the
 settings below over it) and prints, from the evaluation's ``metrics.json``:
 

@@ -22,7 +22,7 @@ from flows.cli_transfer import add_weights_command
 
 def _writable(path: Path) -> None:
     """Fail at once, before a flow (or the temporary Prefect server) starts, if ``path`` can't be written."""
-    from tasks.io import ensure_writable_dir
+    from tasks.core.files import ensure_writable_dir
 
     ensure_writable_dir(path, what="--out")
 
@@ -76,7 +76,7 @@ def _cmd_synth(args: argparse.Namespace) -> int:
 
 
 def _cmd_export_slices(args: argparse.Namespace) -> int:
-    from tasks.dicom import export_slices
+    from tasks.reader.frames import export_slices
 
     records = export_slices(
         args.file, args.out, frames=args.frames, view=args.view, image_size=args.image_size,
@@ -90,7 +90,7 @@ def _cmd_export_slices(args: argparse.Namespace) -> int:
 def _cmd_prepare(args: argparse.Namespace) -> int:
     from flows.prepare import prepare_data
 
-    from tasks.io import output_lock
+    from tasks.core.files import output_lock
 
     config = prepare_config_from_args(args)
     _writable(args.out)
@@ -103,7 +103,7 @@ def _cmd_prepare(args: argparse.Namespace) -> int:
 def _cmd_train(args: argparse.Namespace) -> int:
     from flows.train import train_classifier
 
-    from tasks.io import output_lock
+    from tasks.core.files import output_lock
 
     config = train_config_from_args(args)
     _writable(args.out)
@@ -116,7 +116,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     from flows.evaluate import evaluate_model
 
-    from tasks.evaluate_lock import evaluation_locks
+    from tasks.evaluate.locks import evaluation_locks
 
     config = evaluate_config_from_args(args)
     if args.out is not None:
@@ -356,7 +356,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_demo(sub)
     add_serve_outputs(sub)
     add_weights_command(sub)
-    from tasks.alerts import add_alerts_command
+    from tasks.infra.alerts import add_alerts_command
 
     add_alerts_command(sub)
     return parser
@@ -368,8 +368,8 @@ FLOW_COMMANDS = frozenset({"prepare", "train", "evaluate", "run", "experiments",
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``tomoflow`` console script."""
-    from tasks.io import OutputInUseError
-    from tasks.redaction import install as install_redaction, redact
+    from tasks.core.files import OutputInUseError
+    from tasks.infra.redaction import install as install_redaction, redact
 
     install_redaction()
     parser = build_parser()
@@ -388,8 +388,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         apply_prefect_defaults()
 
     if args.command not in ("synth", "export-slices", "serve-outputs", "weights", "alerts"):
-        from tasks.lifecycle import start_reaper
-        from tasks.prefect_internals import isolate_temporary_server
+        from tasks.infra.lifecycle import start_reaper
+        from tasks.infra.prefect_internals import isolate_temporary_server
 
         # Whatever this process starts (the temporary Prefect server, workers) stops when
         # it dies, even by SIGKILL; Ctrl-C reaches the flow, not the server it reports to.

@@ -1,6 +1,6 @@
 """The ``evaluate-model`` flow: predictions, metrics with intervals, Grad-CAM and the report.
 
-The tasks live in :mod:`tasks.evaluate_steps`; this module only calls them in order.
+The tasks live in :mod:`tasks.evaluate.steps`; this module only calls them in order.
 """
 
 from __future__ import annotations
@@ -10,11 +10,11 @@ from pathlib import Path
 from prefect import flow
 from prefect.runtime import flow_run
 
-from tasks.config import EvaluateConfig
-from tasks.evaluate_lock import evaluation_locks
-from tasks.lifecycle import interrupted
-from tasks.run_names import config_run_name
-from tasks.evaluate_steps import (
+from tasks.core.config import EvaluateConfig
+from tasks.evaluate.locks import evaluation_locks
+from tasks.infra.lifecycle import interrupted
+from tasks.infra.run_names import config_run_name
+from tasks.evaluate.steps import (
     audit_training_overlap,
     compare_external,
     compute_metrics,

@@ -10,7 +10,7 @@ changed reuses every step and a retry after a failed training starts at training
 * ``runs/<flow run name>-<id>/``: this flow run's folder, with links to the three above
   and ``run.json``; the flow run links to it with a markdown artifact.
 
-The steps live in :mod:`tasks.pipeline_steps` and the folder layout in :mod:`tasks.runtime`;
+The steps live in :mod:`tasks.pipeline.steps` and the folder layout in :mod:`tasks.infra.runners`;
 this module only calls them in order.
 """
 
@@ -28,20 +28,20 @@ from models.checkpoint import chosen_checkpoint
 from flows.evaluate import evaluate_model
 from flows.prepare import prepare_data
 from flows.train import train_classifier
-from tasks import runtime
-from tasks.config import PipelineConfig, PrepareConfig, TrainConfig
-from tasks.io import atomic_write_json
-from tasks.pipeline_steps import (
+from tasks.infra import runners as runtime
+from tasks.core.config import PipelineConfig, PrepareConfig, TrainConfig
+from tasks.core.files import atomic_write_json
+from tasks.pipeline.steps import (
     preflight,
     publish_pipeline,
     resolve_config,
     run_training_deployment,
     weights_or_scratch,
 )
-from tasks.comparison import comparison_row, floor_rows, write_comparison
-from tasks.output_slot import output_root_slot
-from tasks.presets import PresetName, explicit_settings, list_presets, merge_config, pipeline_config
-from tasks.service import deployment_defaults, deployment_id
+from tasks.pipeline.comparison import comparison_row, floor_rows, write_comparison
+from tasks.infra.output_slot import output_root_slot
+from tasks.core.presets import PresetName, explicit_settings, list_presets, merge_config, pipeline_config
+from tasks.infra.environment import deployment_defaults, deployment_id
 
 
 def _run_name() -> str:
@@ -76,16 +76,16 @@ def tomoflow_pipeline(
 ) -> dict[str, Any]:
     """Prepare the data, train the classifier and evaluate it, as subflows.
 
-    Parameters are checked by :func:`~tasks.pipeline_steps.resolve_config` (not by Prefect), so that a wrong one fails
+    Parameters are checked by :func:`~tasks.pipeline.steps.resolve_config` (not by Prefect), so that a wrong one fails
     the run with a one-line message saying what to change.
 
     Args:
         data_root: Folder with the BCS-DBT CSVs and images; default: the worker's TOMOFLOW_DATA_ROOT.
         output_root: Root of all outputs, outside the code checkout; default: TOMOFLOW_OUTPUT_ROOT.
         preset: A study preset from configs/ (demo, m1-baseline, ...). None (empty): no preset, the defaults
-            of tasks/config.py (all slices, VGG16 from ImageNet, SGD, 224 px) with this deployment's config.
+            of tasks/core/config.py (all slices, VGG16 from ImageNet, SGD, 224 px) with this deployment's config.
         config: Settings over the preset, by section, e.g. {"train": {"epochs": 5}} or
-            {"model": {"weights": "none"}} to train from scratch (see tasks/config.py for every field).
+            {"model": {"weights": "none"}} to train from scratch (see tasks/core/config.py for every field).
             Merged into the deployment's stored config; wins over the preset.
 
     Returns:
@@ -159,17 +159,17 @@ def run_experiments(data_root: str, output_root: str, presets: list[str] | None 
     and image size, shared) and write ``comparison.md`` and ``comparison.csv``.
 
     Every preset's configuration and starting weights are checked before any data is prepared
-    (:func:`tasks.experiments.plan_experiments`); presets whose effective configurations are
+    (:func:`tasks.pipeline.experiments.plan_experiments`); presets whose effective configurations are
     equal run once, as one row naming both.
 
     Args:
         data_root: Folder with the BCS-DBT CSVs and images.
         output_root: Root of all outputs; the comparison goes here.
-        presets: Preset names; default: the study's sequence (:data:`tasks.presets.STUDY_PRESETS`).
+        presets: Preset names; default: the study's sequence (:data:`tasks.core.presets.STUDY_PRESETS`).
         overrides: Settings applied over every preset (e.g. fewer epochs for a smoke run).
         weights: ``"preset"`` (each preset's own) or ``"none"`` (every preset from scratch).
     """
-    from tasks.experiments import plan_experiments
+    from tasks.pipeline.experiments import plan_experiments
 
     logger = get_run_logger()
     runs = plan_experiments(presets, data_root=data_root, output_root=output_root, overrides=overrides,

@@ -1,6 +1,6 @@
 """The ``prepare-data`` flow: cohorts -> slice plan -> patient splits -> extraction -> manifest.
 
-The tasks live in :mod:`tasks.prepare_steps`, the runners and caching in :mod:`tasks.runtime`;
+The tasks live in :mod:`tasks.prepare.steps`, the runners and caching in :mod:`tasks.infra.runners`;
 this module only calls them in order.
 """
 
@@ -12,13 +12,13 @@ from typing import Any
 from prefect import flow, get_run_logger
 from prefect.runtime import flow_run
 
-from tasks import prepare_steps as steps
-from tasks.config import PrepareConfig
-from tasks.extract import remove_stale_temporaries
-from tasks.extract_run import run_extraction
-from tasks.runtime import cached
-from tasks.io import ensure_writable_dir, output_lock
-from tasks.run_names import config_run_name
+from tasks.prepare import steps
+from tasks.core.config import PrepareConfig
+from tasks.prepare.extract import remove_stale_temporaries
+from tasks.prepare.extract_run import run_extraction
+from tasks.infra.runners import cached
+from tasks.core.files import ensure_writable_dir, output_lock
+from tasks.infra.run_names import config_run_name
 
 
 def _describe(cfg: PrepareConfig) -> str:

@@ -1,4 +1,4 @@
-"""The ``tomoflow-sweep`` flow: a training-size sweep per starting point (see :mod:`tasks.sweep`).
+"""The ``tomoflow-sweep`` flow: a training-size sweep per starting point (see :mod:`tasks.sweep.analysis`).
 
 Prepare once (the preset's settings), write the nested training subsets, then for each
 starting point and size train and evaluate (subflows) on the same validation and test
@@ -15,10 +15,10 @@ from prefect import flow
 from flows.evaluate import evaluate_model
 from flows.prepare import prepare_data
 from flows.train import train_classifier
-from tasks import runtime
-from tasks.config import PrepareConfig, TrainConfig
-from tasks.sweep import weights_label
-from tasks.sweep_steps import summarise_sweep, write_sweep_subsets
+from tasks.infra import runners as runtime
+from tasks.core.config import PrepareConfig, TrainConfig
+from tasks.sweep.analysis import weights_label
+from tasks.sweep.steps import summarise_sweep, write_sweep_subsets
 
 
 @flow(name="tomoflow-sweep", log_prints=True)
@@ -38,7 +38,7 @@ def run_sweep(data_root: str, output_root: str, fractions: list[float], weights:
     Returns:
         Paths of ``table`` (sweep.csv), ``markdown``, ``json`` and ``plot`` (sweep.png).
     """
-    from tasks.presets import _merge, load_preset, pipeline_config
+    from tasks.core.presets import _merge, load_preset, pipeline_config
 
     merged = _merge(load_preset(preset) if preset else {}, overrides or {})
     cfg = pipeline_config(data_root=data_root, output_root=output_root, base=merged)

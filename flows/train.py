@@ -1,6 +1,6 @@
 """The ``train-classifier`` flow: optional offline balancing, then resumable training.
 
-The tasks live in :mod:`tasks.train_steps`; this module only calls them in order.
+The tasks live in :mod:`tasks.train.steps`; this module only calls them in order.
 """
 
 from __future__ import annotations
@@ -11,11 +11,11 @@ from typing import Any
 from prefect import flow
 from prefect.runtime import flow_run
 
-from tasks.config import TrainConfig
-from tasks.io import ensure_writable_dir, output_lock
-from tasks.lifecycle import interrupted
-from tasks.run_names import config_run_name
-from tasks.train_steps import (
+from tasks.core.config import TrainConfig
+from tasks.core.files import ensure_writable_dir, output_lock
+from tasks.infra.lifecycle import interrupted
+from tasks.infra.run_names import config_run_name
+from tasks.train.steps import (
     balance_offline,
     check_weights,
     fit_or_reuse,

@@ -36,8 +36,8 @@ import pandas as pd
 import torch
 
 from models.classifier import TumorClassifier, build_model
-from tasks.config import TrainConfig
-from tasks.io import atomic_write
+from tasks.core.config import TrainConfig
+from tasks.core.files import atomic_write
 
 __all__ = [
     "BEST_NAME",

@@ -53,9 +53,9 @@ from models.engine import (
     resolve_device,
     train_one_epoch,
 )
-from tasks.augment import derive_seed
-from tasks.config import TrainConfig
-from tasks.io import atomic_write_json, atomic_write_text, file_fingerprint
+from models.augment import derive_seed
+from tasks.core.config import TrainConfig
+from tasks.core.files import atomic_write_json, atomic_write_text, file_fingerprint
 
 __all__ = ["BatchHook", "ProgressFn", "fit"]
 

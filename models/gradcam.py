@@ -303,7 +303,7 @@ def gradcam_examples(
         network input), ``heatmap`` (``(S, S)`` float32 in [0, 1]), ``box``
         (``(x, y, w, h)`` at the input size, or ``None``) and ``peak_in_box`` (``None``
         without a box), ``map_resolution`` (``[h, w]`` of the explained layer's map) and
-        ``layer`` (its name): what :func:`tasks.html_report.write_report` takes.
+        ``layer`` (its name): what :func:`tasks.evaluate.report.write_report` takes.
     """
     if per_kind <= 0 or predictions.empty:
         return []

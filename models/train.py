@@ -25,8 +25,8 @@ from pathlib import Path
 
 from models import distributed
 from models.fit import fit
-from tasks.config import TrainConfig
-from tasks.io import atomic_write_json
+from tasks.core.config import TrainConfig
+from tasks.core.files import atomic_write_json
 
 __all__ = [
     "fit",

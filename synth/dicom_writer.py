@@ -23,7 +23,7 @@ from pydicom.uid import UID, ExplicitVRLittleEndian, JPEG2000Lossless
 from pydicom.valuerep import VR
 
 from synth.layout import BREAST_TOMOSYNTHESIS_STORAGE, UID_PREFIX, deterministic_uid
-from tasks.io import atomic_write
+from tasks.core.files import atomic_write
 
 
 def dbt_dataset(

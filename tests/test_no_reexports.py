@@ -6,7 +6,7 @@ it by ``def``, ``async def``, ``class``, an assignment (plain, annotated, augmen
 ``for``/walrus target) or ``global`` in a function. A name bound only by an ``import`` is
 *not* defined there: importing it from that module is importing a re-export. Importing a
 sub-module from its package (``from tasks import j2k``) is fine: the file defines it.
-The same holds for attribute reads through a module (``import tasks.metrics as m; m.name``),
+The same holds for attribute reads through a module (``import tasks.evaluate.metrics as m; m.name``),
 except a name a test replaces with ``monkeypatch.setattr(module, "name", ...)`` (patched where
 it is used). Only tomoflow's own packages are checked; third-party and standard-library
 imports are not.
@@ -23,7 +23,7 @@ PACKAGES = ("flows", "tasks", "models", "synth", "tests", "bench")
 
 
 def _module_file(module: str) -> Path | None:
-    """The file of a first-party module (``tasks.io`` -> tasks/io.py), or None when it is not one."""
+    """The file of a first-party module (``tasks.core.files`` -> tasks/core/files.py), or None when it is not one."""
     if module.split(".")[0] not in PACKAGES:
         return None
     base = ROOT.joinpath(*module.split("."))
@@ -167,7 +167,7 @@ def test_every_module_attribute_is_defined_by_that_module() -> None:
 
 
 def test_the_rules_see_a_reexport_and_accept_a_definition() -> None:
-    shim = ast.parse("from tasks.io import atomic_write\nimport json\nX = 1\nif True:\n    def f(): ...\n"
+    shim = ast.parse("from tasks.core.files import atomic_write\nimport json\nX = 1\nif True:\n    def f(): ...\n"
                      "try:\n    import yaml\nexcept ImportError:\n    yaml = None\nclass C: ...\n")
     assert defined_names(shim) == {"X", "f", "yaml", "C"}
-    assert _module_file("tasks.io") is not None and _module_file("numpy") is None
+    assert _module_file("tasks.core.files") is not None and _module_file("numpy") is None

@@ -197,7 +197,7 @@ def _alive(pid: int) -> bool:
 
 
 def _service_workers(session: int) -> dict[str, int]:
-    """Pool -> pid of the README's workers (``tasks.service_worker``) in the block's session."""
+    """Pool -> pid of the README's workers (``tasks.infra.service_worker``) in the block's session."""
     found = {}
     for entry in filter(str.isdigit, os.listdir("/proc")):
         try:
@@ -207,7 +207,7 @@ def _service_workers(session: int) -> dict[str, int]:
         except OSError:
             continue
         args = [a.decode(errors="replace") for a in cmd]
-        if "tasks.service_worker" in args and "--pool" in args:
+        if "tasks.infra.service_worker" in args and "--pool" in args:
             found[args[args.index("--pool") + 1]] = int(entry)
     return found
 

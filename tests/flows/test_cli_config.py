@@ -15,7 +15,7 @@ from flows.cli_config import (
     train_config_from_args,
 )
 from flows.cli import build_parser
-from tasks.config import EvaluateConfig
+from tasks.core.config import EvaluateConfig
 
 REQUIRED = {
     "prepare": ["--data-root", "d", "--out", "o"],

@@ -23,7 +23,7 @@ from uuid import UUID
 
 import pytest
 
-from tasks.config import DataConfig, PrepareConfig, SlicesConfig
+from tasks.core.config import DataConfig, PrepareConfig, SlicesConfig
 
 SHARD_SIZE = 3
 ROOT = Path(__file__).resolve().parents[2]
@@ -121,7 +121,7 @@ def test_dask_workers_report_to_the_flows_temporary_server(dask_dataset: Path, t
 
 def test_remote_scheduler_with_loopback_api_is_refused(prefect_harness) -> None:
     """Workers on another machine cannot reach a Prefect API on this machine's loopback."""
-    from tasks.runtime import dask_runner as _dask_runner
+    from tasks.infra.runners import dask_runner as _dask_runner
 
     with pytest.raises(ValueError, match=r"dask_address 'tcp://192\.0\.2\.7:8786'.*PREFECT_API_URL"):
         _dask_runner("tcp://192.0.2.7:8786", 2)

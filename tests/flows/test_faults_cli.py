@@ -57,7 +57,7 @@ def _snapshot(folder: Path) -> dict[str, tuple[int, int]]:
 
 def _kill_and_check_quiet(proc: subprocess.Popen, out: Path) -> None:
     """SIGKILL the command alone; 20 s later nothing it started lives and nothing changes."""
-    from tasks.lifecycle import descendants
+    from tasks.infra.lifecycle import descendants
 
     family = descendants(proc.pid)  # the temporary server runs in a session of its own
     assert family, "the command should have started a server and workers"

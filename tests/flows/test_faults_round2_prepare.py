@@ -58,7 +58,7 @@ def _labelled_rows(data: Path, table: pd.DataFrame) -> list[int]:
 
 
 def _resolve(data: Path, row: pd.Series) -> Path:
-    from tasks.paths import VolumeResolver
+    from tasks.prepare.locate import VolumeResolver
 
     path, how = VolumeResolver(data).resolve(row["descriptive_path"], row["classic_path"], row["PatientID"])
     assert path is not None, how

@@ -61,7 +61,7 @@ def test_invalid_setting_is_one_line_naming_the_field(prefect_harness, tmp_path:
 
 def test_run_name_never_raises(monkeypatch, tmp_path: Path) -> None:
     import flows.pipeline
-    import tasks.run_names
+    import tasks.infra.run_names
     from flows import evaluate, prepare, train
 
     # No ImageNet weights here: the demo falls back to vgg16_bn, trained on 64 px (its slices are 96 px).
@@ -77,20 +77,20 @@ def test_run_name_never_raises(monkeypatch, tmp_path: Path) -> None:
                              ({"config": "not a mapping"}, "pipeline (invalid parameters)")):
         monkeypatch.setattr(flows.pipeline, "flow_run", Params(params))
         assert flows.pipeline._run_name() == expected
-    monkeypatch.setattr(tasks.run_names, "flow_run", Params({"config": {"nope": 1}}))
+    monkeypatch.setattr(tasks.infra.run_names, "flow_run", Params({"config": {"nope": 1}}))
     for module, name in ((train, "train (invalid config)"), (evaluate, "evaluate (invalid config)"),
                          (prepare, "prepare (invalid config)")):
         assert module._run_name() == name
-    monkeypatch.setattr(tasks.run_names, "flow_run", Params({"config": {"slices": {"image_size": 96}}}))
+    monkeypatch.setattr(tasks.infra.run_names, "flow_run", Params({"config": {"slices": {"image_size": 96}}}))
     assert prepare._run_name() == "prepare all-slices 96px"
-    monkeypatch.setattr(tasks.run_names, "flow_run", Params({"config": {"run_dir": "runs/a", "split": "test"}}))
+    monkeypatch.setattr(tasks.infra.run_names, "flow_run", Params({"config": {"run_dir": "runs/a", "split": "test"}}))
     assert evaluate._run_name() == "evaluate a test"
 
 
 def test_fit_model_is_not_retried_on_a_data_error(prefect_harness, tmp_path: Path, monkeypatch) -> None:
     import models.fit
     from flows.train import train_classifier
-    from tasks.config import TrainConfig
+    from tasks.core.config import TrainConfig
 
     calls = []
 
@@ -115,8 +115,8 @@ def test_failed_training_deployment_reason_and_link_in_the_message(monkeypatch) 
     from prefect.settings import PREFECT_UI_URL, temporary_settings
     from prefect.states import Failed
 
-    from tasks.pipeline_steps import ChildRunFailed, run_training_deployment as _run_training_deployment
-    from tasks.config import TrainConfig
+    from tasks.pipeline.steps import ChildRunFailed, run_training_deployment as _run_training_deployment
+    from tasks.core.config import TrainConfig
 
     child_id = uuid.uuid4()
 

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from flows.cli import main
-from tasks.sweep import nested_train_subsets, parse_fractions, write_subset_manifest
+from tasks.sweep.analysis import nested_train_subsets, parse_fractions, write_subset_manifest
 
 
 def _manifest(n_pos: int = 6, n_neg: int = 14) -> pd.DataFrame:

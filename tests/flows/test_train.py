@@ -7,7 +7,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from tasks.config import DataConfig, ModelConfig, PrepareConfig, SlicesConfig, TrainConfig, TrainParams
+from tasks.core.config import DataConfig, ModelConfig, PrepareConfig, SlicesConfig, TrainConfig, TrainParams
 
 
 @pytest.fixture(scope="module")
@@ -71,7 +71,7 @@ def test_several_visible_gpus_train_with_torchrun(prefect_harness, monkeypatch, 
     import torch
 
     import models.distributed
-    from tasks.train_steps import fit_model, visible_gpus as _visible_gpus
+    from tasks.train.steps import fit_model, visible_gpus as _visible_gpus
 
     cfg = _train_config(tmp_path / "m.parquet", tmp_path / "run", device="auto")
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)

@@ -1,7 +1,7 @@
 """The synthetic BCS-DBT generator (package synth): shapes, traps, determinism, anatomy and lesions.
 
 The orientation rule is Duke's reader's, written out here on purpose (not imported from
-``tasks.dicom``): the test pins the generator to the published rule, not to our reader.
+``tasks.reader.frames``): the test pins the generator to the published rule, not to our reader.
 (Over 400 lines: one suite for one public generator; splitting it would scatter its fixtures.)
 """
 
