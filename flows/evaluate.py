@@ -12,7 +12,7 @@ from prefect.runtime import flow_run
 
 from tasks.core.config import EvaluateConfig
 from tasks.evaluate.locks import evaluation_locks
-from tasks.infra.lifecycle import interrupted
+from tasks.infra.lifecycle import cancellable
 from tasks.infra.run_names import config_run_name
 from tasks.evaluate.steps import (
     audit_training_overlap,
@@ -46,21 +46,13 @@ def evaluate_model(config: EvaluateConfig = EvaluateConfig()) -> dict[str, str]:
         Paths of ``predictions`` (predictions.parquet), ``metrics`` (metrics.json) and
         ``report`` (report.html).
     """
-    from prefect.exceptions import TerminationSignal
-    from prefect.states import Cancelled
-
     # The CLI holds these already (same process: re-entered); a deployment takes them here.
     with evaluation_locks(config.run_dir, config.output_dir, what=f"flow run {flow_run.name or ''}"):
-        try:
-            return _evaluate(config)
-        except (KeyboardInterrupt, TerminationSignal) as exc:
-            return Cancelled(message=interrupted(exc, Path(config.output_dir or config.run_dir),
-                                                 flow="evaluate-model"))
+        return cancellable(_evaluate, config, out=Path(config.output_dir or config.run_dir), flow="evaluate-model")
 
 
 def _evaluate(config: EvaluateConfig) -> dict[str, str]:
     checkpoint, manifest, out, train_conf = run_inputs(config)
-    out.mkdir(parents=True, exist_ok=True)
     own_manifest = manifest
     if config.external:
         manifest = external_manifest(config, own_manifest, out)
@@ -78,7 +70,5 @@ def _evaluate(config: EvaluateConfig) -> dict[str, str]:
     report = write_report.with_options(**cache)(metrics, predictions, str(checkpoint), str(manifest), image_size,
                                                 str(out), train_conf, config, audit, external)
     publish_evaluation(config, metrics, report, audit, external)
-    result = {"predictions": predictions, "metrics": metrics, "report": report, "training_audit": audit}
-    if external:
-        result["external"] = external
-    return result
+    return {"predictions": predictions, "metrics": metrics, "report": report, "training_audit": audit,
+            **({"external": external} if config.external else {})}

@@ -13,7 +13,7 @@ from prefect.runtime import flow_run
 
 from tasks.core.config import TrainConfig
 from tasks.core.files import ensure_writable_dir, output_lock
-from tasks.infra.lifecycle import interrupted
+from tasks.infra.lifecycle import cancellable
 from tasks.infra.run_names import config_run_name
 from tasks.train.steps import (
     balance_offline,
@@ -42,16 +42,10 @@ def train_classifier(config: TrainConfig = TrainConfig()) -> dict[str, Any]:
     Returns:
         Paths of ``best``, ``last``, ``history`` and ``config`` in the run folder, and a summary.
     """
-    from prefect.exceptions import TerminationSignal
-    from prefect.states import Cancelled
-
     # One writer per run folder (the CLI holds the lock already; a deployment takes it here).
     run_dir = ensure_writable_dir(config.run_dir, what="run folder (--out)")
     with output_lock(run_dir, what=f"flow run {flow_run.name or ''}"):
-        try:
-            return _train(config)
-        except (KeyboardInterrupt, TerminationSignal) as exc:
-            return Cancelled(message=interrupted(exc, Path(config.run_dir), flow="train-classifier"))
+        return cancellable(_train, config, out=run_dir, flow="train-classifier")
 
 
 def _train(config: TrainConfig) -> dict[str, Any]:

@@ -74,7 +74,6 @@ def merge_config(base: dict[str, Any], override: dict[str, Any]) -> dict[str, An
     return out
 
 
-_merge = merge_config  # the name the experiments flow imports
 
 
 def explicit_settings(config: PipelineConfig | dict[str, Any] | None) -> dict[str, Any]:
@@ -115,8 +114,8 @@ def scratch_config(cfg: PipelineConfig) -> PipelineConfig:
     the head's), the BatchNorm statistics re-estimated before each validation. Everything else stays as configured.
     """
     merged = cfg.model_dump(mode="json")
-    merged = _merge(merged, {"model": {"weights": "none"}})
-    merged = _merge(merged, {k: dict(v) for k, v in cfg.scratch_overrides.items()})
+    merged = merge_config(merged, {"model": {"weights": "none"}})
+    merged = merge_config(merged, {k: dict(v) for k, v in cfg.scratch_overrides.items()})
     merged["model"]["weights"] = "none"
     return PipelineConfig.model_validate(merged)
 

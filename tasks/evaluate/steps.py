@@ -24,7 +24,7 @@ _CACHED = {"persist_result": True, **retry_policy(retries=1, delay_seconds=2)}
 
 
 def run_inputs(cfg: EvaluateConfig) -> tuple[Path, Path, Path, dict[str, Any]]:
-    """(checkpoint, manifest, output folder, training config) of the run to evaluate."""
+    """(checkpoint, manifest, output folder (made), training config) of the run to evaluate."""
     run = Path(cfg.run_dir)
     config_path = run / "config.json"
     if not config_path.is_file():
@@ -36,7 +36,9 @@ def run_inputs(cfg: EvaluateConfig) -> tuple[Path, Path, Path, dict[str, Any]]:
     manifest = Path(cfg.manifest or train_conf["manifest"])
     if not manifest.is_file():
         raise ValueError(f"manifest {manifest} does not exist; pass --manifest")
-    return checkpoint, manifest, Path(cfg.output_dir or (run / "external" if cfg.external else run)), train_conf
+    out = Path(cfg.output_dir or (run / "external" if cfg.external else run))
+    out.mkdir(parents=True, exist_ok=True)
+    return checkpoint, manifest, out, train_conf
 
 
 def evaluated_split(cfg: EvaluateConfig) -> str:

@@ -29,7 +29,9 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from tasks.infra.prefect_internals import running_server_pids
 
@@ -231,3 +233,18 @@ def interrupted(exc: BaseException, out: Path, *, flow: str) -> str:
     except Exception:  # noqa: BLE001 - outside a run context: the standard logger will do
         logging.getLogger(__name__).warning("%s %s", flow, message)
     return message
+
+
+def cancellable(body: Callable[..., Any], *args: Any, out: Path, flow: str) -> Any:
+    """``body(*args)``; after SIGTERM or Ctrl-C, the Cancelled state a flow returns (see :func:`interrupted`).
+
+    A flow returns this state rather than raising, so its run ends Cancelled (not Crashed or
+    Failed) with a message saying how to resume.
+    """
+    from prefect.exceptions import TerminationSignal
+    from prefect.states import Cancelled
+
+    try:
+        return body(*args)
+    except (KeyboardInterrupt, TerminationSignal) as exc:
+        return Cancelled(message=interrupted(exc, Path(out), flow=flow))

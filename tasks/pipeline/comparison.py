@@ -171,6 +171,24 @@ def _flags(row: dict[str, Any]) -> str:
     return ", ".join(flags)
 
 
+def comparison_tables(results: list[tuple[list[str], PipelineConfig, str | None, dict[str, Any]]],
+                      ) -> tuple[list[dict[str, Any]], dict[str, list[dict[str, Any]]]]:
+    """The comparison's rows and each strategy's floor rows, from each experiment's (presets, config, note, outputs).
+
+    A run's own note (e.g. the fall-back to scratch) wins over the plan's; the floors are those
+    of the first run of each slice strategy (the runs of one strategy share its test split).
+    """
+    rows: list[dict[str, Any]] = []
+    floors: dict[str, list[dict[str, Any]]] = {}
+    for names, cfg, note, outputs in results:
+        if note and not outputs.get("note"):
+            outputs = {**outputs, "note": note}
+        rows.append(comparison_row(names, cfg, outputs))
+        if cfg.slices.strategy not in floors:
+            floors[cfg.slices.strategy] = floor_rows(cfg, outputs)
+    return rows, floors
+
+
 def write_comparison(rows: list[dict[str, Any]], floors: dict[str, list[dict[str, Any]]],
                      out: Path) -> dict[str, str]:
     """``comparison.csv`` and ``comparison.md`` of the experiments' rows, the floor rows last."""

@@ -121,4 +121,20 @@ def plan_experiments(
         cfg, note = _resolve_weights(name, cfg, weights)
         cfg, size_note = _fit_input_size(cfg)
         planned.append((name, cfg, "; ".join(n for n in (note, size_note) if n) or None))
-    return group_presets(planned)
+    runs = group_presets(planned)
+    for names, _, _ in runs:
+        if len(names) > 1:
+            _log("presets %s have the same effective configuration: one run, one row", ", ".join(names))
+    return runs
+
+
+def _log(message: str, *args: Any) -> None:
+    """A log line in the run's log (the flow run's logger), or this module's logger outside a run."""
+    import logging
+
+    try:
+        from prefect import get_run_logger
+
+        get_run_logger().info(message, *args)
+    except Exception:  # noqa: BLE001 - outside a run context
+        logging.getLogger(__name__).info(message, *args)

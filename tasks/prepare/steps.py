@@ -15,20 +15,18 @@ import pandas as pd
 from prefect import get_run_logger, task
 from prefect.artifacts import create_table_artifact
 
+from tasks.prepare import outputs
 from tasks.prepare import rejects as accounting_mod
 from tasks.prepare import bcs_csv
-from tasks.prepare import cohorts as cohorts_mod
-from tasks.prepare import radiology_reports as reports_mod
 from tasks.prepare import slices as slices_mod
 from tasks.prepare import splits as splits_mod
-from tasks.prepare.data_origin import data_origin
 from tasks.infra.caching import content_cache_key_fn, step_dir
 from tasks.core.config import PrepareConfig
 from tasks.infra import lifecycle
-from tasks.prepare.extract import extract_shard
+from tasks.prepare.extract import extract_shard, remove_stale_temporaries
 from tasks.core.files import atomic_write, atomic_write_json, atomic_write_parquet
 from tasks.core.schema import REJECT_COLUMNS
-from tasks.prepare.manifest import build_manifest, typed_frame
+from tasks.prepare.manifest import typed_frame
 from tasks.infra.retry import retry_policy
 
 _CACHED = {"persist_result": True, **retry_policy(retries=2, delay_seconds=1)}
@@ -62,36 +60,13 @@ def _dir(step: str, config: PrepareConfig, **parameters: Any) -> Path:
 @task(name="filter-reports", cache_key_fn=_cache_key_fn("filter-reports"), **_CACHED)
 def filter_reports(reports: str, config: PrepareConfig) -> dict[str, str]:
     """DEDUCE-style filter of the report export; derive each study's cohort (no text kept)."""
-    r = config.reports
     work = _dir("filter-reports", config, reports=reports)
-    read = reports_mod.load_reports(reports, encoding=r.encoding)
-    result = reports_mod.filter_reports(
-        read.reports, radiology_type=r.radiology_type, pathology_type=r.pathology_type,
-        radiology_terms=r.radiology_terms, pathology_terms=r.pathology_terms,
-        start_date=r.start_date, end_date=r.end_date,
-    )
-    studies, unreadable = reports_mod.study_cohorts(
-        result.kept, radiology_type=r.radiology_type, pathology_type=r.pathology_type,
-        window_days=r.pathology_window_days,
-    )
-    rejects = typed_frame(
-        [{"kind": "report", **row}
-         for row in pd.concat([read.rejects, result.rejects, unreadable]).to_dict("records")],
-        REJECT_COLUMNS,
-    )
-    counts = dict(result.counts)
-    counts["read"] = int(counts.get("read", 0)) + int(len(read.rejects))
-    counts["encoding"] = read.encoding
-    counts["undecodable_rows"] = int(len(read.rejects))
-    counts["radiology_without_birads"] = int(len(unreadable))
-    counts["studies_per_derived_cohort"] = {
-        str(k): int(v) for k, v in studies["cohort"].value_counts().sort_index().items()
-    }
+    t = outputs.report_tables(reports, config.reports)
     return {
-        "kept": str(atomic_write_parquet(work / "reports_filtered.parquet", result.kept)),
-        "studies": str(atomic_write_parquet(work / "report_studies.parquet", studies)),
-        "rejects": str(atomic_write_parquet(work / "report_rejects.parquet", rejects)),
-        "summary": str(atomic_write_json(work / "reports_summary.json", {"reports": counts})),
+        "kept": str(atomic_write_parquet(work / "reports_filtered.parquet", t.kept)),
+        "studies": str(atomic_write_parquet(work / "report_studies.parquet", t.studies)),
+        "rejects": str(atomic_write_parquet(work / "report_rejects.parquet", t.rejects)),
+        "summary": str(atomic_write_json(work / "reports_summary.json", {"reports": t.counts})),
     }
 
 
@@ -99,45 +74,14 @@ def filter_reports(reports: str, config: PrepareConfig) -> dict[str, str]:
 def group_cohorts(csv_files: list[str], data_root: str, report_studies: str | None,
                   config: PrepareConfig) -> dict[str, str]:
     """Group volumes into cohorts from the labels CSV and/or report-derived study cohorts."""
-    use_labels = config.data.use_labels
-    tables = bcs_csv.load_bcs_tables(data_root, require_labels=use_labels and report_studies is None)
-    sources, label_rejects = [], tables.labels.iloc[0:0][["patient_id", "study_uid", "view"]].assign(reason="")
-    if use_labels and len(tables.labels):
-        from_labels, label_rejects = cohorts_mod.cohorts_from_labels(tables.labels)
-        sources.append(from_labels)
-    if report_studies is not None:
-        sources.append(cohorts_mod.cohorts_from_reports(pd.read_parquet(report_studies), tables.file_paths))
-    if not sources:
-        raise ValueError(
-            f"{data_root}: no cohort source: no labels CSV was used and no report export was given; "
-            "pass --reports FILE or put the BCS-DBT labels CSVs in the data root"
-        )
-    combined, disagreements = cohorts_mod.combine_cohorts(sources)
-    volumes = cohorts_mod.build_volume_table(
-        tables.file_paths, combined, tables.boxes, cohort_rejects=label_rejects
-    )
-    if not (use_labels and len(tables.labels)):
-        volumes = cohorts_mod.no_report_reasons(volumes)
+    t = outputs.cohort_tables(data_root, report_studies, use_labels=config.data.use_labels)
     work = _dir("group-cohorts", config, csv_files=csv_files, data_root=data_root,
                 report_studies=report_studies)
-    summary = {
-        "cohort_sources": [str(s["cohort_source"].iloc[0]) for s in sources if len(s)],
-        "volumes": cohorts_mod.volume_counts(volumes),
-        "label_rejects": int(len(label_rejects)),
-        "disagreements": disagreements,
-    }
-    no_path = volumes.loc[volumes["excluded_reason"].astype("object").eq("no-file-path").fillna(False),
-                          cohorts_mod.KEY]
-    no_path = no_path.assign(reason="no-file-path: a labels row with no file-paths row (no image to use)")
-    rejects = typed_frame(
-        [{"kind": "label", **r} for r in [*label_rejects.to_dict("records"), *no_path.to_dict("records")]],
-        REJECT_COLUMNS,
-    )
     return {
-        "volumes": str(atomic_write_parquet(work / "volumes.parquet", volumes)),
-        "boxes": str(atomic_write_parquet(work / "boxes.parquet", tables.boxes)),
-        "rejects": str(atomic_write_parquet(work / "cohort_rejects.parquet", rejects)),
-        "summary": str(atomic_write_json(work / "cohort_summary.part.json", summary)),
+        "volumes": str(atomic_write_parquet(work / "volumes.parquet", t.volumes)),
+        "boxes": str(atomic_write_parquet(work / "boxes.parquet", t.boxes)),
+        "rejects": str(atomic_write_parquet(work / "cohort_rejects.parquet", t.rejects)),
+        "summary": str(atomic_write_json(work / "cohort_summary.part.json", t.summary)),
     }
 
 
@@ -192,55 +136,13 @@ def write_manifest(plan: str, splits: str, records: list[str], cohort_parts: lis
     """
     work = _dir("write-manifest", config, plan=plan, splits=splits, records=records, cohort_parts=cohort_parts,
                 volumes=volumes, boxes=boxes)
-    plan_df, splits_df = pd.read_parquet(plan), pd.read_parquet(splits)
-    box_rejects = pd.DataFrame(columns=list(REJECT_COLUMNS))
-    if boxes is not None:
-        plan_df, box_rejects = accounting_mod.drop_boxes_outside_frames(plan_df, pd.read_parquet(boxes), records)
-    manifest, extraction_rejects = build_manifest(
-        plan_df, splits_df, records, out_dir=config.data.output_dir, lesion_window=config.slices.lesion_window
-    )
-    splits_mod.assert_disjoint(manifest)
-    earlier = [pd.read_parquet(p) for p in cohort_parts if p.endswith(".parquet")]
-    accounting = {}
-    volume_rows = extraction_rejects.assign(reason=extraction_rejects["reason"].map(accounting_mod.reject_reason))
-    if volumes is not None:
-        volume_rows, accounting = accounting_mod.account_volumes(
-            pd.read_parquet(volumes), plan_df, manifest, volume_rows,
-            max_reject_fraction=config.data.max_reject_fraction,
-        )
-    parts = [frame for frame in (*earlier, volume_rows, typed_frame(box_rejects.to_dict("records"), REJECT_COLUMNS))
-             if len(frame)]
-    rejects = (pd.concat(parts, ignore_index=True) if parts else typed_frame([], REJECT_COLUMNS))
-    rejects = typed_frame(rejects.to_dict("records"), REJECT_COLUMNS)
-    summary: dict[str, Any] = {}
-    for part in cohort_parts:
-        if part.endswith(".json"):
-            summary.update(json.loads(Path(part).read_text()))
-    summary.update({
-        "strategy": config.slices.strategy,
-        "image_size": config.slices.image_size,
-        "seed": config.slices.seed,
-        "normal_fraction": config.slices.normal_fraction,
-        "lesion_window": config.slices.lesion_window,
-        "split_fractions": list(config.slices.split_fractions),
-        "planned_volumes": int(len(plan_df)),
-        "rejects": {str(k): int(v) for k, v in rejects["kind"].value_counts().sort_index().items()},
-        "rejected_volumes": int(len(extraction_rejects)),
-        "boxes_outside_frame": int(len(box_rejects)),
-        "images": int(len(manifest)),
-        "images_per_split_label": {
-            f"{s}/{lab}": int(n)
-            for (s, lab), n in manifest.groupby(["split", "label"]).size().sort_index().items()
-        },
-        "audit": splits_mod.split_audit(manifest),
-        "data_origin": data_origin(config.data.data_root),
-    })
-    if accounting:
-        summary["accounting"] = accounting
+    t = outputs.manifest_tables(pd.read_parquet(plan), pd.read_parquet(splits), records, cohort_parts, config,
+                                None if volumes is None else pd.read_parquet(volumes),
+                                None if boxes is None else pd.read_parquet(boxes))
     return {
-        "manifest": str(atomic_write_parquet(work / "manifest.parquet", manifest)),
-        "rejects": str(atomic_write_parquet(work / "rejects.parquet", rejects)),
-        "summary": str(atomic_write_json(work / "cohort_summary.json", summary)),
+        "manifest": str(atomic_write_parquet(work / "manifest.parquet", t.manifest)),
+        "rejects": str(atomic_write_parquet(work / "rejects.parquet", t.rejects)),
+        "summary": str(atomic_write_json(work / "cohort_summary.json", t.summary)),
     }
 
 
@@ -307,29 +209,15 @@ def check_label_rejects(volumes: str, plan: str, cohort_parts: list[str], config
     from tasks.prepare.volume_check import unresolved_volumes
 
     plan_df = pd.read_parquet(plan)
-    missing = typed_frame([], REJECT_COLUMNS)
-    used = plan_df
+    missing = None
     if check_files and len(plan_df):
         missing = typed_frame(unresolved_volumes(plan_df, config.data.data_root).to_dict("records"), REJECT_COLUMNS)
-        gone = set(missing[cohorts_mod.KEY].astype(str).itertuples(index=False, name=None))
-        keep = [k not in gone for k in plan_df[cohorts_mod.KEY].astype(str).itertuples(index=False, name=None)]
-        used = plan_df.loc[keep]
-    rows, accounting = accounting_mod.account_volumes(
-        pd.read_parquet(volumes), plan_df, used, missing, max_reject_fraction=config.data.max_reject_fraction)
-    error = accounting_mod.reject_fraction_error(accounting)
+    rows, accounting, error = outputs.early_account(pd.read_parquet(volumes), plan_df, config, missing)
     if error is None:
         return accounting
-    earlier = [pd.read_parquet(p) for p in cohort_parts if p.endswith(".parquet")]
-    frames = [f for f in (*earlier, rows) if len(f)]
-    rejects = typed_frame(pd.concat(frames, ignore_index=True).to_dict("records") if frames else [],
-                          REJECT_COLUMNS)
-    summary: dict[str, Any] = {}
-    for part in cohort_parts:
-        if part.endswith(".json"):
-            summary.update(json.loads(Path(part).read_text()))
-    summary.update({"strategy": config.slices.strategy, "image_size": config.slices.image_size,
-                    "seed": config.slices.seed, "accounting": accounting, "failed": error, "images": 0})
     work = Path(plan).parent / ("file-check" if check_files else "label-check")
+    rejects = outputs.merge_rejects(cohort_parts, rows)
+    summary = outputs.merge_summary(cohort_parts, config, accounting=accounting, failed=error, images=0)
     publish_outputs({"rejects": str(atomic_write_parquet(work / "rejects.parquet", rejects)),
                      "summary": str(atomic_write_json(work / "cohort_summary.json", summary))},
                     config.data.output_dir, kept=kept)
@@ -345,6 +233,27 @@ def fail_on_rejects(result: dict[str, Any], config: PrepareConfig, kept: str | N
     publish_outputs({"rejects": result["rejects"], "summary": result["summary"]},
                           config.data.output_dir, kept=kept)
     raise ValueError(error)
+
+
+def remove_temporaries(out: Path) -> int:
+    """Remove the temporary files an interrupted run left in ``out`` (logged); how many."""
+    stale = remove_stale_temporaries(out)
+    if stale:
+        get_run_logger().info("removed %d temporary files left by an interrupted run", stale)
+    return stale
+
+
+def report_output(reports: dict[str, str] | None, key: str) -> str | None:
+    """One of filter-reports' outputs (``kept``, ``studies``, ...), or None for a run without reports."""
+    return reports[key] if reports else None
+
+
+def audit_parts(cohort: dict[str, str], reports: dict[str, str] | None) -> list[str]:
+    """The summary and rejects files of group-cohorts (and filter-reports) that the manifest step merges."""
+    parts = [cohort["summary"], cohort["rejects"]]
+    if reports:
+        parts += [reports["summary"], reports["rejects"]]
+    return parts
 
 
 def cohort_csv_files(config: PrepareConfig, reports: dict[str, str] | None) -> list[str]:

@@ -60,8 +60,8 @@ def test_invalid_setting_is_one_line_naming_the_field(prefect_harness, tmp_path:
 
 
 def test_run_name_never_raises(monkeypatch, tmp_path: Path) -> None:
-    import flows.pipeline
     import tasks.infra.run_names
+    import tasks.pipeline.steps
     from flows import evaluate, prepare, train
 
     # No ImageNet weights here: the demo falls back to vgg16_bn, trained on 64 px (its slices are 96 px).
@@ -75,8 +75,8 @@ def test_run_name_never_raises(monkeypatch, tmp_path: Path) -> None:
                              ({"config": {"train": {"epochs": -1}}}, "pipeline (invalid parameters)"),
                              ({"preset": "demo"}, "pipeline demo vgg16_bn 64px"),
                              ({"config": "not a mapping"}, "pipeline (invalid parameters)")):
-        monkeypatch.setattr(flows.pipeline, "flow_run", Params(params))
-        assert flows.pipeline._run_name() == expected
+        monkeypatch.setattr(tasks.pipeline.steps, "flow_run", Params(params))
+        assert tasks.pipeline.steps.pipeline_run_name() == expected
     monkeypatch.setattr(tasks.infra.run_names, "flow_run", Params({"config": {"nope": 1}}))
     for module, name in ((train, "train (invalid config)"), (evaluate, "evaluate (invalid config)"),
                          (prepare, "prepare (invalid config)")):
