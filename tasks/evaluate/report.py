@@ -34,7 +34,8 @@ from tasks.evaluate import report_generalization
 from tasks.evaluate import report_sections as sections
 from tasks.core.files import atomic_write_text
 from tasks.evaluate.metrics_point import LEVELS, METRICS
-from tasks.evaluate.report_sections import METRIC_NAMES, UNIT, ci_label, fmt, fmt_ci, level_entry, n_resamples, null_text
+from tasks.evaluate.report_format import METRIC_NAMES, UNIT, ci_label, fmt, fmt_ci, level_entry, n_resamples
+from tasks.evaluate.report_sections import null_text
 
 if TYPE_CHECKING:
     import jinja2

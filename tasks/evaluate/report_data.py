@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 
 from tasks.evaluate import report_figures as figures
-from tasks.evaluate.report_sections import KIND_TEXT, n_resamples
+from tasks.evaluate.report_format import KIND_TEXT, n_resamples
 from tasks.core.schema import COHORTS, SPLITS
 
 

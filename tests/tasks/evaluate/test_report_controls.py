@@ -16,7 +16,7 @@ from models.controls import control_box, localisation_references, occlusion_cont
 from tasks.evaluate.report import write_report
 from tasks.evaluate.metrics_chance import chance_losses
 from tasks.evaluate.metrics import evaluate_predictions
-from tasks.evaluate.report_sections import interval_of, wilson_interval
+from tasks.evaluate.report_format import interval_of, wilson_interval
 
 
 def test_wilson_interval_at_the_edges() -> None:
@@ -113,7 +113,7 @@ def test_page_says_synthetic_trivial_and_controls(tmp_path: Path) -> None:
 
 
 def test_demo_printout_and_dashboard_carry_the_trivial_score() -> None:
-    from flows.cli import demo_verdict
+    from flows.cli_synth import demo_verdict
     from tasks.evaluate.report import summary_markdown
 
     rng = np.random.default_rng(0)

@@ -7,14 +7,8 @@ import datetime as dt
 import pandas as pd
 import pytest
 
-from tasks.prepare.radiology_reports import (
-    classify_pathology,
-    filter_reports,
-    parse_birads,
-    pathology_side,
-    read_reports,
-    study_cohorts,
-)
+from tasks.prepare.radiology_reports import filter_reports, read_reports, study_cohorts
+from tasks.prepare.report_findings import classify_pathology, parse_birads, pathology_side
 
 
 def _reports(rows: list[tuple[str, str, str, str, str]]) -> pd.DataFrame:
