@@ -1,6 +1,6 @@
 """Training data: the manifest check, the dataset of one split, the epoch sampler, the loaders.
 
-Reproducibility (DESIGN convention 9): nothing draws from a random stream that carries over
+Reproducibility: nothing draws from a random stream that carries over
 from one epoch to the next. The training order and every sample's augmentation seed come
 from a generator seeded with ``(seed, epoch)`` (:class:`EpochSampler`), so epoch ``e`` reads
 the same images with the same augmentation whether the run started at epoch 1 or was

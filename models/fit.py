@@ -1,7 +1,7 @@
 """The run: :func:`fit` trains a classifier epoch by epoch, with checkpoints, history,
 early stopping and resume.
 
-Reproducibility (DESIGN convention 9). Nothing draws from a random stream that carries
+Reproducibility. Nothing draws from a random stream that carries
 over from one epoch to the next: the training order and every sample's augmentation seed
 come from ``(seed, epoch)`` (:class:`~models.data.EpochSampler`), and torch's global
 generator, which dropout uses, is reseeded from ``(seed, epoch)`` at the start of each

@@ -47,7 +47,7 @@ def checkpoint_of(weights: Any) -> Path | None:
         return None
     path = Path(weights).expanduser()
     if path.is_dir():
-        from models.checkpoint import chosen_checkpoint  # models.checkpoint imports this module
+        from models.checkpoint import chosen_checkpoint  # models.checkpoint imports this module (through models.classifier)
 
         chosen = chosen_checkpoint(path)
         if chosen.is_file():

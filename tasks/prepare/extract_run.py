@@ -28,22 +28,22 @@ def run_extraction(jobs: list[dict[str, Any]], config: PrepareConfig) -> list[st
     logger = get_run_logger()
     out = config.data.output_dir
     s = config.slices
-    done, todo = split_finished(jobs, data_root=config.data.data_root, out_dir=out,
+    finished, todo = split_finished(jobs, data_root=config.data.data_root, out_dir=out,
                                 image_size=s.image_size, seed=s.seed, full_resolution=s.full_resolution)
     if not todo:
         logger.info("extraction: all %d volumes already extracted with the same inputs", len(jobs))
         create_progress_artifact(100.0, key="extraction-progress",
                                  description=f"Extraction of {len(jobs)} volumes: nothing to do")
-        return done
+        return finished
     shards = balanced_shards(todo, s.shard_size)
     params = [{"jobs": shard, "data_root": config.data.data_root, "out_dir": out,
                "image_size": s.image_size, "seed": s.seed, "full_resolution": s.full_resolution}
               for shard in shards]
     artifact = create_progress_artifact(
-        100.0 * len(done) / len(jobs), key="extraction-progress",
+        100.0 * len(finished) / len(jobs), key="extraction-progress",
         description=f"Extraction of {len(todo)} of {len(jobs)} volumes in {len(shards)} shards")
-    records: list[str] = list(done)
-    decoded = 0
+    records: list[str] = list(finished)
+    decoded = processed = 0
     runner = task_runner(config)
     if runner is not None and s.executor == "process":
         seconds = estimated_seconds(todo, data_root=config.data.data_root, image_size=s.image_size,
@@ -63,11 +63,13 @@ def run_extraction(jobs: list[dict[str, Any]], config: PrepareConfig) -> list[st
             futures = [runner.submit(extract_shard_task, p) for p in params]
             results = (f.result() for f in futures)
         try:
-            for done, (shard, result) in enumerate(zip(shards, results), start=1):
+            for shard, result in zip(shards, results):
                 records.extend(result["records"])
                 decoded += result["decoded"]
                 bar.advance(bar_task, len(shard))
-                update_progress_artifact(artifact, 100.0 * done / max(len(shards), 1))
+                # Volumes finished by earlier runs count: a resumed run's bar does not drop back.
+                processed += len(shard)
+                update_progress_artifact(artifact, 100.0 * (len(finished) + processed) / len(jobs))
         except BaseException as exc:
             if not isinstance(exc, Exception):  # SIGTERM, Ctrl-C: the runner would wait for shards in flight
                 lifecycle.stop_workers()
