@@ -1,4 +1,4 @@
-"""The plain functions of the evaluate-model steps (tasks/evaluate/steps.py)."""
+"""The checkpoint a run is evaluated with (models/checkpoint.py)."""
 
 from __future__ import annotations
 
