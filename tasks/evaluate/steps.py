@@ -15,7 +15,6 @@ from typing import Any
 from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
-from models.checkpoint import chosen_checkpoint
 from tasks.infra.caching import content_cache_key_fn
 from tasks.core.config import EvaluateConfig
 from tasks.infra.retry import retry_policy
@@ -25,6 +24,8 @@ _CACHED = {"persist_result": True, **retry_policy(retries=1, delay_seconds=2)}
 
 def run_inputs(cfg: EvaluateConfig) -> tuple[Path, Path, Path, dict[str, Any]]:
     """(checkpoint, manifest, output folder (made), training config) of the run to evaluate."""
+    from models.checkpoint import chosen_checkpoint
+
     run = Path(cfg.run_dir)
     config_path = run / "config.json"
     if not config_path.is_file():

@@ -288,14 +288,18 @@ def test_report_escapes_text_from_the_data(tmp_path: Path) -> None:
 
 
 def test_templates_ship_as_package_data() -> None:
-    """``pip install`` must carry the template: pyproject lists tasks.evaluate.templates and its files."""
+    """``pip install`` must carry the template: pyproject finds tasks.evaluate and lists its templates as data."""
     import tomllib
     from fnmatch import fnmatch
 
+    from setuptools import find_packages
+
     root = Path(__file__).resolve().parents[3]
     setuptools = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]
-    assert "tasks.evaluate.templates" in setuptools["packages"]
-    patterns = setuptools["package-data"]["tasks.evaluate.templates"]
-    shipped = sorted(p.name for p in (root / "tasks" / "evaluate" / "templates").iterdir() if p.is_file())
-    assert "report.html.j2" in shipped
+    found = find_packages(str(root), include=setuptools["packages"]["find"]["include"])
+    assert {"tasks.evaluate", "tasks.prepare", "tasks.core", "models", "flows", "synth"} <= set(found)
+    patterns = setuptools["package-data"]["tasks.evaluate"]
+    shipped = sorted(f"templates/{p.name}" for p in (root / "tasks" / "evaluate" / "templates").iterdir()
+                     if p.is_file())
+    assert "templates/report.html.j2" in shipped
     assert all(any(fnmatch(name, pat) for pat in patterns) for name in shipped)

@@ -84,7 +84,7 @@ def test_equal_effective_configs_are_one_run(tmp_path: Path) -> None:
 
 def test_missing_weights_stop_before_any_work(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                               capsys: pytest.CaptureFixture[str]) -> None:
-    import models.backbones
+    import models.weights
     from models.weights import WeightsNotFoundError
 
     def missing(name, weights):
@@ -92,7 +92,7 @@ def test_missing_weights_stop_before_any_work(tmp_path: Path, monkeypatch: pytes
             return None
         raise WeightsNotFoundError(f"no {name} ImageNet weights in the cache")
 
-    monkeypatch.setattr(models.backbones, "resolve_weights", missing)
+    monkeypatch.setattr(models.weights, "resolve_weights", missing)
     data = tmp_path / "data"
     data.mkdir()
     out = tmp_path / "out"
