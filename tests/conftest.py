@@ -82,16 +82,25 @@ def phantom() -> Callable[..., np.ndarray]:
 # test` (what CI runs) runs them too. Listed here by path or node id, not decorated in each
 # module, so the tier reads in one place. Times measured on 2 shared cores (see README).
 SLOW_TESTS: dict[str, str] = {
+    # Kill, SIGTERM and resume: real runs, real signals.
     "tests/flows/test_prepare_kill.py": "kills a real prepare run and resumes it",
+    "tests/flows/test_faults_cli.py": "the CLI's fault tests: kills, SIGTERM, resumes, whole runs",
+    "tests/flows/test_faults_round2_prepare.py": "prepare through the CLI on faulty data (each run starts Prefect)",
+    "tests/flows/test_faults_round2_train.py": "train and evaluate through the CLI, SIGTERM included",
+    "tests/models/test_train.py::test_killed_run_resumes": "kills training and resumes it",
+    # End to end: whole flows, the service, every command.
     "tests/e2e/test_service.py": "PostgreSQL, a Prefect server, workers and deployments",
-    "tests/flows/test_faults_cli.py::test_kill_mid_extraction": "kills a real run and resumes it",
-    "tests/flows/test_faults_cli.py::test_sigterm_cancels": "SIGTERM to a real run and a resume",
-    "tests/test_golden.py": "every command end to end (about 4 minutes alone)",
+    "tests/test_golden.py": "every command end to end against recorded outputs",
+    "tests/flows/test_pipeline.py": "the whole pipeline and the experiments, twice",
+    "tests/flows/test_transfer_cli.py": "trains a model, fine-tunes it, evaluates on external data",
+    "tests/flows/test_sweep.py": "a 2 x 2 training-size sweep through the CLI",
+    "tests/flows/test_evaluate.py": "the evaluate flow with Grad-CAM and the report",
+    "tests/flows/test_train.py::test_train_flow_two_epochs": "the train flow, killed and resumed",
+    "tests/flows/test_small_data.py::test_prepare_completes_on_a_fresh_prefect_home": "a fresh PREFECT_HOME's database",
+    "tests/models/test_scratch_baseline.py::test_demo_scratch_recipe_learns": "trains the demo's recipe until it learns",
+    # Other processes: Dask clusters, torchrun.
     "tests/flows/test_dask.py": "starts a Dask cluster and a temporary Prefect server",
-    "tests/models/test_distributed.py::test_torchrun": "torchrun with two ranks",
-    "tests/models/test_distributed.py::test_two_ranks": "torchrun with two ranks",
-    "tests/models/test_distributed.py::test_a_second_torchrun": "torchrun with two ranks",
-    "tests/models/test_distributed.py::test_replicas_that_drift": "torchrun with two ranks",
+    "tests/models/test_distributed.py": "torchrun with two ranks",
 }
 
 
