@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo test bench bench-learning clean
+.PHONY: install demo test test-fast bench bench-learning clean
 
 install: $(STAMP)
 
@@ -19,8 +19,13 @@ $(STAMP): pyproject.toml
 demo: install
 	$(PY) -m flows.cli demo --out demo-output
 
+# Everything, the slow tier included (kill tests, the PostgreSQL service test, the full demo): what CI runs.
 test: install
 	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+# The fast tier, for the edit-test loop: the slow tier is listed in tests/conftest.py (SLOW_TESTS).
+test-fast: install
+	$(PY) -m pytest -q -m "not slow and not e2e" $(PYTEST_ARGS)
 
 bench: install
 	$(PY) bench/decode.py

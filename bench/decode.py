@@ -91,12 +91,12 @@ def _child(args: argparse.Namespace) -> None:
     from pydicom import dcmread
     from pydicom.pixels import pixel_array
 
-    from tasks.dicom import read_frames
+    from tasks.reader.frames import read_frames
 
     result: dict[str, object] = {"import_rss_mib": _peak_rss_mib()}
     path = args.volume
     if args.child == "generate":
-        from synth import write_dbt_dicom
+        from synth.dicom_writer import write_dbt_dicom
 
         start = time.perf_counter()
         frames = _volume(args.frames, args.rows, args.columns, args.seed)

@@ -4,7 +4,7 @@ On the demo's ``easy`` lesions a brightness filter already reaches ROC AUC 1.0, 
 cannot show whether a change to the pipeline helps. This benchmark writes a ``moderate``
 collection (``tomoflow synth --difficulty moderate``: lesions 2.5 texture SDs bright among
 brighter normal ducts and dense patches in every volume), where the best trivial score
-(:mod:`tasks.trivial_scores`) stays at an image-level ROC AUC of about 0.7, runs the
+(:mod:`tasks.evaluate.trivial_scores`) stays at an image-level ROC AUC of about 0.7, runs the
 whole ``tomoflow-pipeline`` flow on the CPU (the ``demo`` preset's scratch recipe with the
 settings below over it) and prints, from the evaluation's ``metrics.json``:
 
@@ -93,7 +93,7 @@ def run(args: argparse.Namespace, out: Path) -> dict:
     """Write the collection, run the pipeline, and read the comparison from metrics.json."""
     from flows.prefect_env import apply_prefect_defaults
     from flows.pipeline import tomoflow_pipeline
-    from synth import generate_dataset
+    from synth.generate import generate_dataset
 
     start = time.perf_counter()
     data = out / "data"

@@ -43,8 +43,9 @@ ALL_SLICES_FRAMES = 243_565
 
 def _jobs(root: Path) -> list[dict]:
     """Every frame of every volume (rule ``all``): the all-slices rule of positive volumes."""
-    from tasks.cohorts import build_volume_table, cohorts_from_labels, load_bcs_tables
-    from tasks.slices import select_slices
+    from tasks.prepare.cohorts import build_volume_table, cohorts_from_labels
+    from tasks.prepare.bcs_csv import load_bcs_tables
+    from tasks.prepare.slices import select_slices
 
     tables = load_bcs_tables(root)
     cohorts, rejects = cohorts_from_labels(tables.labels)
@@ -57,7 +58,7 @@ def _jobs(root: Path) -> list[dict]:
 def _codestreams(path: str) -> tuple[object, list[bytes]]:
     from pydicom.encaps import get_frame
 
-    from tasks.dicom import _read_header
+    from tasks.reader.header import read_header as _read_header
 
     header = _read_header(path)
     n = header.info.n_frames
@@ -79,7 +80,7 @@ def _cpu_best(fn, repeat: int = 5) -> float:
 
 
 def _level_table(path: str) -> dict[int, float]:
-    from tasks import j2k
+    from tasks.reader import j2k
 
     _, streams = _codestreams(path)
     info = j2k.codestream_info(streams[0])
@@ -103,8 +104,8 @@ def _level_table(path: str) -> dict[int, float]:
 
 def _init_worker() -> None:
     sys.path.insert(0, str(REPO))
-    import tasks.extract  # noqa: F401  (warm: the pool's start is a fixed cost, not measured)
-    from tasks import j2k
+    import tasks.prepare.extract  # noqa: F401  (warm: the pool's start is a fixed cost, not measured)
+    from tasks.reader import j2k
 
     j2k.available()
 
@@ -113,8 +114,8 @@ def _decode_shard(args: tuple[list[str], int | None, int]) -> tuple[int, float]:
     """Decode-only: every frame of the files at the level the reader picks (None: full, pydicom)."""
     from pydicom.pixels import iter_pixels
 
-    from tasks import j2k
-    from tasks.dicom import decode_level
+    from tasks.reader import j2k
+    from tasks.reader.decode import decode_level
 
     paths, image_size, edges = args
     frames = 0
@@ -137,7 +138,7 @@ def _decode_shard(args: tuple[list[str], int | None, int]) -> tuple[int, float]:
 
 
 def _extract_shard(args: tuple[list[dict], str, str, int]) -> tuple[int, float]:
-    from tasks.extract import extract_shard
+    from tasks.prepare.extract import extract_shard
 
     jobs, root, out, size = args
     cpu = time.process_time()
@@ -151,7 +152,7 @@ def _extract_shard(args: tuple[list[dict], str, str, int]) -> tuple[int, float]:
 
 
 def _paths(root: Path, jobs: list[dict]) -> list[str]:
-    from tasks.slices import VolumeResolver
+    from tasks.prepare.locate import VolumeResolver
 
     resolver = VolumeResolver(root)
     return [str(resolver.resolve(j["descriptive_path"], j["classic_path"], j["patient_id"])[0]) for j in jobs]
@@ -163,9 +164,11 @@ def _step_costs(path: str, size: int) -> dict[str, float]:
 
     from PIL import Image
 
-    from tasks import j2k
-    from tasks.dicom import _render, decode_level, letterbox
-    from tasks.io import atomic_write_png
+    from tasks.reader import j2k
+    from tasks.reader.render import render as _render
+    from tasks.reader.decode import decode_level
+    from tasks.reader.geometry import letterbox
+    from tasks.core.files import atomic_write_png
 
     header, streams = _codestreams(path)
     info = header.info
@@ -190,13 +193,13 @@ def _step_costs(path: str, size: int) -> dict[str, float]:
 
 
 def _png_level() -> int:
-    from tasks.extract import PNG_COMPRESS_LEVEL
+    from tasks.prepare.extract import PNG_COMPRESS_LEVEL
 
     return PNG_COMPRESS_LEVEL
 
 
 def _throughput(root: Path, jobs: list[dict], tmp: Path, workers: int, repeat: int, full_1core: float) -> dict:
-    from tasks.extract import balanced_shards
+    from tasks.prepare.extract import balanced_shards
 
     paths = _paths(root, jobs)
     results: dict = {}
@@ -265,7 +268,7 @@ def _reruns(tmp: Path, repeat: int, api_url: str | None) -> dict:
         env["PREFECT_API_URL"] = api_url
     # The rerun measures fixed cost, not decoding: a small dataset with enough patients that every
     # split holds both classes (prepare stops before extraction otherwise).
-    from synth import generate_dataset
+    from synth.generate import generate_dataset
 
     root = tmp / "rerun-data"
     generate_dataset(root, patients=12, seed=1, positive_fraction=0.5, reports=False)
@@ -318,7 +321,7 @@ def main() -> None:
         tmp = Path(tmp_name)
         root = args.data
         if root is None:
-            from synth import generate_dataset
+            from synth.generate import generate_dataset
 
             root = tmp / "data"
             t = time.perf_counter()

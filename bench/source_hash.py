@@ -1,14 +1,14 @@
 """Benchmark: what the extraction cache's content hash costs next to extracting one slice.
 
 Issue 18 keys each volume's record on the SHA-256 of the DICOM file's bytes
-(:mod:`tasks.source_hash`). Writes one synthetic BCS-DBT-shaped volume (full size by
+(:mod:`tasks.prepare.source_hash`). Writes one synthetic BCS-DBT-shaped volume (full size by
 default: 2457 x 1890, JPEG 2000 lossless) and measures, in this process:
 
 * ``extract one slice`` (the baseline): ``read_frames(path, [slice], view=..., image_size=224)``,
   the reduced-resolution single-slice extraction path;
-* ``sha256 of the file``: :func:`tasks.source_hash.sha256_file` (first extraction, and any
+* ``sha256 of the file``: :func:`tasks.prepare.source_hash.sha256_file` (first extraction, and any
   rerun after the file's stat changed);
-* ``memoised check``: :func:`tasks.source_hash.source_sha256` with a record whose stat
+* ``memoised check``: :func:`tasks.prepare.source_hash.source_sha256` with a record whose stat
   matches (every rerun with nothing changed).
 
 Ratios are against the baseline measured in the same run. Usage::
@@ -45,9 +45,9 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3)
     args = parser.parse_args()
 
-    from synth import write_dbt_dicom
-    from tasks.dicom import read_frames
-    from tasks.source_hash import sha256_file, source_sha256
+    from synth.dicom_writer import write_dbt_dicom
+    from tasks.reader.frames import read_frames
+    from tasks.prepare.source_hash import sha256_file, source_sha256
     from tests.conftest import breast_phantom
 
     with tempfile.TemporaryDirectory() as tmp:

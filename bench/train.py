@@ -11,7 +11,7 @@ Loader (no model), images/s over whole epochs after a warm-up epoch, median of
   RandomVerticalFlip, RandomRotation, RandomAffine, ColorJitter, Resize, ToTensor),
   ``shuffle=True``;
 * ``tomoflow``: :func:`models.data.make_loaders`' training loader with the same
-  augmentations (:func:`tasks.augment.train_transforms`: one merged affine warp, per-sample
+  augmentations (:func:`models.augment.train_transforms`: one merged affine warp, per-sample
   seeds from :class:`models.data.EpochSampler`). Target: not slower than ``plain``.
 
 GPU (only with CUDA; otherwise it says it skipped), VGG16 from scratch (speed doesn't
@@ -67,11 +67,12 @@ sys.path.insert(0, str(ROOT))
 
 import torchvision.transforms as T  # noqa: E402
 
-from models import build_model  # noqa: E402
+from models.classifier import build_model  # noqa: E402
 from models.data import default_num_workers, make_loaders  # noqa: E402
 from models.engine import batch_to_device, train_one_epoch  # noqa: E402
-from tasks.config import AugmentConfig, ModelConfig, TrainConfig, TrainParams  # noqa: E402
-from tasks.manifest import MANIFEST_COLUMNS, typed_frame  # noqa: E402
+from tasks.core.config import AugmentConfig, ModelConfig, TrainConfig, TrainParams  # noqa: E402
+from tasks.core.schema import MANIFEST_COLUMNS  # noqa: E402
+from tasks.prepare.manifest import typed_frame
 
 TARGET_LOADER_RATIO = 1.0
 TARGET_REAL_VS_DEVICE = 0.9

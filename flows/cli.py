@@ -11,9 +11,8 @@ from typing import Sequence
 
 from flows.cli_experiments import add_experiments
 from flows.cli_serve import add_serve_outputs
-from flows.cli_config import (  # noqa: F401 - CONFIG_OPTIONS, NOT_CONFIG re-exported for the tests
-    CONFIG_OPTIONS,
-    NOT_CONFIG,
+from flows.cli_synth import add_demo, add_synth
+from flows.cli_config import (
     config_option,
     evaluate_config_from_args,
     prepare_config_from_args,
@@ -24,7 +23,7 @@ from flows.cli_transfer import add_weights_command
 
 def _writable(path: Path) -> None:
     """Fail at once, before a flow (or the temporary Prefect server) starts, if ``path`` can't be written."""
-    from tasks.io import ensure_writable_dir
+    from tasks.core.files import ensure_writable_dir
 
     ensure_writable_dir(path, what="--out")
 
@@ -51,34 +50,8 @@ def _frames_arg(text: str) -> list[int]:
     return frames
 
 
-def _cmd_synth(args: argparse.Namespace) -> int:
-    from synth import generate_dataset
-
-    frames = None
-    if args.frames:
-        lo, _, hi = args.frames.partition("-")
-        frames = (int(lo), int(hi or lo))
-    summary = generate_dataset(
-        args.out,
-        patients=args.patients,
-        seed=args.seed,
-        full_size=args.full_size,
-        frames=frames,
-        positive_fraction=args.positive_fraction,
-        reports=not args.no_reports,
-        difficulty=getattr(args, "difficulty", "easy"),
-        lesion_contrast=getattr(args, "lesion_contrast", None),
-        lesion_size=getattr(args, "lesion_size", None),
-        lesion_count=getattr(args, "lesion_count", None),
-        **({"rows": args.rows, "columns": args.columns} if args.rows and args.columns else {}),
-    )
-    # The per-volume details (drift, rotation, laterality ground truth) are for tests.
-    print(json.dumps({k: v for k, v in summary.items() if k != "details"}, sort_keys=True, default=str))
-    return 0
-
-
 def _cmd_export_slices(args: argparse.Namespace) -> int:
-    from tasks.dicom import export_slices
+    from tasks.reader.frames import export_slices
 
     records = export_slices(
         args.file, args.out, frames=args.frames, view=args.view, image_size=args.image_size,
@@ -92,7 +65,7 @@ def _cmd_export_slices(args: argparse.Namespace) -> int:
 def _cmd_prepare(args: argparse.Namespace) -> int:
     from flows.prepare import prepare_data
 
-    from tasks.io import output_lock
+    from tasks.core.files import output_lock
 
     config = prepare_config_from_args(args)
     _writable(args.out)
@@ -105,7 +78,7 @@ def _cmd_prepare(args: argparse.Namespace) -> int:
 def _cmd_train(args: argparse.Namespace) -> int:
     from flows.train import train_classifier
 
-    from tasks.io import output_lock
+    from tasks.core.files import output_lock
 
     config = train_config_from_args(args)
     _writable(args.out)
@@ -118,7 +91,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     from flows.evaluate import evaluate_model
 
-    from tasks.evaluate_lock import evaluation_locks
+    from tasks.evaluate.locks import evaluation_locks
 
     config = evaluate_config_from_args(args)
     if args.out is not None:
@@ -137,106 +110,6 @@ def _cmd_run(args: argparse.Namespace) -> int:
     result = tomoflow_pipeline(data_root=str(args.data_root), output_root=str(args.out), preset=args.preset)
     print(json.dumps(result, sort_keys=True, default=str))
     return 0
-
-
-#: Frames per synthetic volume in the demo (as MIN-MAX): the demo uses one slice of each
-#: volume, and writing thinner volumes halves the time spent making its dataset.
-DEMO_FRAMES = "8-16"
-
-
-def _cmd_demo(args: argparse.Namespace) -> int:
-    out = Path(args.out)
-    data = out / "data"
-    print(f"[demo] writing a synthetic BCS-DBT dataset to {data}", flush=True)
-    synth = argparse.Namespace(
-        out=data, patients=args.patients, seed=args.seed, full_size=False, frames=DEMO_FRAMES,
-        positive_fraction=0.3, no_reports=False, rows=None, columns=None,
-    )
-    _cmd_synth(synth)
-    print("[demo] running the tomoflow-pipeline flow (preset 'demo': prepare, train, evaluate) on the CPU",
-          flush=True)
-    from flows.pipeline import tomoflow_pipeline
-
-    result = tomoflow_pipeline(data_root=str(data), output_root=str(out / "outputs"), preset="demo")
-    if result.get("note"):
-        print(f"[demo] NOTE: {result['note']}")
-    print(f"[demo] manifest: {result['manifest']}")
-    print(f"[demo] metrics:  {result['metrics']}")
-    print(f"[demo] report:   {result['report']}")
-    verdict, learned = demo_verdict(json.loads(Path(result["metrics"]).read_text()))
-    print(f"[demo] {verdict}", flush=True)
-    return 0 if learned else 1
-
-
-#: What the demo's classifier must reach on its test split, per image, to count as learned.
-DEMO_MIN_AUC = 0.90
-DEMO_MIN_ACCURACY = 0.80
-
-
-def demo_verdict(metrics: dict) -> tuple[str, bool]:
-    """Whether the demo's classifier separates tumour from normal, in one line.
-
-    The image (slice) is the unit: patient-level figures aggregate a patient's images and
-    can flatter. The demo's lesions are plainly visible, so a classifier that learned
-    anything reaches :data:`DEMO_MIN_AUC` and :data:`DEMO_MIN_ACCURACY`; one at chance
-    (as VGG16 without batch normalisation trained from scratch at lr 0.001 was) does not,
-    and the demo then fails instead of printing chance figures as a result.
-
-    Args:
-        metrics: ``metrics.json`` of the evaluation.
-
-    Returns:
-        ``(line, learned)``.
-    """
-    level = (metrics.get("levels") or {}).get("slice") or {}
-    values = level.get("metrics") or {}
-
-    def fmt(name: str) -> str:
-        value = values.get(name)
-        return "n/a" if value is None else f"{value:.3f}"
-
-    figures = (f"test split, per image ({level.get('n', 0)} images, {level.get('n_positive', 0)} with a tumour): "
-               f"ROC AUC {fmt('roc_auc')}, accuracy {fmt('accuracy')}, sensitivity {fmt('sensitivity')}, "
-               f"specificity {fmt('specificity')}")
-    trivial = ((metrics.get("trivial") or {}).get("levels") or {}).get("slice") or {}
-    if trivial.get("roc_auc") is not None:
-        # The floor beside the figures: on easy lesions a brightness filter alone reaches about 1.0.
-        figures += (f"; trivial brightness score ({metrics['trivial'].get('score')}) ROC AUC "
-                    f"{trivial['roc_auc']:.3f}, the classifier "
-                    + ("beats it" if trivial.get("beats_trivial") else "does NOT beat it"))
-    auc, accuracy = values.get("roc_auc"), values.get("accuracy")
-    learned = auc is not None and accuracy is not None and auc >= DEMO_MIN_AUC and accuracy >= DEMO_MIN_ACCURACY
-    if learned:
-        return (f"{figures}: the classifier separates tumour from normal on these synthetic lesions "
-                f"(target ROC AUC >= {DEMO_MIN_AUC:.2f}, accuracy >= {DEMO_MIN_ACCURACY:.2f})."), True
-    return (f"FAILED: {figures}, below the demo's target (ROC AUC >= {DEMO_MIN_AUC:.2f}, accuracy >= "
-            f"{DEMO_MIN_ACCURACY:.2f}): the classifier did not learn to separate the synthetic lesions. See the "
-            "learning curves in the report."), False
-
-
-def _add_synth(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
-    """The ``tomoflow synth`` command."""
-    p = sub.add_parser("synth", help="write a synthetic, BCS-DBT-shaped dataset")
-    p.add_argument("out", type=Path, help="output folder")
-    p.add_argument("--patients", type=int, default=40, help="number of patients (default 40)")
-    p.add_argument("--seed", type=int, default=0, help="random seed; same seed, same bytes (default 0)")
-    p.add_argument("--full-size", action="store_true", help="2457 x 1890 frames as in BCS-DBT")
-    p.add_argument("--rows", type=int, default=None, help="frame rows (small default)")
-    p.add_argument("--columns", type=int, default=None, help="frame columns (small default)")
-    p.add_argument("--frames", default=None, help="frames per volume as MIN-MAX, e.g. 49-95")
-    p.add_argument("--positive-fraction", type=float, default=None,
-                   help="fraction of positive patients (default: the collection's proportions)")
-    p.add_argument("--no-reports", action="store_true", help="do not write reports.csv")
-    p.add_argument("--difficulty", default="easy", choices=["easy", "moderate", "subtle"],
-                   help="lesion level: easy (default; plainly visible, the same bytes as before for a seed), "
-                        "moderate (a brightness filter reaches about 0.8 AUC), subtle")
-    p.add_argument("--lesion-contrast", type=float, default=None,
-                   help="peak lesion brightening in tissue-texture SDs (over --difficulty; easy: 4.5-10)")
-    p.add_argument("--lesion-size", type=float, default=None,
-                   help="factor on the lesion box side (over --difficulty; 1: 10-25%% of the frame width)")
-    p.add_argument("--lesion-count", type=int, default=None,
-                   help="lesions per positive volume (over --difficulty; default one, two for about 20%%)")
-    p.set_defaults(func=_cmd_synth)
 
 
 def _add_export_slices(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
@@ -329,20 +202,6 @@ def _add_run(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None
     p.set_defaults(func=_cmd_run)
 
 
-def _add_demo(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
-    """The ``tomoflow demo`` command."""
-    p = sub.add_parser("demo", help="the whole pipeline on a small synthetic dataset (CPU)")
-    p.add_argument("--out", type=Path, default=Path("demo-output"), help="output folder")
-    p.add_argument("--patients", type=int, default=100, help="synthetic patients (default 100)")
-    p.add_argument("--seed", type=int, default=0)
-    # Accepted so that existing callers keep working, but not read: the demo preset
-    # (configs/demo.yaml) fixes the image sizes the demo is tuned for.
-    p.add_argument("--image-size", type=int, default=128,
-                   help="ignored, kept for compatibility: configs/demo.yaml sets the image sizes "
-                        "(96 px PNGs, 64 px network input)")
-    p.set_defaults(func=_cmd_demo)
-
-
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``tomoflow`` command."""
     parser = argparse.ArgumentParser(
@@ -351,17 +210,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True)
 
-    _add_synth(sub)
+    add_synth(sub)
     _add_export_slices(sub)
     _add_prepare(sub)
     _add_train(sub)
     _add_evaluate(sub)
     _add_run(sub)
     add_experiments(sub)
-    _add_demo(sub)
+    add_demo(sub)
     add_serve_outputs(sub)
     add_weights_command(sub)
-    from tasks.alerts import add_alerts_command
+    from tasks.infra.alerts import add_alerts_command
 
     add_alerts_command(sub)
     return parser
@@ -373,8 +232,8 @@ FLOW_COMMANDS = frozenset({"prepare", "train", "evaluate", "run", "experiments",
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``tomoflow`` console script."""
-    from tasks.io import OutputInUseError
-    from tasks.redaction import install as install_redaction, redact
+    from tasks.core.files import OutputInUseError
+    from tasks.infra.redaction import install as install_redaction, redact
 
     install_redaction()
     parser = build_parser()
@@ -393,7 +252,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         apply_prefect_defaults()
 
     if args.command not in ("synth", "export-slices", "serve-outputs", "weights", "alerts"):
-        from tasks.lifecycle import isolate_temporary_server, start_reaper
+        from tasks.infra.lifecycle import start_reaper
+        from tasks.infra.prefect_internals import isolate_temporary_server
 
         # Whatever this process starts (the temporary Prefect server, workers) stops when
         # it dies, even by SIGKILL; Ctrl-C reaches the flow, not the server it reports to.

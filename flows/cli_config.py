@@ -8,7 +8,7 @@ from typing import Any, Literal, get_args, get_origin
 
 from pydantic import BaseModel
 
-from tasks.config import (
+from tasks.core.config import (
     AugmentConfig,
     DataConfig,
     EvaluateConfig,

@@ -46,7 +46,7 @@ def add_experiments(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") 
 
 def experiments_kwargs(args: argparse.Namespace) -> dict[str, Any]:
     """:func:`flows.pipeline.run_experiments`' arguments from the parsed options (checked here)."""
-    from tasks.experiments import experiment_overrides
+    from tasks.pipeline.experiments import experiment_overrides
 
     weights = args.weights or "preset"
     if weights not in ("preset", "none"):
@@ -65,12 +65,12 @@ def experiments_kwargs(args: argparse.Namespace) -> dict[str, Any]:
 def cmd_experiments(args: argparse.Namespace) -> int:
     """Run the experiments and print where the comparison is."""
     from flows.pipeline import run_experiments
-    from tasks.experiments import plan_experiments
-    from tasks.io import ensure_writable_dir
+    from tasks.pipeline.experiments import plan_experiments
+    from tasks.core.files import ensure_writable_dir
 
     if args.train_fractions is not None:
         from flows.cli_transfer import cmd_sweep
-        from tasks.experiments import experiment_overrides
+        from tasks.pipeline.experiments import experiment_overrides
 
         # --epochs, --image-size and --max-batches apply to the sweep as they do to presets.
         for section, values in experiment_overrides(epochs=args.epochs, image_size=args.image_size,

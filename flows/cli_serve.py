@@ -7,7 +7,7 @@ from pathlib import Path
 
 
 def _cmd_serve_outputs(args: argparse.Namespace) -> int:
-    from tasks.outputs_server import make_server
+    from tasks.infra.outputs_server import make_server
 
     server = make_server(args.root, host=args.host, port=args.port)
     host, port = server.server_address[:2]

@@ -23,7 +23,7 @@ def setting_arg(text: str) -> tuple[str, str, object]:
 def cmd_sweep(args: argparse.Namespace) -> int:
     """``tomoflow experiments --train-fractions ...``: the ``tomoflow-sweep`` flow."""
     from flows.sweep import run_sweep
-    from tasks.sweep import parse_fractions, parse_weights
+    from tasks.sweep.analysis import parse_fractions, parse_weights
 
     fractions = parse_fractions(args.train_fractions)
     weights = parse_weights(args.weights or "none,imagenet")

@@ -1,6 +1,6 @@
 """The ``evaluate-model`` flow: predictions, metrics with intervals, Grad-CAM and the report.
 
-The tasks live in :mod:`tasks.evaluate_steps`; this module only calls them in order.
+The tasks live in :mod:`tasks.evaluate.steps`; this module only calls them in order.
 """
 
 from __future__ import annotations
@@ -10,10 +10,11 @@ from pathlib import Path
 from prefect import flow
 from prefect.runtime import flow_run
 
-from tasks.config import EvaluateConfig
-from tasks.evaluate_lock import evaluation_locks
-from tasks.lifecycle import interrupted
-from tasks.evaluate_steps import (  # noqa: F401 - the tasks, importable from here as before
+from tasks.core.config import EvaluateConfig
+from tasks.evaluate.locks import evaluation_locks
+from tasks.infra.lifecycle import cancellable
+from tasks.infra.run_names import config_run_name
+from tasks.evaluate.steps import (
     audit_training_overlap,
     compare_external,
     compute_metrics,
@@ -26,14 +27,12 @@ from tasks.evaluate_steps import (  # noqa: F401 - the tasks, importable from he
 )
 
 
-def _run_name() -> str:
-    """``evaluate <run folder> test``; never raises (a bad config fails the run later, with its reason)."""
-    try:
-        config = flow_run.parameters.get("config")
-        cfg = config if isinstance(config, EvaluateConfig) else EvaluateConfig.model_validate(config or {})
-    except Exception:
-        return "evaluate (invalid config)"
-    return f"evaluate {Path(cfg.run_dir).name} {cfg.split}"
+def _describe(cfg: EvaluateConfig) -> str:
+    """``<run folder> test`` of ``evaluate <run folder> test``."""
+    return f"{Path(cfg.run_dir).name} {cfg.split}"
+
+
+_run_name = config_run_name("evaluate", EvaluateConfig, _describe)
 
 
 @flow(name="evaluate-model", flow_run_name=_run_name, log_prints=True)
@@ -47,21 +46,13 @@ def evaluate_model(config: EvaluateConfig = EvaluateConfig()) -> dict[str, str]:
         Paths of ``predictions`` (predictions.parquet), ``metrics`` (metrics.json) and
         ``report`` (report.html).
     """
-    from prefect.exceptions import TerminationSignal
-    from prefect.states import Cancelled
-
     # The CLI holds these already (same process: re-entered); a deployment takes them here.
     with evaluation_locks(config.run_dir, config.output_dir, what=f"flow run {flow_run.name or ''}"):
-        try:
-            return _evaluate(config)
-        except (KeyboardInterrupt, TerminationSignal) as exc:
-            return Cancelled(message=interrupted(exc, Path(config.output_dir or config.run_dir),
-                                                 flow="evaluate-model"))
+        return cancellable(_evaluate, config, out=Path(config.output_dir or config.run_dir), flow="evaluate-model")
 
 
 def _evaluate(config: EvaluateConfig) -> dict[str, str]:
     checkpoint, manifest, out, train_conf = run_inputs(config)
-    out.mkdir(parents=True, exist_ok=True)
     own_manifest = manifest
     if config.external:
         manifest = external_manifest(config, own_manifest, out)
@@ -79,7 +70,5 @@ def _evaluate(config: EvaluateConfig) -> dict[str, str]:
     report = write_report.with_options(**cache)(metrics, predictions, str(checkpoint), str(manifest), image_size,
                                                 str(out), train_conf, config, audit, external)
     publish_evaluation(config, metrics, report, audit, external)
-    result = {"predictions": predictions, "metrics": metrics, "report": report, "training_audit": audit}
-    if external:
-        result["external"] = external
-    return result
+    return {"predictions": predictions, "metrics": metrics, "report": report, "training_audit": audit,
+            **({"external": external} if config.external else {})}

@@ -72,7 +72,7 @@ def check_prefect_home() -> Path:
     Raises:
         ValueError: Naming ``PREFECT_HOME`` (the folder) and the reason.
     """
-    from tasks.io import OutputPathError, ensure_writable_dir
+    from tasks.core.files import OutputPathError, ensure_writable_dir
 
     home = Path(os.path.expanduser(os.environ.get("PREFECT_HOME") or "~/.prefect"))
     try:

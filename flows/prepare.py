@@ -1,6 +1,6 @@
 """The ``prepare-data`` flow: cohorts -> slice plan -> patient splits -> extraction -> manifest.
 
-The tasks live in :mod:`tasks.prepare_steps`, the runners and caching in :mod:`tasks.runtime`;
+The tasks live in :mod:`tasks.prepare.steps`, the runners and caching in :mod:`tasks.infra.runners`;
 this module only calls them in order.
 """
 
@@ -9,25 +9,24 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from prefect import flow, get_run_logger
+from prefect import flow
 from prefect.runtime import flow_run
 
-from tasks import prepare_steps as steps
-from tasks.config import PrepareConfig
-from tasks.extract import remove_stale_temporaries
-from tasks.extract_run import run_extraction
-from tasks.runtime import cached
-from tasks.io import ensure_writable_dir, output_lock
+from tasks.prepare import steps
+from tasks.core.config import PrepareConfig
+from tasks.prepare.extract_run import run_extraction
+from tasks.infra.runners import cached
+from tasks.core.files import ensure_writable_dir, output_lock
+from tasks.infra.lifecycle import cancellable
+from tasks.infra.run_names import config_run_name
 
 
-def _run_name() -> str:
-    """``prepare single-slice 224px``; never raises (a bad config fails the run later, with its reason)."""
-    try:
-        config = flow_run.parameters.get("config")
-        s = getattr(config, "slices", None) or PrepareConfig.model_validate(config or {}).slices
-    except Exception:
-        return "prepare (invalid config)"
-    return f"prepare {s.strategy} {s.image_size}px"
+def _describe(cfg: PrepareConfig) -> str:
+    """``single-slice 224px`` of ``prepare single-slice 224px``."""
+    return f"{cfg.slices.strategy} {cfg.slices.image_size}px"
+
+
+_run_name = config_run_name("prepare", PrepareConfig, _describe)
 
 
 @flow(name="prepare-data", flow_run_name=_run_name, log_prints=True)
@@ -44,36 +43,22 @@ def prepare_data(config: PrepareConfig = PrepareConfig()) -> dict[str, Any]:
     Returns:
         Paths of ``manifest``, ``rejects`` and ``summary`` (``cohort_summary.json``).
     """
-    from prefect.exceptions import TerminationSignal
-    from prefect.states import Cancelled
-
     out = ensure_writable_dir(config.data.output_dir, what="output folder (--out)")
     with output_lock(out, what=f"flow run {flow_run.name or ''} ({flow_run.id or ''})"):
-        try:
-            return _prepare(config, out)
-        except (KeyboardInterrupt, TerminationSignal) as exc:
-            return Cancelled(message=steps.interrupted(exc, out))
+        return cancellable(_prepare, config, out, out=out, flow="prepare-data")
 
 
 def _prepare(config: PrepareConfig, out: Path) -> dict[str, Any]:
-    logger = get_run_logger()
-    stale = remove_stale_temporaries(out)
-    if stale:
-        logger.info("removed %d temporary files left by an interrupted run", stale)
+    steps.remove_temporaries(out)
     cache = {"result_storage": (out / ".cache").resolve()}
-
-    reports = None
-    if config.data.reports:
-        reports = cached(steps.filter_reports, cache, config.data.reports, config)
+    reports = cached(steps.filter_reports, cache, config.data.reports, config) if config.data.reports else None
     csv_files = steps.cohort_csv_files(config, reports)
     cohort = cached(steps.group_cohorts, cache, csv_files, config.data.data_root,
-                     reports["studies"] if reports else None, config)
+                     steps.report_output(reports, "studies"), config)
     plan = cached(steps.select_slices, cache, cohort["volumes"], cohort["boxes"], config)
     splits = cached(steps.split_patients, cache, cohort["volumes"], config)
-    parts = [cohort["summary"], cohort["rejects"]]
-    if reports:
-        parts += [reports["summary"], reports["rejects"]]
-    kept = reports["kept"] if reports else None
+    parts = steps.audit_parts(cohort, reports)
+    kept = steps.report_output(reports, "kept")
     # Label-level faults (no label, no flag) are known now: stop before extracting anything.
     steps.check_label_rejects(cohort["volumes"], plan, parts, config, kept=kept)
     # A split without both classes cannot train or be evaluated: stop before extracting too.

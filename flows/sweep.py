@@ -1,4 +1,4 @@
-"""The ``tomoflow-sweep`` flow: a training-size sweep per starting point (see :mod:`tasks.sweep`).
+"""The ``tomoflow-sweep`` flow: a training-size sweep per starting point (see :mod:`tasks.sweep.analysis`).
 
 Prepare once (the preset's settings), write the nested training subsets, then for each
 starting point and size train and evaluate (subflows) on the same validation and test
@@ -7,7 +7,6 @@ splits, and summarise. Only wiring lives here.
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 from prefect import flow
@@ -15,10 +14,8 @@ from prefect import flow
 from flows.evaluate import evaluate_model
 from flows.prepare import prepare_data
 from flows.train import train_classifier
-from tasks import runtime
-from tasks.config import PrepareConfig, TrainConfig
-from tasks.sweep import weights_label
-from tasks.sweep_steps import summarise_sweep, write_sweep_subsets
+from tasks.pipeline.steps import prepare_config
+from tasks.sweep.steps import summarise_sweep, sweep_config, sweep_dir, sweep_runs, write_sweep_subsets
 
 
 @flow(name="tomoflow-sweep", log_prints=True)
@@ -38,25 +35,11 @@ def run_sweep(data_root: str, output_root: str, fractions: list[float], weights:
     Returns:
         Paths of ``table`` (sweep.csv), ``markdown``, ``json`` and ``plot`` (sweep.png).
     """
-    from tasks.presets import _merge, load_preset, pipeline_config
-
-    merged = _merge(load_preset(preset) if preset else {}, overrides or {})
-    cfg = pipeline_config(data_root=data_root, output_root=output_root, base=merged)
-    root = Path(cfg.data.output_dir).resolve()
-    prepared = prepare_data(config=PrepareConfig(
-        data=cfg.data.model_copy(update={"output_dir": str(runtime.prepared_dir(root, cfg))}), slices=cfg.slices,
-        reports=cfg.reports))
+    cfg = sweep_config(data_root, output_root, preset, overrides)
+    prepared = prepare_data(config=prepare_config(cfg))
     subsets = write_sweep_subsets(prepared["manifest"], list(fractions), cfg.slices.seed)
     runs = []
-    for start in weights:
-        for fraction, manifest in sorted(subsets.items()):
-            run_dir = root / "sweep" / "runs" / f"{weights_label(start)}-f{round(fraction * 1000):04d}"
-            train_classifier.with_options(flow_run_name=f"sweep {weights_label(start)} {fraction:g}")(
-                config=TrainConfig(manifest=manifest, run_dir=str(run_dir),
-                                   model=cfg.model.model_copy(update={"weights": start}), train=cfg.train,
-                                   augment=cfg.augment))
-            evaluated = evaluate_model(config=cfg.evaluate.model_copy(update={
-                "run_dir": str(run_dir), "manifest": prepared["manifest"], "output_dir": str(run_dir / "evaluation")}))
-            runs.append({"weights": start, "fraction": fraction, "manifest": manifest, "run_dir": str(run_dir),
-                         "metrics": evaluated["metrics"], "predictions": evaluated["predictions"]})
-    return summarise_sweep(runs, str(root / "sweep"), cfg.evaluate.bootstrap, cfg.evaluate.ci, cfg.evaluate.seed)
+    for run in sweep_runs(cfg, prepared["manifest"], subsets, list(weights)):
+        train_classifier.with_options(flow_run_name=run.name)(config=run.train)
+        runs.append(run.record(evaluate_model(config=run.evaluate)))
+    return summarise_sweep(runs, str(sweep_dir(cfg)), cfg.evaluate.bootstrap, cfg.evaluate.ci, cfg.evaluate.seed)

@@ -1,6 +1,6 @@
 """The ``train-classifier`` flow: optional offline balancing, then resumable training.
 
-The tasks live in :mod:`tasks.train_steps`; this module only calls them in order.
+The tasks live in :mod:`tasks.train.steps`; this module only calls them in order.
 """
 
 from __future__ import annotations
@@ -11,27 +11,25 @@ from typing import Any
 from prefect import flow
 from prefect.runtime import flow_run
 
-from tasks.config import TrainConfig
-from tasks.io import ensure_writable_dir, output_lock
-from tasks.lifecycle import interrupted
-from tasks.train_steps import (  # noqa: F401 - the tasks, importable from here as before
+from tasks.core.config import TrainConfig
+from tasks.core.files import ensure_writable_dir, output_lock
+from tasks.infra.lifecycle import cancellable
+from tasks.infra.run_names import config_run_name
+from tasks.train.steps import (
     balance_offline,
     check_weights,
-    fit_model,
     fit_or_reuse,
     publish_history,
 )
 
 
-def _run_name() -> str:
-    """``train vgg16 sgd``; never raises (a bad config fails the run later, with its reason)."""
-    try:
-        config = flow_run.parameters.get("config")
-        cfg = config if isinstance(config, TrainConfig) else TrainConfig.model_validate(config or {})
-    except Exception:
-        return "train (invalid config)"
+def _describe(cfg: TrainConfig) -> str:
+    """``vgg16 sgd`` of ``train vgg16 sgd`` (``scratch`` / ``custom-weights`` added without ImageNet weights)."""
     weights = "" if cfg.model.weights == "imagenet" else " scratch" if cfg.model.weights in ("none", "None") else " custom-weights"
-    return f"train {cfg.model.model} {cfg.train.optimizer}{weights}"
+    return f"{cfg.model.model} {cfg.train.optimizer}{weights}"
+
+
+_run_name = config_run_name("train", TrainConfig, _describe)
 
 
 @flow(name="train-classifier", flow_run_name=_run_name, log_prints=True)
@@ -44,16 +42,10 @@ def train_classifier(config: TrainConfig = TrainConfig()) -> dict[str, Any]:
     Returns:
         Paths of ``best``, ``last``, ``history`` and ``config`` in the run folder, and a summary.
     """
-    from prefect.exceptions import TerminationSignal
-    from prefect.states import Cancelled
-
     # One writer per run folder (the CLI holds the lock already; a deployment takes it here).
     run_dir = ensure_writable_dir(config.run_dir, what="run folder (--out)")
     with output_lock(run_dir, what=f"flow run {flow_run.name or ''}"):
-        try:
-            return _train(config)
-        except (KeyboardInterrupt, TerminationSignal) as exc:
-            return Cancelled(message=interrupted(exc, Path(config.run_dir), flow="train-classifier"))
+        return cancellable(_train, config, out=run_dir, flow="train-classifier")
 
 
 def _train(config: TrainConfig) -> dict[str, Any]:

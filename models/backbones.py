@@ -28,23 +28,13 @@ from typing import Literal
 import torchvision.models as tvm
 from torch import nn
 
-from models.weights import (  # WeightsNotFoundError, resolve_weights: re-exported for flows/
-    BackboneName,
-    WeightsArg,
-    WeightsNotFoundError,
-    backbone_spec,
-    load_into,
-    resolve_weights,
-    weights_state,
-)
+from models.weights import BackboneName, WeightsArg, backbone_spec, load_into, weights_state
 
 __all__ = [
     "INCEPTION_AUX_FEATURES",
     "INCEPTION_AUX_MIN_SIZE",
-    "WeightsNotFoundError",
     "build_backbone",
     "inception_v3",
-    "resolve_weights",
     "vgg16",
     "vgg16_bn",
 ]

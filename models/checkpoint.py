@@ -3,7 +3,7 @@
 Run folder (``cfg.run_dir``):
 
 * ``last.pt``: written atomically after every epoch: ``model`` (state_dict),
-  ``model_config`` (the :func:`~models.build_model` arguments), ``optimizer``,
+  ``model_config`` (the :func:`~models.classifier.build_model` arguments), ``optimizer``,
   ``scheduler`` (``None``: the study uses none), ``epoch`` (completed epochs), ``config``
   (``TrainConfig.model_dump(mode="json")``), ``history``, ``best_val_loss``,
   ``best_epoch``, ``epochs_without_improvement``, ``stopped_early``, ``rng``,
@@ -36,11 +36,12 @@ import pandas as pd
 import torch
 
 from models.classifier import TumorClassifier, build_model
-from tasks.config import TrainConfig
-from tasks.io import atomic_write
+from tasks.core.config import TrainConfig
+from tasks.core.files import atomic_write
 
 __all__ = [
     "BEST_NAME",
+    "chosen_checkpoint",
     "CONFIG_NAME",
     "HISTORY_COLUMNS",
     "HISTORY_NAME",
@@ -98,6 +99,15 @@ class RunPaths:
         """The files of ``run_dir``."""
         run_dir = Path(run_dir)
         return cls(run_dir / LAST_NAME, run_dir / BEST_NAME, run_dir / HISTORY_NAME, run_dir / CONFIG_NAME)
+
+
+def chosen_checkpoint(run_dir: str | os.PathLike[str]) -> Path:
+    """The checkpoint a run is evaluated with: ``best.pt`` (best validation epoch), else ``last.pt``.
+
+    ``best.pt`` is missing when no epoch was validated; the path returned may not exist.
+    """
+    run = Path(run_dir)
+    return run / BEST_NAME if (run / BEST_NAME).is_file() else run / LAST_NAME
 
 
 @dataclass

@@ -1,6 +1,6 @@
 """Training data: the manifest check, the dataset of one split, the epoch sampler, the loaders.
 
-Reproducibility (DESIGN convention 9): nothing draws from a random stream that carries over
+Reproducibility: nothing draws from a random stream that carries over
 from one epoch to the next. The training order and every sample's augmentation seed come
 from a generator seeded with ``(seed, epoch)`` (:class:`EpochSampler`), so epoch ``e`` reads
 the same images with the same augmentation whether the run started at epoch 1 or was
@@ -25,8 +25,8 @@ from torchvision.transforms.v2 import functional as TF
 from models import distributed
 from models.manifest_audit import audit_splits, verify_images
 from models.engine import resolve_device
-from tasks.augment import apply_seeded, derive_seed, eval_transforms, open_gray, train_transforms
-from tasks.config import TrainConfig, TrainParams
+from models.augment import apply_seeded, derive_seed, eval_transforms, open_gray, train_transforms
+from tasks.core.config import TrainConfig, TrainParams
 
 __all__ = [
     "REQUIRED_COLUMNS",
@@ -105,14 +105,14 @@ class ManifestDataset(Dataset):
 
     Items are ``(image, label, row)``: ``image`` is ``transform`` applied to the PNG read
     with PIL in mode L (8-bit gray), or without a transform the ``(1, H, W)`` uint8 tensor
-    of it; the transforms of :mod:`tasks.augment` take the PIL image (PIL's kernels are the
+    of it; the transforms of :mod:`models.augment` take the PIL image (PIL's kernels are the
     fastest on the CPU) and return ``(1, S, S)`` float32 in [0, 1], or uint8 with
     ``dtype=torch.uint8`` as :func:`make_loaders` uses them; ``label`` is a float32 scalar
     (1 = tumour); ``row`` the manifest row index, for joining predictions back.
 
     An index may be an int, or an ``(index, seed)`` pair as :class:`EpochSampler` yields,
     in which case the transform runs with torch's CPU generator seeded to ``seed``
-    (:func:`~tasks.augment.apply_seeded`), so the result doesn't depend on the worker.
+    (:func:`~models.augment.apply_seeded`), so the result doesn't depend on the worker.
 
     Args:
         manifest: The manifest DataFrame, or the path of ``manifest.parquet``.
@@ -286,7 +286,7 @@ def make_loaders(
     """The training and validation loaders of a configuration.
 
     Training: :class:`EpochSampler` (shuffled, or ``WeightedRandomSampler`` draws when
-    ``class_balance="sampler"``), online augmentation (:func:`~tasks.augment.train_transforms`).
+    ``class_balance="sampler"``), online augmentation (:func:`~models.augment.train_transforms`).
     Validation: manifest order, resize only. Both yield ``(images, labels, rows)`` with
     ``(B, 1, S, S)`` **uint8** images: :func:`batch_to_device` (which :func:`train_one_epoch`
     and :func:`evaluate` call) makes them float32 in [0, 1] on the device. Workers: ``train.num_workers`` or

@@ -368,7 +368,7 @@ def train_with_torchrun(cfg: Any, nproc: int, *, timeout: float | None = None,
     callbacks are not available across processes; ``history.csv`` grows after each epoch.
 
     Args:
-        cfg: The :class:`~tasks.config.TrainConfig`.
+        cfg: The :class:`~tasks.core.config.TrainConfig`.
         nproc: Processes on this machine.
         timeout: Seconds before the job is killed (``subprocess.TimeoutExpired``).
         env: Environment of the job; default this process's.

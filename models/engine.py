@@ -19,7 +19,7 @@ from torchvision.transforms.v2 import functional as TF
 
 from models.classifier import TumorClassifier
 from models.heads import classification_loss, logits_of
-from tasks.config import TrainParams
+from tasks.core.config import TrainParams
 
 __all__ = [
     "apply_schedule",

@@ -1,7 +1,7 @@
 """The run: :func:`fit` trains a classifier epoch by epoch, with checkpoints, history,
 early stopping and resume.
 
-Reproducibility (DESIGN convention 9). Nothing draws from a random stream that carries
+Reproducibility. Nothing draws from a random stream that carries
 over from one epoch to the next: the training order and every sample's augmentation seed
 come from ``(seed, epoch)`` (:class:`~models.data.EpochSampler`), and torch's global
 generator, which dropout uses, is reseeded from ``(seed, epoch)`` at the start of each
@@ -53,9 +53,9 @@ from models.engine import (
     resolve_device,
     train_one_epoch,
 )
-from tasks.augment import derive_seed
-from tasks.config import TrainConfig
-from tasks.io import atomic_write_json, atomic_write_text, file_fingerprint
+from models.augment import derive_seed
+from tasks.core.config import TrainConfig
+from tasks.core.files import atomic_write_json, atomic_write_text, file_fingerprint
 
 __all__ = ["BatchHook", "ProgressFn", "fit"]
 

@@ -34,7 +34,6 @@ from captum.attr import LayerAttribution, LayerGradCam
 from torch import Tensor, nn
 
 from models.boxes import box_of, boxed_positives, device_of, load_inputs, peak_in_box
-from models.occlusion import occlusion_check  # noqa: F401  re-export: flows/evaluate.py imports it from here
 
 __all__ = [
     "MIN_MAP_SIDE",
@@ -304,7 +303,7 @@ def gradcam_examples(
         network input), ``heatmap`` (``(S, S)`` float32 in [0, 1]), ``box``
         (``(x, y, w, h)`` at the input size, or ``None``) and ``peak_in_box`` (``None``
         without a box), ``map_resolution`` (``[h, w]`` of the explained layer's map) and
-        ``layer`` (its name): what :func:`tasks.html_report.write_report` takes.
+        ``layer`` (its name): what :func:`tasks.evaluate.report.write_report` takes.
     """
     if per_kind <= 0 or predictions.empty:
         return []

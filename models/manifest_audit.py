@@ -22,7 +22,7 @@ def audit_splits(frame: pd.DataFrame, path: str | os.PathLike[str]) -> None:
     Raises:
         ValueError: Naming the manifest and how many patients cross splits.
     """
-    from tasks.splits import assert_disjoint
+    from tasks.prepare.splits import assert_disjoint
 
     try:
         assert_disjoint(frame.dropna(subset=["split"]))

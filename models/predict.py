@@ -1,11 +1,11 @@
 """Inference: one tumour probability per image of a manifest split.
 
 :func:`predict` runs a trained classifier over the images of one split, in manifest order,
-with the validation / test preprocessing of training (:func:`~tasks.augment.eval_transforms`),
+with the validation / test preprocessing of training (:func:`~models.augment.eval_transforms`),
 and returns a DataFrame with one row per image: its ids, label, cohort, box and the
 probability ``sigmoid(logit)``. Offline-augmented copies (``augmented_from`` set) are left
 out: they are training material, not cases. The DataFrame is what ``predictions.parquet``
-holds and what :mod:`tasks.metrics` and :mod:`models.gradcam` read.
+holds and what :mod:`tasks.evaluate.metrics` and :mod:`models.gradcam` read.
 """
 
 from __future__ import annotations
@@ -22,8 +22,8 @@ from torch.utils.data import DataLoader
 from models.data import ManifestDataset
 from models.engine import batch_to_device, resolve_device
 from models.heads import logits_of
-from tasks.augment import eval_transforms
-from tasks.schema import MANIFEST_COLUMNS, VOLUME_KEY
+from models.augment import eval_transforms
+from tasks.core.schema import MANIFEST_COLUMNS, VOLUME_KEY
 
 __all__ = ["ID_COLUMNS", "PREDICTION_COLUMNS", "REQUIRED_COLUMNS", "predict"]
 

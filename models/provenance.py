@@ -88,7 +88,7 @@ def training_data_record(frame: pd.DataFrame, *, root: str | os.PathLike[str], f
     Args:
         frame: The training manifest (``patient_id``, ``study_uid``, ``split``, ``image_path``).
         root: Folder its ``image_path`` values are relative to.
-        fingerprint: The manifest's content fingerprint (:func:`tasks.io.file_fingerprint`).
+        fingerprint: The manifest's content fingerprint (:func:`tasks.core.files.file_fingerprint`).
 
     Returns:
         ``{"manifest_fingerprint", "id_hash": "sha256-16/salted", "splits": {split: {"patients",

@@ -10,7 +10,7 @@
 * :mod:`models.fit`: :func:`fit`, the run: checkpoints, history, early stopping and resume.
 
 This module is the command-line entry point, :func:`main`, that ``torchrun`` starts on
-every rank, and re-exports the names above, which callers import from here::
+every rank; import the names above from their own modules::
 
     torchrun --standalone --nproc_per_node=4 -m models.train --config RUN/config.json
 """
@@ -24,56 +24,13 @@ import sys
 from pathlib import Path
 
 from models import distributed
-from models.checkpoint import (
-    BEST_NAME,
-    CONFIG_NAME,
-    HISTORY_COLUMNS,
-    HISTORY_NAME,
-    LAST_NAME,
-    RESUME_IGNORED_FIELDS,
-    config_differences,
-    load_classifier,
-)
-from models.data import REQUIRED_COLUMNS, EpochSampler, ManifestDataset, default_num_workers, load_manifest, make_loaders
-from models.engine import (
-    apply_schedule,
-    backbone_lr,
-    batch_to_device,
-    build_optimizer,
-    evaluate,
-    recalibrate_batchnorm,
-    resolve_device,
-    train_one_epoch,
-)
 from models.fit import fit
-from tasks.config import TrainConfig
-from tasks.io import atomic_write_json
+from tasks.core.config import TrainConfig
+from tasks.core.files import atomic_write_json
 
 __all__ = [
-    "BEST_NAME",
-    "CONFIG_NAME",
-    "HISTORY_COLUMNS",
-    "HISTORY_NAME",
-    "LAST_NAME",
-    "REQUIRED_COLUMNS",
-    "RESUME_IGNORED_FIELDS",
-    "EpochSampler",
-    "ManifestDataset",
-    "apply_schedule",
-    "backbone_lr",
-    "batch_to_device",
-    "build_optimizer",
-    "config_differences",
-    "default_num_workers",
-    "evaluate",
     "fit",
-    "load_classifier",
-    "load_manifest",
     "main",
-    "make_loaders",
-    "recalibrate_batchnorm",
-    "resolve_device",
-    "train_one_epoch",
 ]
 
 

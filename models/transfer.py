@@ -47,9 +47,11 @@ def checkpoint_of(weights: Any) -> Path | None:
         return None
     path = Path(weights).expanduser()
     if path.is_dir():
-        for name in ("best.pt", "last.pt"):
-            if (path / name).is_file():
-                return path / name
+        from models.checkpoint import chosen_checkpoint  # models.checkpoint imports this module (through models.classifier)
+
+        chosen = chosen_checkpoint(path)
+        if chosen.is_file():
+            return chosen
         raise FileNotFoundError(
             f"weights folder '{path}' holds neither best.pt nor last.pt; --weights takes a tomoflow run folder "
             "(tomoflow train --out RUN), its best.pt, a state_dict file, imagenet or none"

@@ -15,24 +15,3 @@ the order a dataset is made:
 
 Everything is a function of ``seed``: the same seed gives the same bytes in every file.
 """
-
-from synth.dicom_writer import write_dbt_dicom, write_dbt_dicom_frames
-from synth.generate import generate_dataset
-from synth.layout import (
-    BREAST_TOMOSYNTHESIS_STORAGE, FULL_COLUMNS, FULL_ROWS, MIN_FRAME_SIDE, REPORT_DATE_RANGE,
-    REPORTS_FILE, csv_file_name, deterministic_uid,
-)
-
-__all__ = [
-    "BREAST_TOMOSYNTHESIS_STORAGE",
-    "FULL_COLUMNS",
-    "FULL_ROWS",
-    "MIN_FRAME_SIDE",
-    "REPORTS_FILE",
-    "REPORT_DATE_RANGE",
-    "csv_file_name",
-    "deterministic_uid",
-    "generate_dataset",
-    "write_dbt_dicom",
-    "write_dbt_dicom_frames",
-]

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import Required, TypedDict, Unpack
 
 import numpy as np
 from pydicom.dataset import Dataset, FileMetaDataset
@@ -22,7 +23,7 @@ from pydicom.uid import UID, ExplicitVRLittleEndian, JPEG2000Lossless
 from pydicom.valuerep import VR
 
 from synth.layout import BREAST_TOMOSYNTHESIS_STORAGE, UID_PREFIX, deterministic_uid
-from tasks.io import atomic_write
+from tasks.core.files import atomic_write
 
 
 def dbt_dataset(
@@ -107,31 +108,16 @@ def _save_atomic(ds: Dataset, path: str | os.PathLike[str]) -> Path:
     return atomic_write(path, lambda tmp: ds.save_as(tmp, enforce_file_format=True))
 
 
-def write_dbt_dicom(
-    path: str | os.PathLike[str],
-    frames: np.ndarray,
-    *,
-    patient_id: str,
-    study_uid: str,
-    view: str,
-    window_center: float,
-    window_width: float,
-    frame_laterality: str | None = None,
-    transfer_syntax: str = JPEG2000Lossless,
-    bits_stored: int = 10,
-    photometric: str = "MONOCHROME2",
-    window_location: str = "shared",
-) -> Path:
-    """Write ``frames`` (n, rows, cols; uint16) as one multi-frame DBT DICOM file.
+class DbtHeader(TypedDict, total=False):
+    """The header keywords of :func:`write_dbt_dicom` and :func:`write_dbt_dicom_frames`.
 
-    Args:
-        path: Where to write; parent folders are created.
-        frames: Stored pixel values, shape ``(n_frames, rows, columns)``, below ``2**bits_stored``.
-        patient_id: PatientID, e.g. ``DBT-P00013``.
-        study_uid: The collection's short study id (``DBT-S00163``); a real UID is derived from it.
-        view: ``lcc``, ``lmlo``, ``rcc`` or ``rmlo``.
-        window_center: VOI window centre.
-        window_width: VOI window width.
+    Attributes:
+        patient_id: PatientID, e.g. ``DBT-P00013`` (required).
+        study_uid: The collection's short study id (``DBT-S00163``); a real UID is derived from
+            it (required).
+        view: ``lcc``, ``lmlo``, ``rcc`` or ``rmlo`` (required).
+        window_center: VOI window centre (required).
+        window_width: VOI window width (required).
         frame_laterality: FrameLaterality written in the shared functional groups; defaults to the
             view's side (pass the other side to reproduce the collection's wrong headers).
         transfer_syntax: Transfer syntax UID; JPEG 2000 lossless as in BCS-DBT.
@@ -139,6 +125,37 @@ def write_dbt_dicom(
         photometric: MONOCHROME2 (BCS-DBT) or MONOCHROME1.
         window_location: ``shared`` (functional groups, as in BCS-DBT), ``top`` (top-level
             WindowCenter/WindowWidth) or ``none``.
+    """
+
+    patient_id: Required[str]
+    study_uid: Required[str]
+    view: Required[str]
+    window_center: Required[float]
+    window_width: Required[float]
+    frame_laterality: str | None
+    transfer_syntax: str
+    bits_stored: int
+    photometric: str
+    window_location: str
+
+
+#: The optional keywords of :class:`DbtHeader` and their values when not given.
+HEADER_DEFAULTS: dict[str, object] = {
+    "frame_laterality": None,
+    "transfer_syntax": JPEG2000Lossless,
+    "bits_stored": 10,
+    "photometric": "MONOCHROME2",
+    "window_location": "shared",
+}
+
+
+def write_dbt_dicom(path: str | os.PathLike[str], frames: np.ndarray, **header: Unpack[DbtHeader]) -> Path:
+    """Write ``frames`` (n, rows, cols; uint16) as one multi-frame DBT DICOM file.
+
+    Args:
+        path: Where to write; parent folders are created.
+        frames: Stored pixel values, shape ``(n_frames, rows, columns)``, below ``2**bits_stored``.
+        **header: The header values, :class:`DbtHeader`.
 
     Returns:
         The path written.
@@ -147,12 +164,7 @@ def write_dbt_dicom(
     if frames.ndim != 3:
         raise ValueError(f"frames must be (n, rows, cols), got shape {frames.shape}")
     n, rows, cols = frames.shape
-    return write_dbt_dicom_frames(
-        path, iter(frames), n_frames=n, rows=rows, columns=cols, patient_id=patient_id,
-        study_uid=study_uid, view=view, window_center=window_center, window_width=window_width,
-        frame_laterality=frame_laterality, transfer_syntax=transfer_syntax, bits_stored=bits_stored,
-        photometric=photometric, window_location=window_location,
-    )
+    return write_dbt_dicom_frames(path, iter(frames), n_frames=n, rows=rows, columns=cols, **header)
 
 
 def write_dbt_dicom_frames(
@@ -162,16 +174,7 @@ def write_dbt_dicom_frames(
     n_frames: int,
     rows: int,
     columns: int,
-    patient_id: str,
-    study_uid: str,
-    view: str,
-    window_center: float,
-    window_width: float,
-    frame_laterality: str | None = None,
-    transfer_syntax: str = JPEG2000Lossless,
-    bits_stored: int = 10,
-    photometric: str = "MONOCHROME2",
-    window_location: str = "shared",
+    **header: Unpack[DbtHeader],
 ) -> Path:
     """Like :func:`write_dbt_dicom`, but ``frames`` yields one ``(rows, columns)`` frame at a time.
 
@@ -184,29 +187,16 @@ def write_dbt_dicom_frames(
         n_frames: NumberOfFrames; ``frames`` must yield exactly this many.
         rows: Rows of every frame.
         columns: Columns of every frame.
-        patient_id: As in :func:`write_dbt_dicom`.
-        study_uid: As in :func:`write_dbt_dicom`.
-        view: As in :func:`write_dbt_dicom`.
-        window_center: As in :func:`write_dbt_dicom`.
-        window_width: As in :func:`write_dbt_dicom`.
-        frame_laterality: As in :func:`write_dbt_dicom`.
-        transfer_syntax: As in :func:`write_dbt_dicom`.
-        bits_stored: As in :func:`write_dbt_dicom`.
-        photometric: As in :func:`write_dbt_dicom`.
-        window_location: As in :func:`write_dbt_dicom`.
+        **header: The header values, :class:`DbtHeader`.
 
     Returns:
         The path written.
     """
     if n_frames < 1:
         raise ValueError(f"n_frames must be >= 1, got {n_frames}")
-    ds = dbt_dataset(
-        n=n_frames, rows=rows, cols=columns, patient_id=patient_id, study_uid=study_uid,
-        view=view, window_center=window_center, window_width=window_width,
-        frame_laterality=frame_laterality, bits_stored=bits_stored, photometric=photometric,
-        window_location=window_location,
-    )
-    uid = UID(transfer_syntax)
+    values = {**HEADER_DEFAULTS, **header}
+    uid = UID(values.pop("transfer_syntax"))
+    ds = dbt_dataset(n=n_frames, rows=rows, cols=columns, **values)
     encode = frame_encoder(ds, uid)
     parts: list[bytes] = []
     for frame in frames:

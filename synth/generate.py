@@ -53,8 +53,8 @@ from synth.anatomy import DIFFICULTIES, LesionSettings, lesion_settings
 from synth.plan import Patient, Volume, plan
 from synth.render import Renderer, display_window, lesion_visibility
 from synth.report_text import build_reports
-from tasks.io import atomic_write_text
-from tasks.schema import COHORTS, SPLITS
+from tasks.core.files import atomic_write_text
+from tasks.core.schema import COHORTS, SPLITS
 
 #: Worker processes for encoding; None decides from the amount of work (tests set it).
 _WORKERS: int | None = None

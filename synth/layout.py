@@ -1,7 +1,7 @@
 """The collection's shape as the generator writes it: sizes, CSV names and columns, UIDs.
 
 These are facts of Duke's BCS-DBT release on TCIA, written the way the real files spell
-them; the pipeline's own names (views, cohorts, splits) come from :mod:`tasks.schema`.
+them; the pipeline's own names (views, cohorts, splits) come from :mod:`tasks.core.schema`.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from collections.abc import Iterable, Sequence
 
 from pydicom.uid import generate_uid
 
-from tasks.schema import SPLITS
+from tasks.core.schema import SPLITS
 
 BREAST_TOMOSYNTHESIS_STORAGE = "1.2.840.10008.5.1.4.1.1.13.1.3"
 

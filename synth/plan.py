@@ -17,7 +17,7 @@ import numpy as np
 
 from synth.anatomy import Breast, Lesion, LesionSettings, Structure, plan_image, plan_structures, round_half_up
 from synth.layout import deterministic_uid
-from tasks.schema import COHORTS, COLLECTION_FOLDER, SPLITS, VIEWS
+from tasks.core.schema import COHORTS, COLLECTION_FOLDER, SPLITS, VIEWS
 
 
 @dataclass

@@ -22,7 +22,7 @@ from typing import Any, Callable
 import numpy as np
 import pytest
 
-from synth import write_dbt_dicom
+from synth.dicom_writer import write_dbt_dicom
 
 
 def breast_phantom(
@@ -76,3 +76,37 @@ def dbt_volume(make_dbt: Callable[..., tuple[Path, np.ndarray]]) -> tuple[Path, 
 def phantom() -> Callable[..., np.ndarray]:
     """The :func:`breast_phantom` generator, for tests that build their own volumes."""
     return breast_phantom
+
+
+# The slow tier: `make test-fast` (pytest -m "not slow and not e2e") leaves these out; `make
+# test` (what CI runs) runs them too. Listed here by path or node id, not decorated in each
+# module, so the tier reads in one place. Times measured on 2 shared cores (see README).
+SLOW_TESTS: dict[str, str] = {
+    # Kill, SIGTERM and resume: real runs, real signals.
+    "tests/flows/test_prepare_kill.py": "kills a real prepare run and resumes it",
+    "tests/flows/test_faults_cli.py": "the CLI's fault tests: kills, SIGTERM, resumes, whole runs",
+    "tests/flows/test_faults_round2_prepare.py": "prepare through the CLI on faulty data (each run starts Prefect)",
+    "tests/flows/test_faults_round2_train.py": "train and evaluate through the CLI, SIGTERM included",
+    "tests/models/test_train.py::test_killed_run_resumes": "kills training and resumes it",
+    # End to end: whole flows, the service, every command.
+    "tests/e2e/test_service.py": "PostgreSQL, a Prefect server, workers and deployments",
+    "tests/test_golden.py": "every command end to end against recorded outputs",
+    "tests/flows/test_pipeline.py": "the whole pipeline and the experiments, twice",
+    "tests/flows/test_transfer_cli.py": "trains a model, fine-tunes it, evaluates on external data",
+    "tests/flows/test_sweep.py": "a 2 x 2 training-size sweep through the CLI",
+    "tests/flows/test_evaluate.py": "the evaluate flow with Grad-CAM and the report",
+    "tests/flows/test_train.py::test_train_flow_two_epochs": "the train flow, killed and resumed",
+    "tests/flows/test_small_data.py::test_prepare_completes_on_a_fresh_prefect_home": "a fresh PREFECT_HOME's database",
+    "tests/models/test_scratch_baseline.py::test_demo_scratch_recipe_learns": "trains the demo's recipe until it learns",
+    # Other processes: Dask clusters, torchrun.
+    "tests/flows/test_dask.py": "starts a Dask cluster and a temporary Prefect server",
+    "tests/models/test_distributed.py": "torchrun with two ranks",
+}
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Mark the slow tier: every test whose node id (from the repository root) starts with a key of
+    :data:`SLOW_TESTS` (a file, or a test name or its prefix)."""
+    for item in items:
+        if item.nodeid.startswith(tuple(SLOW_TESTS)):
+            item.add_marker(pytest.mark.slow)

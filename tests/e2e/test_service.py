@@ -132,7 +132,7 @@ def service(tmp_path_factory: pytest.TempPathFactory):
         pytest.skip(f"{DB_VAR} is not set: .ci/run installs Debian's postgresql, starts a cluster on loopback "
                     "and exports it; run the test through .ci/run or export it yourself (sqlite: Prefect's SQLite)")
     database = None if database == "sqlite" else database
-    from synth import generate_dataset
+    from synth.generate import generate_dataset
 
     tmp = tmp_path_factory.mktemp("service")
     data, outputs = tmp / "data12", tmp / "outputs"
@@ -197,7 +197,7 @@ def _alive(pid: int) -> bool:
 
 
 def _service_workers(session: int) -> dict[str, int]:
-    """Pool -> pid of the README's workers (``tasks.service_worker``) in the block's session."""
+    """Pool -> pid of the README's workers (``tasks.infra.service_worker``) in the block's session."""
     found = {}
     for entry in filter(str.isdigit, os.listdir("/proc")):
         try:
@@ -207,7 +207,7 @@ def _service_workers(session: int) -> dict[str, int]:
         except OSError:
             continue
         args = [a.decode(errors="replace") for a in cmd]
-        if "tasks.service_worker" in args and "--pool" in args:
+        if "tasks.infra.service_worker" in args and "--pool" in args:
             found[args[args.index("--pool") + 1]] = int(entry)
     return found
 

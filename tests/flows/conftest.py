@@ -19,7 +19,7 @@ def prefect_harness(tmp_path_factory: pytest.TempPathFactory):
 @pytest.fixture(scope="session")
 def small_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A small synthetic BCS-DBT dataset (20 patients, 64 x 48 frames), made once."""
-    from synth import generate_dataset
+    from synth.generate import generate_dataset
 
     root = tmp_path_factory.mktemp("bcs-dbt")
     generate_dataset(root, patients=20, seed=3, rows=64, columns=48, frames=(6, 10), positive_fraction=0.3)

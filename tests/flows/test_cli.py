@@ -56,7 +56,8 @@ def test_export_slices_reduced_by_default_full_resolution_on_request(synth_root:
 
 
 def test_prepare_cli_full_resolution_reaches_the_config() -> None:
-    from flows.cli import build_parser, prepare_config_from_args
+    from flows.cli import build_parser
+    from flows.cli_config import prepare_config_from_args
 
     args = build_parser().parse_args(["prepare", "--data-root", "d", "--out", "o", "--full-resolution"])
     assert prepare_config_from_args(args).slices.full_resolution is True

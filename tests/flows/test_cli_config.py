@@ -7,15 +7,15 @@ from typing import Any
 
 import pytest
 
-from flows.cli import (
+from flows.cli_config import (
     CONFIG_OPTIONS,
     NOT_CONFIG,
-    build_parser,
     evaluate_config_from_args,
     prepare_config_from_args,
     train_config_from_args,
 )
-from tasks.config import EvaluateConfig
+from flows.cli import build_parser
+from tasks.core.config import EvaluateConfig
 
 REQUIRED = {
     "prepare": ["--data-root", "d", "--out", "o"],
@@ -139,10 +139,10 @@ def test_option_defaults_are_the_models_defaults() -> None:
     assert evaluate == EvaluateConfig(run_dir="r")
 
 
-def test_demo_still_accepts_the_unread_image_size() -> None:
-    # Outside callers may pass it; the demo preset fixes the sizes, and the help says so.
-    args = build_parser().parse_args(["demo", "--image-size", "64"])
-    assert args.image_size == 64
-    demo = _subparser("demo")
-    action = next(a for a in demo._actions if a.dest == "image_size")
-    assert action.default == 128 and "ignored" in action.help
+def test_demo_refuses_an_image_size_it_would_not_use(capsys: pytest.CaptureFixture[str]) -> None:
+    # The demo preset fixes the sizes; an option that was accepted and ignored misled callers.
+    with pytest.raises(SystemExit) as exit_info:
+        build_parser().parse_args(["demo", "--image-size", "64"])
+    assert exit_info.value.code == 2
+    assert "unrecognized arguments: --image-size 64" in capsys.readouterr().err
+    assert all(a.dest != "image_size" for a in _subparser("demo")._actions)

@@ -23,7 +23,7 @@ from uuid import UUID
 
 import pytest
 
-from tasks.config import DataConfig, PrepareConfig, SlicesConfig
+from tasks.core.config import DataConfig, PrepareConfig, SlicesConfig
 
 SHARD_SIZE = 3
 ROOT = Path(__file__).resolve().parents[2]
@@ -32,7 +32,7 @@ ROOT = Path(__file__).resolve().parents[2]
 @pytest.fixture(scope="module")
 def dask_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """12 synthetic patients, 64 x 48 frames, 6 to 9 frames per volume."""
-    from synth import generate_dataset
+    from synth.generate import generate_dataset
 
     root = tmp_path_factory.mktemp("bcs-dbt-dask")
     generate_dataset(root, patients=12, seed=4, rows=64, columns=48, frames=(6, 9), reports=False)
@@ -121,7 +121,7 @@ def test_dask_workers_report_to_the_flows_temporary_server(dask_dataset: Path, t
 
 def test_remote_scheduler_with_loopback_api_is_refused(prefect_harness) -> None:
     """Workers on another machine cannot reach a Prefect API on this machine's loopback."""
-    from tasks.runtime import dask_runner as _dask_runner
+    from tasks.infra.runners import dask_runner as _dask_runner
 
     with pytest.raises(ValueError, match=r"dask_address 'tcp://192\.0\.2\.7:8786'.*PREFECT_API_URL"):
         _dask_runner("tcp://192.0.2.7:8786", 2)

@@ -8,14 +8,14 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from tasks.config import EvaluateConfig
+from tasks.core.config import EvaluateConfig
 
 
 @pytest.fixture(scope="module")
 def trained_run(prefect_harness, small_dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     from flows.prepare import prepare_data
     from flows.train import train_classifier
-    from tasks.config import DataConfig, ModelConfig, PrepareConfig, SlicesConfig, TrainConfig, TrainParams
+    from tasks.core.config import DataConfig, ModelConfig, PrepareConfig, SlicesConfig, TrainConfig, TrainParams
 
     root = tmp_path_factory.mktemp("eval-run")
     manifest = prepare_data(config=PrepareConfig(

@@ -57,7 +57,7 @@ def _snapshot(folder: Path) -> dict[str, tuple[int, int]]:
 
 def _kill_and_check_quiet(proc: subprocess.Popen, out: Path) -> None:
     """SIGKILL the command alone; 20 s later nothing it started lives and nothing changes."""
-    from tasks.lifecycle import descendants
+    from tasks.infra.lifecycle import descendants
 
     family = descendants(proc.pid)  # the temporary server runs in a session of its own
     assert family, "the command should have started a server and workers"
@@ -83,7 +83,7 @@ def _wait_for(predicate, proc: subprocess.Popen, timeout: float = 400) -> None:
 
 @pytest.fixture(scope="module")
 def cli_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from synth import generate_dataset
+    from synth.generate import generate_dataset
 
     root = tmp_path_factory.mktemp("cli-data")
     generate_dataset(root, patients=12, seed=5, rows=96, columns=72, frames=(16, 24), positive_fraction=0.4)
@@ -136,7 +136,7 @@ def slow_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
     The tests that use it pass ``--full-resolution``: a reduced decode of these frames is so cheap
     that the plan would finish (in the flow's own process) before a kill could land mid-extraction.
     """
-    from synth import generate_dataset
+    from synth.generate import generate_dataset
 
     root = tmp_path_factory.mktemp("slow-data")
     generate_dataset(root, patients=10, seed=6, rows=512, columns=392, frames=(40, 50), reports=False)

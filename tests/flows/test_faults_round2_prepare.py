@@ -33,7 +33,7 @@ def _run(cmd: list[str], tmp_path: Path, **kwargs) -> subprocess.CompletedProces
 
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from synth import generate_dataset
+    from synth.generate import generate_dataset
 
     root = tmp_path_factory.mktemp("round2") / "data"
     generate_dataset(root, patients=12, seed=5, rows=64, columns=48, frames=(6, 10), positive_fraction=0.4)
@@ -58,7 +58,7 @@ def _labelled_rows(data: Path, table: pd.DataFrame) -> list[int]:
 
 
 def _resolve(data: Path, row: pd.Series) -> Path:
-    from tasks.paths import VolumeResolver
+    from tasks.prepare.locate import VolumeResolver
 
     path, how = VolumeResolver(data).resolve(row["descriptive_path"], row["classic_path"], row["PatientID"])
     assert path is not None, how

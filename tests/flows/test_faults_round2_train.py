@@ -34,7 +34,7 @@ def home(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def prepared(tmp_path_factory: pytest.TempPathFactory, home: Path) -> Path:
-    from synth import generate_dataset
+    from synth.generate import generate_dataset
 
     root = tmp_path_factory.mktemp("round2-train")
     generate_dataset(root / "data", patients=12, seed=5, rows=64, columns=48, frames=(6, 10), positive_fraction=0.4)

@@ -16,8 +16,8 @@ def test_flow_modules_import_no_heavy_library() -> None:
     repo = Path(__file__).resolve().parents[2]
     code = (
         "import json, sys\n"
-        "import flows.cli, flows.prepare, flows.train, flows.evaluate, flows.pipeline, tasks.extract, tasks.prepare_steps\n"
-        "import tasks.html_report  # the evaluate flow body imports it on every run, cached or not\n"
+        "import flows.cli, flows.prepare, flows.train, flows.evaluate, flows.pipeline, tasks.prepare.extract, tasks.prepare.steps\n"
+        "import tasks.evaluate.report  # the evaluate flow body imports it on every run, cached or not\n"
         f"print(json.dumps(sorted(m for m in {HEAVY!r} if m in sys.modules)))\n"
     )
     env = dict(os.environ, PYTHONPATH=str(repo))

@@ -10,7 +10,7 @@ from pathlib import Path
 
 def test_second_run_on_an_output_root_says_it_waits_then_goes_on(prefect_harness, tmp_path: Path,
                                                                   caplog) -> None:
-    from tasks.output_slot import output_root_slot
+    from tasks.infra.output_slot import output_root_slot
 
     log = logging.getLogger("tomoflow.test.slot")
     held, release, order = threading.Event(), threading.Event(), []
@@ -39,7 +39,7 @@ def test_second_run_on_an_output_root_says_it_waits_then_goes_on(prefect_harness
 
 
 def test_a_free_output_root_is_taken_without_a_wait_message(prefect_harness, tmp_path: Path, caplog) -> None:
-    from tasks.output_slot import output_root_slot
+    from tasks.infra.output_slot import output_root_slot
 
     log = logging.getLogger("tomoflow.test.slot")
     with caplog.at_level(logging.INFO, logger="tomoflow.test.slot"):

@@ -18,7 +18,7 @@ TINY = {
 
 
 def _tiny(data: Path, out: Path, strategy: str = "single-slice"):
-    from tasks.presets import pipeline_config
+    from tasks.core.presets import pipeline_config
 
     base = {**TINY, "slices": {**TINY["slices"], "strategy": strategy}}
     return pipeline_config(data_root=str(data), output_root=str(out), base=base)
@@ -55,17 +55,17 @@ def test_pipeline_runs_then_reuses_every_step(prefect_harness, small_dataset: Pa
 
 def test_training_failure_keeps_preparation_and_retry_starts_at_training(
         prefect_harness, small_dataset: Path, tmp_path: Path, monkeypatch) -> None:
-    import tasks.train_steps
-    import models.train
+    import tasks.train.steps
+    import models.fit
     from flows.pipeline import tomoflow_pipeline
 
     out = tmp_path / "out"
-    monkeypatch.setattr(tasks.train_steps.fit_model, "retries", 0)
+    monkeypatch.setattr(tasks.train.steps.fit_model, "retries", 0)
 
     def broken_fit(*args, **kwargs):
         raise RuntimeError("simulated GPU failure")
 
-    monkeypatch.setattr(models.train, "fit", broken_fit)
+    monkeypatch.setattr(models.fit, "fit", broken_fit)
     with pytest.raises(RuntimeError, match="simulated GPU failure"):
         tomoflow_pipeline(config=_tiny(small_dataset, out, strategy="all-slices"))
     manifest = next((out / "prepared").rglob("manifest.parquet"))

@@ -3,7 +3,6 @@ on data errors, run names that never raise, the merged configuration stored with
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
@@ -61,7 +60,8 @@ def test_invalid_setting_is_one_line_naming_the_field(prefect_harness, tmp_path:
 
 
 def test_run_name_never_raises(monkeypatch, tmp_path: Path) -> None:
-    import flows.pipeline
+    import tasks.infra.run_names
+    import tasks.pipeline.steps
     from flows import evaluate, prepare, train
 
     # No ImageNet weights here: the demo falls back to vgg16_bn, trained on 64 px (its slices are 96 px).
@@ -75,18 +75,22 @@ def test_run_name_never_raises(monkeypatch, tmp_path: Path) -> None:
                              ({"config": {"train": {"epochs": -1}}}, "pipeline (invalid parameters)"),
                              ({"preset": "demo"}, "pipeline demo vgg16_bn 64px"),
                              ({"config": "not a mapping"}, "pipeline (invalid parameters)")):
-        monkeypatch.setattr(flows.pipeline, "flow_run", Params(params))
-        assert flows.pipeline._run_name() == expected
+        monkeypatch.setattr(tasks.pipeline.steps, "flow_run", Params(params))
+        assert tasks.pipeline.steps.pipeline_run_name() == expected
+    monkeypatch.setattr(tasks.infra.run_names, "flow_run", Params({"config": {"nope": 1}}))
     for module, name in ((train, "train (invalid config)"), (evaluate, "evaluate (invalid config)"),
                          (prepare, "prepare (invalid config)")):
-        monkeypatch.setattr(module, "flow_run", Params({"config": {"nope": 1}}))
         assert module._run_name() == name
+    monkeypatch.setattr(tasks.infra.run_names, "flow_run", Params({"config": {"slices": {"image_size": 96}}}))
+    assert prepare._run_name() == "prepare all-slices 96px"
+    monkeypatch.setattr(tasks.infra.run_names, "flow_run", Params({"config": {"run_dir": "runs/a", "split": "test"}}))
+    assert evaluate._run_name() == "evaluate a test"
 
 
 def test_fit_model_is_not_retried_on_a_data_error(prefect_harness, tmp_path: Path, monkeypatch) -> None:
-    import models.train
+    import models.fit
     from flows.train import train_classifier
-    from tasks.config import TrainConfig
+    from tasks.core.config import TrainConfig
 
     calls = []
 
@@ -94,7 +98,7 @@ def test_fit_model_is_not_retried_on_a_data_error(prefect_harness, tmp_path: Pat
         calls.append(1)
         raise ValueError("the 'validation' split holds only label 0")
 
-    monkeypatch.setattr(models.train, "fit", fit)
+    monkeypatch.setattr(models.fit, "fit", fit)
     config = TrainConfig(manifest=str(tmp_path / "manifest.parquet"), run_dir=str(tmp_path / "run"),
                          model={"weights": "none"}, train={"device": "cpu", "multi_gpu": False},
                          augment={"offline_balance": False})
@@ -111,8 +115,8 @@ def test_failed_training_deployment_reason_and_link_in_the_message(monkeypatch) 
     from prefect.settings import PREFECT_UI_URL, temporary_settings
     from prefect.states import Failed
 
-    from tasks.pipeline_steps import ChildRunFailed, run_training_deployment as _run_training_deployment
-    from tasks.config import TrainConfig
+    from tasks.pipeline.steps import ChildRunFailed, run_training_deployment as _run_training_deployment
+    from tasks.core.config import TrainConfig
 
     child_id = uuid.uuid4()
 

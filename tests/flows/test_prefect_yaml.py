@@ -27,7 +27,7 @@ def test_pools_defined_once_and_used(spec: dict) -> None:
 
 
 def test_deployments_cover_schedule_adhoc_and_every_preset(spec: dict) -> None:
-    from tasks.presets import STUDY_PRESETS
+    from tasks.core.presets import STUDY_PRESETS
 
     by_name = {d["name"]: d for d in spec["deployments"]}
     assert by_name["nightly"]["schedules"][0]["cron"] == "0 2 * * *"
@@ -77,7 +77,7 @@ def test_run_form_puts_the_operator_fields_first_without_misleading_defaults() -
     from prefect.utilities.callables import parameter_schema
 
     from flows.pipeline import tomoflow_pipeline
-    from tasks.presets import list_presets
+    from tasks.core.presets import list_presets
 
     schema = parameter_schema(tomoflow_pipeline.fn).model_dump()
     props = schema["properties"]
@@ -90,7 +90,7 @@ def test_run_form_puts_the_operator_fields_first_without_misleading_defaults() -
 
 
 def test_checkout_pull_step_and_gpu_handoff(spec: dict) -> None:
-    assert spec["pull"] == [{"tasks.service.checkout": {}}]
+    assert spec["pull"] == [{"tasks.infra.environment.checkout": {}}]
     by_name = {d["name"]: d for d in spec["deployments"]}
     for name, deployment in by_name.items():
         if deployment["entrypoint"].startswith("flows/pipeline.py"):

@@ -9,7 +9,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from tasks.config import DataConfig, PrepareConfig, SlicesConfig
+from tasks.core.config import DataConfig, PrepareConfig, SlicesConfig
 
 
 def _config(data: Path, out: Path, **slices) -> PrepareConfig:

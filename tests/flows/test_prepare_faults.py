@@ -9,7 +9,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from tasks.config import DataConfig, PrepareConfig, SlicesConfig
+from tasks.core.config import DataConfig, PrepareConfig, SlicesConfig
 
 
 def _config(data: Path, out: Path, *, max_reject_fraction: float | None = None, **slices) -> PrepareConfig:
@@ -125,12 +125,12 @@ def test_a_run_into_a_locked_folder_stops_at_once_naming_the_other(prefect_harne
     import sys
 
     from flows.prepare import prepare_data
-    from tasks.io import OutputInUseError
+    from tasks.core.files import OutputInUseError
 
     out = tmp_path / "out"
     out.mkdir()
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys, time\nfrom tasks.io import output_lock\n"
+        [sys.executable, "-c", "import sys, time\nfrom tasks.core.files import output_lock\n"
          "with output_lock(sys.argv[1], what='prepare single-slice 224px'):\n"
          "    print('held', flush=True)\n    time.sleep(600)\n", str(out)], stdout=subprocess.PIPE, text=True)
     try:

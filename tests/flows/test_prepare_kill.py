@@ -26,7 +26,7 @@ def _env(tmp_path: Path) -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def kill_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from synth import generate_dataset
+    from synth.generate import generate_dataset
 
     root = tmp_path_factory.mktemp("kill-data")
     generate_dataset(root, patients=24, seed=11, rows=96, columns=72, frames=(20, 30), reports=False)
@@ -71,7 +71,7 @@ def test_sigkill_mid_extraction_then_rerun_gives_identical_manifest(kill_dataset
 def test_process_pool_workers_share_the_temporary_api_only_during_extraction(monkeypatch) -> None:
     import os as os_module
 
-    import tasks.runtime as runtime
+    import tasks.infra.runners as runtime
 
     monkeypatch.delenv("PREFECT_API_URL", raising=False)
     monkeypatch.setattr(runtime, "ephemeral_api_url", lambda: "http://127.0.0.1:9/api")

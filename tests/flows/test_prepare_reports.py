@@ -11,8 +11,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from tasks.cohorts import cohorts_from_labels, load_bcs_tables
-from tasks.config import DataConfig, PrepareConfig, SlicesConfig
+from tasks.prepare.cohorts import cohorts_from_labels
+from tasks.prepare.bcs_csv import load_bcs_tables
+from tasks.core.config import DataConfig, PrepareConfig, SlicesConfig
 
 
 def _config(data: Path, out: Path, *, reports: Path, use_labels: bool = True) -> PrepareConfig:

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from flows.cli import main
-from tasks.sweep import nested_train_subsets, parse_fractions, write_subset_manifest
+from tasks.sweep.analysis import nested_train_subsets, parse_fractions, write_subset_manifest
 
 
 def _manifest(n_pos: int = 6, n_neg: int = 14) -> pd.DataFrame:
@@ -46,7 +46,7 @@ def test_subsets_are_nested_stratified_and_seeded(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_sweep_cli_two_fractions_two_starting_points(prefect_harness, small_dataset: Path, tmp_path: Path) -> None:
-    from synth import generate_dataset
+    from synth.generate import generate_dataset
 
     # Starting point: a tomoflow model trained on collection A.
     assert main(["prepare", "--data-root", str(small_dataset), "--out", str(tmp_path / "a"), "--image-size", "40",

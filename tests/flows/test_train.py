@@ -7,7 +7,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from tasks.config import DataConfig, ModelConfig, PrepareConfig, SlicesConfig, TrainConfig, TrainParams
+from tasks.core.config import DataConfig, ModelConfig, PrepareConfig, SlicesConfig, TrainConfig, TrainParams
 
 
 @pytest.fixture(scope="module")
@@ -42,9 +42,9 @@ def test_train_flow_two_epochs_then_rerun_resumes(prefect_harness, prepared: Pat
     assert result["resumed_from"] == 0
 
     # The rerun reuses the stored result: it neither trains nor loads a checkpoint.
-    import models.train
+    import models.fit
 
-    monkeypatch.setattr(models.train, "fit", lambda *a, **k: pytest.fail("a cached rerun must not train"))
+    monkeypatch.setattr(models.fit, "fit", lambda *a, **k: pytest.fail("a cached rerun must not train"))
     again = train_classifier(config=_train_config(prepared, run))
     assert again["resumed_from"] == 2 and again["epochs_run"] == 2
     assert pd.read_csv(again["history"]).equals(history)
@@ -71,7 +71,7 @@ def test_several_visible_gpus_train_with_torchrun(prefect_harness, monkeypatch, 
     import torch
 
     import models.distributed
-    from tasks.train_steps import fit_model, visible_gpus as _visible_gpus
+    from tasks.train.steps import fit_model, visible_gpus as _visible_gpus
 
     cfg = _train_config(tmp_path / "m.parquet", tmp_path / "run", device="auto")
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)

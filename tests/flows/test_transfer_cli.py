@@ -32,7 +32,7 @@ def _train(manifest: Path, out: Path, *extra: str) -> int:
 @pytest.fixture(scope="module")
 def collection_b(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A second, smaller synthetic collection (other seed: other patients and images)."""
-    from synth import generate_dataset
+    from synth.generate import generate_dataset
 
     root = tmp_path_factory.mktemp("collection-b")
     generate_dataset(root, patients=14, seed=11, rows=64, columns=48, frames=(6, 8), positive_fraction=0.4)

@@ -24,8 +24,8 @@ from models import distributed
 from models.data import EpochSampler, make_loaders
 from models.distributed import DistEnv, Group, current_env, launch_command, per_rank_batch_size
 from models.fit import fit
-from tasks.config import AugmentConfig, ModelConfig, TrainConfig, TrainParams
-from tests.tasks.test_augment import write_manifest
+from tasks.core.config import AugmentConfig, ModelConfig, TrainConfig, TrainParams
+from tests.models.test_augment import write_manifest
 
 ROOT = Path(__file__).resolve().parents[2]
 TIMEOUT_S = 240

@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 from torch import nn
 
-from models import build_model
+from models.classifier import build_model
 from models.boxes import box_of, peak_in_box
 from models.gradcam import box_hit_fraction, gradcam, gradcam_examples, localisation_layer, target_layer
 from models.occlusion import hide_boxes, occlusion_check

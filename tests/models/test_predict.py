@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 from torch import nn
 
-from models import build_model
+from models.classifier import build_model
 from models.predict import PREDICTION_COLUMNS, predict
 
 

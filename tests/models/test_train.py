@@ -17,14 +17,16 @@ import torch
 
 import models.engine
 import models.fit
-from models import ClassifierOutput, WeightsNotFoundError, build_model
+from models.heads import ClassifierOutput
+from models.weights import WeightsNotFoundError
+from models.classifier import build_model
 from models.checkpoint import HISTORY_COLUMNS, load_classifier
 from models.data import load_manifest, make_loaders
 from models.engine import apply_schedule, batch_to_device, build_optimizer, train_one_epoch
 from models.fit import fit
-from tasks.augment import train_transforms
-from tasks.config import AugmentConfig, ModelConfig, TrainConfig, TrainParams
-from tests.tasks.test_augment import write_manifest
+from models.augment import train_transforms
+from tasks.core.config import AugmentConfig, ModelConfig, TrainConfig, TrainParams
+from tests.models.test_augment import write_manifest
 
 
 @pytest.fixture(autouse=True)

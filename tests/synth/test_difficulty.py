@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from flows.cli import main
-from synth import generate_dataset
+from synth.generate import generate_dataset
 from synth.anatomy import DIFFICULTIES, lesion_settings
 from tests.synth.test_synthetic import oriented_frame, resolve
 
@@ -167,7 +167,7 @@ def test_cli_prints_the_level(tmp_path: Path, capsys: pytest.CaptureFixture[str]
 
 def test_the_pipeline_can_tell_a_synthetic_collection_and_its_level(levels, tmp_path: Path) -> None:
     from synth.layout import UID_PREFIX
-    from tasks.data_origin import SYNTH_UID_ROOT, data_origin
+    from tasks.prepare.data_origin import SYNTH_UID_ROOT, data_origin
 
     assert SYNTH_UID_ROOT == UID_PREFIX
     assert not (levels["easy"][0] / "tomoflow-synth.json").exists()  # easy: the same files as always

@@ -1,7 +1,7 @@
 """The synthetic BCS-DBT generator (package synth): shapes, traps, determinism, anatomy and lesions.
 
 The orientation rule is Duke's reader's, written out here on purpose (not imported from
-``tasks.dicom``): the test pins the generator to the published rule, not to our reader.
+``tasks.reader.frames``): the test pins the generator to the published rule, not to our reader.
 (Over 400 lines: one suite for one public generator; splitting it would scatter its fixtures.)
 """
 
@@ -19,7 +19,8 @@ import pytest
 from pydicom.pixels import pixel_array
 
 from synth import generate as synth_generate
-from synth import generate_dataset, write_dbt_dicom, write_dbt_dicom_frames
+from synth.generate import generate_dataset
+from synth.dicom_writer import write_dbt_dicom, write_dbt_dicom_frames
 
 SMALL = dict(patients=20, rows=64, columns=48, frames=(8, 12))
 

@@ -1,0 +1,1 @@
+"""The domain's names, settings and file primitives, shared by every stage."""

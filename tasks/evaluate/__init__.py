@@ -1,0 +1,1 @@
+"""The evaluate-model stage: metrics and the HTML evaluation report."""

@@ -1,0 +1,74 @@
+"""What evaluate-model computes, as plain functions: every figure of ``metrics.json``, and the report page.
+
+The Prefect tasks ``compute-metrics`` and ``write-report`` (:mod:`tasks.evaluate.steps`) call these
+and write their results; nothing here knows about Prefect.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from tasks.core.config import EvaluateConfig
+
+
+def all_metrics(pred: pd.DataFrame, checkpoint: str, manifest: str, image_size: int,
+                cfg: EvaluateConfig) -> dict[str, Any]:
+    """Metrics at slice, volume and patient level with intervals and nulls, the trivial baseline,
+    Grad-CAM box hits and occlusion, each beside its reference or control."""
+    from models.controls import localisation_references, occlusion_control
+    from models.gradcam import box_hit_fraction
+    from models.occlusion import occlusion_check
+    from models.checkpoint import load_classifier
+    from models.engine import resolve_device
+    from tasks.evaluate.metrics import evaluate_predictions
+    from tasks.evaluate.trivial_scores import trivial_baseline
+
+    metrics = evaluate_predictions(pred, how=cfg.aggregate, threshold=cfg.threshold, bootstrap=cfg.bootstrap,
+                                   ci=cfg.ci, seed=cfg.seed, calibration_bins=cfg.calibration_bins)
+    metrics["trivial"] = trivial_baseline(pred, pd.read_parquet(manifest), Path(manifest).parent, how=cfg.aggregate,
+                                          bootstrap=cfg.bootstrap, ci=cfg.ci, seed=cfg.seed)
+    model = load_classifier(checkpoint, device=resolve_device(cfg.device))
+    positives = pred[pred["label"] == 1]
+    metrics["localization"] = box_hit_fraction(model, positives, Path(manifest).parent, image_size,
+                                               batch_size=cfg.batch_size)
+    metrics["occlusion"] = occlusion_check(model, positives, Path(manifest).parent, image_size,
+                                           threshold=cfg.threshold, batch_size=cfg.batch_size)
+    # What the two checks would show by chance, by brightness, or by hiding any tissue.
+    metrics["localization"]["references"] = localisation_references(positives, Path(manifest).parent, image_size)
+    metrics["occlusion"]["control"] = occlusion_control(model, positives, Path(manifest).parent, image_size,
+                                                        threshold=cfg.threshold, batch_size=cfg.batch_size,
+                                                        seed=cfg.seed)
+    return metrics
+
+
+def report_page(metrics: str, predictions: str, checkpoint: str, manifest: str, image_size: int, out_path: Path,
+                train_conf: dict[str, Any], cfg: EvaluateConfig, generalization: dict[str, Any]) -> Path:
+    """The self-contained report.html: curves, ROC, confusion, intervals, cohort flow, audit, Grad-CAM."""
+    from models.gradcam import gradcam_examples
+    from models.checkpoint import load_classifier
+    from models.engine import resolve_device
+    from tasks.evaluate.metrics_chance import chance_losses
+    from tasks.evaluate.report import write_report as render
+
+    run = Path(cfg.run_dir)
+    pred = pd.read_parquet(predictions)
+    summary_path = Path(manifest).parent / "cohort_summary.json"
+    model = load_classifier(checkpoint, device=resolve_device(cfg.device))
+    examples = gradcam_examples(model, pred, root=Path(manifest).parent, image_size=image_size,
+                                threshold=cfg.threshold, per_kind=cfg.gradcam_examples, seed=cfg.seed)
+    # Chance on the learning curves: the manifest training read (offline-balanced or not) and its class weights.
+    trained_on = Path(train_conf.get("manifest") or manifest)
+    used = pd.read_parquet(manifest)
+    chance = chance_losses(pd.read_parquet(trained_on) if trained_on.is_file() else used,
+                           train_conf.get("train", {}).get("class_balance", "weights"),
+                           aux_weight=0.4 if getattr(model, "aux_head", None) is not None else 0.0)
+    return render(
+        run, metrics=json.loads(Path(metrics).read_text()), history=pd.read_csv(run / "history.csv"),
+        cohort_summary=json.loads(summary_path.read_text()) if summary_path.is_file() else None,
+        config={"train": train_conf, "evaluate": cfg.model_dump(mode="json")}, predictions=pred,
+        examples=examples, out_path=out_path, chance=chance, manifest=used, generalization=generalization,
+    )

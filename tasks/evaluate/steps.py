@@ -1,0 +1,181 @@
+"""Prefect tasks of the ``evaluate-model`` flow: predict-split, compute-metrics, write-report.
+
+Each task is a thin wrapper over plain functions a test can call without Prefect
+(:func:`models.predict.predict`, :func:`tasks.evaluate.metrics.evaluate_predictions`,
+:mod:`models.gradcam`, :func:`tasks.evaluate.report.write_report`); this module adds the cache keys,
+retries and the run's artifacts.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from prefect import get_run_logger, task
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+
+from tasks.infra.caching import content_cache_key_fn
+from tasks.core.config import EvaluateConfig
+from tasks.infra.retry import retry_policy
+
+_CACHED = {"persist_result": True, **retry_policy(retries=1, delay_seconds=2)}
+
+
+def run_inputs(cfg: EvaluateConfig) -> tuple[Path, Path, Path, dict[str, Any]]:
+    """(checkpoint, manifest, output folder (made), training config) of the run to evaluate."""
+    from models.checkpoint import chosen_checkpoint
+
+    run = Path(cfg.run_dir)
+    config_path = run / "config.json"
+    if not config_path.is_file():
+        raise ValueError(f"{run}: no config.json: is this a training run folder (tomoflow train --out RUN)?")
+    train_conf = json.loads(config_path.read_text())
+    checkpoint = chosen_checkpoint(run)
+    if not checkpoint.is_file():
+        raise ValueError(f"{run}: neither best.pt nor last.pt exists; train the model first")
+    manifest = Path(cfg.manifest or train_conf["manifest"])
+    if not manifest.is_file():
+        raise ValueError(f"manifest {manifest} does not exist; pass --manifest")
+    out = Path(cfg.output_dir or (run / "external" if cfg.external else run))
+    out.mkdir(parents=True, exist_ok=True)
+    return checkpoint, manifest, out, train_conf
+
+
+def evaluated_split(cfg: EvaluateConfig) -> str:
+    """The rows evaluated: ``external_split`` of an external collection, else ``split``."""
+    return cfg.external_split if cfg.external else cfg.split
+
+
+def external_manifest(cfg: EvaluateConfig, training_manifest: Path, out: Path) -> Path:
+    """The manifest of ``cfg.external``, preparing a data root like the training data first (a subflow)."""
+    from tasks.evaluate.generalization import external_prepare_settings, external_source
+
+    kind, path = external_source(cfg.external or "")
+    if kind == "manifest":
+        return path
+    from flows.prepare import prepare_data
+    from tasks.core.config import DataConfig, PrepareConfig, SlicesConfig
+
+    get_run_logger().info("preparing the external data root like the training data: %s",
+                          external_prepare_settings(training_manifest))
+    prepared = prepare_data(config=PrepareConfig(
+        data=DataConfig(data_root=str(path), output_dir=str(out / "prepared")),
+        slices=SlicesConfig(**external_prepare_settings(training_manifest))))
+    return Path(prepared["manifest"])
+
+
+@task(name="audit-training-overlap", cache_key_fn=content_cache_key_fn(files=("checkpoint", "manifest")), **_CACHED)
+def audit_training_overlap(checkpoint: str, manifest: str, split: str, out_dir: str, allow_overlap: bool) -> str:
+    """Stop (or, when allowed, record) an evaluation on patients the model trained or was validated on."""
+    from tasks.evaluate.generalization import training_audit
+
+    return str(training_audit(checkpoint, manifest, split, allow_overlap=allow_overlap, out_dir=out_dir))
+
+
+@task(name="compare-external", cache_key_fn=content_cache_key_fn(files=("checkpoint", "manifest", "predictions")),
+      **_CACHED)
+def compare_external(checkpoint: str, manifest: str, predictions: str, image_size: int, out_dir: str,
+                     cfg: EvaluateConfig) -> str:
+    """Score the model's own test split again, and write the external figures beside them with the gap."""
+    import pandas as pd
+
+    from models.checkpoint import load_classifier
+    from models.engine import resolve_device
+    from tasks.evaluate.generalization import EXTERNAL_NAME, external_comparison, predict_rows
+    from tasks.core.files import atomic_write_json
+
+    device = resolve_device(cfg.device)
+    model = load_classifier(checkpoint, device=device)
+    own = predict_rows(model, pd.read_parquet(manifest), root=Path(manifest).parent, split="test",
+                       image_size=image_size, batch_size=cfg.batch_size, device=device)
+    comparison = external_comparison(own, pd.read_parquet(predictions), source=str(cfg.external),
+                                     threshold=cfg.threshold, n=cfg.bootstrap, ci=cfg.ci, seed=cfg.seed)
+    return str(atomic_write_json(Path(out_dir) / EXTERNAL_NAME, comparison))
+
+
+@task(name="predict-split", cache_key_fn=content_cache_key_fn(files=("checkpoint", "manifest")), **_CACHED)
+def predict_split(checkpoint: str, manifest: str, image_size: int, out_dir: str, cfg: EvaluateConfig) -> str:
+    """Run the model over the split's images and write predictions.parquet."""
+    import pandas as pd
+
+    from models.checkpoint import load_classifier
+    from models.engine import resolve_device
+    from tasks.evaluate.generalization import predict_rows
+    from tasks.core.files import atomic_write_parquet
+
+    device = resolve_device(cfg.device)
+    model = load_classifier(checkpoint, device=device)
+    pred = predict_rows(model, pd.read_parquet(manifest), root=Path(manifest).parent, split=evaluated_split(cfg),
+                        image_size=image_size, batch_size=cfg.batch_size, device=device)
+    return str(atomic_write_parquet(Path(out_dir) / "predictions.parquet", pred))
+
+
+@task(name="compute-metrics", cache_key_fn=content_cache_key_fn(files=("predictions", "checkpoint", "manifest")),
+      **_CACHED)
+def compute_metrics(predictions: str, checkpoint: str, manifest: str, image_size: int, out_dir: str,
+                    cfg: EvaluateConfig) -> str:
+    """Metrics at slice, volume and patient level with intervals and nulls; Grad-CAM box hits; occlusion."""
+    import pandas as pd
+
+    from tasks.core.files import atomic_write_json
+    from tasks.evaluate.measures import all_metrics
+
+    metrics = all_metrics(pd.read_parquet(predictions), checkpoint, manifest, image_size, cfg)
+    return str(atomic_write_json(Path(out_dir) / "metrics.json", metrics))
+
+
+@task(name="write-report", cache_key_fn=content_cache_key_fn(
+    files=("metrics", "predictions", "checkpoint", "audit", "external")), **_CACHED)
+def write_report(metrics: str, predictions: str, checkpoint: str, manifest: str, image_size: int, out_dir: str,
+                 train_conf: dict[str, Any], cfg: EvaluateConfig, audit: str | None = None,
+                 external: str | None = None) -> str:
+    """The self-contained report.html: curves, ROC, confusion, intervals, cohort flow, audit, Grad-CAM."""
+    from tasks.evaluate.measures import report_page
+
+    return str(report_page(metrics, predictions, checkpoint, manifest, image_size, Path(out_dir) / "report.html",
+                           train_conf, cfg, generalization_sections(checkpoint, audit, external)))
+
+
+def generalization_sections(checkpoint: str, audit: str | None, external: str | None) -> dict[str, Any]:
+    """What the report shows of where the model started, the audit against its training data, and external data."""
+    from models.checkpoint import read_checkpoint
+
+    ckpt = read_checkpoint(checkpoint, advice="train again, or evaluate another run")
+    return {
+        "weights_source": ckpt.get("weights_source") if isinstance(ckpt, dict) else None,
+        "training_audit": json.loads(Path(audit).read_text()) if audit else None,
+        "external": json.loads(Path(external).read_text()) if external else None,
+    }
+
+
+def publish_evaluation(config: EvaluateConfig, metrics: str, report: str, audit: str | None = None,
+                       external: str | None = None) -> None:
+    """The run's metrics table and summary artifacts (and the training-data audit and external comparison),
+    and warnings for a degenerate model, a weak null or an allowed overlap with the training data."""
+    from tasks.evaluate.report import metrics_table, summary_markdown
+    from tasks.evaluate.report_generalization import external_markdown, training_audit_markdown
+
+    logger = get_run_logger()
+    values = json.loads(Path(metrics).read_text())
+    create_table_artifact(metrics_table(values), key="evaluation-metrics",
+                          description=f"Metrics of {config.run_dir} on the {config.split} split")
+    create_markdown_artifact(summary_markdown(values), key="evaluation-summary",
+                             description=f"Summary of {config.run_dir}")
+    if values.get("degenerate"):
+        logger.warning("degenerate model: %s", values.get("degenerate_reason"))
+    if (values.get("trivial") or {}).get("note"):
+        logger.warning("%s", values["trivial"]["note"])
+    for level, entry in (values.get("levels") or {}).items():
+        if entry.get("null_warning"):
+            logger.warning("%s level: %s", level, entry["null_warning"])
+    if audit:
+        audit_values = json.loads(Path(audit).read_text())
+        create_markdown_artifact(training_audit_markdown(audit_values), key="training-audit",
+                                 description=f"Evaluated data of {config.run_dir} against its training data")
+        if audit_values.get("message"):
+            logger.warning("%s", audit_values["message"])
+    if external:
+        create_markdown_artifact(external_markdown(json.loads(Path(external).read_text())), key="external-evaluation",
+                                 description=f"{config.run_dir} on {config.external} beside its own test figures")
+    logger.info("report: %s", report)

@@ -1,0 +1,1 @@
+"""How steps run: task runners, caching, retries, clean-up, redaction, Prefect internals."""

@@ -1,0 +1,250 @@
+"""Nothing outlives its run: worker watchdogs, a reaper process and interrupt handling.
+
+A ``tomoflow`` command starts other processes: the temporary Prefect server (a uvicorn
+subprocess Prefect starts), extraction workers (a process pool or a Dask cluster),
+multiprocessing's resource tracker, DataLoader workers. If the command dies by SIGKILL,
+none of them is told. Three layers make sure they stop:
+
+* :func:`start_reaper` (called by the CLI) starts a tiny watcher process in a session of
+  its own. It keeps a list of the command's descendants (read from ``/proc`` every
+  0.3 s) and, once the command is gone, terminates every one of them still alive (and
+  the same process, checked by its start time, so a reused pid is never hit).
+* :func:`worker_initializer` (the process pool's initializer) gives each worker a
+  parent-pid watchdog thread, so a worker also stops by itself, without the reaper, when
+  the process that started it disappears.
+* :func:`stop_workers` is what a flow calls when it is interrupted (SIGTERM, Ctrl-C):
+  it terminates this process's descendants except the temporary Prefect server, which is
+  still needed to record the run as Cancelled.
+
+Linux's ``PR_SET_PDEATHSIG`` is not used for pool workers: it fires when the *thread*
+that started the child exits, and Prefect starts pool workers from short-lived resolver
+threads.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from tasks.infra.prefect_internals import running_server_pids
+
+_POLL_S = 0.3
+_GRACE_S = 3.0
+
+
+def _stat(pid: int) -> tuple[int, int] | None:
+    """(parent pid, start time in clock ticks) of ``pid``, or None when it is gone."""
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    # The command name (field 2) may hold spaces and parentheses: split after the last ')'.
+    fields = text[text.rindex(")") + 2:].split()
+    if fields[0] == "Z":
+        return None  # a zombie has already exited
+    return int(fields[1]), int(fields[19])
+
+
+def descendants(root: int) -> dict[int, int]:
+    """``{pid: start time}`` of every live descendant of ``root`` (Linux ``/proc``)."""
+    children: dict[int, list[tuple[int, int]]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        info = _stat(int(entry))
+        if info is not None:
+            children.setdefault(info[0], []).append((int(entry), info[1]))
+    found: dict[int, int] = {}
+    stack = [root]
+    while stack:
+        for pid, start in children.get(stack.pop(), []):
+            if pid not in found:
+                found[pid] = start
+                stack.append(pid)
+    return found
+
+
+def _terminate(pids: dict[int, int], grace_s: float = _GRACE_S) -> None:
+    """SIGTERM the processes still alive with the same start time, then SIGKILL the rest."""
+    def alive() -> list[int]:
+        return [pid for pid, start in pids.items() if (_stat(pid) or (0, -1))[1] == start]
+
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        targets = alive()
+        for pid in targets:
+            try:
+                os.kill(pid, sig)
+            except OSError:
+                pass
+        deadline = time.monotonic() + grace_s
+        while targets and time.monotonic() < deadline:
+            time.sleep(0.05)
+            targets = alive()
+        if not targets:
+            return
+
+
+def reap(parent: int, parent_start: int) -> None:
+    """Watch ``parent``; when it is gone, terminate every descendant it had (the reaper's loop)."""
+    known: dict[int, int] = {}
+    me = os.getpid()
+    while True:
+        info = _stat(parent)
+        if info is None or info[1] != parent_start:
+            break
+        current = descendants(parent)
+        current.pop(me, None)
+        # Keep processes that were reparented away (their parent died) while still alive.
+        known = {pid: start for pid, start in known.items() if (_stat(pid) or (0, -1))[1] == start}
+        known.update(current)
+        time.sleep(_POLL_S)
+    known.pop(me, None)
+    _terminate(known)
+
+
+def start_reaper() -> subprocess.Popen[bytes] | None:
+    """Start the reaper for this process (Linux only; once per process).
+
+    It runs in a session of its own, so a signal sent to the command's process group
+    (Ctrl-C, ``kill -- -PGID``) does not take it down before it has cleaned up, and it
+    exits by itself once the command has ended.
+    """
+    global _REAPER
+    if _REAPER is not None or not Path("/proc/self/stat").exists():
+        return _REAPER
+    info = _stat(os.getpid())
+    if info is None:
+        return None
+    _REAPER = subprocess.Popen(
+        [sys.executable, "-c", "import sys; from tasks.infra.lifecycle import reap; reap(int(sys.argv[1]), int(sys.argv[2]))",
+         str(os.getpid()), str(info[1])],
+        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        start_new_session=True, close_fds=True,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join(p for p in [str(Path(__file__).resolve().parents[2]),
+                                                                      os.environ.get("PYTHONPATH", "")] if p)},
+    )
+    return _REAPER
+
+
+_REAPER: subprocess.Popen[bytes] | None = None
+
+
+def _watch_parent(parent: int) -> None:
+    while True:
+        if os.getppid() != parent:
+            # The process that started this worker is gone: stop now rather than keep
+            # writing into an output folder that a rerun may already be using.
+            os._exit(70)
+        time.sleep(_POLL_S)
+
+
+def worker_initializer(parent: int) -> None:
+    """Process-pool initializer: exit as soon as ``parent`` (the flow's process) is gone.
+
+    It also installs the log redaction (:mod:`tasks.infra.redaction`) in the worker, whose
+    records Prefect sends to its API on their own.
+    """
+    if os.getppid() != parent:
+        os._exit(70)
+    from tasks.infra.redaction import install
+
+    install()
+    threading.Thread(target=_watch_parent, args=(parent,), name="tomoflow-parent-watchdog", daemon=True).start()
+
+
+def stop_workers() -> int:
+    """Terminate this process's descendants except the temporary Prefect server and the reaper.
+
+    Returns:
+        How many processes were signalled.
+    """
+    keep = running_server_pids()
+    if _REAPER is not None:
+        keep.add(_REAPER.pid)
+    pids = descendants(os.getpid())
+    # multiprocessing's resource tracker ends by itself once the pool is gone; killing it
+    # early only makes multiprocessing relaunch it and warn.
+    keep |= {pid for pid in pids if b"resource_tracker" in _cmdline(pid)}
+    doomed = {pid: start for pid, start in pids.items() if pid not in keep and not (
+        _ancestors_in(pid, keep, pids))}
+    _terminate(doomed, grace_s=2.0)
+    return len(doomed)
+
+
+def _cmdline(pid: int) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return b""
+
+
+def _ancestors_in(pid: int, keep: set[int], family: dict[int, int]) -> bool:
+    """Whether ``pid`` descends from one of ``keep`` (the server's own children stay too)."""
+    seen = 0
+    while pid in family and seen < 64:
+        info = _stat(pid)
+        if info is None:
+            return False
+        pid = info[0]
+        if pid in keep:
+            return True
+        seen += 1
+    return False
+
+
+def signal_name(exc: BaseException) -> str:
+    """``SIGTERM`` / ``SIGINT`` for an interrupt exception."""
+    number = getattr(exc, "signal", None)
+    if number is None:
+        return "SIGINT" if isinstance(exc, KeyboardInterrupt) else type(exc).__name__
+    try:
+        return signal.Signals(int(number)).name
+    except ValueError:
+        return f"signal {number}"
+
+
+def interrupted(exc: BaseException, out: Path, *, flow: str) -> str:
+    """Stop the workers and remove partial files after SIGTERM or Ctrl-C; the Cancelled state's message.
+
+    Args:
+        exc: The interrupt (``KeyboardInterrupt`` or Prefect's ``TerminationSignal``).
+        out: The folder the flow was writing (its ``.NAME.*.tmp`` files are removed).
+        flow: The flow's name, for the log line.
+    """
+    import logging
+
+    from tasks.prepare.extract import remove_stale_temporaries
+
+    stopped = stop_workers()
+    removed = remove_stale_temporaries(out)
+    message = (f"interrupted by {signal_name(exc)}: {stopped} worker processes stopped, "
+               f"{removed} partial files removed; run the same command again to resume")
+    try:
+        from prefect import get_run_logger
+
+        get_run_logger().warning("%s %s", flow, message)
+    except Exception:  # noqa: BLE001 - outside a run context: the standard logger will do
+        logging.getLogger(__name__).warning("%s %s", flow, message)
+    return message
+
+
+def cancellable(body: Callable[..., Any], *args: Any, out: Path, flow: str) -> Any:
+    """``body(*args)``; after SIGTERM or Ctrl-C, the Cancelled state a flow returns (see :func:`interrupted`).
+
+    A flow returns this state rather than raising, so its run ends Cancelled (not Crashed or
+    Failed) with a message saying how to resume.
+    """
+    from prefect.exceptions import TerminationSignal
+    from prefect.states import Cancelled
+
+    try:
+        return body(*args)
+    except (KeyboardInterrupt, TerminationSignal) as exc:
+        return Cancelled(message=interrupted(exc, Path(out), flow=flow))

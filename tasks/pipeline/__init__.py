@@ -1,0 +1,1 @@
+"""The whole pipeline's steps, the experiments' plan and comparison, and what its dashboard shows."""

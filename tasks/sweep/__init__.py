@@ -1,0 +1,1 @@
+"""The training-size sweep: nested patient subsets, its table and figure, and its Prefect steps."""

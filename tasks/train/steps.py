@@ -1,0 +1,147 @@
+"""Prefect tasks of the ``train-classifier`` flow: check-weights, balance-offline, fit-model.
+
+Each task is a thin wrapper over a plain function a test can call without Prefect
+(:func:`models.backbones.resolve_weights`, :func:`models.augment.balance_offline`,
+:func:`models.train.fit`); this module adds the cache keys, retries and progress artifacts.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from prefect import get_run_logger, task
+from prefect.artifacts import create_progress_artifact, update_progress_artifact
+
+from tasks.infra.caching import content_cache_key_fn, content_key
+from tasks.core.config import TrainConfig
+from tasks.infra.retry import retry_policy
+
+
+def _weights_file(config: TrainConfig) -> str | None:
+    """The file the weights setting reads when it is a path (a run folder's checkpoint), else None."""
+    weights = config.model.weights
+    if weights in ("imagenet", "none", "None"):
+        return None
+    from models.transfer import checkpoint_of
+
+    try:
+        return str(checkpoint_of(weights) or weights)
+    except FileNotFoundError:
+        return weights
+
+
+def _weights_key(context: Any, parameters: dict[str, Any]) -> str:
+    """Cache key of check-weights: the network section, and the weights file when it is a path."""
+    config = parameters["config"]
+    return content_key({"model": config.model, "weights": _weights_file(config)}, files=("weights",),
+                       salt=context.task.name)
+
+
+def _fit_key(context: Any, parameters: dict[str, Any]) -> str:
+    """Cache key of fit-model: the whole configuration, the manifest's content and the starting weights' content."""
+    config = parameters["config"]
+    return content_key({"config": config, "manifest": config.manifest, "weights": _weights_file(config)},
+                       files=("manifest", "weights"), salt=context.task.name)
+
+
+# Cached, so that a rerun with nothing changed imports neither torch nor torchvision.
+@task(name="check-weights", cache_key_fn=_weights_key, persist_result=True)
+def check_weights(config: TrainConfig) -> str:
+    """Fail before any work if the starting weights are not on this machine."""
+    from models.weights import resolve_weights
+
+    return str(resolve_weights(config.model.model, config.model.weights))
+
+
+@task(name="balance-offline", cache_key_fn=content_cache_key_fn(files=("manifest",)), persist_result=True,
+      **retry_policy(retries=2, delay_seconds=1))
+def balance_offline(manifest: str, config: TrainConfig) -> str:
+    """Write augmented copies of training positives up to the target ratio (single-slice)."""
+    from models.augment import balance_offline as balance
+
+    return str(balance(manifest, target_ratio=config.augment.target_ratio, seed=config.train.seed,
+                       cfg=config.augment))
+
+
+# A retry resumes from last.pt; only a lost worker, a dropped connection or an I/O hiccup is retried.
+@task(name="fit-model", **retry_policy(retries=2, delay_seconds=5),
+      cache_key_fn=_fit_key, persist_result=True)
+def fit_model(config: TrainConfig) -> dict[str, Any]:
+    """Train (or resume from the run folder's last checkpoint) and return the run's files."""
+    from models.fit import fit
+
+    logger = get_run_logger()
+    artifact = create_progress_artifact(0.0, key="training-progress",
+                                        description=f"Training {config.model.model} for up to {config.train.epochs} epochs")
+
+    def progress(epoch: int, row: dict[str, Any]) -> None:
+        update_progress_artifact(artifact, 100.0 * epoch / config.train.epochs)
+        logger.info("epoch %d/%d: train loss %.4f acc %.3f, val loss %.4f acc %.3f", epoch, config.train.epochs,
+                    row["train_loss"], row["train_accuracy"], row["val_loss"], row["val_accuracy"])
+
+    gpus = visible_gpus(config)
+    if gpus > 1:
+        from models.distributed import train_with_torchrun
+
+        logger.info("training on %d GPUs with torchrun (DistributedDataParallel)", gpus)
+        result = train_with_torchrun(config, gpus)
+    else:
+        result = fit(config, progress=progress)
+    update_progress_artifact(artifact, 100.0)
+    return result
+
+
+def fit_or_reuse(config: TrainConfig, cache: dict[str, Any]) -> dict[str, Any]:
+    """fit-model, or its stored result when the same configuration and manifest finished before.
+
+    A reused result reports, like a resumed run that had nothing left to do, every epoch as
+    found at the start (``resumed_from == epochs_run``). When a file it names is gone, the
+    model is fitted again (resuming from what is left in the run folder).
+    """
+    state = fit_model.with_options(**cache)(config, return_state=True)
+    result = dict(state.result())
+    files = [result.get(k) for k in ("best", "last", "history", "config")]
+    if not all(isinstance(f, str) and Path(f).is_file() for f in files if f is not None):
+        get_run_logger().info("fit-model: files of the stored result are missing, fitting again")
+        return fit_model.with_options(**cache, refresh_cache=True)(config)
+    if state.is_completed() and state.name == "Cached":
+        result["resumed_from"] = result.get("epochs_run", result.get("resumed_from"))
+    return result
+
+
+def visible_gpus(config: TrainConfig) -> int:
+    """GPUs to train on: all visible ones when allowed, else one (or none on the CPU)."""
+    if config.train.device == "cpu" or not config.train.multi_gpu:
+        return 0
+    import torch
+
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+def publish_history(config: TrainConfig, result: dict[str, Any]) -> None:
+    """The per-epoch table as the ``training-history`` artifact, and one log line of the outcome."""
+    import pandas as pd
+    from prefect.artifacts import create_table_artifact
+
+    history = pd.read_csv(result["history"])
+    create_table_artifact(history.round(4).to_dict("records"), key="training-history",
+                          description=f"Per-epoch loss and accuracy of {config.run_dir}")
+    get_run_logger().info("best epoch %s (val loss %s), %d epochs, run folder %s", result.get("best_epoch"),
+                          result.get("best_val_loss"), result.get("epochs_run"), config.run_dir)
+    publish_starting_point(config)
+
+
+def publish_starting_point(config: TrainConfig) -> None:
+    """The ``starting-point`` artifact: where the weights came from (a tomoflow source with its hash and figures)."""
+    from prefect.artifacts import create_markdown_artifact
+
+    from models.transfer import weights_source
+    from tasks.evaluate.report_generalization import starting_point
+
+    part = starting_point(weights_source(config.model.model, config.model.weights, config.model.transfer))
+    lines = ["### Starting point", "", part["text"], ""]
+    if part["rows"]:
+        lines += ["| | |", "|---|---|"] + [f"| {k} | {v} |" for k, v in part["rows"]]
+    create_markdown_artifact("\n".join(lines) + "\n", key="starting-point",
+                             description=f"Where the weights of {config.run_dir} started")

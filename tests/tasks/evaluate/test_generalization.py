@@ -1,0 +1,79 @@
+"""Differences with patient-bootstrap intervals, and the audit of evaluated rows against a model's training data."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from models.provenance import audit_overlap, hash_id, overlap_message, training_data_record
+from tasks.evaluate.paired_bootstrap import gap_interval, paired_difference
+
+
+def _pred(n_patients: int, *, skill: float, seed: int) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    rows = []
+    for p in range(n_patients):
+        label = p % 2
+        for k in range(3):
+            score = np.clip(0.5 + skill * (label - 0.5) + rng.normal(0, 0.2), 0, 1)
+            rows.append({"patient_id": f"P{p:03d}", "study_uid": f"S{p:03d}", "view": "rcc", "slice_index": k,
+                         "label": label, "probability": float(score)})
+    return pd.DataFrame(rows)
+
+
+def test_paired_difference_finds_a_better_model_and_none_between_equals() -> None:
+    weak, strong = _pred(30, skill=0.1, seed=0), _pred(30, skill=0.8, seed=0)
+    diff = paired_difference(weak, strong, n=300, seed=1)
+    low, high = diff["intervals"]["roc_auc"]
+    assert 0 < low <= diff["difference"]["roc_auc"] <= high
+    same = paired_difference(weak, weak, n=100, seed=1)
+    assert same["difference"]["roc_auc"] == 0 and same["intervals"]["roc_auc"] == [0.0, 0.0]
+    with pytest.raises(ValueError, match="different images"):
+        paired_difference(weak, strong.iloc[:-3], n=10)
+
+
+def test_figures_agree_with_binary_metrics() -> None:
+    from tasks.evaluate.metrics_point import binary_metrics
+    from tasks.evaluate.paired_bootstrap import FIGURES, _figures
+
+    pred = _pred(12, skill=0.5, seed=4)
+    reference = binary_metrics(pred["label"], pred["probability"], 0.5)
+    assert _figures(pred, 0.5) == pytest.approx({k: reference[k] for k in FIGURES})
+
+
+def test_gap_interval_is_other_minus_own_and_covers_it() -> None:
+    own, other = _pred(30, skill=0.8, seed=2), _pred(20, skill=0.2, seed=3)
+    gap = gap_interval(own, other, n=300, seed=0)
+    assert gap["difference"]["roc_auc"] == pytest.approx(gap["other"]["roc_auc"] - gap["own"]["roc_auc"])
+    low, high = gap["intervals"]["roc_auc"]
+    assert low <= gap["difference"]["roc_auc"] <= high < 0
+
+
+def test_audit_finds_training_patients_by_id_and_renamed_copies_by_pixels(tmp_path: Path) -> None:
+    rows = []
+    for i, split in enumerate(["train", "train", "validation", "test"]):
+        path = f"img{i}.png"
+        Image.fromarray(np.full((8, 8), 40 * i, np.uint8)).save(tmp_path / path)
+        rows.append({"patient_id": f"DBT-P{i:05d}", "study_uid": f"DBT-S{i:05d}", "split": split, "image_path": path,
+                     "label": i % 2})
+    frame = pd.DataFrame(rows)
+    record = training_data_record(frame, root=tmp_path, fingerprint="abc")
+    assert record["splits"]["train"]["patients"] == sorted(hash_id(p) for p in ("DBT-P00000", "DBT-P00001"))
+    assert "DBT-P00000" not in repr(record)
+
+    clean = audit_overlap(record, frame[frame["split"] == "test"], root=tmp_path)
+    assert clean["checked"] and clean["overlap_rows"] == 0 and overlap_message(clean, what="x") is None
+
+    renamed = frame.assign(patient_id=["X1", "X2", "X3", "X4"], study_uid=["Y1", "Y2", "Y3", "Y4"])
+    audit = audit_overlap(record, renamed, root=tmp_path)
+    assert audit["overlap_patients"] == 0 and audit["overlap_studies"] == 0
+    assert audit["overlap_images"] == 3 and audit["overlap_patients_any"] == 3
+    assert audit["by_split"]["validation"]["images"] == 1
+    message = overlap_message(audit, what="the rows")
+    assert "holds 3 of its 4 patients" in message and "--allow-overlap" in message and "X1" not in message
+
+    assert not audit_overlap(None, frame, root=tmp_path)["checked"]
