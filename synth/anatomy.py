@@ -55,7 +55,7 @@ class LesionSettings:
 #:   also holds bright normal structures (``mimics`` 4: ducts/vessels 3.2-5 SDs at their
 #:   ridge, dense patches 2-3.2 SDs). Brightness alone then separates the classes poorly:
 #:   on the benchmark's collections (``bench/learning.py``, 96 px slices) the best trivial
-#:   score of :mod:`tasks.trivial_scores` reaches an image-level ROC AUC of 0.70-0.74 on the
+#:   score of :mod:`tasks.evaluate.trivial_scores` reaches an image-level ROC AUC of 0.70-0.74 on the
 #:   test split (240 patients, seeds 0-1: 0.709, 0.705; 400 patients, seeds 0-2: 0.720, 0.741, 0.699), where
 #:   easy's reaches 1.0. The lesion's compact, sharp-edged shape still separates them,
 #:   which is what a classifier must learn. (Before issue 19's recalibration ``moderate`` was

@@ -90,7 +90,7 @@ def _rendered(settings, patients: int = 40) -> tuple[list, list[np.ndarray], lis
 def test_moderate_normal_tissue_holds_lesion_bright_structures_that_a_brightness_filter_confuses() -> None:
     from sklearn.metrics import roc_auc_score
 
-    from tasks.trivial_scores import SCORES
+    from tasks.evaluate.trivial_scores import SCORES
 
     easy_volumes, easy, labels = _rendered(DIFFICULTIES["easy"])
     moderate_volumes, moderate, moderate_labels = _rendered(DIFFICULTIES["moderate"])
