@@ -128,7 +128,8 @@ def add_synth(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> Non
     p.add_argument("--no-reports", action="store_true", help="do not write reports.csv")
     p.add_argument("--difficulty", default="easy", choices=["easy", "moderate", "subtle"],
                    help="lesion level: easy (default; plainly visible, the same bytes as before for a seed), "
-                        "moderate (a brightness filter reaches about 0.8 AUC), subtle")
+                        "moderate (lesions among bright normal ducts and patches: a brightness filter "
+                        "reaches about 0.7 AUC), subtle")
     p.add_argument("--lesion-contrast", type=float, default=None,
                    help="peak lesion brightening in tissue-texture SDs (over --difficulty; easy: 4.5-10)")
     p.add_argument("--lesion-size", type=float, default=None,
