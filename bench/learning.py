@@ -26,7 +26,7 @@ Usage::
 
 or ``make bench-learning``.
 
-Measured (issue 19, this 2-core CPU shared with another engineer's work; load = ``uptime``'s
+Measured (issue 19, this project's 2-core CPU, shared with other test runs; load = ``uptime``'s
 1-minute average at start -> end; the settings not named are the defaults above: 64 px input,
 96 px PNGs, SGD lr 0.001 (backbone 0.01), batch 16, single-slice, 128 x 96 frames; "test" is
 the test split's images, one per patient):
@@ -40,18 +40,18 @@ seed  patients  epochs  augment  test  trivial  CNN    CNN - trivial [paired 95%
 0     400       20      flips    80    0.720    0.807  +0.087 [+0.005, +0.167]     5.4 m   1.1 -> 1.8   MET
 2     400       20      flips    80    0.699    0.827  +0.128 [+0.019, +0.235]     5.3 m   1.1 -> 1.7   MET
 
-* alongside a 2-minute test run of mine.
+* alongside a 2-minute test run.
 
 (Also tried at 240 patients, 30 epochs, full augmentation: SGD at lr 0.003 and Adam at 1e-4,
 both still at chance after 5-8 epochs and stopped; and 40 epochs, stopped when an epoch took
-55 s under the other engineer's test suite.) With the preset's full online augmentation
+55 s while a test suite ran beside it.) With the preset's full online augmentation
 (rotations up to 90 degrees, zoom, shifts, brightness) the scratch network stayed at the
 trivial score's AUC; without rotations it learns the lesions' shape, and random flips alone
 (the default) did best. At the defaults the CNN beats the trivial score by 0.09-0.13 AUC on
 seeds 0-2 and the target is met on seeds 0 and 2; with 80 test patients the paired
 interval's lower end sits near 0 (+0.005, -0.010, +0.019), so seed 1 misses it by 0.010:
 met on most draws, not on every one. An epoch takes about
-12 s on the quiet machine and up to 55 s while the other engineer's test suite runs, so a
+12 s on the quiet machine and up to 55 s while a test suite runs beside it, so a
 run takes 5-7 minutes quiet and up to about 20 loaded.
 """
 
