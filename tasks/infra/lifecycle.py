@@ -218,21 +218,26 @@ def interrupted(exc: BaseException, out: Path, *, flow: str) -> str:
         out: The folder the flow was writing (its ``.NAME.*.tmp`` files are removed).
         flow: The flow's name, for the log line.
     """
-    import logging
-
     from tasks.prepare.extract import remove_stale_temporaries
 
     stopped = stop_workers()
     removed = remove_stale_temporaries(out)
     message = (f"interrupted by {signal_name(exc)}: {stopped} worker processes stopped, "
                f"{removed} partial files removed; run the same command again to resume")
+    run_logger(__name__).warning("%s %s", flow, message)
+    return message
+
+
+def run_logger(fallback: str) -> Any:
+    """The current Prefect run's logger (its lines reach the run log), or logger ``fallback`` outside a run."""
+    import logging
+
     try:
         from prefect import get_run_logger
 
-        get_run_logger().warning("%s %s", flow, message)
+        return get_run_logger()
     except Exception:  # noqa: BLE001 - outside a run context: the standard logger will do
-        logging.getLogger(__name__).warning("%s %s", flow, message)
-    return message
+        return logging.getLogger(fallback)
 
 
 def cancellable(body: Callable[..., Any], *args: Any, out: Path, flow: str) -> Any:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from tasks.infra.lifecycle import run_logger
 from tasks.pipeline.comparison import group_presets
 from tasks.core.config import PipelineConfig
 from tasks.core.presets import STUDY_PRESETS, check_preset, load_preset, merge_config, pipeline_config
@@ -124,17 +125,6 @@ def plan_experiments(
     runs = group_presets(planned)
     for names, _, _ in runs:
         if len(names) > 1:
-            _log("presets %s have the same effective configuration: one run, one row", ", ".join(names))
+            run_logger(__name__).info("presets %s have the same effective configuration: one run, one row",
+                                      ", ".join(names))
     return runs
-
-
-def _log(message: str, *args: Any) -> None:
-    """A log line in the run's log (the flow run's logger), or this module's logger outside a run."""
-    import logging
-
-    try:
-        from prefect import get_run_logger
-
-        get_run_logger().info(message, *args)
-    except Exception:  # noqa: BLE001 - outside a run context
-        logging.getLogger(__name__).info(message, *args)
