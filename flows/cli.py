@@ -132,6 +132,7 @@ def _add_prepare(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> 
     p = sub.add_parser("prepare", help="run the prepare-data flow: cohorts, slices, splits, manifest")
     opt = functools.partial(config_option, p, command="prepare")
     opt("--data-root", type=Path, required=True)
+    opt("--extra-data-root", type=Path, action="append", default=None, metavar="DIR")
     opt("--out", type=Path, required=True, note="Output folder.")
     opt("--strategy", default="all-slices")
     opt("--image-size", type=int, default=224, note="(default 224)")

@@ -28,6 +28,7 @@ from tasks.core.config import (
 CONFIG_OPTIONS: dict[str, dict[str, tuple[type[BaseModel], str]]] = {
     "prepare": {
         "data_root": (DataConfig, "data_root"),
+        "extra_data_root": (DataConfig, "extra_data_roots"),
         "out": (DataConfig, "output_dir"),
         "strategy": (SlicesConfig, "strategy"),
         "image_size": (SlicesConfig, "image_size"),
@@ -133,6 +134,7 @@ def prepare_config_from_args(args: argparse.Namespace) -> PrepareConfig:
     return PrepareConfig(
         data=DataConfig(
             data_root=str(args.data_root),
+            extra_data_roots=tuple(str(p) for p in getattr(args, "extra_data_root", None) or ()),
             output_dir=str(args.out),
             reports=str(args.reports) if args.reports else None,
             use_labels=not args.no_labels,

@@ -235,6 +235,8 @@ def _prepared_rows(manifest_path: Path) -> pd.DataFrame:
     if not manifest_path.is_file():
         raise FileNotFoundError(f"manifest '{manifest_path}' does not exist; run the prepare-data flow first")
     manifest = pd.read_parquet(manifest_path)
+    if "source_sha256" not in manifest.columns:  # prepared before the column existed
+        manifest = manifest.assign(source_sha256=pd.NA)
     missing = [c for c in MANIFEST_COLUMNS if c not in manifest.columns]
     if missing:
         raise ValueError(

@@ -23,7 +23,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler, W
 from torchvision.transforms.v2 import functional as TF
 
 from models import distributed
-from models.manifest_audit import audit_splits, verify_images
+from models.manifest_audit import audit_splits, outside_images, verify_images
 from models.engine import resolve_device
 from models.augment import apply_seeded, derive_seed, eval_transforms, open_gray, train_transforms
 from tasks.core.config import TrainConfig, TrainParams
@@ -95,6 +95,9 @@ def load_manifest(path: str | os.PathLike[str], *, check_files: bool = True) -> 
                 f"({len(labels)} rows); a classifier needs both classes: {advice}"
             )
     audit_splits(frame, path)
+    outside = outside_images(frame, path)
+    if outside:
+        raise ValueError(outside)
     if check_files:
         verify_images(frame, path)
     return frame

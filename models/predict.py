@@ -23,6 +23,7 @@ from models.data import ManifestDataset
 from models.engine import batch_to_device, resolve_device
 from models.heads import logits_of
 from models.augment import eval_transforms
+from models.manifest_audit import outside_images
 from tasks.core.schema import MANIFEST_COLUMNS, VOLUME_KEY
 
 __all__ = ["ID_COLUMNS", "PREDICTION_COLUMNS", "REQUIRED_COLUMNS", "predict"]
@@ -103,6 +104,9 @@ def predict(
     if batch_size < 1:
         raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
     rows = _split_rows(manifest, split)
+    outside = outside_images(rows, Path(root) / "manifest.parquet", root=root)
+    if outside:
+        raise ValueError(outside)
     device = resolve_device(device) if isinstance(device, str) else torch.device(device)
     dataset = ManifestDataset(rows, split, root=Path(root), transform=eval_transforms(image_size))
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers)

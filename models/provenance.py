@@ -10,7 +10,12 @@ patients, studies and images the model saw:
 * images as :func:`pixel_hash` digests of the decoded 8-bit pixels, so an evaluated image
   that is one of the training images is found even when another export renamed its
   patient and study ids (it matches when the two collections were prepared at the same
-  image size, which is how a copied or re-exported collection is usually prepared).
+  image size, which is how a copied or re-exported collection is usually prepared);
+* source volumes as the first 16 hex of each source DICOM's SHA-256 (the manifest's
+  ``source_sha256``): this survives renamed ids, another image size and another choice of
+  frames, so a re-prepared copy of the training collection is found whatever its settings;
+* the shapes of the training images, so an audit never claims a pixel check that could not
+  match (images of another size).
 
 :func:`audit_overlap` compares evaluated rows with such a record: ``tomoflow evaluate``
 stops when the evaluated data holds training or validation patients (unless told to
@@ -57,13 +62,24 @@ def pixel_hash(path: str | os.PathLike[str]) -> str:
 
     Two PNGs holding the same pixels hash alike whatever their names, metadata or encoder.
     """
+    return _pixel_hash_and_shape(path)[0]
+
+
+def _pixel_hash_and_shape(path: str | os.PathLike[str]) -> tuple[str, str]:
     from PIL import Image
 
     with Image.open(path) as image:
         pixels = np.asarray(image.convert("L"))
     h = hashlib.sha256(f"{pixels.shape}".encode())
     h.update(np.ascontiguousarray(pixels).tobytes())
-    return h.hexdigest()[:16]
+    return h.hexdigest()[:16], "x".join(str(n) for n in pixels.shape)
+
+
+def _sources(rows: pd.DataFrame) -> pd.Series:
+    """The first 16 hex of each row's source DICOM SHA-256 (empty where the manifest has none)."""
+    if "source_sha256" not in rows.columns:
+        return pd.Series("", index=rows.index, dtype=object)
+    return rows["source_sha256"].astype(object).where(rows["source_sha256"].notna(), "").map(lambda s: str(s)[:16])
 
 
 def _original_rows(frame: pd.DataFrame) -> pd.DataFrame:
@@ -75,10 +91,13 @@ def _original_rows(frame: pd.DataFrame) -> pd.DataFrame:
 
 def _split_sets(rows: pd.DataFrame, root: Path) -> dict[str, list[str]]:
     studies = rows["study_uid"] if "study_uid" in rows.columns else pd.Series([], dtype=object)
+    images = [_pixel_hash_and_shape(root / p) for p in rows["image_path"].dropna()]
     return {
         "patients": sorted({hash_id(p) for p in rows["patient_id"].dropna()}),
         "studies": sorted({hash_id(s) for s in studies.dropna()}),
-        "images": sorted({pixel_hash(root / p) for p in rows["image_path"].dropna()}),
+        "images": sorted({h for h, _ in images}),
+        "image_shapes": sorted({shape for _, shape in images}),
+        "sources": sorted(set(_sources(rows)) - {""}),
     }
 
 
@@ -134,27 +153,55 @@ def audit_overlap(record: Mapping[str, Any] | None, rows: pd.DataFrame, *, root:
     root = Path(root)
     patient_h = rows["patient_id"].map(hash_id)
     study_h = rows["study_uid"].map(hash_id) if "study_uid" in rows.columns else pd.Series("", index=rows.index)
-    image_h = rows["image_path"].map(lambda p: pixel_hash(root / p)) if pixels else pd.Series("", index=rows.index)
+    hashed = (rows["image_path"].map(lambda p: _pixel_hash_and_shape(root / p)) if pixels
+              else pd.Series([("", "")] * len(rows), index=rows.index, dtype=object))
+    image_h = hashed.map(lambda t: t[0])
+    source_h = _sources(rows)
+    splits = record.get("splits") or {}
+    trained_shapes = {s for sets in splits.values() for s in sets.get("image_shapes", ())}
+    evaluated_shapes = set(hashed.map(lambda t: t[1])) - {""}
+    # A pixel hash can only match an image of the same size: never claim a check that could not match.
+    pixels_comparable = bool(pixels and evaluated_shapes and (not trained_shapes or evaluated_shapes & trained_shapes))
+    sources_comparable = bool(any("sources" in sets for sets in splits.values()) and (source_h != "").any())
+    empty = pd.Series(False, index=rows.index)
     by_split: dict[str, dict[str, int]] = {}
     hit = pd.Series(False, index=rows.index)
-    hits: dict[str, pd.Series] = {k: pd.Series(False, index=rows.index) for k in ("patients", "studies", "images")}
-    for split, sets in (record.get("splits") or {}).items():
+    hits: dict[str, pd.Series] = {k: empty.copy() for k in ("patients", "studies", "images", "sources")}
+    for split, sets in splits.items():
         masks = {"patients": patient_h.isin(set(sets.get("patients", ()))),
                  "studies": study_h.isin(set(sets.get("studies", ()))),
-                 "images": image_h.isin(set(sets.get("images", ()))) if pixels else pd.Series(False, index=rows.index)}
+                 "images": image_h.isin(set(sets.get("images", ()))) if pixels_comparable else empty,
+                 "sources": (source_h.isin(set(sets.get("sources", ()))) & (source_h != "")
+                             if sources_comparable else empty)}
         by_split[split] = {"patients": int(rows.loc[masks["patients"], "patient_id"].nunique()),
                            "studies": int(study_h[masks["studies"]].nunique()),
-                           "images": int(masks["images"].sum())}
+                           "images": int(masks["images"].sum()),
+                           "source_volumes": int(source_h[masks["sources"]].nunique())}
         for key, mask in masks.items():
             hits[key] |= mask
             hit |= mask
+    compared = ["patient_id (salted hash)", "study_uid (salted hash)"]
+    notes = []
+    if pixels_comparable:
+        compared.append("image pixels")
+    elif pixels:
+        notes.append(f"pixels not compared: the training images are {', '.join(sorted(trained_shapes))} and the "
+                     f"evaluated ones {', '.join(sorted(evaluated_shapes)) or 'none'}, so no pixel hash could match")
+    if sources_comparable:
+        compared.append("source DICOM sha256")
+    else:
+        notes.append("source DICOMs not compared: the checkpoint or the evaluated manifest predates source_sha256")
     return {
         "checked": True,
-        "pixels_checked": pixels,
+        "pixels_checked": pixels_comparable,
+        "sources_checked": sources_comparable,
+        "keys_compared": compared,
+        "notes": notes,
         "evaluated": evaluated,
         "overlap_patients": int(rows.loc[hits["patients"], "patient_id"].nunique()),
         "overlap_studies": int(study_h[hits["studies"]].nunique()),
         "overlap_images": int(hits["images"].sum()),
+        "overlap_source_volumes": int(source_h[hits["sources"]].nunique()),
         "overlap_rows": int(hit.sum()),
         # Patients with any overlapping row (by id, study or pixels): what a renamed copy shows up as.
         "overlap_patients_any": int(rows.loc[hit, "patient_id"].nunique()),
@@ -177,7 +224,8 @@ def overlap_message(audit: Mapping[str, Any], *, what: str) -> str | None:
         f"{what} holds {audit['overlap_patients_any']} of its {audit['evaluated']['patients']} patients "
         f"({audit['overlap_rows']} of {audit['evaluated']['images']} images; by id {audit['overlap_patients']} "
         f"patients, by StudyInstanceUID {audit['overlap_studies']} studies, by pixels {audit['overlap_images']} "
-        "images) that the model trained or was validated on: its figures would not measure generalisation. "
+        f"images, by source DICOM {audit.get('overlap_source_volumes', 0)} volumes) that the model trained or was "
+        "validated on: its figures would not measure generalisation. "
         "Evaluate on data prepared apart from the training data (re-running prepare with another seed "
         "rewrites the splits: retrain on the new manifest), or pass --allow-overlap to report the overlap "
         "in the leak audit instead of stopping."

@@ -64,6 +64,11 @@ class DataConfig(_Frozen):
         description="Folder holding the BCS-DBT CSVs (file paths, labels, boxes) and the "
         "Breast-Cancer-Screening-DBT image folder (or a folder above it).",
     )
+    extra_data_roots: tuple[str, ...] = Field(
+        (), description="Folders besides the data root that the file-paths CSVs' absolute paths may point "
+        "into (e.g. the mount holding the collection). Repeatable. A CSV path elsewhere, or climbing out "
+        "with '..', is rejected as outside-data-root; symlinks inside the data root are followed.",
+    )
     output_dir: str = Field("output", description="Folder for the manifest, slices and audit files.")
     reports: str | None = Field(
         None,

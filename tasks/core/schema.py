@@ -70,6 +70,9 @@ MANIFEST_COLUMNS: dict[str, str] = {
     "augmented_from": "string",
     "decode_level": "Int8",
     "decode_note": "string",
+    # SHA-256 of the source DICOM's bytes: survives renamed ids, another image size and
+    # another choice of frames (the external audit and the duplicate-content check use it).
+    "source_sha256": "string",
 }
 
 #: Column order and dtypes of ``rejects.parquet``.

@@ -58,7 +58,12 @@ def training_audit(checkpoint: str | os.PathLike[str], manifest: str | os.PathLi
     ckpt = read_checkpoint(checkpoint, advice=(
         "train again (delete the run folder's best.pt first), or evaluate another run"))
     record = ckpt.get("training_data") if isinstance(ckpt, dict) else None
+    from models.manifest_audit import outside_images
+
     frame = pd.read_parquet(manifest)
+    outside = outside_images(_rows(frame, split), manifest)  # before any image is opened
+    if outside:
+        raise ValueError(outside)
     audit = audit_overlap(record, _rows(frame, split), root=Path(manifest).parent,
                           manifest_fingerprint=file_fingerprint(manifest, content=True))
     audit["split"] = split

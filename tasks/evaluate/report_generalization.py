@@ -71,8 +71,10 @@ def training_audit(audit: Mapping[str, Any] | None) -> dict[str, Any] | None:
     ev = audit.get("evaluated") or {}
     rows.append(["evaluated", ev.get("patients"), ev.get("studies"), ev.get("images")])
     if not audit.get("overlap_rows"):
+        compared = "; ".join(audit.get("keys_compared") or ["ids by salted hash", "images by a hash of their pixels"])
+        notes = "".join(f" ({note})" for note in audit.get("notes") or ())
         text = ("None of the evaluated patients, studies or images is among those the model trained or was "
-                "validated on (ids compared by salted hash; images by a hash of their pixels).")
+                f"validated on (compared: {compared}){notes}.")
         return {"ok": True, "text": text, "rows": rows}
     how = ("the evaluated split is the model's own training data, by request" if audit.get("by_request")
            else "evaluated with --allow-overlap")

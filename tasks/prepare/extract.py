@@ -127,14 +127,14 @@ def finished_record(
 
 def split_finished(
     jobs: list[dict[str, Any]], *, data_root: str, out_dir: str, image_size: int, seed: int,
-    full_resolution: bool = False,
+    full_resolution: bool = False, extra_roots: tuple[str, ...] = (),
 ) -> tuple[list[str], list[dict[str, Any]]]:
     """Split the plan into records already done (same inputs) and jobs still to extract.
 
     This costs a directory listing and a small JSON read per volume, so a rerun with
     nothing changed starts no worker at all.
     """
-    resolver = VolumeResolver(data_root)
+    resolver = VolumeResolver(data_root, extra_roots=tuple(extra_roots))
     done: list[str] = []
     todo: list[dict[str, Any]] = []
     for job in jobs:
@@ -200,8 +200,12 @@ def extract_volume(
         frames = resolve_frames(
             str(job["frames_rule"]), info.n_frames, seed=seed, key=volume_key(*ids)
         )
+        blank: list[int] = []
         for frame in read_frames(path, frames, view=ids[2], image_size=image_size,
                                  full_resolution=full_resolution):
+            if frame.is_blank():
+                blank.append(int(frame.index))
+                continue
             name = f"{frame.index:04d}.png"
             data = png_bytes(frame.image, compress_level=PNG_COMPRESS_LEVEL)
             _write_output(vdir / name, lambda: atomic_write_bytes(vdir / name, data))
@@ -212,6 +216,11 @@ def extract_volume(
                 "scale": float(frame.scale), "pad_x": int(frame.pad_x), "pad_y": int(frame.pad_y),
                 "decode_level": int(frame.decode_level), "decode_note": frame.decode_note,
             })
+        if blank:
+            raise ValueError(
+                f"blank-frames: {len(blank)} of the {len(frames)} selected frames (first {blank[:5]}) hold one "
+                "value only (all zero or constant pixel data): the volume carries no image to learn from or "
+                "score; check the file (a failed export or anonymisation)")
         record = {**base, "source_path": source, "n_frames": info.n_frames, "rows": info.rows,
                   "columns": info.columns, "frames": rows, "reject": None}
     except OutputPathError:
@@ -241,20 +250,24 @@ def _write_output(target: Path, write: Any) -> None:
 
 
 def _relative(path: Path, root: str | os.PathLike[str]) -> str:
-    try:
-        return Path(path).resolve().relative_to(Path(root).resolve()).as_posix()
-    except ValueError:
-        return Path(path).as_posix()
+    """``path`` relative to the data root: as written first (a collection behind a symlink in the
+    root keeps its root-relative path), then after symlinks; else the path itself."""
+    for resolve in (os.path.abspath, os.path.realpath):
+        try:
+            return Path(resolve(path)).relative_to(resolve(root)).as_posix()
+        except ValueError:
+            continue
+    return Path(path).as_posix()
 
 
 def extract_shard(
     jobs: Iterable[dict[str, Any]], *, data_root: str, out_dir: str, image_size: int, seed: int,
-    full_resolution: bool = False,
+    full_resolution: bool = False, extra_roots: tuple[str, ...] = (),
 ) -> dict[str, Any]:
     """Extract a shard of volumes; return the record paths and how many volumes were decoded."""
     records: list[str] = []
     decoded = 0
-    resolver = VolumeResolver(data_root)
+    resolver = VolumeResolver(data_root, extra_roots=tuple(extra_roots))
     for job in jobs:
         record_path, worked = extract_volume(
             job, data_root=data_root, out_dir=out_dir, image_size=image_size, seed=seed, resolver=resolver,
@@ -315,7 +328,7 @@ def estimated_frames(job: dict[str, Any], n_frames: int = TYPICAL_FRAMES) -> int
 
 def estimated_seconds(
     jobs: list[dict[str, Any]], *, data_root: str | os.PathLike[str], image_size: int,
-    full_resolution: bool = False,
+    full_resolution: bool = False, extra_roots: tuple[str, ...] = (),
 ) -> float:
     """Single-core seconds the plan's extraction will take, from one volume's header.
 
@@ -326,7 +339,7 @@ def estimated_seconds(
     from tasks.reader.decode import decode_level
     from pydicom.uid import JPEG2000TransferSyntaxes
 
-    resolver = VolumeResolver(data_root)
+    resolver = VolumeResolver(data_root, extra_roots=tuple(extra_roots))
     info = None
     for job in jobs[:5]:
         path, _ = resolver.resolve(job.get("descriptive_path"), job.get("classic_path"),

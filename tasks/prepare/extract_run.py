@@ -28,8 +28,9 @@ def run_extraction(jobs: list[dict[str, Any]], config: PrepareConfig) -> list[st
     logger = get_run_logger()
     out = config.data.output_dir
     s = config.slices
-    finished, todo = split_finished(jobs, data_root=config.data.data_root, out_dir=out,
-                                image_size=s.image_size, seed=s.seed, full_resolution=s.full_resolution)
+    extra = tuple(config.data.extra_data_roots)
+    finished, todo = split_finished(jobs, data_root=config.data.data_root, out_dir=out, image_size=s.image_size,
+                                    seed=s.seed, full_resolution=s.full_resolution, extra_roots=extra)
     if not todo:
         logger.info("extraction: all %d volumes already extracted with the same inputs", len(jobs))
         create_progress_artifact(100.0, key="extraction-progress",
@@ -37,7 +38,8 @@ def run_extraction(jobs: list[dict[str, Any]], config: PrepareConfig) -> list[st
         return finished
     shards = balanced_shards(todo, s.shard_size)
     params = [{"jobs": shard, "data_root": config.data.data_root, "out_dir": out,
-               "image_size": s.image_size, "seed": s.seed, "full_resolution": s.full_resolution}
+               "image_size": s.image_size, "seed": s.seed, "full_resolution": s.full_resolution,
+               "extra_roots": extra}
               for shard in shards]
     artifact = create_progress_artifact(
         100.0 * len(finished) / len(jobs), key="extraction-progress",
@@ -47,7 +49,7 @@ def run_extraction(jobs: list[dict[str, Any]], config: PrepareConfig) -> list[st
     runner = task_runner(config)
     if runner is not None and s.executor == "process":
         seconds = estimated_seconds(todo, data_root=config.data.data_root, image_size=s.image_size,
-                                    full_resolution=s.full_resolution)
+                                    full_resolution=s.full_resolution, extra_roots=extra)
         if seconds < SERIAL_BELOW_SECONDS:
             # Starting worker processes (each imports Prefect and the tasks) costs more
             # than this plan's whole decode: run it here.

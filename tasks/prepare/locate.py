@@ -56,6 +56,15 @@ def na_variants(series_folder: str) -> list[str]:
     return [f"{head}-NA-{tail}"] if sep and tail else []
 
 
+def outside_message(path: str | os.PathLike[str], data_root: str | os.PathLike[str]) -> str:
+    """The ``outside-data-root`` reject reason: the path, the root and the two ways out."""
+    return (f"outside-data-root: {path} lies outside --data-root {data_root} (a CSV path may not climb out "
+            "with '..' nor point elsewhere); it was not read. If the collection is kept elsewhere (a mount), "
+            f"put a symlink to it inside the data root ({Path(data_root) / COLLECTION_FOLDER} -> /mnt/.../"
+            f"{COLLECTION_FOLDER}), or name the folder the CSV's absolute paths point into with "
+            "--extra-data-root DIR")
+
+
 class VolumeResolver:
     """Resolves CSV paths to files on disk, caching directory listings and DICOM headers.
 
@@ -70,14 +79,20 @@ class VolumeResolver:
             fine), or ``Breast-Cancer-Screening-DBT`` itself.
         series_uid_from_classic: In the search fallback, match files by the
             SeriesInstanceUID that ``classic_path`` carries as its last-but-one component.
+        extra_roots: Folders besides the data root that a CSV's absolute paths may point
+            into (``--extra-data-root``, e.g. the mount holding the collection).
     """
 
     def __init__(self, data_root: str | os.PathLike[str], *, series_uid_from_classic: bool = True,
                  extra_roots: tuple[str | os.PathLike[str], ...] = ()) -> None:
         self.data_root = Path(data_root)
-        # Every volume must lie (after symlinks) under one of these: a CSV row with
-        # ``../`` or an absolute path must not make tomoflow read a file from elsewhere.
-        self.roots = tuple(os.path.realpath(r) for r in (data_root, *extra_roots))
+        # A CSV's path must stay inside one of these lexically (no ``..`` part, no absolute
+        # path elsewhere): the CSV must not make tomoflow read a file from elsewhere. Symlinks
+        # the root's own tree holds (a collection kept on a mount) are the operator's layout
+        # and are followed. Each root is compared as given and after its own symlinks.
+        self.roots = tuple(dict.fromkeys(
+            form for r in (data_root, *extra_roots) for form in (os.path.abspath(r), os.path.realpath(r))))
+        self.extra_roots = tuple(os.path.abspath(r) for r in extra_roots)
         self.series_uid_from_classic = series_uid_from_classic
         self._listings: dict[Path, dict[str, bool] | None] = {}
         self._dicoms: dict[Path, list[Path]] = {}
@@ -181,11 +196,12 @@ class VolumeResolver:
         outside: list[str] = []
         for how, parts in attempts:
             for candidate in self._candidates(parts):
-                if self._is_file(candidate):
-                    if self.inside(candidate):
-                        return candidate, how
+                if not self.inside(candidate):
+                    # Never looked at: not even whether it exists.
                     outside.append(str(candidate))
                     continue
+                if self._is_file(candidate):
+                    return candidate, how
                 tried.append(str(candidate))
 
         found, searched = self._search(descriptive, classic, patient_id, study_uid)
@@ -194,15 +210,19 @@ class VolumeResolver:
         if found is not None:
             outside.append(str(found))
         if outside:
-            return None, (f"outside-data-root: {outside[0]} lies outside --data-root {self.roots[0]} "
-                          "(after symlinks); it was not read. Put the volume under the data root")
+            return None, outside_message(outside[0], self.data_root)
         tried.append(searched)
         return None, "not found: tried " + "; ".join(tried)
 
     def inside(self, path: str | os.PathLike[str]) -> bool:
-        """Whether ``path`` resolves (after symlinks) under the data root (or an allowed extra root)."""
-        real = os.path.realpath(path)
-        return any(real == root or real.startswith(root.rstrip(os.sep) + os.sep) for root in self.roots)
+        """Whether ``path`` lies lexically under the data root or an extra root: no ``..`` part, and
+        absolute paths only under a root. Symlinks inside a root are not resolved (they are the
+        operator's layout, e.g. the collection on a mount)."""
+        text = os.fspath(path)
+        if ".." in re.split(r"[\\/]+", text):
+            return False
+        absolute = os.path.abspath(text)
+        return any(absolute == root or absolute.startswith(root.rstrip(os.sep) + os.sep) for root in self.roots)
 
     def _search(
         self, descriptive: list[str], classic: list[str], patient_id: str, study_uid: str | None
@@ -210,7 +230,7 @@ class VolumeResolver:
         folders = [base / COLLECTION_FOLDER / str(patient_id) for base in self.bases]
         if len(descriptive) >= 4:
             folders += [base.joinpath(*descriptive[:2]) for base in self.bases]
-        folders = [f for f in dict.fromkeys(folders) if self._listing(f) is not None]
+        folders = [f for f in dict.fromkeys(folders) if self.inside(f) and self._listing(f) is not None]
         if not folders:
             return None, f"search: no folder for patient {patient_id} under {COLLECTION_FOLDER}/"
         files = [path for folder in folders for path in self._dicom_files(folder)]

@@ -33,6 +33,29 @@ def typed_frame(rows: list[dict[str, Any]], columns: dict[str, str]) -> pd.DataF
     return frame
 
 
+def duplicate_content(records: list[dict[str, Any]]) -> dict[tuple[str, str, str], str]:
+    """``{volume key: duplicate-content reason}`` for files whose bytes are listed under two patients.
+
+    The same DICOM under a normal and a cancer patient would land in two splits with opposite
+    labels, a leak no id check sees: every such volume is rejected (a fault), naming both
+    patients and paths.
+    """
+    by_sha: dict[str, list[dict[str, Any]]] = {}
+    for record in records:
+        if record.get("source_sha256") and not record.get("reject"):
+            by_sha.setdefault(str(record["source_sha256"]), []).append(record)
+    found: dict[tuple[str, str, str], str] = {}
+    for sha, group in by_sha.items():
+        if len({str(r["patient_id"]) for r in group}) < 2:
+            continue
+        listing = "; ".join(f"patient {r['patient_id']} ({r.get('source_path')})" for r in group)
+        for r in group:
+            found[(r["patient_id"], r["study_uid"], r["view"])] = (
+                f"duplicate-content: the same DICOM bytes (sha256 {sha[:12]}) are listed under {listing}; "
+                "a copy under two patients would leak across splits: fix the file-paths CSV")
+    return found
+
+
 def build_manifest(
     plan: pd.DataFrame,
     splits: pd.DataFrame,
@@ -52,16 +75,16 @@ def build_manifest(
     split_of = dict(zip(splits["patient_id"].astype(str), splits["split"].astype(str)))
     rows: list[dict[str, Any]] = []
     rejects: list[dict[str, Any]] = []
-    for record_path in records:
-        record_path = Path(record_path)
-        record = json.loads(record_path.read_text())
+    loaded = [(Path(p), json.loads(Path(p).read_text())) for p in records]
+    loaded = [(p, r) for p, r in loaded if (r["patient_id"], r["study_uid"], r["view"]) in plan_by_key]
+    duplicated = duplicate_content([r for _, r in loaded])
+    for record_path, record in loaded:
         key = (record["patient_id"], record["study_uid"], record["view"])
-        planned = plan_by_key.get(key)
-        if planned is None:
-            continue  # a record from an earlier plan (e.g. another strategy) in the same folder
-        if record.get("reject"):
+        planned = plan_by_key[key]  # records from an earlier plan (another strategy) were left out
+        reject = record.get("reject") or duplicated.get(key)
+        if reject:
             rejects.append({"kind": "volume", **dict(zip(_KEY, key)), "path": record.get("source_path"),
-                            "reason": record["reject"]})
+                            "reason": reject})
             continue
         boxes = box_records(planned.get("boxes"))
         rel_dir = record_path.parent.relative_to(out).as_posix()
@@ -93,6 +116,7 @@ def build_manifest(
                 # Records written before reduced decoding existed decoded every frame in full.
                 "decode_level": int(fr.get("decode_level", 0)),
                 "decode_note": fr.get("decode_note"),
+                "source_sha256": record.get("source_sha256"),
             })
     manifest = typed_frame(rows, MANIFEST_COLUMNS)
     missing_split = manifest["split"].isna()

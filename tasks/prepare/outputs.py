@@ -197,4 +197,4 @@ def early_account(volumes: pd.DataFrame, plan: pd.DataFrame, config: PrepareConf
         used = plan.loc[[k not in gone for k in plan[cohorts.KEY].astype(str).itertuples(index=False, name=None)]]
     rows, counts = accounting.account_volumes(volumes, plan, used, missing,
                                               max_reject_fraction=config.data.max_reject_fraction)
-    return rows, counts, accounting.reject_fraction_error(counts)
+    return rows, counts, accounting.reject_fraction_error(counts, reasons=rows["reason"])

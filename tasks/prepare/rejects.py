@@ -124,15 +124,29 @@ def account_volumes(
     return rejects, accounting
 
 
-def reject_fraction_error(accounting: dict[str, object], *, option: str = "--max-reject-fraction") -> str | None:
-    """The message that stops a run whose faults exceed the allowed share, or None."""
+def reject_fraction_error(accounting: dict[str, object], *, option: str = "--max-reject-fraction",
+                          reasons: Iterable[str] = ()) -> str | None:
+    """The message that stops a run whose faults exceed the allowed share, or None.
+
+    ``reasons`` (the rejects' reasons): when volumes lie outside the data root, the message
+    ends with the first one (its path, the root and the two ways out) instead of advising
+    ``option``, which would drop them.
+    """
     listed = int(accounting.get("listed", 0) or 0)
     faults = int(accounting.get("faults", 0) or 0)
     allowed = float(accounting.get("max_reject_fraction", 1.0))
     if not listed or faults / listed <= allowed:
         return None
-    counts = ", ".join(f"{code}: {n}" for code, n in dict(accounting.get("rejected_by_reason", {})).items()
-                       if code not in BY_DESIGN_REASONS)
+    by_reason = dict(accounting.get("rejected_by_reason", {}))
+    counts = ", ".join(f"{code}: {n}" for code, n in by_reason.items() if code not in BY_DESIGN_REASONS)
+    if by_reason.get("outside-data-root"):
+        example = next((r for r in reasons if reason_code(r) == "outside-data-root"), None)
+        return (
+            f"{faults} of {listed} volumes listed in the file-paths CSVs ({faults / listed:.1%}) were rejected "
+            f"({counts}); each is in rejects.parquet with its reason. Raising {option} would drop them: "
+            + (example or "outside-data-root: paths lie outside --data-root; put a symlink to the collection "
+               "inside the data root, or pass --extra-data-root DIR")
+        )
     return (
         f"{faults} of {listed} volumes listed in the file-paths CSVs ({faults / listed:.1%}) were rejected, "
         f"more than the allowed {allowed:.1%} ({counts}); each is in rejects.parquet with its reason. "

@@ -118,10 +118,10 @@ def check_splits(plan: str, splits: str, config: PrepareConfig) -> dict[str, Any
 
 @task(name="extract-shard", **retry_policy(retries=2, delay_seconds=1))
 def extract_shard_task(jobs: list[dict[str, Any]], data_root: str, out_dir: str, image_size: int, seed: int,
-                       full_resolution: bool = False) -> dict[str, Any]:
+                       full_resolution: bool = False, extra_roots: tuple[str, ...] = ()) -> dict[str, Any]:
     """Decode and write one shard of volumes (records make reruns skip finished volumes)."""
     return extract_shard(jobs, data_root=data_root, out_dir=out_dir, image_size=image_size, seed=seed,
-                         full_resolution=full_resolution)
+                         full_resolution=full_resolution, extra_roots=tuple(extra_roots))
 
 
 @task(name="write-manifest", cache_key_fn=_cache_key_fn("write-manifest"), **_CACHED)
@@ -211,7 +211,8 @@ def check_label_rejects(volumes: str, plan: str, cohort_parts: list[str], config
     plan_df = pd.read_parquet(plan)
     missing = None
     if check_files and len(plan_df):
-        missing = typed_frame(unresolved_volumes(plan_df, config.data.data_root).to_dict("records"), REJECT_COLUMNS)
+        unresolved = unresolved_volumes(plan_df, config.data.data_root, config.data.extra_data_roots)
+        missing = typed_frame(unresolved.to_dict("records"), REJECT_COLUMNS)
     rows, accounting, error = outputs.early_account(pd.read_parquet(volumes), plan_df, config, missing)
     if error is None:
         return accounting
@@ -227,7 +228,8 @@ def check_label_rejects(volumes: str, plan: str, cohort_parts: list[str], config
 def fail_on_rejects(result: dict[str, Any], config: PrepareConfig, kept: str | None) -> None:
     """Publish the rejects and the summary without a manifest, and stop, if too much was rejected."""
     summary = json.loads(Path(result["summary"]).read_text())
-    error = accounting_mod.reject_fraction_error(summary.get("accounting", {}))
+    error = accounting_mod.reject_fraction_error(summary.get("accounting", {}),
+                                                 reasons=pd.read_parquet(result["rejects"])["reason"])
     if error is None:
         return
     publish_outputs({"rejects": result["rejects"], "summary": result["summary"]},

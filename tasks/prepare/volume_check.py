@@ -15,18 +15,20 @@ import pandas as pd
 from tasks.prepare.locate import VolumeResolver
 
 
-def unresolved_volumes(plan: pd.DataFrame, data_root: str | os.PathLike[str]) -> pd.DataFrame:
+def unresolved_volumes(plan: pd.DataFrame, data_root: str | os.PathLike[str],
+                       extra_roots: tuple[str, ...] = ()) -> pd.DataFrame:
     """One extraction-style reject row per planned volume whose file cannot be found (or lies outside).
 
     Args:
         plan: The slice plan (``patient_id, study_uid, view, descriptive_path, classic_path``).
         data_root: The dataset root.
+        extra_roots: ``--extra-data-root`` folders the CSVs' absolute paths may point into.
 
     Returns:
         Rows ``kind="volume", patient_id, study_uid, view, report_id, path, reason`` with a
         coded reason (``missing-file: ...`` or ``outside-data-root: ...``).
     """
-    resolver = VolumeResolver(data_root)
+    resolver = VolumeResolver(data_root, extra_roots=tuple(extra_roots))
     rows = []
     for job in plan.to_dict("records"):
         path, how = resolver.resolve(job.get("descriptive_path"), job.get("classic_path"),

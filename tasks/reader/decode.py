@@ -70,6 +70,17 @@ class Frame:
     decode_level: int = 0
     decode_note: str | None = None
 
+    def is_blank(self) -> bool:
+        """Whether the image area (inside the letterbox padding) holds a single value: all-zero or
+        constant pixel data, or a window that maps the whole frame to one grey."""
+        h, w = self.image.shape[:2]
+        # One pixel in from the padding: the resampled edge may blend image and padding.
+        y0, x0 = int(self.pad_y) + 1, int(self.pad_x) + 1
+        content = self.image[y0:max(y0, h - y0), x0:max(x0, w - x0)]
+        if content.size == 0:
+            content = self.image
+        return bool(content.min() == content.max())
+
 
 def iter_frames(
     header: DicomHeader,

@@ -28,6 +28,7 @@ REQUIRED = {
 SAMPLES: dict[str, dict[str, tuple[list[str], Any]]] = {
     "prepare": {
         "data_root": (["--data-root", "elsewhere"], "elsewhere"),
+        "extra_data_root": (["--extra-data-root", "/mnt/a", "--extra-data-root", "/mnt/b"], ("/mnt/a", "/mnt/b")),
         "out": (["--out", "outdir"], "outdir"),
         "strategy": (["--strategy", "lesion-slices"], "lesion-slices"),
         "image_size": (["--image-size", "64"], 64),

@@ -77,3 +77,29 @@ def test_audit_finds_training_patients_by_id_and_renamed_copies_by_pixels(tmp_pa
     assert "holds 3 of its 4 patients" in message and "--allow-overlap" in message and "X1" not in message
 
     assert not audit_overlap(None, frame, root=tmp_path)["checked"]
+
+
+def test_renamed_copy_at_another_image_size_is_found_by_source_hash_and_claims_no_pixel_check(tmp_path: Path) -> None:
+    """Issue 28 item 4: the training collection renamed and re-prepared at 128 px (trained at 96 px)
+    with other frames chosen: no pixel can match, the source DICOM's hash does; the audit says which
+    keys it compared and never claims a pixel check."""
+    rows, copies = [], []
+    for i, split in enumerate(["train", "train", "validation", "test"]):
+        Image.fromarray(np.full((96, 96), 40 * i, np.uint8)).save(tmp_path / f"a{i}.png")
+        Image.fromarray(np.full((128, 128), 40 * i + 1, np.uint8)).save(tmp_path / f"b{i}.png")
+        sha = f"{i:x}" * 64
+        rows.append({"patient_id": f"DBT-P{i:05d}", "study_uid": f"DBT-S{i:05d}", "split": split,
+                     "image_path": f"a{i}.png", "label": i % 2, "source_sha256": sha})
+        copies.append({"patient_id": f"X{i}", "study_uid": f"Y{i}", "split": "test", "image_path": f"b{i}.png",
+                       "label": i % 2, "source_sha256": sha})
+    record = training_data_record(pd.DataFrame(rows), root=tmp_path, fingerprint="abc")
+    audit = audit_overlap(record, pd.DataFrame(copies), root=tmp_path)
+    assert audit["pixels_checked"] is False and "image pixels" not in audit["keys_compared"]
+    assert "96x96" in audit["notes"][0] and "128x128" in audit["notes"][0]
+    assert audit["sources_checked"] and "source DICOM sha256" in audit["keys_compared"]
+    assert audit["overlap_source_volumes"] == 3 and audit["overlap_patients_any"] == 3
+    assert "by source DICOM 3 volumes" in overlap_message(audit, what="the rows")
+    # The control: other sources at the other size are not flagged.
+    other = pd.DataFrame(copies).assign(source_sha256=["9" * 64, "8" * 64, "7" * 64, "6" * 64])
+    clean = audit_overlap(record, other, root=tmp_path)
+    assert clean["overlap_rows"] == 0 and clean["sources_checked"] and not clean["pixels_checked"]

@@ -174,3 +174,58 @@ def test_patient_ids_become_visible_distinct_folders_inside_slices(tmp_path) -> 
         assert not folder.name.startswith(".")
         assert folder.resolve().is_relative_to((out / "slices").resolve())
     assert volume_dir(out, "DBT-P00013", "DBT-S00163", "rmlo") == out / "slices/DBT-P00013/DBT-S00163/rmlo"
+
+
+def test_blank_volume_is_rejected_as_blank_frames(make_dbt, tmp_path) -> None:
+    """Issue 28 item 3: all-zero (or constant) pixel data is a reject with a reason, not black PNGs."""
+    import numpy as np
+
+    from tasks.prepare.rejects import reason_code, reject_reason
+
+    root = tmp_path / "data"
+    rel = "Breast-Cancer-Screening-DBT/DBT-P00001/s/1.000000-1/1-1.dcm"
+    for value, name in ((0, "zero"), (700, "constant")):
+        path, _ = make_dbt(f"{name}.dcm", frames=np.full((5, 64, 48), value, dtype=np.uint16))
+        target = root / name / rel
+        target.parent.mkdir(parents=True)
+        path.rename(target)
+        job = {"patient_id": "DBT-P00001", "study_uid": "DBT-S00001", "view": "rcc", "descriptive_path": rel,
+               "classic_path": None, "frames_rule": "all"}
+        result = extract_shard([job], data_root=str(root / name), out_dir=str(tmp_path / f"out-{name}"),
+                               image_size=32, seed=0)
+        record = json.loads(Path(result["records"][0]).read_text())
+        assert reason_code(reject_reason(record["reject"])) == "blank-frames", record["reject"]
+        assert "5 of the 5 selected frames" in record["reject"] and record["frames"] == []
+        assert not list((tmp_path / f"out-{name}").rglob("*.png"))
+
+
+def test_phantom_volume_is_not_blank(dbt_volume, tmp_path) -> None:
+    """The control: a volume with an image passes the blank check."""
+    path, _ = dbt_volume
+    root = tmp_path / "data"
+    rel = "Breast-Cancer-Screening-DBT/DBT-P00001/s/1.000000-1/1-1.dcm"
+    (root / rel).parent.mkdir(parents=True)
+    path.rename(root / rel)
+    job = {"patient_id": "DBT-P00001", "study_uid": "DBT-S00001", "view": "rcc", "descriptive_path": rel,
+           "classic_path": None, "frames_rule": "all"}
+    result = extract_shard([job], data_root=str(root), out_dir=str(tmp_path / "out"), image_size=32, seed=0)
+    record = json.loads(Path(result["records"][0]).read_text())
+    assert record["reject"] is None and len(record["frames"]) == 5
+
+
+def test_same_bytes_under_two_patients_are_both_rejected_as_duplicate_content() -> None:
+    """Issue 28 item 2: identical content under two patient ids is a leak: both volumes are rejected."""
+    from tasks.prepare.manifest import duplicate_content
+
+    records = [
+        {"patient_id": "DBT-P1", "study_uid": "S1", "view": "lcc", "source_sha256": "a" * 64, "source_path": "p1.dcm"},
+        {"patient_id": "DBT-P2", "study_uid": "S2", "view": "rcc", "source_sha256": "a" * 64, "source_path": "p2.dcm"},
+        {"patient_id": "DBT-P3", "study_uid": "S3", "view": "lcc", "source_sha256": "b" * 64, "source_path": "p3.dcm"},
+        # One patient's two views with the same bytes is not a cross-patient leak.
+        {"patient_id": "DBT-P3", "study_uid": "S3", "view": "rcc", "source_sha256": "c" * 64, "source_path": "p4.dcm"},
+    ]
+    found = duplicate_content(records)
+    assert set(found) == {("DBT-P1", "S1", "lcc"), ("DBT-P2", "S2", "rcc")}
+    reason = found[("DBT-P1", "S1", "lcc")]
+    assert reason.startswith("duplicate-content: ") and "DBT-P1" in reason and "DBT-P2" in reason
+    assert "p1.dcm" in reason and "p2.dcm" in reason
