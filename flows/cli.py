@@ -14,11 +14,14 @@ from flows.cli_serve import add_serve_outputs
 from flows.cli_synth import add_demo, add_synth
 from flows.cli_config import (
     config_option,
+    field_bounds,
+    image_size_arg,
     evaluate_config_from_args,
     prepare_config_from_args,
     train_config_from_args,
 )
 from flows.cli_transfer import add_weights_command
+from tasks.core.config import SlicesConfig, TrainParams
 
 
 def _writable(path: Path) -> None:
@@ -120,7 +123,8 @@ def _add_export_slices(sub: "argparse._SubParsersAction[argparse.ArgumentParser]
     p.add_argument("--frames", type=_frames_arg, default=None, help="comma-separated frame indices (default: all)")
     p.add_argument("--view", default=None, choices=["lcc", "lmlo", "rcc", "rmlo"],
                    help="orient DBT frames by the reference rule for this view")
-    p.add_argument("--image-size", type=int, default=None, help="letterbox to N x N")
+    p.add_argument("--image-size", type=image_size_arg(1, field_bounds(SlicesConfig, "image_size")[1]), default=None,
+                   help=f"letterbox to N x N (at most {field_bounds(SlicesConfig, 'image_size')[1]})")
     p.add_argument("--full-resolution", action="store_true",
                    help="decode every frame in full (default: JPEG 2000 breast images at the coarsest "
                         "stored resolution level that covers --image-size)")
@@ -135,7 +139,8 @@ def _add_prepare(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> 
     opt("--extra-data-root", type=Path, action="append", default=None, metavar="DIR")
     opt("--out", type=Path, required=True, note="Output folder.")
     opt("--strategy", default="all-slices")
-    opt("--image-size", type=int, default=224, note="(default 224)")
+    opt("--image-size", type=image_size_arg(*field_bounds(SlicesConfig, "image_size")), default=224,
+        note="(default 224; %d to %d)" % field_bounds(SlicesConfig, "image_size"))
     opt("--seed", type=int, default=0, note="(default 0)")
     opt("--normal-fraction", type=float, default=0.15, note="(default 0.15)")
     opt("--reports", type=Path, default=None)
@@ -161,7 +166,8 @@ def _add_train(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> No
     opt("--optimizer", default="sgd")
     opt("--epochs", type=int, default=None, note="(default 10)")
     opt("--batch-size", type=int, default=None, note="(default 64)")
-    opt("--image-size", type=int, default=None, note="(default 224)")
+    opt("--image-size", type=image_size_arg(*field_bounds(TrainParams, "image_size")), default=None,
+        note="(default 224; %d to %d)" % field_bounds(TrainParams, "image_size"))
     opt("--patience", type=int, default=None, note="(default 20)")
     opt("--no-early-stopping", action="store_true", note="Sets patience to none:")
     opt("--lr", type=float, default=None, note="(default 0.001)")
@@ -191,6 +197,7 @@ def _add_evaluate(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") ->
     opt("--allow-overlap", action="store_true")
     opt("--external", type=Path, default=None)
     opt("--external-split", default=None, note="(default all)")
+    opt("--show-ids", action="store_true")
     p.set_defaults(func=_cmd_evaluate)
 
 

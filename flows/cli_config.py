@@ -4,7 +4,7 @@ configs built from parsed options (``tomoflow prepare / train / evaluate``)."""
 from __future__ import annotations
 
 import argparse
-from typing import Any, Literal, get_args, get_origin
+from typing import Any, Callable, Literal, get_args, get_origin
 
 from pydantic import BaseModel
 
@@ -77,6 +77,7 @@ CONFIG_OPTIONS: dict[str, dict[str, tuple[type[BaseModel], str]]] = {
         "allow_overlap": (EvaluateConfig, "allow_overlap"),
         "external": (EvaluateConfig, "external"),
         "external_split": (EvaluateConfig, "external_split"),
+        "show_ids": (EvaluateConfig, "show_ids"),
     },
 }
 
@@ -97,6 +98,31 @@ def _field_choices(model: type[BaseModel], field: str) -> list[str] | None:
     """The values of a ``Literal`` field, in the model's order (None for other types)."""
     annotation = model.model_fields[field].annotation
     return list(get_args(annotation)) if get_origin(annotation) is Literal else None
+
+
+def image_size_arg(low: int, high: int) -> Callable[[str], int]:
+    """An argparse type for ``--image-size``: an integer in ``low..high``, checked before any work."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = low - 1
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"{text!r}: expected an integer from {low} to {high} (pixels per side)")
+        return value
+
+    return parse
+
+
+def field_bounds(model: type[BaseModel], field: str) -> tuple[int, int]:
+    """The ``ge`` and ``le`` bounds of an int field (for an option checked by argparse)."""
+    low, high = None, None
+    for item in model.model_fields[field].metadata:
+        low = getattr(item, "ge", None) if getattr(item, "ge", None) is not None else low
+        high = getattr(item, "le", None) if getattr(item, "le", None) is not None else high
+    assert low is not None and high is not None, (model, field)
+    return int(low), int(high)
 
 
 def config_option(p: argparse.ArgumentParser, flag: str, command: str, *, note: str = "",
@@ -176,6 +202,8 @@ def evaluate_config_from_args(args: argparse.Namespace) -> EvaluateConfig:
         fields["external"] = str(args.external)
     if getattr(args, "external_split", None):
         fields["external_split"] = args.external_split
+    if getattr(args, "show_ids", False):
+        fields["show_ids"] = True
     for name in ("manifest", "out", "bootstrap", "threshold", "seed"):
         value = getattr(args, name)
         if value is not None:

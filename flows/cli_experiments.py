@@ -12,7 +12,9 @@ import json
 from pathlib import Path
 from typing import Any
 
+from flows.cli_config import field_bounds, image_size_arg
 from flows.cli_transfer import setting_arg
+from tasks.core.config import TrainParams
 
 
 def add_experiments(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> argparse.ArgumentParser:
@@ -30,7 +32,7 @@ def add_experiments(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") 
                         "file or a tomoflow run folder), the first the reference of the paired differences "
                         "(default none,imagenet)")
     p.add_argument("--epochs", type=int, default=None, help="epochs of every preset (default: the preset's)")
-    p.add_argument("--image-size", type=int, default=None,
+    p.add_argument("--image-size", type=image_size_arg(*field_bounds(TrainParams, "image_size")), default=None,
                    help="prepared image and network input side of every preset (default: the preset's)")
     p.add_argument("--max-batches", type=int, default=None,
                    help="at most this many batches per epoch (a smoke run; default: all)")

@@ -13,6 +13,7 @@ from prefect.runtime import flow_run
 
 from tasks.core.config import TrainConfig
 from tasks.core.files import ensure_writable_dir, output_lock
+from tasks.evaluate.locks import source_run_idle
 from tasks.infra.lifecycle import cancellable
 from tasks.infra.run_names import config_run_name
 from tasks.train.steps import (
@@ -50,6 +51,7 @@ def train_classifier(config: TrainConfig = TrainConfig()) -> dict[str, Any]:
 
 def _train(config: TrainConfig) -> dict[str, Any]:
     cache = {"result_storage": (Path(config.run_dir) / ".cache").resolve()}
+    source_run_idle(config.model.weights, run_dir=config.run_dir)  # never cached: a run may be training now
     check_weights.with_options(**cache)(config)
     if config.augment.offline_balance:
         balanced = balance_offline.with_options(**cache)(config.manifest, config)

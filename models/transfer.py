@@ -73,7 +73,9 @@ def load_source(weights: Any) -> tuple[dict[str, Any], Path] | None:
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises several types for truncated or foreign files
-        raise ValueError(f"weights '{path}' could not be read as a tomoflow checkpoint: {exc}") from exc
+        from models.weights import unreadable_weights_message
+
+        raise ValueError(unreadable_weights_message(path, exc)) from None
     if not isinstance(ckpt, Mapping) or "model" not in ckpt or "model_config" not in ckpt:
         raise ValueError(f"weights '{path}' is not a tomoflow training checkpoint (no 'model' and 'model_config')")
     return dict(ckpt), path

@@ -197,6 +197,14 @@ def _sha256(path: Path) -> str:
         return hashlib.file_digest(fh, "sha256").hexdigest()
 
 
+def unreadable_weights_message(path: str | os.PathLike[str], exc: BaseException) -> str:
+    """One line for a ``--weights`` file that ``torch.load(weights_only=True)`` cannot read."""
+    return (f"weights file '{path}' is not a PyTorch state_dict or tomoflow checkpoint that can be read safely "
+            f"({type(exc).__name__}); a file holding pickled Python objects (a whole model) is never loaded. Give a "
+            "tomoflow run folder (tomoflow train --out RUN), its best.pt, a file saved with "
+            "torch.save(model.state_dict(), path), imagenet or none")
+
+
 def load_weights_file(path: str | os.PathLike[str], *, check_hash: bool = True) -> dict[str, Tensor]:
     """Load a ``state_dict`` from a file safely (``weights_only=True``, onto the CPU).
 
@@ -226,7 +234,8 @@ def load_weights_file(path: str | os.PathLike[str], *, check_hash: bool = True) 
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises several types for non-checkpoint files
-        raise ValueError(f"weights file '{path}' could not be read as a PyTorch state_dict: {exc}") from exc
+        # Our line, not torch's: its message advises weights_only=False, which would run the file's code.
+        raise ValueError(unreadable_weights_message(path, exc)) from None
     if isinstance(obj, Mapping) and not _is_state_dict(obj):
         for key in ("state_dict", "model"):
             if isinstance(obj.get(key), Mapping) and _is_state_dict(obj[key]):

@@ -322,6 +322,11 @@ class EvaluateConfig(_Frozen):
         "data root (prepared like the training data). The report sets its figures beside the model's own test "
         "figures, with the gap and its bootstrap interval. Default output: RUN/external.",
     )
+    show_ids: bool = Field(
+        False, description="Caption the report's example slices with the real patient and study ids (a report "
+        "kept inside the hospital). Off: keyed pseudonyms (P-..., S-...) of the output root's salt, so a served "
+        "or shared report names no patient.",
+    )
     external_split: Literal["all", "train", "validation", "test"] = Field(
         "all", description="With external: which rows of the other collection to evaluate (all: every split)."
     )

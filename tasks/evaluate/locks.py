@@ -1,4 +1,5 @@
-"""The output locks ``evaluate`` takes: its run folder (no training in progress) and its output folder.
+"""The output locks ``evaluate`` takes: its run folder (no training in progress) and its output folder;
+and the same check of a run folder that ``train --weights RUN`` starts from.
 
 ``train`` holds ``RUN/.tomoflow.lock`` for as long as it writes ``best.pt``, ``last.pt`` and
 the history; an evaluation started meanwhile would score a model that is still changing,
@@ -39,3 +40,33 @@ def evaluation_locks(run_dir: str | os.PathLike[str], output_dir: str | os.PathL
             Path(output_dir).mkdir(parents=True, exist_ok=True)
             stack.enter_context(output_lock(output_dir, what=what))
         yield
+
+
+def source_run_idle(weights: object, *, run_dir: str | os.PathLike[str] | None = None) -> None:
+    """Refuse to start training from a run folder that a tomoflow command is still writing.
+
+    ``--weights RUN`` (or ``RUN/best.pt``, ``RUN/last.pt``) while RUN trains would start from
+    whatever ``best.pt`` holds at that moment (epoch 5 of 10): the same lock check as
+    :func:`evaluation_locks`. Other weights (``imagenet``, ``none``, a state_dict file) pass.
+
+    Raises:
+        OutputInUseError: Naming the folder and the command holding it.
+    """
+    if not isinstance(weights, (str, os.PathLike)):
+        return
+    path = Path(weights).expanduser()
+    source = path if path.is_dir() else path.parent if path.name in ("best.pt", "last.pt") else None
+    if source is None or not source.is_dir():
+        return
+    if run_dir is not None and os.path.abspath(source) == os.path.abspath(run_dir):
+        return  # resuming into the same folder: this command holds its lock already
+    try:
+        with output_lock(source, what="tomoflow train --weights (checking the source run)"):
+            pass
+    except OutputInUseError as exc:
+        raise OutputInUseError(
+            f"--weights {weights}: run folder {source} cannot be started from now: {exc}. Its best.pt is still "
+            "changing; start from it once that command has finished"
+        ) from None
+    except OSError:
+        return  # a read-only source folder: no tomoflow command can be writing it

@@ -45,6 +45,29 @@ def all_metrics(pred: pd.DataFrame, checkpoint: str, manifest: str, image_size: 
     return metrics
 
 
+def pseudonymous_examples(examples: list[dict[str, Any]], out_path: Path) -> list[dict[str, Any]]:
+    """The examples with keyed pseudonyms for their patient and study ids (view and slice kept).
+
+    The salt is the one of the nearest folder above the report holding
+    :data:`tasks.core.pseudonyms.SALT_FILE` (the output root, which ``tomoflow run`` salts
+    first, so every page of one root names a patient alike), else the report's own folder.
+    """
+    from tasks.core.pseudonyms import SALT_FILE, pseudonym, root_salt
+
+    folder = Path(out_path).resolve().parent
+    salted = next((p for p in (folder, *folder.parents) if (p / SALT_FILE).is_file()), folder)
+    salt = root_salt(salted)
+    out = []
+    for example in examples:
+        ids = dict(example.get("ids") or {})
+        if "patient_id" in ids:
+            ids["patient_id"] = pseudonym(ids["patient_id"], salt, prefix="P-")
+        if "study_uid" in ids:
+            ids["study_uid"] = pseudonym(ids["study_uid"], salt, prefix="S-")
+        out.append({**example, "ids": ids})
+    return out
+
+
 def report_page(metrics: str, predictions: str, checkpoint: str, manifest: str, image_size: int, out_path: Path,
                 train_conf: dict[str, Any], cfg: EvaluateConfig, generalization: dict[str, Any]) -> Path:
     """The self-contained report.html: curves, ROC, confusion, intervals, cohort flow, audit, Grad-CAM."""
@@ -66,6 +89,8 @@ def report_page(metrics: str, predictions: str, checkpoint: str, manifest: str, 
     chance = chance_losses(pd.read_parquet(trained_on) if trained_on.is_file() else used,
                            train_conf.get("train", {}).get("class_balance", "weights"),
                            aux_weight=0.4 if getattr(model, "aux_head", None) is not None else 0.0)
+    if not cfg.show_ids:
+        examples = pseudonymous_examples(examples, out_path)
     return render(
         run, metrics=json.loads(Path(metrics).read_text()), history=pd.read_csv(run / "history.csv"),
         cohort_summary=json.loads(summary_path.read_text()) if summary_path.is_file() else None,

@@ -77,6 +77,7 @@ SAMPLES: dict[str, dict[str, tuple[list[str], Any]]] = {
         "allow_overlap": (["--allow-overlap"], True),
         "external": (["--external", "other/"], "other"),
         "external_split": (["--external-split", "test"], "test"),
+        "show_ids": (["--show-ids"], True),
     },
 }
 
