@@ -87,6 +87,8 @@ SLOW_TESTS: dict[str, str] = {
     "tests/flows/test_faults_cli.py": "the CLI's fault tests: kills, SIGTERM, resumes, whole runs",
     "tests/flows/test_faults_round2_prepare.py": "prepare through the CLI on faulty data (each run starts Prefect)",
     "tests/flows/test_faults_round2_train.py": "train and evaluate through the CLI, SIGTERM included",
+    "tests/flows/test_faults_round3_prepare.py": "prepare through the CLI on a mounted, duplicated or blank collection",
+    "tests/flows/test_faults_round3_train.py": "train and evaluate through the CLI: external audits, locks, the report",
     "tests/models/test_train.py::test_killed_run_resumes": "kills training and resumes it",
     # End to end: whole flows, the service, every command.
     "tests/e2e/test_service.py": "PostgreSQL, a Prefect server, workers and deployments",

@@ -129,7 +129,9 @@ def test_blank_volume_is_rejected_not_used_as_normal(dataset: Path, tmp_path: Pa
     table = pd.read_csv(_file_paths(data), dtype=str)
     from tasks.prepare.locate import VolumeResolver
 
-    first = table.iloc[0]
+    labels = pd.concat([pd.read_csv(p, dtype=str) for p in data.glob("BCS-DBT*labels*.csv")])
+    normal = set(zip(*(labels.loc[labels["Normal"] == "1", c] for c in ("PatientID", "StudyUID", "View"))))
+    first = next(r for _, r in table.iterrows() if (r["PatientID"], r["StudyUID"], r["View"]) in normal)
     path = VolumeResolver(data).resolve(first["descriptive_path"], first["classic_path"], first["PatientID"])[0]
     ds = pydicom.dcmread(path)
     zeros = np.zeros((int(ds.NumberOfFrames), int(ds.Rows), int(ds.Columns)), dtype=np.uint16)
