@@ -97,6 +97,11 @@ class SlicesConfig(_Frozen):
         "frame and its neighbours count as positive.",
     )
     image_size: int = Field(224, ge=32, le=2048, description="Side of the square, letterboxed PNG in pixels.")
+    require_both_classes: bool = Field(
+        True, description="Stop before extraction when a split would lack tumour or normal images. Off only for a "
+        "collection prepared to evaluate on (evaluate --external): all-normal screening data is common; its "
+        "evaluation reports specificity and the score distribution, with AUC not computable.",
+    )
     normal_fraction: float = Field(
         0.15, gt=0.0, le=1.0, description="Fraction of each normal volume's frames sampled (all-slices, lesion-slices)."
     )

@@ -130,11 +130,23 @@ def external_comparison(own: pd.DataFrame, external: pd.DataFrame, *, source: st
     from tasks.evaluate.paired_bootstrap import gap_interval
 
     gap = gap_interval(own, external, threshold=threshold, n=n, ci=ci, seed=seed)
+    probability = external["probability"].astype(float)
+    labels = sorted(int(v) for v in external["label"].dropna().unique())
     return {
         "source": source,
         "unit": "image",
         "own_test": {"images": int(len(own)), "patients": int(own["patient_id"].nunique()), "figures": gap["own"]},
         "external": {"images": int(len(external)), "patients": int(external["patient_id"].nunique()),
-                     "figures": gap["other"]},
+                     "figures": gap["other"], "labels": labels,
+                     # Read beside the threshold: with one class, where the scores fall is what there is to see.
+                     "score_distribution": {
+                         "mean": float(probability.mean()), "min": float(probability.min()),
+                         **{f"q{int(q * 100):02d}": float(probability.quantile(q)) for q in (0.05, 0.25, 0.5, 0.75, 0.95)},
+                         "max": float(probability.max()),
+                         "share_at_or_above_threshold": float((probability >= threshold).mean())},
+                     "not_computable": {} if len(labels) > 1 else {
+                         "roc_auc": f"the external collection holds one class only (label {labels[0] if labels else '-'}): "
+                                    "AUC needs both; "
+                                    + ("specificity is the figure" if labels == [0] else "sensitivity is the figure")}},
         "gap": {k: gap[k] for k in ("difference", "intervals", "n_valid", "bootstrap")},
     }

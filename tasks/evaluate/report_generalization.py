@@ -93,7 +93,13 @@ def external(comparison: Mapping[str, Any] | None) -> dict[str, Any] | None:
     rows = [[_NAMES[k], _num(own.get(k)), _num(ext.get(k)), _num(gap["difference"].get(k)),
              _interval(gap["intervals"].get(k))] for k in _NAMES]
     auc, interval = gap["difference"].get("roc_auc"), gap["intervals"].get("roc_auc")
-    if auc is None or not interval:
+    single = (comparison["external"].get("not_computable") or {}).get("roc_auc")
+    dist = comparison["external"].get("score_distribution") or {}
+    if single:
+        verdict = (f"AUC not computable: {single}. Scores on the external images: median {_num(dist.get('q50'))} "
+                   f"(5-95%: {_num(dist.get('q05'))} to {_num(dist.get('q95'))}); "
+                   f"{_num(dist.get('share_at_or_above_threshold'))} of them at or above the threshold.")
+    elif auc is None or not interval:
         verdict = "The AUC gap could not be estimated (a class is missing from one of the sets)."
     elif interval[1] < 0:
         verdict = "The model does worse on the external collection: the AUC gap's interval lies below 0."

@@ -61,7 +61,8 @@ def external_manifest(cfg: EvaluateConfig, training_manifest: Path, out: Path) -
                           external_prepare_settings(training_manifest))
     prepared = prepare_data(config=PrepareConfig(
         data=DataConfig(data_root=str(path), output_dir=str(out / "prepared")),
-        slices=SlicesConfig(**external_prepare_settings(training_manifest))))
+        # Evaluated only: one class (all-normal screening data) is allowed; AUC is then marked not computable.
+        slices=SlicesConfig(**external_prepare_settings(training_manifest), require_both_classes=False)))
     return Path(prepared["manifest"])
 
 

@@ -68,15 +68,67 @@ def notification_block(webhook: str | None = None, slack: str | None = None, blo
     if slack is not None:
         from prefect.blocks.notifications import SlackWebhook
 
-        made = SlackWebhook(url=slack)
+        made = SlackWebhook(url=checked_url(slack, "--slack"))
     else:
         from prefect.blocks.notifications import CustomWebhookNotificationBlock
 
-        if not str(webhook).startswith(("http://", "https://")):
-            raise ValueError(f"--webhook {webhook!r} is not an http(s) URL")
-        made = CustomWebhookNotificationBlock(name=BLOCK_NAME, url=str(webhook),
+        made = CustomWebhookNotificationBlock(name=BLOCK_NAME, url=checked_url(str(webhook), "--webhook"),
                                               json_data={"subject": "{{subject}}", "body": "{{body}}"})
     return str(made.save(BLOCK_NAME, overwrite=True))
+
+
+def checked_url(url: str, option: str) -> str:
+    """``url`` when it is a whole http(s) URL (scheme, host, a valid port), else a one-line ValueError."""
+    from urllib.parse import urlsplit
+
+    try:
+        parts = urlsplit(str(url))
+        port = parts.port  # raises ValueError for a port out of range or not a number
+    except ValueError as exc:
+        raise ValueError(f"{option} {url!r} is not a valid URL ({exc})") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"{option} {url!r} is not an http(s) URL with a host, e.g. https://alerts.example.org/hook")
+    del port
+    return str(url)
+
+
+#: Seconds the test message and the server check wait for an answer.
+CHECK_TIMEOUT_S = 10
+
+
+def send_test_message(url: str, *, slack: bool = False, timeout: float = CHECK_TIMEOUT_S) -> str:
+    """POST one test message to the webhook; return ``"HTTP <status>"`` or raise a one-line ValueError."""
+    import json
+    import urllib.error
+    import urllib.request
+
+    text = "tomoflow alerts: test message (the automations are being installed)"
+    payload = {"text": text} if slack else {"subject": "tomoflow alerts: test", "body": text}
+    request = urllib.request.Request(url, data=json.dumps(payload).encode(), method="POST",
+                                     headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            return f"HTTP {response.status}"
+    except urllib.error.HTTPError as exc:
+        reason = f"HTTP {exc.code}"
+    except (urllib.error.URLError, OSError, ValueError) as exc:
+        reason = str(getattr(exc, "reason", None) or exc or type(exc).__name__)
+    raise ValueError(f"the test message to {url} did not arrive ({reason}); nothing was installed. Fix the URL or "
+                     "the receiver, or pass --no-test to install without sending one")
+
+
+def check_server(api_url: str, timeout: float = CHECK_TIMEOUT_S) -> None:
+    """One-line ValueError when the Prefect API at ``api_url`` does not answer its health check."""
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(api_url.rstrip("/") + "/health", timeout=timeout):
+            return
+    except (urllib.error.URLError, OSError, ValueError) as exc:
+        reason = str(getattr(exc, "reason", None) or exc or type(exc).__name__)
+    raise ValueError(f"the Prefect server at PREFECT_API_URL={api_url} does not answer ({reason}); start it, or "
+                     "export PREFECT_API_URL=http://HOST:4200/api of the running service")
 
 
 def install_alerts(block_id: str, pending_minutes: float = 30, running_hours: float = 12,
@@ -98,13 +150,33 @@ def _cmd_alerts(args: argparse.Namespace) -> int:
     """``tomoflow alerts``: the block, then the automations, on the server of PREFECT_API_URL."""
     from prefect.settings import get_current_settings
 
-    if not get_current_settings().api.url:
+    api_url = get_current_settings().api.url
+    if not api_url:
         raise ValueError("PREFECT_API_URL is not set: alerts live on the service's Prefect server; "
                          "export PREFECT_API_URL=http://HOST:4200/api first")
+    target = args.webhook if args.webhook is not None else args.slack
+    if target is not None:
+        checked_url(target, "--webhook" if args.webhook is not None else "--slack")
+        if not args.no_test:
+            print(f"test message: arrived ({send_test_message(target, slack=args.slack is not None)})")
+    check_server(str(api_url))
     block = notification_block(webhook=args.webhook, slack=args.slack, block=args.block)
     for name in install_alerts(block, pending_minutes=args.pending_minutes, running_hours=args.running_hours):
         print(f"automation {name}: created")
     return 0
+
+
+def _bounded(low: float, high: float, unit: str) -> Any:
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            value = float("nan")
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"{text!r}: expected {unit} from {low:g} to {high:g}")
+        return value
+
+    return parse
 
 
 def add_alerts_command(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
@@ -114,6 +186,11 @@ def add_alerts_command(sub: "argparse._SubParsersAction[argparse.ArgumentParser]
     p.add_argument("--webhook", default=None, help="URL that receives a JSON POST {subject, body}")
     p.add_argument("--slack", default=None, help="Slack incoming-webhook URL")
     p.add_argument("--block", default=None, help="an existing notification block, SLUG/NAME (e.g. email/ops)")
-    p.add_argument("--pending-minutes", type=float, default=30, help="alert on a run not started after this")
-    p.add_argument("--running-hours", type=float, default=12, help="alert on a run still running after this")
+    p.add_argument("--pending-minutes", type=_bounded(1, 1440, "minutes"), default=30,
+                   help="alert on a run not started after this (1 to 1440; default 30)")
+    p.add_argument("--running-hours", type=_bounded(0.25, 168, "hours"), default=12,
+                   help="alert on a run still running after this (0.25 to 168; default 12)")
+    p.add_argument("--no-test", action="store_true",
+                   help="do not send the test message to --webhook/--slack first (default: send one and stop, "
+                        "installing nothing, unless it arrives)")
     p.set_defaults(func=_cmd_alerts)

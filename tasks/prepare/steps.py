@@ -111,6 +111,8 @@ def split_patients(volumes: str, config: PrepareConfig) -> str:
 @task(name="check-splits")
 def check_splits(plan: str, splits: str, config: PrepareConfig) -> dict[str, Any]:
     """Stop before extraction if a split would lack tumour or normal images (bad input: no retries)."""
+    if not config.slices.require_both_classes:  # an external collection, evaluated only
+        return splits_mod.split_class_counts(pd.read_parquet(plan), pd.read_parquet(splits))
     return splits_mod.check_split_classes(
         pd.read_parquet(plan), pd.read_parquet(splits), fractions=config.slices.split_fractions
     )

@@ -173,3 +173,25 @@ def test_transfer_from_a_run_still_training_is_refused(prepared: Path, home: Pat
         if first.poll() is None:
             os.killpg(first.pid, signal.SIGTERM)
             first.wait(timeout=120)
+
+
+def test_all_normal_external_collection_is_evaluated_with_auc_not_computable(trained: Path, home: Path,
+                                                                             tmp_path: Path) -> None:
+    """Item 15: an all-normal screening collection as --external: prepared (not refused by the split rule),
+    evaluated with specificity and the score distribution, AUC marked not computable."""
+    import json
+
+    from synth.generate import generate_dataset
+
+    normal = tmp_path / "screening"
+    generate_dataset(normal, patients=6, seed=7, rows=64, columns=48, frames=(6, 8), positive_fraction=0.0)
+    out = tmp_path / "ext"
+    result = _run(_cli("evaluate", "--run", str(trained), "--external", str(normal), "--out", str(out),
+                       *EVAL_FAST), home)
+    assert result.returncode == 0, result.stderr[-3000:]
+    external = json.loads((out / "external.json").read_text())["external"]
+    assert external["labels"] == [0] and external["figures"]["roc_auc"] is None
+    assert external["figures"]["specificity"] is not None
+    assert "one class only" in external["not_computable"]["roc_auc"]
+    assert 0.0 <= external["score_distribution"]["q50"] <= 1.0
+    assert "AUC not computable" in (out / "report.html").read_text(encoding="utf-8")

@@ -103,3 +103,21 @@ def test_renamed_copy_at_another_image_size_is_found_by_source_hash_and_claims_n
     other = pd.DataFrame(copies).assign(source_sha256=["9" * 64, "8" * 64, "7" * 64, "6" * 64])
     clean = audit_overlap(record, other, root=tmp_path)
     assert clean["overlap_rows"] == 0 and clean["sources_checked"] and not clean["pixels_checked"]
+
+
+def test_all_normal_external_collection_reports_specificity_and_scores_with_auc_not_computable() -> None:
+    """Issue 28 item 15: one class only: specificity and the score distribution, AUC marked not computable."""
+    from tasks.evaluate.generalization import external_comparison
+    from tasks.evaluate.report_generalization import external
+
+    own = _pred(20, skill=0.8, seed=2)
+    normals = _pred(20, skill=0.8, seed=3).assign(label=0)
+    result = external_comparison(own, normals, source="screening", threshold=0.5, n=50, ci=0.95, seed=0)
+    ext = result["external"]
+    assert ext["labels"] == [0] and ext["figures"]["roc_auc"] is None
+    assert ext["figures"]["specificity"] == pytest.approx(float((normals["probability"] < 0.5).mean()))
+    assert "one class only" in ext["not_computable"]["roc_auc"] and "specificity" in ext["not_computable"]["roc_auc"]
+    assert ext["score_distribution"]["q50"] == pytest.approx(float(normals["probability"].median()))
+    assert "AUC not computable" in external(result)["verdict"]
+    both = external_comparison(own, _pred(20, skill=0.8, seed=3), source="x", threshold=0.5, n=20, ci=0.95, seed=0)
+    assert both["external"]["not_computable"] == {} and both["external"]["figures"]["roc_auc"] is not None
