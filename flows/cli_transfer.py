@@ -44,12 +44,23 @@ def cmd_weights(args: argparse.Namespace) -> int:
     from models.weights_fetch import STUDY_BACKBONES, cached_weights, fetch_weights
 
     if args.action == "fetch":
-        for row in fetch_weights(tuple(args.model or STUDY_BACKBONES), mirror=args.mirror, force=args.force):
+        for row in fetch_weights(tuple(args.model or STUDY_BACKBONES), mirror=args.mirror, force=args.force,
+                                 timeout=args.timeout):
             print(json.dumps(row, sort_keys=True))
         return 0
     for row in cached_weights(check=not args.no_check):
         print(json.dumps(row, sort_keys=True))
     return 0
+
+
+def _seconds_arg(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not 0 < value <= 3600:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected seconds from 0 to 3600, e.g. 30")
+    return value
 
 
 def add_weights_command(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
@@ -63,6 +74,8 @@ def add_weights_command(sub: "argparse._SubParsersAction[argparse.ArgumentParser
     fetch.add_argument("--mirror", default=None,
                        help="base URL serving torchvision's file names (default: download.pytorch.org)")
     fetch.add_argument("--force", action="store_true", help="download again even when cached with a good hash")
+    fetch.add_argument("--timeout", type=_seconds_arg, default=30.0,
+                       help="seconds to wait for the connection and for each read (default 30)")
     listing = actions.add_parser("list", help="show each backbone's file in torchvision's cache and whether "
                                               "its hash matches")
     listing.add_argument("--no-check", action="store_true", help="do not hash the files (faster)")

@@ -3,11 +3,12 @@
 Runs never download (:mod:`models.weights`); this command is the one place that does, on
 purpose, at a terminal. It downloads each study backbone's file from torchvision's URL (or
 a ``--mirror`` serving the same file names, e.g. a hospital's internal server) into
-torchvision's cache (``torch.hub.get_dir()/checkpoints``), through
-``torch.hub.download_url_to_file``: the file is written under a temporary name, its
-SHA-256 checked against the hash in its name (torchvision's ``<name>-<hex>.pth``
-convention), and only then moved into place, so a corrupt or interrupted download never
-leaves a file a run would load.
+torchvision's cache (``torch.hub.get_dir()/checkpoints``): the file is written under a
+temporary name, its SHA-256 checked against the hash in its name (torchvision's
+``<name>-<hex>.pth`` convention), and only then moved into place, so a corrupt or interrupted
+download never leaves a file a run would load. Connecting and every read wait at most
+``timeout`` seconds (``torch.hub.download_url_to_file`` waits for ever on a mirror that
+accepts and never answers).
 """
 
 from __future__ import annotations
@@ -74,14 +75,50 @@ def cached_weights(*, check: bool = True) -> list[dict[str, Any]]:
     return rows
 
 
+#: Seconds to wait for a connection and for each read of a download (``--timeout``).
+DEFAULT_TIMEOUT_S = 30.0
+
+
+def _download(url: str, target: Path, prefix: str | None, timeout: float) -> None:
+    """``url`` into ``target`` via a temporary file beside it, SHA-256-checked against ``prefix``.
+
+    Raises:
+        RuntimeError: The content does not match ``prefix`` (nothing is left behind).
+        OSError: Connection, timeout (``TimeoutError``) or disk errors (nothing is left behind).
+    """
+    import tempfile
+    import urllib.request
+
+    digest = hashlib.sha256()
+    handle = tempfile.NamedTemporaryFile(dir=target.parent, prefix=f".{target.name}.", suffix=".partial", delete=False)
+    import urllib.error
+
+    try:
+        try:
+            with handle, urllib.request.urlopen(url, timeout=timeout) as response:
+                while chunk := response.read(1 << 20):
+                    digest.update(chunk)
+                    handle.write(chunk)
+        except urllib.error.URLError as exc:  # a connect timeout comes wrapped
+            if isinstance(exc.reason, TimeoutError):
+                raise TimeoutError(str(exc.reason)) from None
+            raise
+        if prefix is not None and not digest.hexdigest().startswith(prefix):
+            raise RuntimeError(f"its SHA-256 is {digest.hexdigest()[:16]}...")
+        os.replace(handle.name, target)
+    finally:
+        Path(handle.name).unlink(missing_ok=True)
+
+
 def fetch_weights(names: tuple[str, ...] | list[str] = STUDY_BACKBONES, *, mirror: str | None = None,
-                  force: bool = False) -> list[dict[str, Any]]:
+                  force: bool = False, timeout: float = DEFAULT_TIMEOUT_S) -> list[dict[str, Any]]:
     """Download the ImageNet weights of ``names`` into torchvision's cache, hash-checked.
 
     Args:
         names: Backbones (``vgg16``, ``vgg16_bn``, ``inception_v3``).
         mirror: A base URL serving torchvision's file names instead of download.pytorch.org.
         force: Download again even when a file with a matching hash is cached.
+        timeout: Seconds to wait for the connection and for each read.
 
     Returns:
         One dict per backbone: ``name``, ``file``, ``url``, ``status`` (``cached`` or ``downloaded``).
@@ -91,7 +128,13 @@ def fetch_weights(names: tuple[str, ...] | list[str] = STUDY_BACKBONES, *, mirro
             hash in the file's name (nothing is left in the cache then).
     """
     folder = _cache_dir()
-    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:  # TORCH_HOME (or a folder on its way) is a file, or cannot be written
+        raise WeightsFetchError(
+            f"cannot create torchvision's weights cache '{folder}' ({exc.strerror or type(exc).__name__}); "
+            f"TORCH_HOME={os.environ.get('TORCH_HOME', '(unset)')} must be a folder this user can write"
+        ) from None
     done = []
     for name in names:
         url = weights_url(name)  # type: ignore[arg-type]
@@ -104,8 +147,13 @@ def fetch_weights(names: tuple[str, ...] | list[str] = STUDY_BACKBONES, *, mirro
             continue
         prefix = _hash_prefix(file_name)
         try:
-            torch.hub.download_url_to_file(url, str(target), hash_prefix=prefix, progress=False)
-        except RuntimeError as exc:  # torch.hub's hash check
+            _download(url, target, prefix, timeout)
+        except TimeoutError:
+            raise WeightsFetchError(
+                f"{name}: {url} did not answer within {timeout:g} s; nothing was written to '{folder}'. Check the "
+                "mirror, or raise --timeout"
+            ) from None
+        except RuntimeError as exc:  # the hash check
             raise WeightsFetchError(
                 f"{name}: the file downloaded from {url} does not match the SHA-256 prefix {prefix!r} in its name "
                 f"({exc}); nothing was written to '{folder}'. Check the mirror, or download it again."

@@ -60,9 +60,32 @@ class OutputsHandler(http.server.SimpleHTTPRequestHandler):
         return
 
 
+class OutputsServer(http.server.ThreadingHTTPServer):
+    """The threading server, quiet about clients that hang up mid-answer (nothing is wrong on our side)."""
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        import sys
+
+        if isinstance(sys.exc_info()[1], (ConnectionError, TimeoutError)):
+            return  # BrokenPipe, ConnectionReset: the client went away
+        super().handle_error(request, client_address)
+
+
 def make_server(root: str | os.PathLike[str], *, host: str = "127.0.0.1", port: int = 8080) -> http.server.ThreadingHTTPServer:
-    """A threading HTTP server for :class:`OutputsHandler` over ``root`` (port 0: any free port)."""
+    """A threading HTTP server for :class:`OutputsHandler` over ``root`` (port 0: any free port).
+
+    Raises:
+        ValueError: ``root`` is not a folder, or the address cannot be bound (one line naming it).
+    """
     if not Path(root).is_dir():
         raise ValueError(f"--root {root} is not a folder; pass the output root (TOMOFLOW_OUTPUT_ROOT)")
+    if not 0 <= int(port) <= 65535:
+        raise ValueError(f"--port {port} is not a port number (0 to 65535; 0: any free port)")
     handler = functools.partial(OutputsHandler, root=str(root))
-    return http.server.ThreadingHTTPServer((host, port), handler)
+    try:
+        return OutputsServer((host, port), handler)
+    except OSError as exc:
+        raise ValueError(
+            f"cannot listen on {host} port {port} ({exc.strerror or type(exc).__name__}): another program (perhaps "
+            "another tomoflow serve-outputs) uses it; pass another --port, or --port 0 for any free port"
+        ) from None

@@ -76,3 +76,38 @@ def test_service_block_gives_the_database_url_to_the_server_only() -> None:
     assert any(line.startswith("deploy/tomoflow-service") and " outputs &" in line for line in lines)
     launcher = (env_dir.parent / "tomoflow-service").read_text()
     assert "serve-outputs" in launcher and "http.server" not in launcher
+
+
+def test_port_in_use_gives_one_line_and_a_client_hanging_up_leaves_no_traceback(tmp_path: Path) -> None:
+    """Issue 28 item 10."""
+    import socket
+    import struct
+    import time
+
+    root = tmp_path / "outputs"
+    (root / "runs" / "r1").mkdir(parents=True)
+    (root / "runs" / "r1" / "report.html").write_bytes(b"<html>" + b"x" * (32 << 20))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
+    proc = subprocess.Popen([sys.executable, "-m", "flows.cli", "serve-outputs", "--root", str(root), "--port", "0"],
+                            cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        match = re.search(r"http://127\.0\.0\.1:(\d+)/", proc.stdout.readline())
+        assert match
+        port = match.group(1)
+        second = subprocess.run([sys.executable, "-m", "flows.cli", "serve-outputs", "--root", str(root),
+                                 "--port", port], cwd=REPO, env=env, capture_output=True, text=True, timeout=60)
+        assert second.returncode == 2
+        lines = second.stderr.strip().splitlines()
+        assert len(lines) == 1 and f"port {port}" in lines[0] and "--port 0" in lines[0], second.stderr
+        for _ in range(3):  # clients that hang up mid-answer (reset, not a clean close)
+            client = socket.create_connection(("127.0.0.1", int(port)), timeout=10)
+            client.sendall(b"GET /runs/r1/report.html HTTP/1.1\r\nHost: x\r\n\r\n")
+            client.recv(1024)
+            client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            client.close()
+        time.sleep(1)
+        assert _status(f"http://127.0.0.1:{port}/runs/r1/report.html", method="HEAD") == 200  # still serving
+    finally:
+        proc.terminate()
+        _, stderr = proc.communicate(timeout=30)
+    assert "Traceback" not in stderr and "BrokenPipe" not in stderr and "ConnectionReset" not in stderr, stderr

@@ -105,3 +105,30 @@ def test_list_reads_a_cached_file_a_run_would_load(torch_home: Path, capsys) -> 
     rows = {r["name"]: r for r in map(json.loads, capsys.readouterr().out.splitlines())}
     assert rows["vgg16_bn"]["present"] and rows["vgg16_bn"]["hash_ok"] is False  # a local stand-in, not the real file
     assert not rows["vgg16"]["present"] and not rows["inception_v3"]["present"]
+
+
+def test_fetch_with_torch_home_a_file_gives_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+    """Issue 28 item 11: TORCH_HOME a regular file: one line naming it, no traceback."""
+    home = tmp_path / "torch-home"
+    home.write_text("oops")
+    monkeypatch.setenv("TORCH_HOME", str(home))
+    assert main(["weights", "fetch", "--model", "vgg16", "--mirror", "http://127.0.0.1:9"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"TORCH_HOME={home} must be a folder" in err and "Traceback" not in err
+
+
+def test_fetch_from_a_mirror_that_never_answers_times_out(torch_home: Path, capsys) -> None:
+    """Issue 28 item 11: a mirror that accepts and never answers: --timeout, one line, nothing cached."""
+    import socket
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(1)  # accepts (the kernel completes the handshake), never answers
+    try:
+        base = f"http://127.0.0.1:{listener.getsockname()[1]}"
+        assert main(["weights", "fetch", "--model", "vgg16", "--mirror", base, "--timeout", "1"]) == 2
+    finally:
+        listener.close()
+    err = capsys.readouterr().err
+    assert "did not answer within 1 s" in err and "--timeout" in err and err.count("\n") == 1
+    assert not list((torch_home / "hub" / "checkpoints").glob("*")), "nothing may stay in the cache"
