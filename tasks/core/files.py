@@ -144,6 +144,16 @@ class OutputInUseError(RuntimeError):
 
 LOCK_NAME = ".tomoflow.lock"
 _HELD: dict[str, int] = {}  # lock files this process holds -> nesting depth
+_KILLED: dict[str, str] = {}  # lock files this process took over from a killed holder -> that holder
+
+
+def killed_holder(folder: str | os.PathLike[str]) -> str | None:
+    """The holder this process found in ``folder``'s lock when it took it, if that holder never let go.
+
+    A run that ends, even by an error or SIGTERM, empties its lock file; one killed outright
+    (SIGKILL, out of memory) leaves its description there. None when the last holder ended.
+    """
+    return _KILLED.get(str(Path(os.path.abspath(Path(folder) / LOCK_NAME))))
 
 
 class output_lock:  # noqa: N801 - used as a context manager, like open()
@@ -188,6 +198,8 @@ class output_lock:  # noqa: N801 - used as a context manager, like open()
                 "wait for it to finish, or write to another folder. The lock goes when that process "
                 f"ends, even if it is killed; {self.path.name} is only its label"
             ) from None
+        if os.fstat(fd).st_size:  # the last holder never emptied it: it was killed
+            _KILLED[self._key] = _read_holder(fd)
         info = {"pid": os.getpid(), "host": socket.gethostname(), "what": self.what,
                 "command": " ".join(os.path.basename(a) if i == 0 else a for i, a in enumerate(sys.argv))[:300],
                 "started": dt.datetime.now().astimezone().isoformat(timespec="seconds")}

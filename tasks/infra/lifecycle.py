@@ -8,7 +8,10 @@ none of them is told. Three layers make sure they stop:
 * :func:`start_reaper` (called by the CLI) starts a tiny watcher process in a session of
   its own. It keeps a list of the command's descendants (read from ``/proc`` every
   0.3 s) and, once the command is gone, terminates every one of them still alive (and
-  the same process, checked by its start time, so a reused pid is never hit).
+  the same process, checked by its start time, so a reused pid is never hit). Each flow
+  run the command starts is told to it (:func:`watch_flow_run`); one still Running or
+  Pending when the command is gone (``kill -9``, out of memory) is set Crashed, with a
+  message saying the process was killed, before the temporary server is stopped.
 * :func:`worker_initializer` (the process pool's initializer) gives each worker a
   parent-pid watchdog thread, so a worker also stops by itself, without the reaper, when
   the process that started it disappears.
@@ -91,8 +94,57 @@ def _terminate(pids: dict[int, int], grace_s: float = _GRACE_S) -> None:
             return
 
 
+def _read_watched(stream: Any, watched: list[tuple[str, str]]) -> None:
+    """Collect the ``{"id", "api"}`` lines :func:`watch_flow_run` writes to the reaper's stdin."""
+    import json
+
+    for line in stream:
+        try:
+            entry = json.loads(line)
+            watched.append((str(entry["id"]), str(entry["api"])))
+        except (ValueError, KeyError, TypeError):
+            continue
+
+
+#: The states a killed command leaves its flow runs in.
+_UNFINISHED = ("RUNNING", "PENDING", "SCHEDULED")
+
+
+def mark_crashed(watched: list[tuple[str, str]], pid: int, timeout: float = 5.0) -> list[str]:
+    """Set each watched flow run still unfinished to Crashed; return the ids marked.
+
+    After a normal end every run is final (or the temporary server is already gone): nothing
+    is changed then.
+    """
+    import json
+    import urllib.request
+
+    marked = []
+    for run_id, api in reversed(watched):  # subflows first
+        base = f"{api.rstrip('/')}/flow_runs/{run_id}"
+        try:
+            with urllib.request.urlopen(base, timeout=timeout) as response:
+                state = (json.loads(response.read()).get("state") or {}).get("type")
+            if state not in _UNFINISHED:
+                continue
+            body = {"state": {"type": "CRASHED", "name": "Crashed", "message": (
+                f"the tomoflow process (pid {pid}) running this flow was killed (SIGKILL, out of memory or a lost "
+                "machine) before it could report; marked Crashed by its watcher. Run the same command again to resume")},
+                "force": True}
+            request = urllib.request.Request(f"{base}/set_state", data=json.dumps(body).encode(), method="POST",
+                                             headers={"Content-Type": "application/json"})
+            with urllib.request.urlopen(request, timeout=timeout):
+                marked.append(run_id)
+        except (OSError, ValueError):
+            continue  # the server is gone or the run is unknown: nothing to mark there
+    return marked
+
+
 def reap(parent: int, parent_start: int) -> None:
-    """Watch ``parent``; when it is gone, terminate every descendant it had (the reaper's loop)."""
+    """Watch ``parent``; when it is gone, mark its unfinished flow runs Crashed and terminate every
+    descendant it had (the reaper's loop)."""
+    watched: list[tuple[str, str]] = []
+    threading.Thread(target=_read_watched, args=(sys.stdin, watched), daemon=True).start()
     known: dict[int, int] = {}
     me = os.getpid()
     while True:
@@ -106,6 +158,7 @@ def reap(parent: int, parent_start: int) -> None:
         known.update(current)
         time.sleep(_POLL_S)
     known.pop(me, None)
+    mark_crashed(list(watched), parent)  # while the temporary server (a descendant) still answers
     _terminate(known)
 
 
@@ -125,7 +178,7 @@ def start_reaper() -> subprocess.Popen[bytes] | None:
     _REAPER = subprocess.Popen(
         [sys.executable, "-c", "import sys; from tasks.infra.lifecycle import reap; reap(int(sys.argv[1]), int(sys.argv[2]))",
          str(os.getpid()), str(info[1])],
-        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         start_new_session=True, close_fds=True,
         env={**os.environ, "PYTHONPATH": os.pathsep.join(p for p in [str(Path(__file__).resolve().parents[2]),
                                                                       os.environ.get("PYTHONPATH", "")] if p)},
@@ -134,6 +187,28 @@ def start_reaper() -> subprocess.Popen[bytes] | None:
 
 
 _REAPER: subprocess.Popen[bytes] | None = None
+
+
+def watch_flow_run() -> None:
+    """Tell this process's reaper about the current flow run (no-op outside a CLI run or a flow run)."""
+    import json
+
+    if _REAPER is None or _REAPER.stdin is None:
+        return
+    try:
+        from prefect.runtime import flow_run
+        from prefect.settings import get_current_settings
+
+        from tasks.infra.runners import ephemeral_api_url
+
+        run_id = flow_run.id
+        api = os.environ.get("PREFECT_API_URL") or get_current_settings().api.url or ephemeral_api_url()
+        if not run_id or not api:
+            return
+        _REAPER.stdin.write((json.dumps({"id": str(run_id), "api": str(api)}) + "\n").encode())
+        _REAPER.stdin.flush()
+    except (OSError, ValueError, ImportError):
+        return  # the reaper is gone: nothing to tell
 
 
 def _watch_parent(parent: int) -> None:
@@ -249,6 +324,13 @@ def cancellable(body: Callable[..., Any], *args: Any, out: Path, flow: str) -> A
     from prefect.exceptions import TerminationSignal
     from prefect.states import Cancelled
 
+    watch_flow_run()
+    from tasks.core.files import killed_holder
+
+    earlier = killed_holder(out)
+    if earlier:
+        run_logger(__name__).warning("%s supersedes an earlier run in %s that was killed before it finished (%s); "
+                                     "it goes on from what that run left", flow, out, earlier)
     try:
         return body(*args)
     except (KeyboardInterrupt, TerminationSignal) as exc:

@@ -184,8 +184,10 @@ def run_slot(cfg: PipelineConfig, started: str) -> AbstractContextManager[object
 def start_run_folder(cfg: PipelineConfig, preset: str | None) -> Path:
     """This flow run's folder with its ``config.json``; the merged configuration logged and as an artifact."""
     from tasks.core.pseudonyms import root_salt
+    from tasks.infra.lifecycle import watch_flow_run
     from tasks.infra.runners import run_folder
 
+    watch_flow_run()  # a kill -9 of the command leaves this run Crashed, not Running for ever
     # The output root's salt first: every served page under it (reports) names a patient alike.
     root_salt(Path(cfg.data.output_dir).resolve())
     run_dir = run_folder(Path(cfg.data.output_dir).resolve(), flow_run.name, flow_run.id)

@@ -195,3 +195,51 @@ def test_all_normal_external_collection_is_evaluated_with_auc_not_computable(tra
     assert "one class only" in external["not_computable"]["roc_auc"]
     assert 0.0 <= external["score_distribution"]["q50"] <= 1.0
     assert "AUC not computable" in (out / "report.html").read_text(encoding="utf-8")
+
+
+def _flow_run_state(home: Path, name_prefix: str) -> tuple[str, str] | None:
+    """(state type, state message) of the latest flow run named ``name_prefix...`` in the home's database."""
+    import sqlite3
+
+    with sqlite3.connect(home / "prefect-home" / "prefect.db") as db:
+        row = db.execute("SELECT f.state_type, s.message FROM flow_run f LEFT JOIN flow_run_state s "
+                         "ON s.id = f.state_id WHERE f.name LIKE ? ORDER BY f.created DESC LIMIT 1",
+                         (name_prefix + "%",)).fetchone()
+    return None if row is None else (str(row[0]), str(row[1] or ""))
+
+
+def test_killed_train_is_marked_crashed_and_the_rerun_names_what_it_supersedes(prepared: Path, tmp_path: Path) -> None:
+    """Item 7: kill -9 of the command: its flow run ends Crashed (not Running for ever), with a message saying
+    the process was killed; the rerun says which earlier run it supersedes."""
+    home = tmp_path / "home"  # a database of its own, read after the run
+    run = tmp_path / "run"
+    cmd = _train(prepared / "manifest.parquet", run, "--epochs", "500", "--no-early-stopping")
+    first = subprocess.Popen(cmd, cwd=REPO, env=_env(home), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        _wait_for_lock_holder(run, first)
+        first.send_signal(signal.SIGKILL)  # the command only: its reaper, in a session of its own, lives on
+        first.wait(timeout=60)
+        deadline = time.monotonic() + 120
+        state = _flow_run_state(home, "train")
+        while time.monotonic() < deadline and (state is None or state[0] == "RUNNING"):
+            time.sleep(1)
+            state = _flow_run_state(home, "train")
+    finally:
+        if first.poll() is None:
+            first.kill()
+    assert state is not None and state[0] == "CRASHED", state
+    assert f"pid {first.pid}" in state[1] and "killed" in state[1]
+    again = subprocess.Popen(cmd, cwd=REPO, env=_env(home), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                             text=True, start_new_session=True)
+    seen = []
+    try:
+        deadline = time.monotonic() + 300
+        for line in again.stderr:
+            seen.append(line)
+            if "supersedes" in line or time.monotonic() > deadline:
+                break
+    finally:
+        os.killpg(again.pid, signal.SIGTERM)
+        again.wait(timeout=120)
+    said = "".join(seen)
+    assert "supersedes an earlier run" in said and f"pid {first.pid}" in said, said[-3000:]
