@@ -74,12 +74,22 @@ def _alerts(tmp_path, *args: str, api_url: str | None = "http://127.0.0.1:9/api"
 
 
 @pytest.mark.parametrize("url", ["http://", "http://[::1", "http://host:99999/x", "mailto:ops@example.org"])
-def test_webhook_that_can_never_deliver_is_refused_in_one_line(tmp_path, url: str) -> None:
+def test_webhook_that_can_never_deliver_is_refused_in_one_line(url: str) -> None:
     """Issue 28 item 6: the URL is parsed whole (scheme, host, port) before anything is made."""
-    result = _alerts(tmp_path, "--webhook", url)
+    from tasks.infra.alerts import checked_url
+
+    with pytest.raises(ValueError) as caught:
+        checked_url(url, "--webhook")
+    assert str(caught.value).startswith(f"--webhook {url!r}") and "\n" not in str(caught.value)
+    assert checked_url("https://hooks.example.org:8443/x", "--webhook") == "https://hooks.example.org:8443/x"
+
+
+def test_webhook_without_a_host_stops_the_command_in_one_line(tmp_path) -> None:
+    """Issue 28 item 6, through the CLI: exit 2, one line, nothing created."""
+    result = _alerts(tmp_path, "--webhook", "http://[::1")
     assert result.returncode == 2, result.stderr
     lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith(f"tomoflow alerts: error: --webhook {url!r}"), lines
+    assert len(lines) == 1 and lines[0].startswith("tomoflow alerts: error: --webhook 'http://[::1'"), lines
 
 
 def test_test_message_that_does_not_arrive_installs_nothing(tmp_path) -> None:
@@ -125,9 +135,18 @@ def test_test_message_arrives_and_an_unreachable_server_is_named(tmp_path) -> No
 @pytest.mark.parametrize("args, option", [(("--pending-minutes", "-5"), "--pending-minutes"),
                                           (("--running-hours", "0"), "--running-hours"),
                                           (("--pending-minutes", "nan"), "--pending-minutes")])
-def test_limits_out_of_range_name_the_option_and_its_range(tmp_path, args, option: str) -> None:
-    """Issue 28 item 12: one line naming the option and its range."""
-    result = _alerts(tmp_path, "--webhook", "http://127.0.0.1:9/x", *args)
-    assert result.returncode == 2 and "Traceback" not in result.stderr
-    last = result.stderr.strip().splitlines()[-1]
+def test_limits_out_of_range_name_the_option_and_its_range(capsys, args, option: str) -> None:
+    """Issue 28 item 12: one line naming the option and its range (the parser, in process)."""
+    from flows.cli import build_parser
+
+    with pytest.raises(SystemExit) as caught:
+        build_parser().parse_args(["alerts", "--webhook", "http://127.0.0.1:9/x", *args])
+    assert caught.value.code == 2
+    last = capsys.readouterr().err.strip().splitlines()[-1]
     assert option in last and " from " in last and " to " in last, last
+
+
+def test_negative_pending_minutes_through_the_cli(tmp_path) -> None:
+    result = _alerts(tmp_path, "--webhook", "http://127.0.0.1:9/x", "--pending-minutes", "-5")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "--pending-minutes: '-5': expected minutes from 1 to 1440" in result.stderr.strip().splitlines()[-1]
