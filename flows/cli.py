@@ -110,7 +110,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from flows.pipeline import tomoflow_pipeline
 
     _writable(args.out)
-    result = tomoflow_pipeline(data_root=str(args.data_root), output_root=str(args.out), preset=args.preset)
+    extra = [str(p) for p in args.extra_data_root or ()]
+    result = tomoflow_pipeline(data_root=str(args.data_root), output_root=str(args.out), preset=args.preset,
+                               **({"config": {"data": {"extra_data_roots": extra}}} if extra else {}))
     print(json.dumps(result, sort_keys=True, default=str))
     return 0
 
@@ -205,6 +207,9 @@ def _add_run(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None
     """The ``tomoflow run`` command."""
     p = sub.add_parser("run", help="run the whole tomoflow-pipeline flow (prepare, train, evaluate)")
     p.add_argument("--data-root", type=Path, required=True)
+    p.add_argument("--extra-data-root", type=Path, action="append", default=None, metavar="DIR",
+                   help="a folder the file-paths CSVs' absolute paths may point into, e.g. the mount holding the "
+                        "collection (repeatable)")
     p.add_argument("--out", type=Path, required=True, help="output root")
     p.add_argument("--preset", default=None, help="a preset from configs/ (e.g. demo, m1-baseline)")
     p.set_defaults(func=_cmd_run)
