@@ -76,6 +76,11 @@ CONFIG_OPTIONS: dict[str, dict[str, tuple[type[BaseModel], str]]] = {
         "allow_overlap": (EvaluateConfig, "allow_overlap"),
         "external": (EvaluateConfig, "external"),
         "external_split": (EvaluateConfig, "external_split"),
+        "data_root": (EvaluateConfig, "data_root"),
+        "threshold_rule": (EvaluateConfig, "threshold_rule"),
+        "threshold_target": (EvaluateConfig, "threshold_target"),
+        "frame_stride": (EvaluateConfig, "frame_stride"),
+        "topk": (EvaluateConfig, "topk"),
     },
 }
 
@@ -174,6 +179,11 @@ def evaluate_config_from_args(args: argparse.Namespace) -> EvaluateConfig:
         fields["external"] = str(args.external)
     if getattr(args, "external_split", None):
         fields["external_split"] = args.external_split
+    for name in ("threshold_rule", "threshold_target", "frame_stride", "topk"):
+        if getattr(args, name, None) is not None:
+            fields[name] = getattr(args, name)
+    if getattr(args, "data_root", None) is not None:
+        fields["data_root"] = str(args.data_root)
     for name in ("manifest", "out", "bootstrap", "threshold", "seed"):
         value = getattr(args, name)
         if value is not None:
