@@ -32,11 +32,11 @@ def cmd_score(args: argparse.Namespace) -> int:
     from flows.score import score_studies
     from tasks.core.files import ensure_writable_dir, output_lock
     from tasks.core.score_config import ScoreConfig
+    from tasks.score.inputs import check_inputs
     from tasks.score.worklist import run_settings
 
     run_settings(args.run, threshold=args.threshold)  # a bad run folder stops here, before Prefect starts
-    if not Path(args.data_root).is_dir():
-        raise ValueError(f"--data-root {args.data_root}: not a folder; pass the folder holding the studies to score")
+    check_inputs(args.data_root)  # no folder, or nothing to score in it: one line, before Prefect starts
     ensure_writable_dir(args.out, what="--out")
     config = ScoreConfig(run_dir=str(args.run), data_root=str(args.data_root), output_dir=str(args.out),
                          stride=args.stride, topk=args.topk, threshold=args.threshold, batch_size=args.batch_size,

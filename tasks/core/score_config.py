@@ -12,12 +12,14 @@ from tasks.core.config import _Frozen
 class ScoreConfig(_Frozen):
     """Configuration of the ``score-studies`` flow: a trained run over every frame of new studies."""
 
-    run_dir: str = Field("runs/run", description="Training run folder (tomoflow train --out RUN): its checkpoint, "
-                         "the sizes it trained at and the threshold its evaluation chose.")
-    data_root: str = Field("data", description="Folder of the studies to score: BCS-DBT file-paths CSVs when "
-                           "present, else every DICOM file under it (identified from its header). No labels needed.")
-    output_dir: str = Field("scores", description="Where frame_scores.parquet, volumes.parquet, worklist.csv, "
-                            "worklist.html and score_summary.json go.")
+    run_dir: str | None = Field(None, description="Training run folder (tomoflow train --out RUN): its checkpoint, "
+                                "the sizes it trained at and the threshold its evaluation chose; default: the "
+                                "worker's TOMOFLOW_SCORE_RUN.")
+    data_root: str | None = Field(None, description="Folder of the studies to score: BCS-DBT file-paths CSVs when "
+                                  "present, else every DICOM file under it (identified from its header); no labels "
+                                  "needed. Default: the worker's TOMOFLOW_SCORE_DATA_ROOT, else TOMOFLOW_DATA_ROOT.")
+    output_dir: str | None = Field(None, description="Where frame_scores.parquet, volumes.parquet, worklist.csv, "
+                                   "worklist.html and score_summary.json go; default: TOMOFLOW_OUTPUT_ROOT/scores.")
     stride: int = Field(1, ge=1, description="Score every K-th frame of each volume (1: every frame).")
     topk: int = Field(3, ge=1, description="Frames averaged by score_topk (the mean of the k highest).")
     threshold: float | None = Field(None, gt=0, lt=1, description="Operating threshold; default: the one the run's "

@@ -52,6 +52,29 @@ def find_dicoms(root: Path) -> list[Path]:
     return found
 
 
+def check_inputs(data_root: str | os.PathLike[str]) -> None:
+    """Stop at once (one line) when ``data_root`` is not a folder or holds neither a file-paths CSV nor a DICOM.
+
+    Cheap: it stops at the first DICOM file found.
+    """
+    from tasks.prepare.bcs_csv import find_bcs_csvs
+
+    root = Path(data_root)
+    if not root.is_dir():
+        raise ValueError(f"--data-root {root}: not a folder; pass the folder holding the studies to score")
+    try:
+        find_bcs_csvs(root, require_labels=False)
+        return
+    except ValueError:
+        pass
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+        if any(is_dicom_file(Path(dirpath) / f) for f in filenames if not f.startswith(".")):
+            return
+    raise ValueError(f"--data-root {root}: no DICOM file found (no .dcm file, and none with the DICM marker) and no "
+                     "BCS-DBT file-paths CSV; pass the folder holding the studies")
+
+
 def _view_of(ds: Any) -> str | None:
     """``lcc``/``lmlo``/``rcc``/``rmlo`` from the header, or None."""
     kind = None
