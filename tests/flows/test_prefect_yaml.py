@@ -40,12 +40,6 @@ def test_score_new_is_scheduled_in_the_training_pool_and_queues_per_output_root(
     assert score["work_pool"]["name"] == expected == "gpu-pool"
     assert score["concurrency_limit"] == {"limit": 1, "collision_strategy": "ENQUEUE"}
     assert "tomoflow" in score["tags"]
-    # The per-output-root queue: a deployment's run takes the output root's slot, a CLI run does not.
-    import inspect
-
-    from tasks.score import steps
-
-    assert "output_root_slot" in inspect.getsource(steps.score_slot)
 
 
 def test_deployments_cover_schedule_adhoc_and_every_preset(spec: dict) -> None:
