@@ -306,7 +306,8 @@ class EvaluateConfig(_Frozen):
     frame_stride: int = Field(1, ge=1, description="Whole-volume level: every K-th frame of each volume is scored.")
     topk: int = Field(3, ge=1, description="Whole-volume level: frames averaged by the top-k mean.")
     data_root: str | None = Field(None, description="Folder the manifest's source_path values are relative to "
-                                  "(the data root prepare read); the whole-volume level reads the DICOMs there.")
+                                  "(the data root prepare read); the whole-volume level reads the DICOMs there. Default: the one "
+                                  "the prepared folder's cohort_summary.json records.")
     bootstrap: int = Field(1000, ge=0, description="Bootstrap resamples of patients for the 95% intervals (0: none).")
     ci: float = Field(0.95, gt=0, lt=1, description="Confidence level of the intervals.")
     seed: int = Field(0, description="Seed of the bootstrap and of the example selection.")

@@ -49,6 +49,15 @@ def png_size_of(manifest: Path, default: int) -> int:
     return int(external_prepare_settings(manifest).get("image_size") or default)
 
 
+def recorded_data_root(manifest: Path) -> str | None:
+    """The data root prepare read (its cohort_summary.json), where the manifest's source_path values lie."""
+    summary = manifest.parent / "cohort_summary.json"
+    try:
+        return json.loads(summary.read_text()).get("data_root") if summary.is_file() else None
+    except (OSError, ValueError):
+        return None
+
+
 def evaluated_split(cfg: EvaluateConfig) -> str:
     """The rows evaluated: ``external_split`` of an external collection, else ``split``."""
     return cfg.external_split if cfg.external else cfg.split
@@ -88,7 +97,7 @@ def score_whole_volumes(checkpoint: str, manifest: str, run_dir: str, png_size: 
 
     import pandas as pd
 
-    volumes = manifest_volumes(pd.read_parquet(manifest), cfg.data_root)
+    volumes = manifest_volumes(pd.read_parquet(manifest), cfg.data_root or recorded_data_root(Path(manifest)))
     device = resolve_device(cfg.device)
     frames, status = score_list(volumes, model=load_classifier(checkpoint, device=device),
                                 checkpoint_sha=sha256_file(checkpoint), png_size=png_size, input_size=image_size,
