@@ -30,12 +30,14 @@ def _threshold(text: str) -> float:
 def cmd_score(args: argparse.Namespace) -> int:
     """Build the configuration, hold --out, run the flow and print the output paths."""
     from flows.score import score_studies
+    from models.checkpoint import read_checkpoint
     from tasks.core.files import ensure_writable_dir, output_lock
     from tasks.core.score_config import ScoreConfig
     from tasks.score.inputs import check_inputs
     from tasks.score.worklist import run_settings
 
-    run_settings(args.run, threshold=args.threshold)  # a bad run folder stops here, before Prefect starts
+    settings = run_settings(args.run, threshold=args.threshold)  # a bad run folder stops here, before Prefect starts
+    read_checkpoint(settings["checkpoint"], advice="train the run again, or score with another run")
     check_inputs(args.data_root)  # no folder, or nothing to score in it: one line, before Prefect starts
     ensure_writable_dir(args.out, what="--out")
     config = ScoreConfig(run_dir=str(args.run), data_root=str(args.data_root), output_dir=str(args.out),

@@ -19,6 +19,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+from PIL import Image
+
+# Imported here, before any worker is forked, so a child never imports (and never waits on an
+# import lock another thread of the parent held at the fork).
+from tasks.evaluate.trivial_scores import image_scores
+from tasks.reader.frames import read_frames
 
 #: Frames per decode chunk when no batch size says otherwise.
 CHUNK_FRAMES = 16
@@ -62,11 +68,6 @@ def decode_chunk(path: str, view: str, frames: tuple[int, ...], png_size: int,
         ``(images, trivial)``: ``(k, input_size, input_size)`` uint8 and the trivial scores of
         each PNG-size frame.
     """
-    from PIL import Image
-
-    from tasks.evaluate.trivial_scores import image_scores
-    from tasks.reader.frames import read_frames
-
     images, trivial = [], []
     for frame in read_frames(path, list(frames), view=view, image_size=png_size):
         trivial.append(image_scores(frame.image))

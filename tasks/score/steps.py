@@ -14,6 +14,10 @@ from typing import Any
 import pandas as pd
 from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
+from prefect.cache_policies import NONE
+
+# No Prefect cache (and so no hashing of large tables as task inputs): the per-volume cache is the cache.
+_UNCACHED = {"cache_policy": NONE, "persist_result": False}
 
 from tasks.core.score_config import ScoreConfig
 
@@ -56,7 +60,7 @@ def score_slot(root: Path, deployed: bool) -> AbstractContextManager[object]:
     return output_root_slot(root.resolve(), get_run_logger()) if deployed else nullcontext()
 
 
-@task(name="read-run-settings")
+@task(name="read-run-settings", **_UNCACHED)
 def read_run_settings(cfg: ScoreConfig) -> dict[str, Any]:
     """The run's checkpoint (and its SHA-256), PNG and input sizes, and operating threshold."""
     from tasks.score.worklist import run_settings
@@ -66,7 +70,7 @@ def read_run_settings(cfg: ScoreConfig) -> dict[str, Any]:
     return settings
 
 
-@task(name="list-volumes")
+@task(name="list-volumes", **_UNCACHED)
 def list_volumes_task(cfg: ScoreConfig) -> tuple[pd.DataFrame, str]:
     """Every volume the file-paths CSVs list, else every DICOM found (identified from its header)."""
     from tasks.score.inputs import list_volumes
@@ -76,7 +80,7 @@ def list_volumes_task(cfg: ScoreConfig) -> tuple[pd.DataFrame, str]:
     return volumes, source
 
 
-@task(name="score-volumes")
+@task(name="score-volumes", **_UNCACHED)
 def score_volumes_task(cfg: ScoreConfig, volumes: pd.DataFrame, settings: dict[str, Any]) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Every frame of every volume through the model, decoded on workers, cached per volume."""
     from tasks.score.run import score_frames
@@ -84,7 +88,7 @@ def score_volumes_task(cfg: ScoreConfig, volumes: pd.DataFrame, settings: dict[s
     return score_frames(cfg, volumes, settings)
 
 
-@task(name="write-worklist")
+@task(name="write-worklist", **_UNCACHED)
 def write_worklist(cfg: ScoreConfig, volumes: pd.DataFrame, source: str, frames: pd.DataFrame, status: pd.DataFrame,
                    settings: dict[str, Any], seconds: float) -> dict[str, str]:
     """frame_scores.parquet, volumes.parquet, worklist.csv, worklist.html and score_summary.json."""

@@ -183,6 +183,10 @@ def test_bad_run_or_empty_folder_is_one_line_and_exit_2(setup: dict[str, Path]) 
                 str(setup["root"] / "x"))
     assert done.returncode == 2 and "no usable checkpoint" in done.stderr
     assert "Traceback" not in done.stderr and len(done.stderr.strip().splitlines()) == 1
+    (empty_run / "best.pt").write_bytes(b"not a checkpoint")
+    done = _cli(setup["home"], "score", "--run", str(empty_run), "--data-root", str(setup["new"]), "--out",
+                str(setup["root"] / "x"))
+    assert done.returncode == 2 and "truncated or damaged" in done.stderr and "Traceback" not in done.stderr
     nothing = setup["root"] / "nothing"
     nothing.mkdir()
     (nothing / "a.txt").write_text("x")
