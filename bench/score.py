@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import os
+import statistics
 import sys
 import tempfile
 import time
@@ -52,7 +53,8 @@ def main(argv: list[str] | None = None) -> None:
     add("--model", default="vgg16_bn")
     add("--device", default="cpu", choices=["cpu", "cuda"])
     add("--autocast", action="store_true", help="bf16 autocast (CUDA)")
-    add("--repeat", type=int, default=1, help="score the volume this many times (a longer measurement)")
+    add("--repeat", type=int, default=1, help="score the volume this many times per measurement")
+    add("--rounds", type=int, default=3, help="interleaved forward-only / score measurements (medians)")
     add("--volume", type=Path, default=None, help="reuse (or write) the volume here")
     args = parser.parse_args(argv)
     sys.path.insert(0, str(ROOT))
@@ -103,16 +105,18 @@ def main(argv: list[str] | None = None) -> None:
             return n / (time.perf_counter() - start)
 
         forward_only()  # warm-up (allocator, cuDNN / oneDNN kernels)
-        forward = forward_only()
-        scored = score()
-        forward_again = forward_only()  # the load may drift: the baseline on both sides
-    base = (forward + forward_again) / 2
+        forwards, scores = [], []
+        for _ in range(args.rounds):  # interleaved, so a drifting load weighs on both alike
+            forwards.append(forward_only())
+            scores.append(score())
+        forwards.append(forward_only())
+    base, scored = statistics.median(forwards), statistics.median(scores)
     ratio = scored / base
     print(f"python {sys.version.split()[0]}, torch {torch.__version__}, {os.cpu_count()} CPUs, device {device}"
           f"{' (bf16 autocast)' if args.autocast else ''}, {args.model} at {size} px, batch {batch}, "
           f"{workers} decode worker(s)")
-    print(f"forward only (random tensors): {forward:.2f} then {forward_again:.2f} frames/s")
-    print(f"score (decode + model):         {scored:.2f} frames/s")
+    print(f"forward only (random tensors): median {base:.2f} frames/s ({', '.join(f'{v:.2f}' for v in forwards)})")
+    print(f"score (decode + model):         median {scored:.2f} frames/s ({', '.join(f'{v:.2f}' for v in scores)})")
     verdict = "PASS" if ratio >= TARGET_RATIO else "FAIL"
     print(f"score / forward-only: {ratio:.3f} (target >= {TARGET_RATIO}): {verdict}")
     print(f"seconds per full-size volume at {size} px: {args.frames / scored:.1f} s for {args.frames} frames, "
