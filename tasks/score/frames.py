@@ -108,12 +108,15 @@ def score_volumes(model: Any, jobs: Iterable[VolumeJob], *, png_size: int, input
                   device: Any = "cpu", workers: int = 1, autocast: bool = False) -> Iterator[VolumeResult]:
     """Score each job's frames; yield one :class:`VolumeResult` per job, in job order.
 
-    Decoding runs ``workers`` processes ahead (``0``: in this process); the model runs here,
-    on ``device``, under ``torch.inference_mode`` (``autocast``: bf16 on CUDA).
+    Decoding runs ``workers`` processes ahead (``0``: in this process), in chunks of at most
+    ``batch_size`` frames of one volume; the model runs here, on ``device``, under
+    ``torch.inference_mode`` (``autocast``: bf16 on CUDA), on batches of ``batch_size`` frames
+    gathered across volumes (thin volumes would otherwise each pay a whole forward pass).
     A volume whose frames cannot be read yields its ``error`` (the reader's one-line
     message); the others are scored regardless.
     """
     import multiprocessing
+    from collections import deque
 
     import torch
     from torchvision.transforms import v2
@@ -125,41 +128,62 @@ def score_volumes(model: Any, jobs: Iterable[VolumeJob], *, png_size: int, input
     pool: Any = _Inline() if workers <= 0 else ProcessPoolExecutor(
         max_workers=workers, mp_context=multiprocessing.get_context("fork"))
     ahead = max(2, 2 * max(1, workers))
-    pending: list[tuple[VolumeJob, list[Future]]] = []
+    pending: deque[tuple[VolumeJob, tuple[int, ...], Future, bool]] = deque()
     job_iter = iter(jobs)
+    results: dict[int, VolumeResult] = {}
+    buffer: list[tuple[int, tuple[int, ...], np.ndarray, list[dict[str, float]]]] = []
+    closing: list[int] = []  # jobs whose last chunk was taken, in job order
     model.eval()
 
     def fill() -> None:
-        while sum(len(f) for _, f in pending) < ahead:
+        while len(pending) < ahead:
             job = next(job_iter, None)
             if job is None:
                 return
-            pending.append((job, [pool.submit(decode_chunk, job.path, job.view, part, png_size, input_size)
-                                  for part in _chunks(job, chunk)]))
+            results[job.key] = VolumeResult(key=job.key)
+            parts = _chunks(job, chunk)
+            if not parts:
+                closing.append(job.key)
+            for i, part in enumerate(parts):
+                pending.append((job, part, pool.submit(decode_chunk, job.path, job.view, part, png_size, input_size),
+                                i == len(parts) - 1))
+
+    def flush() -> Iterator[VolumeResult]:
+        if buffer:
+            x = to_float(torch.from_numpy(np.concatenate([b[2] for b in buffer])).unsqueeze(1)).to(device)
+            with torch.inference_mode(), torch.autocast(device_type=torch.device(device).type, dtype=torch.bfloat16,
+                                                        enabled=autocast):
+                logits = logits_of(model(x)).float().reshape(-1)
+            probabilities = torch.sigmoid(logits.double()).cpu().tolist()
+            at = 0
+            for key, part, _, trivial in buffer:
+                result = results[key]
+                result.frames.extend(int(f) for f in part)
+                result.probabilities.extend(probabilities[at:at + len(part)])
+                result.trivial.extend(trivial)
+                at += len(part)
+            buffer.clear()
+        while closing:
+            yield results.pop(closing.pop(0))
 
     try:
         fill()
         while pending:
-            job, futures = pending.pop(0)
-            result = VolumeResult(key=job.key)
-            for part, fut in zip(_chunks(job, chunk), futures):
-                fill()
-                if result.error is not None:
-                    fut.cancel()
-                    continue
+            job, part, fut, last = pending.popleft()
+            fill()
+            result = results[job.key]
+            if result.error is None:
                 try:
                     images, trivial = fut.result()
+                    buffer.append((job.key, part, images, trivial))
                 except (ValueError, NotImplementedError, OSError) as exc:
                     result.error = f"unreadable: {exc}"
-                    continue
-                x = to_float(torch.from_numpy(images).unsqueeze(1)).to(device)
-                with torch.inference_mode(), torch.autocast(device_type=torch.device(device).type,
-                                                            dtype=torch.bfloat16, enabled=autocast):
-                    logits = logits_of(model(x)).float().reshape(-1)
-                result.frames.extend(int(f) for f in part)
-                result.probabilities.extend(torch.sigmoid(logits.double()).cpu().tolist())
-                result.trivial.extend(trivial)
-            fill()
-            yield result
+            else:
+                fut.cancel()
+            if last:
+                closing.append(job.key)
+            if sum(len(b[1]) for b in buffer) >= chunk:
+                yield from flush()
+        yield from flush()
     finally:
         pool.shutdown(cancel_futures=True)
