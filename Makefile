@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo test test-fast bench bench-learning clean
+.PHONY: install demo test test-fast bench bench-learning bench-score clean
 
 install: $(STAMP)
 
@@ -32,6 +32,10 @@ bench: install
 
 clean:
 	rm -rf demo-output .pytest_cache
+
+# tomoflow score's frames/s against the model's forward pass alone (target ratio >= 0.8).
+bench-score: install
+	$(PY) bench/score.py
 
 # CNN vs the trivial brightness score on a `moderate` synthetic collection (CPU: 5-7 min quiet, up to ~20 min on 2 shared cores).
 bench-learning: install

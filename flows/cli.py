@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Sequence
 
 from flows.cli_experiments import add_experiments
+from flows.cli_score import add_score
 from flows.cli_serve import add_serve_outputs
 from flows.cli_synth import add_demo, add_synth
 from flows.cli_config import (
@@ -192,7 +193,12 @@ def _add_evaluate(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") ->
     opt("--out", type=Path, default=None)
     opt("--split", default="test")
     opt("--aggregate", default="max", note="(default max)")
-    opt("--threshold", type=float, default=None, note="(default 0.5)")
+    opt("--threshold", type=float, default=None, note="Overrides the chosen one, and the outputs say so.")
+    opt("--threshold-rule", default=None)
+    opt("--threshold-target", type=float, default=None, note="(default 0.9)")
+    opt("--frame-stride", type=int, default=None, note="(default 1)")
+    opt("--topk", type=int, default=None, note="(default 3)")
+    opt("--data-root", type=Path, default=None)
     opt("--bootstrap", type=int, default=None, note="(default 1000)")
     opt("--seed", type=int, default=None)
     opt("--device", default="auto")
@@ -229,6 +235,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train(sub)
     _add_evaluate(sub)
     _add_run(sub)
+    add_score(sub)
     add_experiments(sub)
     add_demo(sub)
     add_serve_outputs(sub)
@@ -240,7 +247,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 #: Commands that run a Prefect flow (and so may start Prefect's temporary server).
-FLOW_COMMANDS = frozenset({"prepare", "train", "evaluate", "run", "experiments", "demo"})
+FLOW_COMMANDS = frozenset({"prepare", "train", "evaluate", "run", "score", "experiments", "demo"})
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -78,6 +78,11 @@ CONFIG_OPTIONS: dict[str, dict[str, tuple[type[BaseModel], str]]] = {
         "external": (EvaluateConfig, "external"),
         "external_split": (EvaluateConfig, "external_split"),
         "show_ids": (EvaluateConfig, "show_ids"),
+        "data_root": (EvaluateConfig, "data_root"),
+        "threshold_rule": (EvaluateConfig, "threshold_rule"),
+        "threshold_target": (EvaluateConfig, "threshold_target"),
+        "frame_stride": (EvaluateConfig, "frame_stride"),
+        "topk": (EvaluateConfig, "topk"),
     },
 }
 
@@ -204,6 +209,11 @@ def evaluate_config_from_args(args: argparse.Namespace) -> EvaluateConfig:
         fields["external_split"] = args.external_split
     if getattr(args, "show_ids", False):
         fields["show_ids"] = True
+    for name in ("threshold_rule", "threshold_target", "frame_stride", "topk"):
+        if getattr(args, name, None) is not None:
+            fields[name] = getattr(args, name)
+    if getattr(args, "data_root", None) is not None:
+        fields["data_root"] = str(args.data_root)
     for name in ("manifest", "out", "bootstrap", "threshold", "seed"):
         value = getattr(args, name)
         if value is not None:

@@ -16,13 +16,16 @@ from tasks.infra.lifecycle import cancellable
 from tasks.infra.run_names import config_run_name
 from tasks.evaluate.steps import (
     audit_training_overlap,
+    choose_operating_threshold,
     compare_external,
     compute_metrics,
     evaluated_split,
     external_manifest,
+    png_size_of,
     predict_split,
     publish_evaluation,
     run_inputs,
+    score_whole_volumes,
     write_report,
 )
 
@@ -58,6 +61,14 @@ def _evaluate(config: EvaluateConfig) -> dict[str, str]:
         manifest = external_manifest(config, own_manifest, out)
     image_size = int(train_conf["train"]["image_size"])
     cache = {"result_storage": (out / ".cache").resolve()}
+    frames = None
+    if not config.external:  # every validation and test volume over all its frames: the deployment's figure
+        frames = score_whole_volumes.with_options(**cache)(str(checkpoint), str(manifest), config.run_dir,
+                                                            png_size_of(manifest, image_size), image_size, str(out),
+                                                            config)
+    threshold, source, choice = choose_operating_threshold(config, frames, Path(config.run_dir), out,
+                                                           own_manifest=not config.external)
+    config = config.model_copy(update={"threshold": threshold})
     audit = audit_training_overlap.with_options(**cache)(str(checkpoint), str(manifest), evaluated_split(config),
                                                          str(out), config.allow_overlap)
     predictions = predict_split.with_options(**cache)(str(checkpoint), str(manifest), image_size, str(out), config)
@@ -66,7 +77,7 @@ def _evaluate(config: EvaluateConfig) -> dict[str, str]:
         external = compare_external.with_options(**cache)(str(checkpoint), str(own_manifest), predictions,
                                                           image_size, str(out), config)
     metrics = compute_metrics.with_options(**cache)(predictions, str(checkpoint), str(manifest), image_size,
-                                                    str(out), config)
+                                                    str(out), config, frames, source, choice)
     report = write_report.with_options(**cache)(metrics, predictions, str(checkpoint), str(manifest), image_size,
                                                 str(out), train_conf, config, audit, external)
     publish_evaluation(config, metrics, report, audit, external)

@@ -84,6 +84,7 @@ def phantom() -> Callable[..., np.ndarray]:
 SLOW_TESTS: dict[str, str] = {
     # Kill, SIGTERM and resume: real runs, real signals.
     "tests/flows/test_prepare_kill.py": "kills a real prepare run and resumes it",
+    "tests/flows/test_score.py": "tomoflow score and evaluate through the CLI (each starts Prefect), a killed score run",
     "tests/flows/test_faults_cli.py": "the CLI's fault tests: kills, SIGTERM, resumes, whole runs",
     "tests/flows/test_faults_round2_prepare.py": "prepare through the CLI on faulty data (each run starts Prefect)",
     "tests/flows/test_faults_round2_train.py": "train and evaluate through the CLI, SIGTERM included",

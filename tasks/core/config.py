@@ -307,7 +307,17 @@ class EvaluateConfig(_Frozen):
     aggregate: Literal["max", "mean"] = Field(
         "max", description="How slice probabilities become volume and patient probabilities."
     )
-    threshold: float = Field(0.5, gt=0, lt=1, description="Probability at or above which a case is called tumour.")
+    threshold: float | None = Field(None, gt=0, lt=1, description="Probability at or above which a case is called "
+                                    "tumour; default: chosen on the validation volumes (threshold_rule), else 0.5.")
+    threshold_rule: Literal["sensitivity", "youden"] = Field(
+        "sensitivity", description="How the operating threshold is chosen on the validation volumes, each scored over "
+        "all its frames (max): the highest with sensitivity >= threshold_target, or Youden's J.")
+    threshold_target: float = Field(0.9, gt=0, le=1, description="The sensitivity the threshold_rule sensitivity keeps.")
+    frame_stride: int = Field(1, ge=1, description="Whole-volume level: every K-th frame of each volume is scored.")
+    topk: int = Field(3, ge=1, description="Whole-volume level: frames averaged by the top-k mean.")
+    data_root: str | None = Field(None, description="Folder the manifest's source_path values are relative to "
+                                  "(the data root prepare read); the whole-volume level reads the DICOMs there. Default: the one "
+                                  "the prepared folder's cohort_summary.json records.")
     bootstrap: int = Field(1000, ge=0, description="Bootstrap resamples of patients for the 95% intervals (0: none).")
     ci: float = Field(0.95, gt=0, lt=1, description="Confidence level of the intervals.")
     seed: int = Field(0, description="Seed of the bootstrap and of the example selection.")

@@ -16,7 +16,8 @@ from tasks.core.config import EvaluateConfig
 
 
 def all_metrics(pred: pd.DataFrame, checkpoint: str, manifest: str, image_size: int,
-                cfg: EvaluateConfig) -> dict[str, Any]:
+                cfg: EvaluateConfig, *, volume_frames: str | None = None, threshold_source: str = "",
+                threshold_choice: dict[str, Any] | None = None) -> dict[str, Any]:
     """Metrics at slice, volume and patient level with intervals and nulls, the trivial baseline,
     Grad-CAM box hits and occlusion, each beside its reference or control."""
     from models.controls import localisation_references, occlusion_control
@@ -31,6 +32,10 @@ def all_metrics(pred: pd.DataFrame, checkpoint: str, manifest: str, image_size: 
                                    ci=cfg.ci, seed=cfg.seed, calibration_bins=cfg.calibration_bins)
     metrics["trivial"] = trivial_baseline(pred, pd.read_parquet(manifest), Path(manifest).parent, how=cfg.aggregate,
                                           bootstrap=cfg.bootstrap, ci=cfg.ci, seed=cfg.seed)
+    metrics["threshold_source"] = threshold_source or "--threshold"
+    metrics["threshold_choice"] = threshold_choice
+    if volume_frames is not None:
+        metrics["levels"]["whole_volume"] = whole_volume_entry(volume_frames, pred, metrics, cfg)
     model = load_classifier(checkpoint, device=resolve_device(cfg.device))
     positives = pred[pred["label"] == 1]
     metrics["localization"] = box_hit_fraction(model, positives, Path(manifest).parent, image_size,
@@ -66,6 +71,27 @@ def pseudonymous_examples(examples: list[dict[str, Any]], out_path: Path) -> lis
             ids["study_uid"] = pseudonym(ids["study_uid"], salt, prefix="S-")
         out.append({**example, "ids": ids})
     return out
+
+
+def whole_volume_entry(volume_frames: str, pred: pd.DataFrame, metrics: dict[str, Any],
+                       cfg: EvaluateConfig) -> dict[str, Any]:
+    """``levels.whole_volume``: the evaluated split's volumes over all their frames (or why it is missing)."""
+    from tasks.evaluate.whole_volume import whole_volume_level
+
+    frames = pd.read_parquet(volume_frames)
+    split = str(pred["split"].iloc[0]) if len(pred) else cfg.split
+    evaluated = frames[frames["split"].eq(split)]
+    listed = pred.drop_duplicates(["patient_id", "study_uid", "view"])
+    scored = evaluated.drop_duplicates(["patient_id", "study_uid", "view"])
+    not_scored = {"not scored": int(len(listed) - len(scored))} if len(listed) > len(scored) else {}
+    if evaluated.empty or evaluated["label"].nunique() < 1:
+        return {"n": 0, "note": "no volume of the evaluated split could be read from its DICOM (see the log)",
+                "volumes_not_scored": not_scored}
+    return whole_volume_level(evaluated, threshold=float(metrics["threshold"]),
+                              threshold_source=metrics["threshold_source"], stride=cfg.frame_stride, topk=cfg.topk,
+                              trivial_score=(metrics.get("trivial") or {}).get("score"), bootstrap=cfg.bootstrap,
+                              ci=cfg.ci, seed=cfg.seed, calibration_bins=cfg.calibration_bins,
+                              n_listed=int(len(listed)), not_scored=not_scored)
 
 
 def report_page(metrics: str, predictions: str, checkpoint: str, manifest: str, image_size: int, out_path: Path,

@@ -36,6 +36,7 @@ from tasks.core.files import atomic_write_text
 from tasks.evaluate.metrics_point import LEVELS, METRICS
 from tasks.evaluate.report_format import METRIC_NAMES, UNIT, ci_label, fmt, fmt_ci, level_entry, n_resamples
 from tasks.evaluate.report_sections import null_text
+from tasks.evaluate.report_whole_volume import deployment_section
 
 if TYPE_CHECKING:
     import jinja2
@@ -53,6 +54,7 @@ REPORT_NAME = "report.html"
 
 #: The report's sections: anchor -> heading, in page order.
 SECTION_HEADINGS: dict[str, str] = {
+    "deployment": "What a deployment would see: whole volumes",
     "summary": "Summary",
     "learning-curves": "Learning curves",
     "roc": "ROC curves",
@@ -144,6 +146,7 @@ def write_report(
         "aggregate": metrics.get("aggregate", "max"),
         "ci": ci_label(metrics),
         "b": n_resamples(metrics),
+        "deployment": deployment_section(metrics),
         "summary": sections.summary(metrics, config, (cohort_summary or {}).get("data_origin")),
         "curves": sections.learning_curves(history, chance),
         "roc": sections.roc(metrics, predictions),

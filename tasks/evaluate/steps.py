@@ -42,6 +42,22 @@ def run_inputs(cfg: EvaluateConfig) -> tuple[Path, Path, Path, dict[str, Any]]:
     return checkpoint, manifest, out, train_conf
 
 
+def png_size_of(manifest: Path, default: int) -> int:
+    """The PNG (letterbox) size the manifest's images were prepared at (its cohort_summary.json), else ``default``."""
+    from tasks.evaluate.generalization import external_prepare_settings
+
+    return int(external_prepare_settings(manifest).get("image_size") or default)
+
+
+def recorded_data_root(manifest: Path) -> str | None:
+    """The data root prepare read (its cohort_summary.json), where the manifest's source_path values lie."""
+    summary = manifest.parent / "cohort_summary.json"
+    try:
+        return json.loads(summary.read_text()).get("data_root") if summary.is_file() else None
+    except (OSError, ValueError):
+        return None
+
+
 def evaluated_split(cfg: EvaluateConfig) -> str:
     """The rows evaluated: ``external_split`` of an external collection, else ``split``."""
     return cfg.external_split if cfg.external else cfg.split
@@ -64,6 +80,69 @@ def external_manifest(cfg: EvaluateConfig, training_manifest: Path, out: Path) -
         # Evaluated only: one class (all-normal screening data) is allowed; AUC is then marked not computable.
         slices=SlicesConfig(**external_prepare_settings(training_manifest), require_both_classes=False)))
     return Path(prepared["manifest"])
+
+
+@task(name="score-whole-volumes", cache_key_fn=content_cache_key_fn(files=("checkpoint", "manifest")), **_CACHED)
+def score_whole_volumes(checkpoint: str, manifest: str, run_dir: str, png_size: int, image_size: int, out_dir: str,
+                        cfg: EvaluateConfig) -> str:
+    """Every validation and test volume scored over all its frames (``tomoflow score``'s cache): volume_frames.parquet."""
+    from tasks.evaluate.whole_volume import FRAMES_NAME, frame_table, manifest_volumes
+    from tasks.score.frames import default_workers
+    from tasks.score.run import cache_dir_for
+
+    from models.checkpoint import load_classifier
+    from models.engine import resolve_device
+    from tasks.core.files import atomic_write_parquet
+    from tasks.prepare.source_hash import sha256_file
+    from tasks.score.volumes import score_list
+
+    import pandas as pd
+
+    volumes = manifest_volumes(pd.read_parquet(manifest), cfg.data_root or recorded_data_root(Path(manifest)))
+    device = resolve_device(cfg.device)
+    frames, status = score_list(volumes, model=load_classifier(checkpoint, device=device),
+                                checkpoint_sha=sha256_file(checkpoint), png_size=png_size, input_size=image_size,
+                                stride=cfg.frame_stride, cache_dir=cache_dir_for(run_dir, out_dir),
+                                batch_size=cfg.batch_size, device=device, workers=min(1, default_workers()))
+    missing = status["status"].ne("scored")
+    if missing.any():
+        get_run_logger().warning("whole-volume level: %d of %d volumes not scored (%s)", int(missing.sum()),
+                                 len(status), "; ".join(sorted({str(x).split(":")[0] for x in status["status"][missing]})))
+    table = frame_table(volumes, frames, status)
+    table.attrs = {}
+    return str(atomic_write_parquet(Path(out_dir) / FRAMES_NAME, table))
+
+
+def choose_operating_threshold(cfg: EvaluateConfig, volume_frames: str | None, run_dir: Path, out: Path,
+                               own_manifest: bool) -> tuple[float, str, dict[str, Any] | None]:
+    """The operating threshold, where it came from, and the validation choice (written to threshold.json)."""
+    import pandas as pd
+
+    from tasks.core.files import atomic_write_json
+    from tasks.evaluate.threshold import THRESHOLD_NAME, choose_threshold, operating_threshold, recorded_threshold
+    from tasks.evaluate.whole_volume import volume_scores
+
+    choice = None
+    if volume_frames is not None:
+        frames = pd.read_parquet(volume_frames)
+        val = frames[frames["split"].eq("validation")]
+        if len(val):
+            units = volume_scores(val, cfg.topk)
+            choice = choose_threshold(units["label"], units["max"], rule=cfg.threshold_rule,
+                                      target=cfg.threshold_target)
+        else:
+            choice = {"threshold": None, "reason": "no validation volume could be scored"}
+    if choice is None and cfg.threshold is None:
+        value, source = recorded_threshold(run_dir)  # an external evaluation: the run's own choice
+    else:
+        value, source = operating_threshold(choice, cfg.threshold)
+    record = {"threshold": value, "source": source, "level": "whole_volume", "combine": "max",
+              "frame_stride": cfg.frame_stride, "choice": choice}
+    atomic_write_json(out / THRESHOLD_NAME, record)
+    if own_manifest and cfg.threshold is None and choice and choice.get("threshold") is not None:
+        atomic_write_json(run_dir / THRESHOLD_NAME, record)  # what tomoflow score reads
+    get_run_logger().info("operating threshold %.4f: %s", value, source)
+    return value, source, choice
 
 
 @task(name="audit-training-overlap", cache_key_fn=content_cache_key_fn(files=("checkpoint", "manifest")), **_CACHED)
@@ -112,17 +191,21 @@ def predict_split(checkpoint: str, manifest: str, image_size: int, out_dir: str,
     return str(atomic_write_parquet(Path(out_dir) / "predictions.parquet", pred))
 
 
-@task(name="compute-metrics", cache_key_fn=content_cache_key_fn(files=("predictions", "checkpoint", "manifest")),
+@task(name="compute-metrics", cache_key_fn=content_cache_key_fn(files=("predictions", "checkpoint", "manifest",
+                                                                       "volume_frames")),
       **_CACHED)
 def compute_metrics(predictions: str, checkpoint: str, manifest: str, image_size: int, out_dir: str,
-                    cfg: EvaluateConfig) -> str:
-    """Metrics at slice, volume and patient level with intervals and nulls; Grad-CAM box hits; occlusion."""
+                    cfg: EvaluateConfig, volume_frames: str | None = None, threshold_source: str = "",
+                    threshold_choice: dict[str, Any] | None = None) -> str:
+    """Metrics at slice, volume, patient and whole-volume level with intervals and nulls; Grad-CAM box hits; occlusion."""
     import pandas as pd
 
     from tasks.core.files import atomic_write_json
     from tasks.evaluate.measures import all_metrics
 
-    metrics = all_metrics(pd.read_parquet(predictions), checkpoint, manifest, image_size, cfg)
+    metrics = all_metrics(pd.read_parquet(predictions), checkpoint, manifest, image_size, cfg,
+                          volume_frames=volume_frames, threshold_source=threshold_source,
+                          threshold_choice=threshold_choice)
     return str(atomic_write_json(Path(out_dir) / "metrics.json", metrics))
 
 

@@ -224,7 +224,8 @@ def evaluate_config(cfg: PipelineConfig, train_cfg: TrainConfig) -> EvaluateConf
 
     out = evaluation_dir(Path(cfg.data.output_dir).resolve(), cfg, Path(train_cfg.run_dir))
     return cfg.evaluate.model_copy(update={"run_dir": train_cfg.run_dir, "manifest": train_cfg.manifest,
-                                           "output_dir": str(out)})
+                                           "output_dir": str(out),
+                                           "data_root": cfg.evaluate.data_root or cfg.data.data_root})
 
 
 def finish_run(cfg: PipelineConfig, preset: str | None, note: str | None, run_dir: Path,

@@ -177,6 +177,8 @@ def manifest_tables(plan: pd.DataFrame, split_table: pd.DataFrame, records: list
         },
         audit=splits.split_audit(manifest),
         data_origin=data_origin(config.data.data_root),
+        # Where the manifest's source_path values are relative to: evaluate's whole-volume level reads them there.
+        data_root=str(Path(config.data.data_root).resolve()),
     )
     if counts:
         summary["accounting"] = counts

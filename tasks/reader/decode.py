@@ -95,8 +95,8 @@ def iter_frames(
     name, ds, info = header.path, header.ds, header.info
     if not indices:
         return
+    rotate = side is not None and volume_side(header) != side
     pixels = _pixel_source(header, None if whole else indices)
-    rotate: bool | None = None
     tables: dict[tuple[Any, ...], Any] = {}  # value tables of this volume, per window
     try:
         for index in indices:
@@ -122,9 +122,6 @@ def iter_frames(
                     f"{name}: frame {index} decoded to shape {raw.shape}; only single-sample "
                     "(monochrome) images are supported"
                 )
-            if rotate is None:
-                # Decided once, on the lowest requested frame as stored, as Duke's reader does.
-                rotate = side is not None and image_side(raw) != side
             image, center, width, source = render_checked(raw, ds, index, info, tables, name)
             del raw
             if rotate:
@@ -239,7 +236,12 @@ def iter_reduced(header: DicomHeader, indices: list[int], *, side: str | None, i
             yield from iter_frames(header, indices, whole=False, side=side, image_size=image_size)
             return
 
-        rotate: bool | None = None
+        rotate = False
+        if side is not None:
+            # Decided once per volume, on its reference frame's full-resolution edge columns
+            # (decoding only the code-blocks they touch), exactly as in the full path.
+            ref = reference_frame(info.n_frames)
+            rotate = _edge_side(first if ref == indices[0] else codestream(ref), cinfo, info, name, ref) != side
         tables: dict[tuple[Any, ...], Any] = {}
         for k, index in enumerate(indices):
             data = first if k == 0 else codestream(index)
@@ -260,10 +262,6 @@ def iter_reduced(header: DicomHeader, indices: list[int], *, side: str | None, i
                     ) from exc2
             raw = j2k.to_stored(values, precision, signed, info.pixel_representation)
             del values
-            if rotate is None:
-                # Decided once, on the lowest requested frame's full-resolution edge columns
-                # (decoding only the code-blocks they touch), exactly as in the full path.
-                rotate = side is not None and _edge_side(data, cinfo, info, name, index) != side
             image, center, width, source = render_checked(raw, ds, index, info, tables, name)
             del raw
             if rotate:
@@ -275,6 +273,39 @@ def iter_reduced(header: DicomHeader, indices: list[int], *, side: str | None, i
             yield Frame(index=index, image=image, window_center=center, window_width=width,
                         window_source=source, rotated=bool(rotate), scale=scale, pad_x=pad_x,
                         pad_y=pad_y, decode_level=frame_level, decode_note=note)
+
+
+def reference_frame(n_frames: int) -> int:
+    """The frame a volume's orientation is decided on: the central one (``n_frames // 2``).
+
+    One frame per volume, whatever frames are requested, so a whole-volume read (``score``),
+    a chunk of it and prepare's single slice rotate alike. The central frame holds the
+    fullest outline of the breast against the chest-wall edge.
+    """
+    return max(0, int(n_frames)) // 2
+
+
+def volume_side(header: DicomHeader) -> str:
+    """:func:`image_side` of the volume's :func:`reference_frame` as stored (decoded in full)."""
+    name, info = header.path, header.info
+    ref = reference_frame(info.n_frames)
+    pixels = _pixel_source(header, [ref])
+    try:
+        raw = next(pixels)
+    except (DicomReadError, MemoryError, NotImplementedError):
+        raise
+    except StopIteration:
+        raise DicomReadError(f"{name}: pydicom yielded no frame {ref} of {info.n_frames} to orient the volume") from None
+    except Exception as exc:  # decoders raise RuntimeError, ValueError, ...
+        raise DicomReadError(
+            f"{name}: frame {ref} of {info.n_frames} (the volume's reference for its orientation) could not be "
+            f"decoded ({UID(info.transfer_syntax).name}): {type(exc).__name__}: {exc}. The file is corrupt or truncated"
+        ) from exc
+    finally:
+        pixels.close()
+    if raw.ndim != 2:
+        raise NotImplementedError(f"{name}: frame {ref} decoded to shape {raw.shape}; only monochrome images")
+    return image_side(raw)
 
 
 def _edge_side(data: bytes, cinfo: dict[str, int], info: VolumeInfo, name: str, index: int) -> str:

@@ -73,7 +73,7 @@ def read_frames(
     With ``image_size``, JPEG 2000 frames of breast images (Modality ``MG``) that carry a
     VOI window are decoded at a reduced resolution (:func:`decode_level`): the stored
     low-pass band of the wavelet pyramid, a quarter of each side or less, for a fraction of
-    the cost. The window, the orientation (decided on the frame's full-resolution edge
+    the cost. The window, the orientation (decided on the reference frame's full-resolution edge
     columns) and the letterbox geometry (``scale`` maps full-resolution pixels) stay those
     of the full decode; only the pixels are resampled from the coarser band.
 
@@ -82,9 +82,11 @@ def read_frames(
         frames: 0-based frame indices; ``None`` for all frames. Duplicates are dropped
             and frames are yielded in ascending index order.
         view: ``lcc``, ``lmlo``, ``rcc`` or ``rmlo`` (any case), to orient the frames like
-            Duke's reference reader: when :func:`image_side` of the lowest requested frame
-            (as stored) differs from the view's side, every returned frame is rotated by
-            180 degrees. ``None`` returns frames as stored.
+            Duke's reference reader: when :func:`image_side` of the volume's reference frame
+            (:func:`tasks.reader.decode.reference_frame`, the central one, as stored) differs
+            from the view's side, every returned frame is rotated by 180 degrees. One decision
+            per volume, whatever frames are asked for, so a whole-volume read and a single
+            slice agree. ``None`` returns frames as stored.
         image_size: Letterbox every frame into an ``image_size`` square (longer side
             scaled to it, centred, black padding); ``None`` keeps the native size.
         full_resolution: Always decode the full frame (the path before reduced decoding).

@@ -78,6 +78,11 @@ SAMPLES: dict[str, dict[str, tuple[list[str], Any]]] = {
         "external": (["--external", "other/"], "other"),
         "external_split": (["--external-split", "test"], "test"),
         "show_ids": (["--show-ids"], True),
+        "data_root": (["--data-root", "dicoms"], "dicoms"),
+        "threshold_rule": (["--threshold-rule", "youden"], "youden"),
+        "threshold_target": (["--threshold-target", "0.95"], 0.95),
+        "frame_stride": (["--frame-stride", "3"], 3),
+        "topk": (["--topk", "5"], 5),
     },
 }
 

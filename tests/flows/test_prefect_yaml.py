@@ -23,7 +23,23 @@ def test_pools_defined_once_and_used(spec: dict) -> None:
     by_name = {d["name"]: d for d in spec["deployments"]}
     assert by_name["gpu-train"]["work_pool"]["name"] == "gpu-pool"
     assert "CUDA_VISIBLE_DEVICES" in by_name["gpu-train"]["work_pool"]["job_variables"]["env"]
-    assert all(d["work_pool"]["name"] == "cpu-pool" for n, d in by_name.items() if n != "gpu-train")
+    assert all(d["work_pool"]["name"] == "cpu-pool" for n, d in by_name.items() if n not in ("gpu-train", "score-new"))
+
+
+def test_score_new_is_scheduled_in_the_training_pool_and_queues_per_output_root(spec: dict) -> None:
+    """Issue 27: score-new runs the score-studies flow on a schedule, where training runs, one at a time."""
+    from flows.score import score_studies
+
+    by_name = {d["name"]: d for d in spec["deployments"]}
+    score = by_name["score-new"]
+    module, func = score["entrypoint"].split(":")
+    assert (module, func) == ("flows/score.py", "score_studies") and score_studies.name == "score-studies"
+    assert score["schedules"] and score["schedules"][0]["active"] is True and score["schedules"][0]["cron"]
+    gpu = spec["definitions"]["gpu_training"].get("train_deployment")
+    expected = by_name[gpu.split("/")[1]]["work_pool"]["name"] if gpu else "cpu-pool"
+    assert score["work_pool"]["name"] == expected == "gpu-pool"
+    assert score["concurrency_limit"] == {"limit": 1, "collision_strategy": "ENQUEUE"}
+    assert "tomoflow" in score["tags"]
 
 
 def test_deployments_cover_schedule_adhoc_and_every_preset(spec: dict) -> None:

@@ -196,16 +196,27 @@ def test_orientation_rotates_a_volume_stored_the_other_way(dbt_volume, make_dbt)
     assert all(f.rotated for f in read_frames(path, [0], view="lmlo"))
 
 
-def test_orientation_is_decided_once_from_the_lowest_requested_frame(phantom, make_dbt):
+def test_orientation_is_decided_once_per_volume_on_its_central_frame(phantom, make_dbt):
+    """Issue 27 point 6: whatever frames are asked for, one rotation per volume (the central frame's)."""
+    from tasks.reader.decode import reference_frame
+
     frames = phantom(side="R")
-    frames[3] = np.flip(frames[3], (0, 1))  # frame 3 alone looks like a left breast
+    n = len(frames)
+    odd = 0 if reference_frame(n) != 0 else n - 1
+    frames[odd] = np.flip(frames[odd], (0, 1))  # this frame alone looks like a left breast
     path, _ = make_dbt("mixed.dcm", frames)
-    pair = list(read_frames(path, [3, 1], view="rcc"))
-    assert [f.index for f in pair] == [1, 3]  # ascending order
-    assert [f.rotated for f in pair] == [False, False]  # decided on frame 1
-    (alone,) = read_frames(path, [3], view="rcc")
-    assert alone.rotated
-    assert np.array_equal(alone.image, np.flip(pair[1].image, (0, 1)))
+    whole = list(read_frames(path, view="rcc"))
+    assert [f.rotated for f in whole] == [False] * n  # decided on the central frame, a right breast
+    (alone,) = read_frames(path, [odd], view="rcc")  # prepare's single slice: the same decision
+    assert not alone.rotated
+    assert np.array_equal(alone.image, whole[odd].image)
+    chunks = [f for part in ([odd], list(range(1, n))) for f in read_frames(path, part, view="rcc")]
+    assert {f.index: f.image.tobytes() for f in chunks} == {f.index: f.image.tobytes() for f in whole}
+    # The central frame itself turned round turns the whole volume round.
+    frames[reference_frame(n)] = np.flip(frames[reference_frame(n)], (0, 1))
+    turned, _ = make_dbt("turned.dcm", frames)
+    assert all(f.rotated for f in read_frames(turned, view="rcc"))
+    assert read_frames(turned, [odd], view="rcc").__next__().rotated
 
 
 @pytest.mark.parametrize("view", ["cc", "rxcc", "", "mlo", 3])
