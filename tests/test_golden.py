@@ -51,12 +51,14 @@ def _hash_tree(root: Path, suffixes: tuple[str, ...] | None = None) -> dict[str,
     """``{relative path: sha256}`` of the files under ``root`` (all, or those with ``suffixes``).
 
     Files under a ``.work`` folder are intermediates keyed by cache keys that may change
-    with the code version; they are not outputs.
+    with the code version; they are not outputs. Nor is the per-volume score cache
+    (``.volume-scores``: its file names carry the checkpoint's hash, and the checkpoint holds the
+    run's temporary paths); the scores it holds are compared through ``volume_frames.parquet``.
     """
     hashes = {}
     for path in sorted(root.rglob("*")):
         rel = path.relative_to(root).as_posix()
-        if not path.is_file() or ".work/" in rel or rel.startswith(".work"):
+        if not path.is_file() or any(part in (".work", ".volume-scores") for part in Path(rel).parts):
             continue
         if suffixes is None or path.name.endswith(suffixes):
             hashes[rel] = _sha256(path)
@@ -166,7 +168,7 @@ def golden_outputs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
         # Folder keys under prepared/, models/, evaluations/ hash the (temporary) data root: name files
         # by their top folder and file name.
         manifests = {f"{p.relative_to(outputs).parts[0]}/{p.name}": _sha256(p)
-                     for p in sorted(outputs.rglob("*.parquet")) if ".work" not in p.parts}
+                     for p in sorted(outputs.rglob("*.parquet")) if not {".work", ".volume-scores"} & set(p.parts)}
         results["run"] = {
             "parquet": manifests,
             "history": _history(histories[0]),
