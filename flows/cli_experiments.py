@@ -55,6 +55,8 @@ def experiments_kwargs(args: argparse.Namespace) -> dict[str, Any]:
     """:func:`flows.pipeline.run_experiments`' arguments from the parsed options (checked here)."""
     from tasks.pipeline.experiments import experiment_overrides
 
+    if args.repeats != 1:
+        raise ValueError(f"--repeats {args.repeats}: repeats are for a training-size sweep (--train-fractions)")
     weights = args.weights or "preset"
     if weights not in ("preset", "none"):
         raise ValueError(f"--weights {weights}: expected preset or none for a preset comparison "

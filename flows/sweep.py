@@ -36,7 +36,8 @@ def run_sweep(data_root: str, output_root: str, fractions: list[float], weights:
             initial seed.
 
     Returns:
-        Paths of ``table`` (sweep.csv), ``markdown``, ``json`` (with the verdicts) and ``plot`` (sweep.png).
+        Paths of ``table`` (sweep.csv), ``markdown``, ``json`` (with the verdicts), ``plot`` (sweep.png)
+        and ``page`` (index.html).
     """
     cfg = sweep_config(data_root, output_root, preset, overrides)
     prepared = prepare_data(config=prepare_config(cfg))

@@ -69,11 +69,32 @@ def _pooled(runs: list[dict[str, Any]], bootstrap: int, ci: float, seed: int) ->
                         "roc_auc": image.get("roc_auc"), "interval": image.get("roc_auc_interval")}}
 
 
+def publish_sweep(paths: dict[str, str], out_dir: str) -> None:
+    """The ``training-size-sweep`` artifact: the verdicts and table, linked to ``sweep/index.html``.
+
+    The link is an HTTP address when the outputs are served (``tomoflow serve-outputs``,
+    TOMOFLOW_OUTPUTS_URL), and then also a link artifact; otherwise the page's path.
+    """
+    from prefect.artifacts import create_link_artifact
+
+    from tasks.infra.environment import outputs_url
+
+    root = Path(out_dir).parent  # the sweep folder sits in the output root
+    url = outputs_url(paths["page"], root)
+    page = f"[sweep/index.html]({url})" if url else f"`{paths['page']}`"
+    create_markdown_artifact(f"Page: {page}\n\n" + Path(paths["markdown"]).read_text(), key="training-size-sweep",
+                             description=f"Image-level AUC against training patients ({Path(out_dir).name})")
+    if url:
+        create_link_artifact(url, link_text="training-size sweep (index.html)", key="training-size-sweep-page",
+                             description="The sweep's page: verdicts, plot, table, learning curves, sources, overlap")
+
+
 @task(name="summarise-sweep", **retry_policy(retries=1, delay_seconds=1))
 def summarise_sweep(runs: list[dict[str, Any]], out_dir: str, bootstrap: int, ci: float, seed: int) -> dict[str, str]:
     """The sweep's table, pooled differences, verdicts and plot, and its ``training-size-sweep`` artifact."""
     from tasks.sweep.analysis import sweep_table
     from tasks.sweep.outputs import write_sweep_outputs
+    from tasks.sweep.page import write_sweep_page
     from tasks.sweep.verdict import size_verdicts
 
     table = sweep_table(runs)
@@ -83,8 +104,9 @@ def summarise_sweep(runs: list[dict[str, Any]], out_dir: str, bootstrap: int, ci
                "high": v["high"], "repeats": v["repeats"]} for (w, f), v in pooled["versus"].items()]
     paths = write_sweep_outputs(out_dir, table, pooled["differences"], verdicts, trivial=pooled["trivial"],
                                 extra={"versus_trivial": versus})
-    create_markdown_artifact(Path(paths["markdown"]).read_text(), key="training-size-sweep",
-                             description=f"Image-level AUC against training patients ({Path(out_dir).name})")
+    paths["page"] = str(write_sweep_page(out_dir, table, pooled["differences"], verdicts, pooled["trivial"],
+                                         paths["plot"]))
+    publish_sweep(paths, out_dir)
     get_run_logger().info("sweep table: %s, plot: %s", paths["table"], paths["plot"])
     for v in verdicts:
         get_run_logger().info("%s", v["sentence"])
@@ -146,7 +168,7 @@ def sweep_runs(cfg: PipelineConfig, manifest: str, subsets: dict[int, dict[float
     from tasks.sweep.analysis import start_label, weights_label
 
     runs = []
-    for start in weights:
+    for start in weights:  # zero-shot runs first: their overlap audit stops a leaking sweep before any training
         label = weights_label(start)
         source = checkpoint_of(start)
         if source is not None:
@@ -154,6 +176,8 @@ def sweep_runs(cfg: PipelineConfig, manifest: str, subsets: dict[int, dict[float
             runs.append(SweepRun(weights=start, fraction=0.0, repeat=0, name=f"sweep {start_label(start)} zero-shot",
                                  train=None, evaluate=cfg.evaluate.model_copy(update={
                                      "run_dir": str(source.parent), "manifest": manifest, "output_dir": str(out)})))
+    for start in weights:
+        label = weights_label(start)
         for repeat, by_fraction in sorted(subsets.items()):
             for fraction, subset in sorted(by_fraction.items()):
                 run_dir = sweep_dir(cfg) / "runs" / f"{label}-f{round(fraction * 1000):04d}-r{repeat}"

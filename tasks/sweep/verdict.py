@@ -163,11 +163,11 @@ def size_verdicts(table: pd.DataFrame, differences: Sequence[Mapping[str, Any]],
                 reasons.append(f"the reference arm {names.get(ref, ref)} does not beat the brightness score")
         if verdict != "no answer":
             reasons = []
-        what = (f"starting from {names.get(start, start)} rather than {names.get(ref, ref)}, at {patients} training "
-                f"patients (fraction {f:g}), AUC difference {_fmt(d['roc_auc_difference'])} "
-                f"[{_fmt(low)}, {_fmt(high)}] pooled over {d.get('repeats', 1)} repeat(s)")
+        what = (f"{names.get(start, start)} against {names.get(ref, ref)} at {patients} training patients "
+                f"(fraction {f:g}), AUC difference {_fmt(d['roc_auc_difference'])} [{_fmt(low)}, {_fmt(high)}] "
+                f"pooled over {d.get('repeats', 1)} repeat(s)")
         sentence = (f"Pre-training {verdict}: {what}." if verdict != "no answer"
-                    else f"No answer {what}: " + "; ".join(reasons) + ".")
+                    else f"No answer for {what}: " + "; ".join(reasons) + ".")
         out.append({"fraction": f, "train_patients": patients, "weights": start, "start": names.get(start, start),
                     "reference": ref, "verdict": verdict, "reasons": reasons, "sentence": sentence,
                     "pretrained_beats_trivial": pre, "reference_beats_trivial": base})

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import html
 import json
 from pathlib import Path
 
@@ -102,4 +103,11 @@ def test_sweep_cli_two_fractions_two_starting_points(prefect_harness, small_data
         assert v["verdict"] == "no answer" and any("under-trained" in r for r in v["reasons"]), v
         assert "/" not in v["sentence"]  # short names, never paths
     assert report["trivial"]["score"] and report["trivial"]["roc_auc"] is not None
+    # One self-contained page: verdicts, plot, table, learning curves, the source, the overlap audit; no paths.
+    page = (sweep / "index.html").read_text()
+    for v in report["verdict"]:
+        assert html.escape(v["sentence"], quote=False) in page
+    assert page.count("data:image/png;base64,") == 2 and "<script" not in page and 'src="http' not in page
+    assert "Overlap audit" in page and "from-run-a" in page and str(tmp_path) not in page
+    assert "Its own test figures were not found" in page  # run-a was trained, never evaluated
     print((sweep / "sweep.md").read_text())
