@@ -20,8 +20,9 @@ On the CPU, with the ``cpu-scratch`` preset (the recipe that learns on a CPU: sc
 
 Exits 0 when both verdict targets are met, 1 otherwise (saying which). Usage::
 
-    .venv/bin/python bench/transfer.py [--out DIR] [--source-patients 400] [--target-patients 240]
+    .venv/bin/python bench/transfer.py [--out DIR] [--source-patients 400] [--target-patients 200]
         [--source-seed 101] [--target-seed 202] [--fractions 0.25,1] [--repeats 3] [--epochs 20]
+        [--shuffled-epochs 10] [--min-steps 40] [--patience 3] [--max-epochs 40] [--bootstrap 500]
 
 or ``make bench-transfer``. Measured runs are in the closing note of issue 26 (and below once
 recorded).
@@ -45,18 +46,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--out", type=Path, default=None, help="output folder (default: a temporary one)")
     p.add_argument("--source-patients", type=int, default=400)
-    p.add_argument("--target-patients", type=int, default=240)
+    p.add_argument("--target-patients", type=int, default=200)
     p.add_argument("--source-seed", type=int, default=101)
     p.add_argument("--target-seed", type=int, default=202)
     p.add_argument("--shuffle-seed", type=int, default=7, help="seed of the label permutation")
     p.add_argument("--difficulty", default="moderate", choices=["easy", "moderate", "subtle"])
     p.add_argument("--positive-fraction", type=float, default=0.5)
-    p.add_argument("--epochs", type=int, default=20, help="epochs of the source and shuffled-labels models")
+    p.add_argument("--epochs", type=int, default=20, help="epochs of the source model")
+    p.add_argument("--shuffled-epochs", type=int, default=10, help="epochs of the shuffled-labels model")
     p.add_argument("--fractions", default="0.25,1", help="the sweep's training fractions of B's training split")
     p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--min-steps", type=int, default=60, help="optimiser steps before early stopping may end an arm")
-    p.add_argument("--patience", type=int, default=4)
-    p.add_argument("--max-epochs", type=int, default=60, help="ceiling of each sweep arm's epochs")
+    p.add_argument("--min-steps", type=int, default=40, help="optimiser steps before early stopping may end an arm")
+    p.add_argument("--patience", type=int, default=3)
+    p.add_argument("--max-epochs", type=int, default=40, help="ceiling of each sweep arm's epochs")
     p.add_argument("--bootstrap", type=int, default=500)
     return p.parse_args(argv)
 
@@ -121,6 +123,7 @@ def run(args: argparse.Namespace, out: Path) -> dict:
     manifest = shuffled_manifest(Path(source["manifest"]), args.shuffle_seed)
     train_classifier(config=trained.model_copy(update={
         "manifest": str(manifest), "run_dir": str(shuffled_dir),
+        "train": trained.train.model_copy(update={"epochs": args.shuffled_epochs}),
         "augment": trained.augment.model_copy(update={"offline_balance": False})}))
     timings["shuffled_s"] = time.perf_counter() - t
 
@@ -131,7 +134,9 @@ def run(args: argparse.Namespace, out: Path) -> dict:
         data_root=str(out / "B"), output_root=str(out / "target"), fractions=fractions,
         weights=["none", str(source_dir), str(shuffled_dir)], preset="cpu-scratch", repeats=args.repeats,
         overrides={"slices": {"split_fractions": [0.35, 0.15, 0.5]},
-                   "train": {"min_steps": args.min_steps, "patience": args.patience, "epochs": args.max_epochs},
+                   # Small subsets, many short epochs: loader processes would cost more than they save.
+                   "train": {"min_steps": args.min_steps, "patience": args.patience, "epochs": args.max_epochs,
+                             "num_workers": 0},
                    "evaluate": {"bootstrap": args.bootstrap, "gradcam_examples": 0}})
     timings["sweep_s"] = time.perf_counter() - t
     timings["wall_s"] = time.perf_counter() - start

@@ -103,7 +103,7 @@ def _sources(table: pd.DataFrame) -> list[dict[str, Any]]:
             trivial = figures.get("trivial") or {}
             beats = trivial.get("beats_trivial")
             entry["figures"] = {
-                "split": figures.get("split"), "n": figures.get("n"),
+                "split": figures.get("split") or "evaluated", "n": figures.get("n"),
                 "auc": _num(figures["metrics"].get("roc_auc")),
                 "auc_interval": _interval((figures.get("intervals") or {}).get("roc_auc")),
                 "trivial": _num(trivial.get("roc_auc")), "score": trivial.get("score") or "n/a",
