@@ -124,7 +124,9 @@ def add_synth(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> Non
     p.add_argument("--columns", type=int, default=None, help="frame columns (small default)")
     p.add_argument("--frames", default=None, help="frames per volume as MIN-MAX, e.g. 49-95")
     p.add_argument("--positive-fraction", type=float, default=None,
-                   help="fraction of positive patients (default: the collection's proportions)")
+                   help="fraction of positive (benign or cancer) patients, split about evenly (default 0.4, at "
+                        "least 2 benign and 2 cancer: with the default 70/15/15 splits a 100-patient collection "
+                        "then has 6 positive patients in test and in validation)")
     p.add_argument("--no-reports", action="store_true", help="do not write reports.csv")
     p.add_argument("--difficulty", default="easy", choices=["easy", "moderate", "subtle"],
                    help="lesion level: easy (default; plainly visible, the same bytes as before for a seed), "

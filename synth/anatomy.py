@@ -243,7 +243,7 @@ def plan_image(
         )
 
 
-def plan_structures(vol: Volume, rows: int, cols: int, seed: int, mimics: float) -> None:
+def plan_structures(vol: Volume, rows: int, cols: int, seed: int, settings: LesionSettings) -> None:
     """Draw the volume's bright normal structures (``vol.structures``), ``mimics`` texture SDs bright.
 
     They come from a generator of their own (``[seed, 4, index]``), so the anatomy and lesion
@@ -254,6 +254,7 @@ def plan_structures(vol: Volume, rows: int, cols: int, seed: int, mimics: float)
     breast = vol.breast
     assert breast is not None
     rng = np.random.default_rng([seed, 4, vol.index])
+    mimics = float(settings.mimics or 0.0)
     unit = breast.amp * TEXTURE_SD
     short = min(rows, cols)
 
@@ -278,4 +279,43 @@ def plan_structures(vol: Volume, rows: int, cols: int, seed: int, mimics: float)
         out.append(Structure("patch", x, y, float(rng.uniform(-np.pi, np.pi)), length,
                              length * float(rng.uniform(0.4, 0.6)),
                              mimics * unit * float(rng.uniform(0.5, 0.8))))
+    out += _decoys(rng, vol, rows, cols, settings, unit)
     vol.structures = out
+
+
+#: Elongation (long / short axis) of a decoy: clearly not the lesion's round, compact outline.
+DECOY_ELONGATION = (2.0, 3.0)
+
+
+def _decoys(rng: np.random.Generator, vol: Volume, rows: int, cols: int, settings: LesionSettings,
+            unit: float) -> list[Structure]:
+    """Lesion-bright decoys: as bright and as large as the level's lesions, elongated and soft-edged.
+
+    Without them a positive image holds everything a normal one does *plus* a lesion added
+    on top, so its brightest spot is brighter whenever the lesion outshines or sits on a
+    normal structure (the brightest-spot score then reached ROC AUC 0.70-0.78 at ``moderate``,
+    and above 0.8 on small test splits). A decoy is placed like a lesion (:func:`_place_box`,
+    clear of the volume's lesion boxes and of other decoys) with the lesions' size and
+    brightness draws, and *added* to the tissue as a lesion is. Every volume gets 0-1 of them,
+    and a volume without a lesion one more: the count of lesion-bright compact-ish spots is
+    then the same in both classes, so brightness alone says little; the decoy's shape
+    (2-3 times longer than wide, a soft shoulder instead of a plateau with a sharp rim, no
+    lobes or spicules) tells it from a lesion.
+    """
+    breast = vol.breast
+    assert breast is not None
+    contrast = settings.contrast if settings.contrast is not None else 2.5
+    taken = [(les.x, les.y, les.width, les.height) for les in vol.lesions]
+    out: list[Structure] = []
+    for _ in range(int(rng.integers(0, 2)) + (0 if vol.lesions else 1)):
+        box = _place_box(rng, breast, rows, cols, vol.side, taken, settings.size)
+        if box is None:  # pragma: no cover - the breast always has room for a 10% box
+            continue
+        taken.append(box)
+        x, y, w, h = box
+        radius = 0.9 * float(np.sqrt(w * h)) / 2  # the lesion mass's radius (0.9 of the half box)
+        elongation = float(rng.uniform(*DECOY_ELONGATION))
+        amplitude = contrast * unit * float(rng.uniform(260, 340)) / _EASY_AMPLITUDE  # the lesions' draw
+        out.append(Structure("decoy", x + (w - 1) / 2, y + (h - 1) / 2, float(rng.uniform(-np.pi, np.pi)),
+                             radius * float(np.sqrt(elongation)), radius / float(np.sqrt(elongation)), amplitude))
+    return out

@@ -82,6 +82,7 @@ def _structures_image(structures: list[Structure], rows: int, cols: int) -> np.n
     """
     yy, xx = np.mgrid[0:rows, 0:cols].astype(np.float32)
     out = np.zeros((rows, cols), dtype=np.float32)
+    added = np.zeros((rows, cols), dtype=np.float32)
     for st in structures:
         c, s = np.float32(np.cos(st.angle)), np.float32(np.sin(st.angle))
         along = (xx - st.cx) * c + (yy - st.cy) * s
@@ -89,10 +90,16 @@ def _structures_image(structures: list[Structure], rows: int, cols: int) -> np.n
         if st.kind == "duct":
             ends = np.clip((st.half_length - np.abs(along)) / (0.2 * st.half_length), 0, 1)
             profile = np.exp(-0.5 * (across / st.half_width) ** 2) * ends
+        elif st.kind == "decoy":  # a soft-shouldered ellipse (super-Gaussian of order 4)
+            rho2 = (along / st.half_length) ** 2 + (across / st.half_width) ** 2
+            profile = np.exp(-0.5 * rho2 * rho2 / np.float32(0.8**2))
         else:
             profile = np.exp(-0.5 * ((along / st.half_length) ** 2 + (across / st.half_width) ** 2))
-        out = np.maximum(out, np.float32(st.amplitude) * profile.astype(np.float32))
-    return out
+        if st.kind == "decoy":
+            added += np.float32(st.amplitude) * profile.astype(np.float32)
+        else:
+            out = np.maximum(out, np.float32(st.amplitude) * profile.astype(np.float32))
+    return out + added
 
 
 #: Network input sides at which the summary says how many pixels the smallest lesion spans.
