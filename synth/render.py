@@ -78,7 +78,10 @@ def _structures_image(structures: list[Structure], rows: int, cols: int) -> np.n
     """The brightening of the volume's normal structures on one frame (the same on every frame).
 
     Soft-edged by design, unlike a lesion's plateau: a duct is a Gaussian ridge across its
-    axis that fades over its last fifth at each end; a patch is a broad elliptical Gaussian.
+    axis that fades over its last fifth at each end; a patch is a broad elliptical Gaussian;
+    a decoy an elongated ellipse with a soft shoulder. Ducts and patches overlap by their
+    maximum (tissue); decoys are *added*, as lesions are, so that a decoy on a duct lifts the
+    brightest spot just as a lesion there does.
     """
     yy, xx = np.mgrid[0:rows, 0:cols].astype(np.float32)
     out = np.zeros((rows, cols), dtype=np.float32)
@@ -218,7 +221,8 @@ def lesion_visibility(volumes: list[Volume], rows: int, cols: int) -> dict[str, 
     mimics_note = ""
     if mimic:
         out["mimics"] = {"structures": len(mimic), "contrast_to_texture": spread(mimic, 1)}
-        mimics_note = (f"; every volume also holds bright normal ducts and dense patches ({len(mimic)} in all, "
+        mimics_note = (f"; every volume also holds bright normal ducts and dense patches and lesion-bright "
+                       f"elongated decoys ({len(mimic)} in all, "
                        f"{min(mimic):.1f}-{max(mimic):.1f} times the texture's SD)")
     out["note"] = (
         f"lesions span {100 * min(size):.0f}-{100 * max(size):.0f}% of the frame's long side (the "
