@@ -39,7 +39,7 @@ class LesionSettings:
             elongated, soft-edged ridges at ``mimics`` x 0.8-1.25) and 1-2 dense fibroglandular
             patches (broad, diffuse, at 0.5-0.8 of that); and lesion-bright *decoys*
             (:func:`_decoys`: the lesions' own size and brightness draws, added to the tissue as
-            a lesion is, but 2-3 times longer than wide and soft-edged), one more in a volume
+            a lesion is, but elongated and soft-edged), one more in a volume
             without a lesion, so both classes hold as many lesion-bright spots. A brightness
             filter cannot tell them from a lesion; the lesion's compact, sharp-edged shape
             can. ``None``: none (``easy``).
@@ -291,8 +291,8 @@ def plan_structures(vol: Volume, rows: int, cols: int, seed: int, settings: Lesi
     vol.structures = out
 
 
-#: Elongation (long / short axis) of a decoy: clearly not the lesion's round, compact outline.
-DECOY_ELONGATION = (2.0, 3.0)
+#: Elongation (long / short axis) of a decoy: not the lesion's round, compact outline.
+DECOY_ELONGATION = (1.5, 2.5)
 
 
 def _decoys(rng: np.random.Generator, vol: Volume, rows: int, cols: int, settings: LesionSettings,
@@ -305,10 +305,10 @@ def _decoys(rng: np.random.Generator, vol: Volume, rows: int, cols: int, setting
     and above 0.8 on small test splits). A decoy is placed like a lesion (:func:`_place_box`,
     clear of the volume's lesion boxes and of other decoys) with the lesions' size and
     brightness draws, and *added* to the tissue as a lesion is. Every volume gets 0-1 of them,
-    and a volume without a lesion one more: the count of lesion-bright compact-ish spots is
-    then the same in both classes, so brightness alone says little; the decoy's shape
-    (2-3 times longer than wide, a soft shoulder instead of a plateau with a sharp rim, no
-    lobes or spicules) tells it from a lesion.
+    and a volume without a lesion one more: the count of lesion-bright spots is then the same
+    in both classes, so brightness alone says little; the decoy's shape (1.5-2.5 times longer
+    than wide, a Gaussian profile instead of a plateau with a sharp rim, no lobes or
+    spicules: :func:`synth.render._decoy_profile`) tells it from a lesion.
     """
     breast = vol.breast
     assert breast is not None

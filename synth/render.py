@@ -74,12 +74,22 @@ def _lesion_template(les: Lesion, min_side_px: float) -> np.ndarray:
     return out
 
 
+def _decoy_profile(rho2: np.ndarray) -> np.ndarray:
+    """A decoy's profile at squared normalised radius ``rho2``: an elliptical Gaussian (SD 0.7 of each semi-axis).
+
+    No plateau and no rim: a small CNN tells it from a lesion's sharp-edged plateau far more
+    easily than it did a super-Gaussian shoulder (test AUC 0.93 against 0.71 after 11 epochs
+    in issue 26's probe), while its brightest lesion-sized mean stays close to a lesion's.
+    """
+    return np.exp(-0.5 * rho2 / np.float32(0.7**2))
+
+
 def _structures_image(structures: list[Structure], rows: int, cols: int) -> np.ndarray:
     """The brightening of the volume's normal structures on one frame (the same on every frame).
 
     Soft-edged by design, unlike a lesion's plateau: a duct is a Gaussian ridge across its
     axis that fades over its last fifth at each end; a patch is a broad elliptical Gaussian;
-    a decoy an elongated ellipse with a soft shoulder. Ducts and patches overlap by their
+    a decoy an elongated elliptical Gaussian. Ducts and patches overlap by their
     maximum (tissue); decoys are *added*, as lesions are, so that a decoy on a duct lifts the
     brightest spot just as a lesion there does.
     """
@@ -93,9 +103,8 @@ def _structures_image(structures: list[Structure], rows: int, cols: int) -> np.n
         if st.kind == "duct":
             ends = np.clip((st.half_length - np.abs(along)) / (0.2 * st.half_length), 0, 1)
             profile = np.exp(-0.5 * (across / st.half_width) ** 2) * ends
-        elif st.kind == "decoy":  # a soft-shouldered ellipse (super-Gaussian of order 4)
-            rho2 = (along / st.half_length) ** 2 + (across / st.half_width) ** 2
-            profile = np.exp(-0.5 * rho2 * rho2 / np.float32(0.8**2))
+        elif st.kind == "decoy":
+            profile = _decoy_profile((along / st.half_length) ** 2 + (across / st.half_width) ** 2)
         else:
             profile = np.exp(-0.5 * ((along / st.half_length) ** 2 + (across / st.half_width) ** 2))
         if st.kind == "decoy":
