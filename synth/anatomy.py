@@ -60,7 +60,7 @@ class LesionSettings:
 #:   ridge, dense patches 2-3.2 SDs) and lesion-bright decoys (one more in a normal volume).
 #:   Brightness alone then separates the classes poorly: the trivial family of
 #:   :mod:`tasks.evaluate.trivial_scores`, each score and so its best on the evaluated
-#:   images themselves, reaches an image-level ROC AUC of 0.44-0.64 over single-slice
+#:   images themselves, reaches an image-level ROC AUC of 0.46-0.68 over single-slice
 #:   images (one per patient) of 300-patient collections, seeds 100-114 (not tuned on) at
 #:   positive fractions 0.1-0.8, at 64, 96 and 224 px, frames 128 x 96 and 256 x 196 (``tests/synth/test_difficulty.py``
 #:   checks <= 0.75 over seeds 11-15). The lesion's compact, sharp-edged shape still
