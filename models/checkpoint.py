@@ -79,10 +79,12 @@ HISTORY_COLUMNS = [
 
 #: ``TrainConfig`` fields (dotted) that don't change what a run computes, so a run may be
 #: resumed with different values: where it runs, how many loader workers, how many epochs
-#: in all (no schedule depends on it; raising it extends a finished run), where the run
-#: folder is, and the manifest's path (its *content* is checked by fingerprint instead).
+#: in all (no schedule depends on it; raising it extends a finished run), the optimiser steps
+#: early stopping waits for (like epochs, only when the run may end; a checkpoint written
+#: before the field existed resumes), where the run folder is, and the manifest's path (its
+#: *content* is checked by fingerprint instead).
 RESUME_IGNORED_FIELDS = frozenset({"run_dir", "manifest", "train.device", "train.num_workers", "train.epochs",
-                                   "train.multi_gpu"})
+                                   "train.multi_gpu", "train.min_steps"})
 
 
 @dataclass(frozen=True)
