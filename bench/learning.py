@@ -6,7 +6,7 @@ collection (``tomoflow synth --difficulty moderate``: lesions 2.5 texture SDs br
 brighter normal ducts and dense patches and, since issue 26, lesion-bright elongated decoys in
 every volume), where the best trivial score (:mod:`tasks.evaluate.trivial_scores`) stays at an
 image-level ROC AUC of 0.46-0.68 (issue 19's version without decoys: about 0.7), runs the
-whole ``tomoflow-pipeline`` flow on the CPU (the ``demo`` preset's scratch recipe with the
+whole ``tomoflow-pipeline`` flow on the CPU (the ``cpu-scratch`` preset: the demo's scratch recipe, with the
 settings below over it) and prints, from the evaluation's ``metrics.json``:
 
 * the CNN's and the trivial score's image-level ROC AUC on the test split (the trivial
@@ -95,6 +95,7 @@ def run(args: argparse.Namespace, out: Path) -> dict:
     from flows.prefect_env import apply_prefect_defaults
     from flows.pipeline import tomoflow_pipeline
     from synth.generate import generate_dataset
+    from tasks.core.config import AugmentConfig
 
     start = time.perf_counter()
     data = out / "data"
@@ -108,13 +109,17 @@ def run(args: argparse.Namespace, out: Path) -> dict:
         "slices": {"strategy": args.strategy, "image_size": args.png_size, "split_fractions": [0.6, 0.2, 0.2]},
         "train": {"epochs": args.epochs, "image_size": args.image_size, "lr": args.lr,
                   "batch_size": args.batch_size, "optimizer": args.optimizer, "device": "cpu"},
+        # The preset augments with flips only; "full" restores the study's defaults (AugmentConfig).
         "augment": {"online": args.augment != "off",
                     **({"max_rotation": 0.0, "zoom": [1.0, 1.0], "shift": 0.0, "brightness": 0.0}
-                       if args.augment == "flips" else {})},
+                       if args.augment == "flips" else
+                       AugmentConfig().model_dump(mode="json", include={"max_rotation", "zoom", "shift", "brightness"})
+                       if args.augment == "full" else {})},
         "evaluate": {"bootstrap": 1000},
     }
     apply_prefect_defaults()  # Prefect's temporary server, with the CLI's start-up patience
-    result = tomoflow_pipeline(data_root=str(data), output_root=str(out / "outputs"), preset="demo", config=config)
+    result = tomoflow_pipeline(data_root=str(data), output_root=str(out / "outputs"), preset="cpu-scratch",
+                               config=config)
     wall = time.perf_counter() - start
     metrics = json.loads(Path(result["metrics"]).read_text())
     trivial = metrics["trivial"]
