@@ -24,8 +24,25 @@ Exits 0 when both verdict targets are met, 1 otherwise (saying which). Usage::
         [--source-seed 101] [--target-seed 202] [--fractions 0.25,1] [--repeats 3] [--epochs 20]
         [--shuffled-epochs 10] [--min-steps 40] [--patience 3] [--max-epochs 40] [--bootstrap 500]
 
-or ``make bench-transfer``. Measured runs are in the closing note of issue 26 (and below once
-recorded).
+or ``make bench-transfer``.
+
+Measured (issue 26; this project's 2-core CPU shared with three other engineers: load average 6-13
+throughout, so wall times are 4-6 times a quiet machine's):
+
+* smoke, tiny settings (40 + 40 patients, 1 source epoch, 2 repeats, min-steps 2, max-epochs 2):
+  end to end in 13.0 min (load 9.1 -> 10.3); the 1-epoch source did not beat its floor (0.625 vs
+  0.938 on 8 images), so every verdict was ``no answer``; exit 1. About 45 s of Prefect and
+  evaluation per sweep run at that load.
+* defaults, issue 19's ``moderate`` (before the lesion-bright decoys): stopped by hand at the source
+  model's epoch 7/20 (val loss 0.80 -> 0.66, accuracy 0.61) to rerun on the recalibrated data.
+* defaults, issue 26's ``moderate`` (lesion-bright Gaussian decoys), seeds 101/202/7: the source
+  model (400 patients, 20 epochs, ``cpu-scratch``) stayed at chance (train loss 0.693 from epoch 3
+  on) and does **not** beat its trivial floor on its own 80 test images: ROC AUC 0.588
+  [0.458, 0.715] vs ``brightest_mean_5pct`` 0.602, difference -0.014 [-0.106, +0.088]. So the
+  positive control cannot say ``helps``: at 20 epochs and 240 training images the CPU recipe does
+  not learn the decoy ``moderate``. That run was stopped before the sweep finished (see the
+  closing note). Recalibrating the source (more patients or epochs, Adam, a larger input) on the
+  new ``moderate`` is the open item.
 """
 
 from __future__ import annotations
