@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo test test-fast bench bench-learning bench-score clean
+.PHONY: install demo test test-fast bench bench-learning bench-score bench-transfer clean
 
 install: $(STAMP)
 
@@ -40,3 +40,9 @@ bench-score: install
 # CNN vs the trivial brightness score on a `moderate` synthetic collection (CPU: 5-7 min quiet, up to ~20 min on 2 shared cores).
 bench-learning: install
 	$(PY) bench/learning.py
+
+# The transfer sweep's controls (issue 26): a source model, a shuffled-labels model and scratch, swept on a
+# second `moderate` collection with 3 repeats; exits 0 when the positive control helps at the smallest size
+# and the negative control never does (target: 45 min on 2 quiet cores).
+bench-transfer: install
+	$(PY) bench/transfer.py

@@ -21,7 +21,7 @@ from flows.cli_config import (
     prepare_config_from_args,
     train_config_from_args,
 )
-from flows.cli_transfer import add_weights_command
+from flows.cli_transfer import add_weights_command, setting_arg
 from tasks.core.config import SlicesConfig, TrainParams
 
 
@@ -107,13 +107,40 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run_overrides(args: argparse.Namespace) -> dict[str, dict[str, object]]:
+    """``tomoflow run``'s ``--set`` and ``--epochs`` as the pipeline's ``config``, checked with the preset.
+
+    Raises:
+        ValueError: An unknown preset (or a file path given as one), or a setting the configuration refuses.
+    """
+    from tasks.core.presets import check_preset, pipeline_config
+
+    if args.preset is not None:
+        check_preset(args.preset)
+    overrides: dict[str, dict[str, object]] = {}
+    for section, field, value in args.set or []:
+        overrides.setdefault(section, {})[field] = value
+    if args.epochs is not None:
+        overrides.setdefault("train", {})["epochs"] = args.epochs
+    try:
+        pipeline_config(preset=args.preset, data_root=str(args.data_root), output_root=str(args.out), base=overrides)
+    except ValueError as exc:  # pydantic's ValidationError: one line per wrong field
+        first = str(exc).splitlines()
+        raise ValueError(f"--set/--epochs: {' '.join(line.strip() for line in first[:3])}") from None
+    return overrides
+
+
 def _cmd_run(args: argparse.Namespace) -> int:
     from flows.pipeline import tomoflow_pipeline
 
+    # Before Prefect starts and before --out is created: nothing is left behind by a wrong option.
+    overrides = _run_overrides(args)
     _writable(args.out)
     extra = [str(p) for p in args.extra_data_root or ()]
+    if extra:
+        overrides = {**overrides, "data": {**overrides.get("data", {}), "extra_data_roots": extra}}
     result = tomoflow_pipeline(data_root=str(args.data_root), output_root=str(args.out), preset=args.preset,
-                               **({"config": {"data": {"extra_data_roots": extra}}} if extra else {}))
+                               config=overrides or None)
     print(json.dumps(result, sort_keys=True, default=str))
     return 0
 
@@ -217,7 +244,12 @@ def _add_run(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None
                    help="a folder the file-paths CSVs' absolute paths may point into, e.g. the mount holding the "
                         "collection (repeatable)")
     p.add_argument("--out", type=Path, required=True, help="output root")
-    p.add_argument("--preset", default=None, help="a preset from configs/ (e.g. demo, m1-baseline)")
+    p.add_argument("--preset", default=None,
+                   help="a preset from configs/ by name (e.g. demo, cpu-scratch: the recipe that learns on a CPU, "
+                        "m1-baseline); an unknown name or a file path is refused")
+    p.add_argument("--epochs", type=int, default=None, help="epochs (default: the preset's)")
+    p.add_argument("--set", action="append", type=setting_arg, default=None, metavar="SECTION.FIELD=VALUE",
+                   help="a setting over the preset, e.g. --set train.lr=0.01 (repeatable; see tasks/core/config.py)")
     p.set_defaults(func=_cmd_run)
 
 

@@ -40,8 +40,15 @@ def add_experiments(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") 
                    help="training-size sweep: shares of the training patients, e.g. 0.1,0.25,0.5,1 (nested, "
                         "stratified subsets; validation and test fixed); trains each --weights starting point at each "
                         "size with the first --preset's settings (default demo) and writes sweep/sweep.csv and sweep.png")
+    p.add_argument("--repeats", type=int, default=1,
+                   help="with --train-fractions: repeats of every starting point and size, each with its own nested "
+                        "subsets and initial seed (sweep.csv's repeat column); the differences pool repeats and test "
+                        "patients (default 1)")
     p.add_argument("--set", action="append", type=setting_arg, default=None, metavar="SECTION.FIELD=VALUE",
-                   help="with --train-fractions: a setting over the preset, e.g. --set train.epochs=2 (repeatable)")
+                   help="a setting over the preset, e.g. --set train.epochs=2 (repeatable). With --train-fractions "
+                        "every arm trains with early stopping (train.patience 5) once it has taken train.min_steps "
+                        "100 optimiser steps, up to train.epochs 60; --epochs or --max-batches cap it (the row then "
+                        "says capped)")
     p.set_defaults(func=cmd_experiments)
     return p
 
@@ -50,6 +57,8 @@ def experiments_kwargs(args: argparse.Namespace) -> dict[str, Any]:
     """:func:`flows.pipeline.run_experiments`' arguments from the parsed options (checked here)."""
     from tasks.pipeline.experiments import experiment_overrides
 
+    if args.repeats != 1:
+        raise ValueError(f"--repeats {args.repeats}: repeats are for a training-size sweep (--train-fractions)")
     weights = args.weights or "preset"
     if weights not in ("preset", "none"):
         raise ValueError(f"--weights {weights}: expected preset or none for a preset comparison "

@@ -26,6 +26,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     from tasks.sweep.analysis import parse_fractions, parse_weights
 
     fractions = parse_fractions(args.train_fractions)
+    if args.repeats < 1:
+        raise ValueError(f"--repeats {args.repeats}: expected 1 or more")
     weights = parse_weights(args.weights or "none,imagenet")
     overrides: dict[str, dict[str, object]] = {}
     for section, field, value in args.set or []:
@@ -34,7 +36,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
     _writable(args.out)
     result = run_sweep(data_root=str(args.data_root), output_root=str(args.out), fractions=fractions, weights=weights,
-                       preset=(args.preset or ["demo"])[0], overrides=overrides)
+                       preset=(args.preset or ["demo"])[0], overrides=overrides, repeats=args.repeats)
     print(json.dumps(result, sort_keys=True, default=str))
     return 0
 

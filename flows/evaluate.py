@@ -75,7 +75,7 @@ def _evaluate(config: EvaluateConfig) -> dict[str, str]:
     external = None
     if config.external:
         external = compare_external.with_options(**cache)(str(checkpoint), str(own_manifest), predictions,
-                                                          image_size, str(out), config)
+                                                          image_size, str(out), config, str(manifest))
     metrics = compute_metrics.with_options(**cache)(predictions, str(checkpoint), str(manifest), image_size,
                                                     str(out), config, frames, source, choice)
     report = write_report.with_options(**cache)(metrics, predictions, str(checkpoint), str(manifest), image_size,

@@ -20,7 +20,8 @@ from tasks.sweep.steps import summarise_sweep, sweep_config, sweep_dir, sweep_ru
 
 @flow(name="tomoflow-sweep", log_prints=True)
 def run_sweep(data_root: str, output_root: str, fractions: list[float], weights: list[str],
-              preset: str | None = "demo", overrides: dict[str, Any] | None = None) -> dict[str, str]:
+              preset: str | None = "demo", overrides: dict[str, Any] | None = None,
+              repeats: int = 1) -> dict[str, str]:
     """Train each starting point on nested subsets of the training patients and compare their test AUC.
 
     Args:
@@ -31,15 +32,23 @@ def run_sweep(data_root: str, output_root: str, fractions: list[float], weights:
             the reference of the paired differences.
         preset: The preset whose settings train and evaluate every model.
         overrides: Settings over the preset, by section (e.g. {"train": {"epochs": 2}}).
+        repeats: Repeats of every (starting point, size): each draws its own nested subsets and
+            initial seed.
 
     Returns:
-        Paths of ``table`` (sweep.csv), ``markdown``, ``json`` and ``plot`` (sweep.png).
+        Paths of ``table`` (sweep.csv), ``markdown``, ``json`` (with the verdicts), ``plot`` (sweep.png)
+        and ``page`` (index.html).
     """
     cfg = sweep_config(data_root, output_root, preset, overrides)
     prepared = prepare_data(config=prepare_config(cfg))
-    subsets = write_sweep_subsets(prepared["manifest"], list(fractions), cfg.slices.seed)
+    if repeats < 1:
+        raise ValueError(f"repeats {repeats}: expected 1 or more")
+    subsets = {r: write_sweep_subsets(prepared["manifest"], list(fractions), cfg.slices.seed, r) for r in range(repeats)}
     runs = []
     for run in sweep_runs(cfg, prepared["manifest"], subsets, list(weights)):
-        train_classifier.with_options(flow_run_name=run.name)(config=run.train)
-        runs.append(run.record(evaluate_model(config=run.evaluate)))
+        trained = None
+        if run.train is not None:
+            trained = train_classifier.with_options(flow_run_name=run.name)(config=run.train)
+        runs.append(run.record(evaluate_model.with_options(flow_run_name=f"{run.name} evaluate")(config=run.evaluate),
+                               trained))
     return summarise_sweep(runs, str(sweep_dir(cfg)), cfg.evaluate.bootstrap, cfg.evaluate.ci, cfg.evaluate.seed)

@@ -79,10 +79,12 @@ HISTORY_COLUMNS = [
 
 #: ``TrainConfig`` fields (dotted) that don't change what a run computes, so a run may be
 #: resumed with different values: where it runs, how many loader workers, how many epochs
-#: in all (no schedule depends on it; raising it extends a finished run), where the run
-#: folder is, and the manifest's path (its *content* is checked by fingerprint instead).
+#: in all (no schedule depends on it; raising it extends a finished run), the optimiser steps
+#: early stopping waits for (like epochs, only when the run may end; a checkpoint written
+#: before the field existed resumes), where the run folder is, and the manifest's path (its
+#: *content* is checked by fingerprint instead).
 RESUME_IGNORED_FIELDS = frozenset({"run_dir", "manifest", "train.device", "train.num_workers", "train.epochs",
-                                   "train.multi_gpu"})
+                                   "train.multi_gpu", "train.min_steps"})
 
 
 @dataclass(frozen=True)
@@ -148,8 +150,18 @@ class RunProgress:
             stopped=bool(state["stopped_early"]),
         )
 
-    def record(self, row: dict[str, Any], sample: dict[str, Any], patience: int | None) -> bool:
-        """Append an epoch's history row, update best and early stopping; return whether it improved."""
+    @property
+    def steps(self) -> int:
+        """Optimiser steps taken so far (0 for runs recorded before steps were counted)."""
+        return sum(int(s.get("steps", 0)) for s in self.samples)
+
+    def record(self, row: dict[str, Any], sample: dict[str, Any], patience: int | None, *,
+               min_steps: int = 0) -> bool:
+        """Append an epoch's history row, update best and early stopping; return whether it improved.
+
+        Early stopping (``patience`` epochs without a lower validation loss) waits until the run
+        has taken ``min_steps`` optimiser steps.
+        """
         self.history.append(row)
         self.samples.append(sample)
         improved = row["val_loss"] < self.best_val  # False for NaN
@@ -157,7 +169,7 @@ class RunProgress:
             self.best_val, self.best_epoch, self.bad_epochs = row["val_loss"], row["epoch"], 0
         else:
             self.bad_epochs += 1
-        self.stopped = patience is not None and self.bad_epochs >= patience
+        self.stopped = patience is not None and self.bad_epochs >= patience and self.steps >= min_steps
         return improved
 
     def as_checkpoint(self) -> dict[str, Any]:

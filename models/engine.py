@@ -179,11 +179,12 @@ def train_one_epoch(
     model.train()
     total = torch.zeros((), dtype=torch.float64, device=device)
     correct = torch.zeros((), dtype=torch.int64, device=device)
-    seen = 0
+    seen = steps = 0
     for batch, x, y in _batches(loader, device, channels_last=channels_last, max_batches=max_batches):
         with _autocast(device, autocast_dtype):
             output = model(x)
             loss = classification_loss(output, y, aux_weight=aux_weight, pos_weight=pos_weight)
+        steps += 1
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -195,7 +196,7 @@ def train_one_epoch(
             on_batch(batch)
     if seen == 0:
         raise ValueError("the training loader yielded no batch")
-    return {"loss": float(total) / seen, "accuracy": float(correct) / seen, "n": seen}
+    return {"loss": float(total) / seen, "accuracy": float(correct) / seen, "n": seen, "steps": steps}
 
 
 @torch.inference_mode()

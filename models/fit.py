@@ -84,7 +84,7 @@ def fit(
     ``history.csv``, write ``last.pt`` (the commit
     point: a kill before it repeats epoch ``e`` on resume, bit for bit on the CPU), log,
     and call ``progress``. Early stopping ends the run after ``patience`` epochs without a
-    lower validation loss.
+    lower validation loss, once it has taken ``train.min_steps`` optimiser steps.
 
     Under ``torchrun`` (``WORLD_SIZE`` > 1) every process runs ``fit`` with the same
     configuration: it joins the process group (NCCL on ``cuda:LOCAL_RANK``, gloo on the
@@ -108,7 +108,9 @@ def fit(
         no epoch produced a finite validation loss), ``epochs_run`` (epochs in the
         history), ``best_epoch``, ``best_val_loss``, ``stopped_early``, ``device``,
         ``resumed_from`` (completed epochs found in ``last.pt``, 0 for a fresh run),
-        ``world_size`` (processes that trained, 1 without ``torchrun``).
+        ``world_size`` (processes that trained, 1 without ``torchrun``), ``optimizer_steps``
+        (steps taken in all epochs) and ``capped`` (the run ended at ``train.epochs`` before early
+        stopping ended it, or ``train.max_batches`` limited its epochs).
 
     Raises:
         WeightsNotFoundError, FileNotFoundError: Weights, manifest or PNGs missing.
@@ -149,7 +151,7 @@ def _fit(
     if run.stopped or run.start >= params.epochs:
         say("run in '%s' is already complete (%d epochs%s); nothing to do",
             paths.last.parent, run.start, ", stopped early" if run.stopped else "")
-        return _summary(paths, run, device, group)
+        return _summary(paths, run, device, group, params)
 
     trainer = _Trainer.build(cfg, device, group, frame, state, say)
     # What the model sees (and where it started), kept in both checkpoints for evaluate's audit.
@@ -157,7 +159,7 @@ def _fit(
     with _deterministic_on_cpu(device):
         for epoch in range(run.start, params.epochs):
             row, sample = trainer.run_epoch(epoch, on_batch)
-            improved = run.record(row, sample, params.patience)
+            improved = run.record(row, sample, params.patience, min_steps=params.min_steps)
             if group.is_writer:
                 trainer.save(paths, run, improved=improved, fingerprint=fingerprint, recorded=recorded)
             # The others wait until rank 0 has committed the epoch.
@@ -172,10 +174,10 @@ def _fit(
                 progress(epoch + 1, {**row, "epochs": params.epochs, "best_val_loss": run.best_val,
                                      "best_epoch": run.best_epoch, "stopped_early": run.stopped})
             if run.stopped:
-                say("early stopping after epoch %d: no lower validation loss for %d epochs (best %.4f at epoch %s)",
-                    epoch + 1, run.bad_epochs, run.best_val, run.best_epoch)
+                say("early stopping after epoch %d (%d optimiser steps): no lower validation loss for %d epochs "
+                    "(best %.4f at epoch %s)", epoch + 1, run.steps, run.bad_epochs, run.best_val, run.best_epoch)
                 break
-    return _summary(paths, run, device, group)
+    return _summary(paths, run, device, group, params)
 
 
 def _read_manifest(cfg: TrainConfig, state: dict[str, Any] | None) -> tuple[pd.DataFrame, str]:
@@ -204,9 +206,15 @@ def _provenance(cfg: TrainConfig, frame: pd.DataFrame, fingerprint: str) -> dict
             "weights_source": weights_source(cfg.model.model, cfg.model.weights, cfg.model.transfer)}
 
 
-def _summary(paths: RunPaths, run: RunProgress, device: torch.device, group: distributed.Group) -> dict[str, Any]:
+def _summary(paths: RunPaths, run: RunProgress, device: torch.device, group: distributed.Group,
+             params: Any) -> dict[str, Any]:
     """What :func:`fit` returns."""
+    # Capped: the run ended at train.epochs (or trained on at most max_batches per epoch)
+    # before early stopping found it had learned what it can.
+    capped = params.max_batches is not None or (not run.stopped and len(run.history) >= params.epochs)
     return {
+        "optimizer_steps": run.steps,
+        "capped": bool(capped),
         "best": str(paths.best) if run.best_epoch is not None else None,
         "last": str(paths.last),
         "history": str(paths.history),
@@ -312,6 +320,7 @@ class _Trainer:
             model, self.val_loader, device, pos_weight=self.pos_weight, autocast_dtype=autocast_dtype,
             channels_last=channels_last, max_batches=params.max_batches,
         )
+        steps = int(train.get("steps", 0))  # optimiser steps: the same on every rank, not summed
         if group.world_size > 1:
             train, val = group.sum_metrics(train), group.sum_metrics(val)
         row = {
@@ -326,7 +335,7 @@ class _Trainer:
         }
         # Images trained and validated on (over all ranks); kept in last.pt, not history.csv.
         sample = {"epoch": epoch + 1, "train": int(train["n"]), "validation": int(val["n"]),
-                  "world_size": group.world_size}
+                  "world_size": group.world_size, "steps": steps}
         return row, sample
 
     def save(self, paths: RunPaths, run: RunProgress, *, improved: bool, fingerprint: str,

@@ -154,10 +154,27 @@ def _sha256(path: Path) -> str:
         return hashlib.file_digest(fh, "sha256").hexdigest()
 
 
+def _evaluation_of(run_dir: Path) -> Path | None:
+    """The ``metrics.json`` of a run's own evaluation: in its folder, its ``evaluation/`` folder, or (a model
+    of ``tomoflow run``) the ``evaluation`` link of the pipeline run folder whose ``model`` link points at it."""
+    for path in (run_dir / "metrics.json", run_dir / "evaluation" / "metrics.json"):
+        if path.is_file():
+            return path
+    resolved = run_dir.resolve()
+    runs = resolved.parent.parent / "runs"
+    for link in sorted(runs.glob("*/model")) if runs.is_dir() else []:
+        try:
+            if link.resolve() == resolved and (link.parent / "evaluation" / "metrics.json").is_file():
+                return link.parent / "evaluation" / "metrics.json"
+        except OSError:
+            continue
+    return None
+
+
 def _test_figures(run_dir: Path) -> dict[str, Any] | None:
-    """The source run's own evaluation (``metrics.json`` in its folder): image-level figures and intervals."""
-    path = run_dir / "metrics.json"
-    if not path.is_file():
+    """The source run's own evaluation: image-level figures and intervals, and the trivial score beside them."""
+    path = _evaluation_of(run_dir)
+    if path is None:
         return None
     try:
         metrics = json.loads(path.read_text())
@@ -165,11 +182,18 @@ def _test_figures(run_dir: Path) -> dict[str, Any] | None:
     except (OSError, ValueError, KeyError, TypeError):
         return None
     keep = ("roc_auc", "accuracy", "sensitivity", "specificity")
+    trivial = metrics.get("trivial") or {}
+    floor = (trivial.get("levels") or {}).get("slice") or {}
     return {
         "split": metrics.get("split"),
         "n": level.get("n"),
         "metrics": {k: level.get("metrics", {}).get(k) for k in keep},
         "intervals": {k: (level.get("intervals") or {}).get(k) for k in keep},
+        "null_roc_auc": level.get("null_roc_auc"),
+        "trivial": {"score": trivial.get("score"), "roc_auc": floor.get("roc_auc"),
+                    "model_minus_trivial": floor.get("model_minus_trivial"),
+                    "difference_interval": floor.get("difference_interval"),
+                    "beats_trivial": floor.get("beats_trivial")} if floor else None,
     }
 
 

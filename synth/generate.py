@@ -56,6 +56,9 @@ from synth.report_text import build_reports
 from tasks.core.files import atomic_write_text
 from tasks.core.schema import COHORTS, SPLITS
 
+#: Most patients a collection holds: their studies (about 1.1 a patient) keep five-digit ``DBT-S`` numbers.
+MAX_PATIENTS = 90_000
+
 #: Worker processes for encoding; None decides from the amount of work (tests set it).
 _WORKERS: int | None = None
 
@@ -156,17 +159,21 @@ def generate_dataset(
     Args:
         out: Output folder (created; existing files with the same names are overwritten,
             nothing else is removed).
-        patients: Number of patients (1 to 99999). Cohorts: cancer ``max(2, 1.6%)``, benign
-            ``max(2, 2%)``, actionable ``max(1, 5%)``, the rest normal; about 10% of patients
-            have a second, normal study.
+        patients: Number of patients (1 to 90000). Cohorts: positive (benign and cancer, about
+            evenly) :data:`synth.plan.DEFAULT_POSITIVE_FRACTION` (40%, at least 2 of each),
+            actionable ``max(1, 5%)``, the rest normal; about 10% of patients have a second,
+            normal study.
         seed: Seed of every random choice; the same seed gives the same bytes in every file.
+            The ids come from it too (:func:`synth.plan.seeded_id`: ``DBT-P00013`` for seed 0,
+            ``DBT-P700013`` for seed 7), so collections of different seeds share no PatientID,
+            StudyUID or DICOM UID.
         rows: Frame rows (at least 32); ignored with ``full_size``.
         columns: Frame columns (at least 32); ignored with ``full_size``.
         full_size: Frames of 2457 x 1890 as in the collection.
         frames: Inclusive (min, max) frame count per volume; default (16, 32), or (49, 95)
             with ``full_size``.
         positive_fraction: If given, this fraction of patients is positive, split about evenly
-            between benign and cancer (overrides the default cohort sizes).
+            between benign and cancer (overrides the default 40%, with no floor).
         reports: Also write ``reports.csv``.
         difficulty: ``easy`` (the default: the same bytes as before the levels existed),
             ``moderate`` or ``subtle`` (:data:`synth.anatomy.DIFFICULTIES`).
@@ -219,8 +226,8 @@ def _checked_args(
     frames: tuple[int, int] | None, positive_fraction: float | None,
 ) -> tuple[int, int, tuple[int, int]]:
     """Check :func:`generate_dataset`'s arguments; the frame size and frame range to use."""
-    if isinstance(patients, bool) or not isinstance(patients, int) or not 1 <= patients <= 99999:
-        raise ValueError(f"patients={patients!r}: expected an integer from 1 to 99999")
+    if isinstance(patients, bool) or not isinstance(patients, int) or not 1 <= patients <= MAX_PATIENTS:
+        raise ValueError(f"patients={patients!r}: expected an integer from 1 to {MAX_PATIENTS}")
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
         raise ValueError(f"seed={seed!r}: expected a non-negative integer")
     if full_size:

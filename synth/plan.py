@@ -92,7 +92,7 @@ class Study:
 
 @dataclass
 class Patient:
-    """One patient: the number in ``DBT-P#####``, cohort, split and studies."""
+    """One patient: the number in ``DBT-P#####`` (the boxes' ``Subject``), cohort, split and studies."""
 
     number: int
     patient_id: str
@@ -101,10 +101,34 @@ class Patient:
     studies: list[Study] = field(default_factory=list)
 
 
+#: Share of positive (benign or cancer) patients when none is asked for. With the pipeline's
+#: default splits (70/15/15 by patient, stratified by label) a 100-patient collection then
+#: holds 40 positive patients: 28 / 6 / 6 in train / validation / test, enough for a
+#: single-slice evaluation (one image per patient) in every split. (The release's own
+#: proportions, 1.6% cancer and 2% benign, left a 160-patient collection with 6 positives.)
+DEFAULT_POSITIVE_FRACTION = 0.4
+
+#: Numbers in ``DBT-P#####`` / ``DBT-S#####`` stay below this (five digits, as in the release).
+ID_BLOCK = 100_000
+
+
+def seeded_id(kind: str, seed: int, number: int) -> str:
+    """``DBT-P00013`` (``kind`` ``"P"``) or ``DBT-S00163`` (``"S"``) for ``number`` of a collection of ``seed``.
+
+    Seed 0 writes the release's shape (five digits); seed ``s > 0`` puts ``s`` before the five
+    digits (``DBT-P700013`` for seed 7), so collections written with different seeds never share
+    a PatientID or StudyUID, nor the DICOM UIDs derived from them.
+    """
+    if not 0 < number < ID_BLOCK:
+        raise ValueError(f"id number {number}: expected 1 to {ID_BLOCK - 1}")
+    return f"DBT-{kind}{seed if seed else ''}{number:05d}"
+
+
 def _cohort_counts(patients: int, positive_fraction: float | None) -> dict[str, int]:
-    if positive_fraction is None:
-        cancer = max(2, round_half_up(0.016 * patients))
-        benign = max(2, round_half_up(0.02 * patients))
+    if positive_fraction is None:  # the default share, keeping the old floor of 2 benign and 2 cancer
+        positives = max(4, round_half_up(DEFAULT_POSITIVE_FRACTION * patients))
+        benign = positives // 2
+        cancer = positives - benign
     else:
         positives = round_half_up(positive_fraction * patients)
         benign = positives // 2
@@ -165,7 +189,7 @@ def plan(
     """
     rng = np.random.default_rng([seed, 0])
     extras: dict[str, Any] = {}
-    people = _people(rng, patients, positive_fraction, extras)
+    people = _people(rng, patients, positive_fraction, extras, seed)
     _split_patients(rng, people)
     volumes = _volumes(rng, people, frames)
     _traps(rng, volumes)
@@ -179,22 +203,22 @@ def plan(
         classes = [(cls, int(ad_rng.random() < 0.15)) for _ in range(v.n_lesions)]
         plan_image(v, rows, cols, seed, classes, lesions)
         if lesions.mimics is not None:  # own generator: the draws above stay as they were
-            plan_structures(v, rows, cols, seed, lesions.mimics)
+            plan_structures(v, rows, cols, seed, lesions)
     return people, volumes, extras
 
 
 def _people(
     rng: np.random.Generator, patients: int, positive_fraction: float | None,
-    extras: dict[str, Any],
+    extras: dict[str, Any], seed: int = 0,
 ) -> list[Patient]:
     """Patients with their cohorts and studies (second studies, double flag, missing views)."""
-    pool = max(5060, 2 * patients)
+    pool = min(ID_BLOCK - 1, max(5060, 2 * patients))
     numbers = np.sort(rng.choice(pool, size=patients, replace=False) + 1)
     counts = _cohort_counts(patients, positive_fraction)
     cohort_list = [c for c in reversed(COHORTS) for _ in range(counts[c])]
     order = rng.permutation(patients)
     people = [
-        Patient(number=int(num), patient_id=f"DBT-P{int(num):05d}",
+        Patient(number=seed * ID_BLOCK + int(num), patient_id=seeded_id("P", seed, int(num)),
                 cohort=cohort_list[int(order[i])])
         for i, num in enumerate(numbers)
     ]
@@ -225,10 +249,10 @@ def _people(
         next(s for s in chosen.studies if not s.extra).double_flag = True
 
     studies = [s for p in people for s in p.studies]
-    snums = np.sort(rng.choice(max(5610, 2 * len(studies)), size=len(studies), replace=False) + 1)
+    snums = np.sort(rng.choice(min(ID_BLOCK - 1, max(5610, 2 * len(studies))), size=len(studies), replace=False) + 1)
     for s, num in zip(studies, snums):
         s.number = int(num)
-        s.study_uid = f"DBT-S{int(num):05d}"
+        s.study_uid = seeded_id("S", seed, int(num))
 
     # A few normal studies miss one view.
     normal_studies = [k for k, s in enumerate(studies) if s.cohort == "normal"]

@@ -74,14 +74,28 @@ def _lesion_template(les: Lesion, min_side_px: float) -> np.ndarray:
     return out
 
 
+def _decoy_profile(rho2: np.ndarray) -> np.ndarray:
+    """A decoy's profile at squared normalised radius ``rho2``: an elliptical Gaussian (SD 0.7 of each semi-axis).
+
+    No plateau and no rim: a small CNN tells it from a lesion's sharp-edged plateau far more
+    easily than it did a super-Gaussian shoulder (test AUC 0.93 against 0.71 after 11 epochs
+    in issue 26's probe), while its brightest lesion-sized mean stays close to a lesion's.
+    """
+    return np.exp(-0.5 * rho2 / np.float32(0.7**2))
+
+
 def _structures_image(structures: list[Structure], rows: int, cols: int) -> np.ndarray:
     """The brightening of the volume's normal structures on one frame (the same on every frame).
 
     Soft-edged by design, unlike a lesion's plateau: a duct is a Gaussian ridge across its
-    axis that fades over its last fifth at each end; a patch is a broad elliptical Gaussian.
+    axis that fades over its last fifth at each end; a patch is a broad elliptical Gaussian;
+    a decoy an elongated elliptical Gaussian. Ducts and patches overlap by their
+    maximum (tissue); decoys are *added*, as lesions are, so that a decoy on a duct lifts the
+    brightest spot just as a lesion there does.
     """
     yy, xx = np.mgrid[0:rows, 0:cols].astype(np.float32)
     out = np.zeros((rows, cols), dtype=np.float32)
+    added = np.zeros((rows, cols), dtype=np.float32)
     for st in structures:
         c, s = np.float32(np.cos(st.angle)), np.float32(np.sin(st.angle))
         along = (xx - st.cx) * c + (yy - st.cy) * s
@@ -89,10 +103,15 @@ def _structures_image(structures: list[Structure], rows: int, cols: int) -> np.n
         if st.kind == "duct":
             ends = np.clip((st.half_length - np.abs(along)) / (0.2 * st.half_length), 0, 1)
             profile = np.exp(-0.5 * (across / st.half_width) ** 2) * ends
+        elif st.kind == "decoy":
+            profile = _decoy_profile((along / st.half_length) ** 2 + (across / st.half_width) ** 2)
         else:
             profile = np.exp(-0.5 * ((along / st.half_length) ** 2 + (across / st.half_width) ** 2))
-        out = np.maximum(out, np.float32(st.amplitude) * profile.astype(np.float32))
-    return out
+        if st.kind == "decoy":
+            added += np.float32(st.amplitude) * profile.astype(np.float32)
+        else:
+            out = np.maximum(out, np.float32(st.amplitude) * profile.astype(np.float32))
+    return out + added
 
 
 #: Network input sides at which the summary says how many pixels the smallest lesion spans.
@@ -211,7 +230,8 @@ def lesion_visibility(volumes: list[Volume], rows: int, cols: int) -> dict[str, 
     mimics_note = ""
     if mimic:
         out["mimics"] = {"structures": len(mimic), "contrast_to_texture": spread(mimic, 1)}
-        mimics_note = (f"; every volume also holds bright normal ducts and dense patches ({len(mimic)} in all, "
+        mimics_note = (f"; every volume also holds bright normal ducts and dense patches and lesion-bright "
+                       f"elongated decoys ({len(mimic)} in all, "
                        f"{min(mimic):.1f}-{max(mimic):.1f} times the texture's SD)")
     out["note"] = (
         f"lesions span {100 * min(size):.0f}-{100 * max(size):.0f}% of the frame's long side (the "

@@ -101,6 +101,8 @@ SLOW_TESTS: dict[str, str] = {
     "tests/flows/test_train.py::test_train_flow_two_epochs": "the train flow, killed and resumed",
     "tests/flows/test_small_data.py::test_prepare_completes_on_a_fresh_prefect_home": "a fresh PREFECT_HOME's database",
     "tests/models/test_scratch_baseline.py::test_demo_scratch_recipe_learns": "trains the demo's recipe until it learns",
+    "tests/synth/test_difficulty.py::test_moderate_brightness_floor_stays_low_over_seeds_fractions_and_sizes":
+        "renders ten 160-patient moderate collections' single-slice images at three sizes (15 s of CPU, more loaded)",
     # Other processes: Dask clusters, torchrun.
     "tests/flows/test_dask.py": "starts a Dask cluster and a temporary Prefect server",
     "tests/models/test_distributed.py": "torchrun with two ranks",

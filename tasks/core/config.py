@@ -227,6 +227,10 @@ class TrainParams(_Frozen):
     patience: int | None = Field(
         20, ge=1, description="Early stopping: epochs without a better validation loss; none disables it."
     )
+    min_steps: int = Field(
+        0, ge=0, description="Early stopping waits for at least this many optimiser steps, so a small training "
+        "set is not stopped before it had the chance to learn (epochs still caps the run)."
+    )
     freeze_epochs: int = Field(0, ge=0, description="Epochs with the backbone frozen before fine-tuning.")
     unfreeze_lr_factor: float = Field(
         0.1, gt=0, le=1, description="Backbone learning rate after unfreezing, as a fraction of lr."

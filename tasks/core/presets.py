@@ -22,7 +22,7 @@ STUDY_PRESETS = ("m1-baseline", "m1-augment", "m1-dense4", "m1-adam", "m2-baseli
 #: run form (and the API refuses other values when a deployment run is created). Spelled
 #: out, not built from ``configs/`` at import, so the type is static; a test checks it
 #: against the files.
-PresetName = Literal["demo", "m1-adam", "m1-augment", "m1-baseline", "m1-dense4", "m2-baseline",
+PresetName = Literal["cpu-scratch", "demo", "m1-adam", "m1-augment", "m1-baseline", "m1-dense4", "m2-baseline",
                      "m2-inception", "m2-inception-scratch"]
 
 

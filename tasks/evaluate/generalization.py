@@ -124,15 +124,41 @@ def predict_rows(model: Any, frame: pd.DataFrame, *, root: Path, split: str, ima
                               device=device) for s in splits], ignore_index=True)
 
 
+def external_trivial(external: pd.DataFrame, *, own_manifest: str | os.PathLike[str],
+                     external_manifest: str | os.PathLike[str], how: str = "max", n: int, ci: float,
+                     seed: int) -> dict[str, Any] | None:
+    """The trivial brightness score on the external images, beside the model (paired, per image).
+
+    The score is chosen on the **training** collection's validation split (no look at the
+    external images), then computed on every external image; ``None`` when that split lacks a class.
+    """
+    from tasks.evaluate.trivial_scores import choose_score, paired_auc_difference, score_images
+
+    chosen = choose_score(pd.read_parquet(own_manifest), Path(own_manifest).parent)
+    if chosen is None:
+        return None
+    table = external.reset_index(drop=True)
+    table = table.assign(trivial=score_images(table, Path(external_manifest).parent)[chosen].to_numpy(float))
+    paired = paired_auc_difference(table, "probability", "trivial", level="slice", how=how,  # type: ignore[arg-type]
+                                   n=n, ci=ci, seed=seed)
+    interval = paired["interval"]
+    beats = None if paired["difference"] is None else bool((interval[0] if interval else paired["difference"]) > 0)
+    return {"score": chosen, "chosen_on": "validation split of the training collection", "roc_auc": paired["second"],
+            "model_roc_auc": paired["first"], "model_minus_trivial": paired["difference"],
+            "difference_interval": interval, "beats_trivial": beats}
+
+
 def external_comparison(own: pd.DataFrame, external: pd.DataFrame, *, source: str, threshold: float, n: int,
-                        ci: float, seed: int) -> dict[str, Any]:
-    """The external figures beside the model's own test figures, and the gap (external - own) with intervals."""
+                        ci: float, seed: int, trivial: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The external figures beside the model's own test figures, and the gap (external - own) with intervals;
+    ``trivial`` (:func:`external_trivial`) is the brightness score on the external images."""
     from tasks.evaluate.paired_bootstrap import gap_interval
 
     gap = gap_interval(own, external, threshold=threshold, n=n, ci=ci, seed=seed)
     probability = external["probability"].astype(float)
     labels = sorted(int(v) for v in external["label"].dropna().unique())
     return {
+        "trivial": trivial,
         "source": source,
         "unit": "image",
         "own_test": {"images": int(len(own)), "patients": int(own["patient_id"].nunique()), "figures": gap["own"]},

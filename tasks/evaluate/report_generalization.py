@@ -109,8 +109,22 @@ def external(comparison: Mapping[str, Any] | None) -> dict[str, Any] | None:
         verdict = "The AUC gap's interval includes 0: no difference shown at this sample size."
     if ext.get("roc_auc") is not None and ext["roc_auc"] <= 0.5:
         verdict += " Its external AUC is at or below chance (0.5)."
+    verdict += " " + _beside_trivial(comparison.get("trivial"))
     return {"source": comparison.get("source"), "own": comparison["own_test"], "ext": comparison["external"],
             "rows": rows, "verdict": verdict, "b": gap["bootstrap"]["n_resamples"]}
+
+
+def _beside_trivial(trivial: Mapping[str, Any] | None) -> str:
+    """The external AUC read beside the trivial brightness score on the same external images."""
+    if not trivial or trivial.get("roc_auc") is None:
+        return ("The trivial brightness score was not computed on the external collection (older evaluation, or "
+                "no validation split with both classes to choose it on).")
+    diff = trivial.get("model_minus_trivial")
+    said = ("beats it" if trivial.get("beats_trivial") else "does NOT beat it") if diff is not None else "n/a"
+    return (f"On the external images the trivial brightness score {trivial['score']} (chosen on the training "
+            f"collection's validation split) reaches AUC {_num(trivial['roc_auc'])}; the model "
+            f"{_num(trivial.get('model_roc_auc'))}, difference {'n/a' if diff is None else f'{diff:+.3f}'} "
+            f"{_interval(trivial.get('difference_interval'))}: it {said}.")
 
 
 def sections(generalization: Mapping[str, Any] | None) -> dict[str, Any]:

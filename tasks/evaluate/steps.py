@@ -153,24 +153,30 @@ def audit_training_overlap(checkpoint: str, manifest: str, split: str, out_dir: 
     return str(training_audit(checkpoint, manifest, split, allow_overlap=allow_overlap, out_dir=out_dir))
 
 
-@task(name="compare-external", cache_key_fn=content_cache_key_fn(files=("checkpoint", "manifest", "predictions")),
+@task(name="compare-external", cache_key_fn=content_cache_key_fn(files=("checkpoint", "manifest", "predictions",
+                                                                         "external_manifest")),
       **_CACHED)
 def compare_external(checkpoint: str, manifest: str, predictions: str, image_size: int, out_dir: str,
-                     cfg: EvaluateConfig) -> str:
-    """Score the model's own test split again, and write the external figures beside them with the gap."""
+                     cfg: EvaluateConfig, external_manifest: str | None = None) -> str:
+    """Score the model's own test split again, and write the external figures beside them with the gap and,
+    with ``external_manifest``, the trivial brightness score on the external images."""
     import pandas as pd
 
     from models.checkpoint import load_classifier
     from models.engine import resolve_device
-    from tasks.evaluate.generalization import EXTERNAL_NAME, external_comparison, predict_rows
+    from tasks.evaluate.generalization import EXTERNAL_NAME, external_comparison, external_trivial, predict_rows
     from tasks.core.files import atomic_write_json
 
     device = resolve_device(cfg.device)
     model = load_classifier(checkpoint, device=device)
     own = predict_rows(model, pd.read_parquet(manifest), root=Path(manifest).parent, split="test",
                        image_size=image_size, batch_size=cfg.batch_size, device=device)
-    comparison = external_comparison(own, pd.read_parquet(predictions), source=str(cfg.external),
-                                     threshold=cfg.threshold, n=cfg.bootstrap, ci=cfg.ci, seed=cfg.seed)
+    external = pd.read_parquet(predictions)
+    trivial = None if external_manifest is None else external_trivial(
+        external, own_manifest=manifest, external_manifest=external_manifest, how=cfg.aggregate, n=cfg.bootstrap,
+        ci=cfg.ci, seed=cfg.seed)
+    comparison = external_comparison(own, external, source=str(cfg.external), threshold=cfg.threshold,
+                                     n=cfg.bootstrap, ci=cfg.ci, seed=cfg.seed, trivial=trivial)
     return str(atomic_write_json(Path(out_dir) / EXTERNAL_NAME, comparison))
 
 

@@ -34,7 +34,7 @@ from sklearn.metrics import roc_auc_score
 
 from tasks.evaluate.metrics_point import How, aggregate
 
-__all__ = ["SCORES", "image_scores", "paired_auc_difference", "score_images", "trivial_baseline"]
+__all__ = ["SCORES", "choose_score", "image_scores", "paired_auc_difference", "score_images", "trivial_baseline"]
 
 #: Window sides of the brightest-local-mean scores, in % of the image side (lesion sized:
 #: the synthetic lesions span 4-19 % of the frame's long side).
@@ -138,6 +138,17 @@ def _select(candidates: pd.DataFrame, labels: np.ndarray) -> tuple[str, dict[str
     aucs = {name: _auc(labels, candidates[name].to_numpy(float)) for name in SCORES}
     best = max(SCORES, key=lambda name: -1.0 if aucs[name] is None else aucs[name])
     return best, aucs
+
+
+def choose_score(manifest: pd.DataFrame, root: Path) -> str | None:
+    """The score of :data:`SCORES` with the best image-level AUC on ``manifest``'s validation split (``None``
+    when that split lacks a class): the choice made without looking at the images it is then reported on."""
+    val = manifest[manifest["split"].eq("validation").fillna(False).astype(bool)]
+    if "augmented_from" in val.columns:
+        val = val[val["augmented_from"].isna()]
+    if val["label"].nunique() != 2:
+        return None
+    return _select(score_images(val, root), val["label"].to_numpy(np.int64))[0]
 
 
 def trivial_baseline(

@@ -17,6 +17,8 @@ from typing import Any
 
 #: The files the dashboard's artifacts link to (``tasks.pipeline.dashboard``, ``tasks.pipeline.steps``).
 SERVED_NAMES = frozenset({"report.html", "learning_curves.png", "comparison.md", "comparison.csv"})
+#: Pages served only inside a folder of this name: the training-size sweep's page (``tasks.sweep.page``).
+SERVED_IN_FOLDER = frozenset({("sweep", "index.html")})
 #: Folders whose content is never served, whatever the file's name.
 PRIVATE_FOLDERS = frozenset({"prepared", "slices", ".work", ".cache"})
 
@@ -27,7 +29,9 @@ def servable(root: str | os.PathLike[str], url_path: str) -> Path | None:
 
     relative = unquote(urlsplit(url_path).path).lstrip("/")
     parts = [p for p in relative.split("/") if p]
-    if not parts or any(p in ("..", ".") or p in PRIVATE_FOLDERS for p in parts) or parts[-1] not in SERVED_NAMES:
+    if not parts or any(p in ("..", ".") or p in PRIVATE_FOLDERS for p in parts):
+        return None
+    if parts[-1] not in SERVED_NAMES and tuple(parts[-2:]) not in SERVED_IN_FOLDER:
         return None
     real_root = os.path.realpath(root)
     real = os.path.realpath(os.path.join(real_root, *parts))

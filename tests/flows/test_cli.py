@@ -87,3 +87,39 @@ def test_prepare_rejects_bad_configuration_before_work(tmp_path: Path, capsys) -
                  "--normal-fraction", "1.5"]) == 2
     assert "normal_fraction" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("preset", ["no-such-preset", "configs/demo.yaml"])
+def test_run_refuses_an_unknown_preset_or_a_path_before_prefect_and_leaves_no_folder(
+        preset: str, tmp_path: Path, capsys, monkeypatch: pytest.MonkeyPatch) -> None:
+    import flows.pipeline
+
+    monkeypatch.setattr(flows.pipeline, "tomoflow_pipeline", lambda **kw: pytest.fail("the flow started"))
+    out = tmp_path / "out"
+    assert main(["run", "--data-root", str(tmp_path), "--out", str(out), "--preset", preset]) == 2
+    err = capsys.readouterr().err
+    assert f"unknown preset '{preset}'" in err and "cpu-scratch" in err and "Traceback" not in err
+    assert not out.exists()
+
+
+def test_run_takes_set_and_epochs_over_the_preset(tmp_path: Path, capsys, monkeypatch: pytest.MonkeyPatch) -> None:
+    import flows.pipeline
+    from tasks.core.presets import pipeline_config
+
+    seen: dict = {}
+    monkeypatch.setattr(flows.pipeline, "tomoflow_pipeline", lambda **kw: seen.update(kw) or {"ok": True})
+    out = tmp_path / "out"
+    assert main(["run", "--data-root", str(tmp_path), "--out", str(out), "--preset", "cpu-scratch", "--epochs", "3",
+                 "--set", "train.lr=0.01", "--set", "slices.seed=4"]) == 0
+    assert seen["preset"] == "cpu-scratch"
+    assert seen["config"] == {"train": {"lr": 0.01, "epochs": 3}, "slices": {"seed": 4}}
+    cfg = pipeline_config(preset="cpu-scratch", base=seen["config"])
+    # The preset's recipe (scratch vgg16_bn, 64 px, flips only) stays under the settings given.
+    assert (cfg.model.model, cfg.model.weights, cfg.train.image_size, cfg.augment.max_rotation) == (
+        "vgg16_bn", "none", 64, 0.0)
+    assert (cfg.train.epochs, cfg.train.lr, cfg.slices.seed) == (3, 0.01, 4)
+    # A setting the configuration refuses stops before the flow, in one line, and leaves no folder.
+    bad = tmp_path / "bad"
+    assert main(["run", "--data-root", str(tmp_path), "--out", str(bad), "--set", "train.no_such_field=1"]) == 2
+    err = capsys.readouterr().err
+    assert "no_such_field" in err and "Traceback" not in err and not bad.exists()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import html
 import json
 from pathlib import Path
 
@@ -60,21 +61,53 @@ def test_sweep_cli_two_fractions_two_starting_points(prefect_harness, small_data
                 "train.batch_size=8", "slices.image_size=40", "slices.executor=serial", "evaluate.bootstrap=100",
                 "evaluate.gradcam_examples=0", "augment.offline_balance=false", "model.model=vgg16"]
     argv = ["experiments", "--data-root", str(data_b), "--out", str(tmp_path / "out"), "--train-fractions", "0.5,1",
-            "--weights", f"none,{tmp_path / 'run-a'}"]
+            "--weights", f"none,{tmp_path / 'run-a'}", "--repeats", "2"]
     for s in settings:
         argv += ["--set", s]
     assert main(argv) == 0
     sweep = tmp_path / "out" / "sweep"
     table = pd.read_csv(sweep / "sweep.csv")
-    assert len(table) == 4 and set(table["fraction"]) == {0.5, 1.0}
-    assert table.groupby("weights")["train_patients"].apply(lambda s: s.is_monotonic_increasing).all()
-    small, full = sorted(table["train_patients"].unique())
-    assert small < full
+    for column in ("null_roc_auc", "trivial_roc_auc", "beats_trivial", "best_epoch", "optimizer_steps", "repeat",
+                   "capped"):
+        assert column in table.columns, column
+    trained = table[table["fraction"] > 0]
+    assert len(trained) == 8 and set(trained["fraction"]) == {0.5, 1.0} and set(trained["repeat"]) == {0, 1}
+    # Zero-shot: the tomoflow start, on the target's test split before fine-tuning; none for scratch.
+    zero = table[table["fraction"] == 0]
+    assert len(zero) == 1 and zero["start"].iloc[0] == "from-run-a" and zero["train_patients"].iloc[0] == 0
+    assert zero["optimizer_steps"].iloc[0] == 0
+    # Each repeat draws its own subsets: the same sizes, other patients (at 0.5).
+    assert trained.groupby(["weights", "repeat"])["train_patients"].apply(lambda s: s.is_monotonic_increasing).all()
+    half = [set(pd.read_parquet(p).query("split == 'train'")["patient_id"])
+            for p in sorted((tmp_path / "out").rglob("sweep-train-0500-r*.parquet"))]
+    assert len(half) == 2 and len(half[0]) == len(half[1]) and half[0] != half[1]
     assert table["test_images"].nunique() == 1  # the same test split everywhere
+    assert table["trivial_roc_auc"].nunique() == 1  # one floor: the same test images, the score chosen on validation
+    # --set train.max_batches caps every run: it says so, and a capped arm cannot give an answer.
+    assert trained["capped"].all() and (trained["epochs_run"] == 2).all()
+    assert (trained["optimizer_steps"] >= 2).all() and (trained["optimizer_steps"] <= 2 * 3).all()
+    assert (trained["best_epoch"] >= 1).all()
+    # Run folders: a pre-trained arm's never reads like a scratch one.
+    folders = sorted(p.name for p in (sweep / "runs").iterdir())
+    assert any(f.startswith("scratch-f0500-r0") for f in folders)
+    assert any(f.startswith("from-run-a-") and f.endswith("-f0500-r1") for f in folders)
     assert (sweep / "sweep.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     report = json.loads((sweep / "sweep.json").read_text())
     assert len(report["differences"]) == 2 and all(d["reference"] == "none" for d in report["differences"])
     for d in report["differences"]:
+        assert d["repeats"] == 2 and len(d["per_repeat"]) == 2
         if d["low"] is not None:
-            assert d["low"] <= d["roc_auc_difference"] <= d["high"]
+            assert d["low"] <= d["high"]
+    assert {v["fraction"] for v in report["verdict"]} == {0.5, 1.0}
+    for v in report["verdict"]:
+        assert v["verdict"] == "no answer" and any("under-trained" in r for r in v["reasons"]), v
+        assert str(tmp_path) not in v["sentence"] and "run-a-" not in v["sentence"]  # short names, never paths
+    assert report["trivial"]["score"] and report["trivial"]["roc_auc"] is not None
+    # One self-contained page: verdicts, plot, table, learning curves, the source, the overlap audit; no paths.
+    page = (sweep / "index.html").read_text()
+    for v in report["verdict"]:
+        assert html.escape(v["sentence"], quote=False) in page
+    assert page.count("data:image/png;base64,") == 2 and "<script" not in page and 'src="http' not in page
+    assert "Overlap audit" in page and "from-run-a" in page and str(tmp_path) not in page
+    assert "Its own test figures were not found" in page  # run-a was trained, never evaluated
     print((sweep / "sweep.md").read_text())

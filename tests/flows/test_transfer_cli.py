@@ -146,6 +146,13 @@ def test_external_evaluation_reports_gap_or_overlap(prefect_harness, run_a: Path
     pred = pd.read_parquet(tmp_path / "ext" / "predictions.parquet")
     assert set(pred["split"]) == {"train", "validation", "test"}  # all rows of the other collection
     assert "External evaluation" in (tmp_path / "ext" / "report.html").read_text()
+    # The gap is read beside the trivial brightness score on the external images (issue 26, point 8).
+    trivial = comparison["trivial"]
+    assert trivial["chosen_on"] == "validation split of the training collection"
+    assert 0 <= trivial["roc_auc"] <= 1 and trivial["model_roc_auc"] == pytest.approx(
+        comparison["external"]["figures"]["roc_auc"])
+    assert trivial["model_minus_trivial"] == pytest.approx(trivial["model_roc_auc"] - trivial["roc_auc"])
+    assert f"reaches AUC {trivial['roc_auc']:.3f}" in (tmp_path / "ext" / "report.html").read_text()
     from prefect.client.orchestration import get_client
 
     with get_client(sync_client=True) as client:

@@ -298,6 +298,30 @@ def test_early_stopping_after_patience_epochs_without_improvement(
     assert again["stopped_early"] and again["epochs_run"] == 4 and again["resumed_from"] == 4
 
 
+def test_early_stopping_waits_for_min_steps_and_a_capped_run_says_so(
+    tmp_path: Path, manifest: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The validation loss never improves after epoch 1: patience 2 alone would stop after epoch 3.
+    losses = iter([0.5] + [0.9] * 20)
+    monkeypatch.setattr(models.fit, "evaluate", lambda *a, **k: {"loss": next(losses), "accuracy": 0.5, "n": 8})
+    cfg = make_cfg(manifest, tmp_path / "run", epochs=10, patience=2, max_batches=1)
+    cfg = cfg.model_copy(update={"train": cfg.train.model_copy(update={"min_steps": 5})})
+    result = fit(cfg)
+    # One step per epoch (max_batches 1): the run goes on to 5 steps before early stopping may end it.
+    assert result["stopped_early"] and result["epochs_run"] == 5 and result["optimizer_steps"] == 5
+    assert result["best_epoch"] == 1
+    assert result["capped"]  # max_batches limited every epoch
+
+    # Without max_batches, a run that reaches train.epochs before early stopping is capped; one that stops is not.
+    losses = iter([0.5, 0.4, 0.3])
+    short = make_cfg(manifest, tmp_path / "short", epochs=3, patience=2, max_batches=None)
+    done = fit(short)
+    assert done["capped"] and not done["stopped_early"] and done["optimizer_steps"] >= 3
+    losses = iter([0.5, 0.9, 0.9, 0.9])
+    stopped = fit(make_cfg(manifest, tmp_path / "stopped", epochs=4, patience=2, max_batches=None))
+    assert stopped["stopped_early"] and not stopped["capped"]
+
+
 def test_resume_refuses_another_configuration(tmp_path: Path, manifest: Path) -> None:
     run = tmp_path / "run"
     fit(make_cfg(manifest, run, epochs=1, max_batches=1))

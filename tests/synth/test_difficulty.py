@@ -108,7 +108,7 @@ def test_moderate_normal_tissue_holds_lesion_bright_structures_that_a_brightness
     best = {name: max(roc_auc_score(labels, [fn(im) for im in images]) for fn in SCORES.values())
             for name, images in (("easy", easy), ("moderate", moderate))}
     assert best["easy"] > 0.95
-    assert best["moderate"] < 0.85
+    assert best["moderate"] <= 0.75
 
 
 def _box_lift(root: Path, box: dict[str, str]) -> float:
@@ -175,3 +175,79 @@ def test_the_pipeline_can_tell_a_synthetic_collection_and_its_level(levels, tmp_
     assert data_origin(levels["moderate"][0]) == {"synthetic": True, "difficulty": "moderate"}
     assert data_origin(levels["subtle"][0]) == {"synthetic": True, "difficulty": "subtle"}
     assert data_origin(tmp_path) == {"synthetic": False, "difficulty": None}
+
+
+def _single_slice_images(seed: int, fraction: float, sizes: tuple[int, ...], patients: int = 160,
+                         level: str = "moderate", rows: int = 128,
+                         cols: int = 96) -> tuple[dict[int, list[np.ndarray]], list[int]]:
+    """What ``single-slice`` makes of a collection at ``level``: one image per patient, in [0, 1].
+
+    A positive patient's image is its largest lesion's boxed frame, a normal patient's a frame of
+    one of its volumes (actionable patients are left out); each frame is shown through the
+    volume's own window (the DICOM linear VOI function, as the reader applies it) and
+    letterboxed by the reader's :func:`tasks.reader.geometry.letterbox` to each side of
+    ``sizes``. The files are lossless JPEG 2000, so the pixels are the renderer's.
+    """
+    from synth.plan import plan
+    from synth.render import Renderer, display_window
+    from tasks.reader.geometry import letterbox
+
+    people, volumes, _ = plan(patients=patients, seed=seed, rows=rows, cols=cols, frames=(8, 16),
+                              positive_fraction=fraction, lesions=DIFFICULTIES[level])
+    by_patient: dict[str, list] = {}
+    for vol in volumes:
+        by_patient.setdefault(vol.patient_id, []).append(vol)
+    pick = np.random.default_rng([seed, 99])
+    shown: dict[int, list[np.ndarray]] = {n: [] for n in sizes}
+    labels = []
+    for person in people:
+        vols = by_patient[person.patient_id]
+        if person.cohort == "actionable":
+            continue
+        if person.cohort == "normal":
+            vol = vols[int(pick.integers(len(vols)))]
+            z, label = int(pick.integers(vol.n_frames)), 0
+        else:
+            _, vol, lesion = max(((les.width * les.height, v, les) for v in vols for les in v.lesions),
+                                 key=lambda t: t[0])
+            z, label = lesion.slice, 1
+        frame = Renderer(vol, rows, cols, seed).frame(z).astype(np.float64)
+        centre, width = display_window(vol)
+        grey = np.rint(np.clip((frame - (centre - 0.5)) / (width - 1) + 0.5, 0, 1) * 255).astype(np.uint8)
+        for n in sizes:
+            shown[n].append(letterbox(grey, n)[0].astype(np.float32) / 255.0)
+        labels.append(label)
+    return shown, labels
+
+
+#: Seeds and positive fractions of the floor test (none of them tuned on: the calibration used seeds 0-5).
+FLOOR_SEEDS = (11, 12, 13, 14, 15)
+FLOOR_FRACTIONS = (0.2, 0.5)
+#: The image sides the presets prepare (demo 96, method-1 presets 224; the demo network's 64).
+FLOOR_SIZES = (64, 96, 224)
+#: Issue 26: the brightest-spot score's image-level ROC AUC at ``moderate``, for any seed and fraction.
+MAX_MODERATE_TRIVIAL_AUC = 0.75
+
+
+def test_moderate_brightness_floor_stays_low_over_seeds_fractions_and_sizes() -> None:
+    """Every score of the trivial family, and so the best of it on the same images (what the
+    evaluation's validation choice can at most reach), stays at image-level ROC AUC <= 0.75."""
+    from sklearn.metrics import roc_auc_score
+
+    from tasks.evaluate.trivial_scores import SCORES
+
+    best = {}
+    for seed in FLOOR_SEEDS:
+        for fraction in FLOOR_FRACTIONS:
+            shown, labels = _single_slice_images(seed, fraction, FLOOR_SIZES)
+            assert 25 <= sum(labels) < len(labels)  # enough of each class for an AUC worth reading
+            for n, images in shown.items():
+                best[(seed, fraction, n)] = max(roc_auc_score(labels, [fn(im) for im in images])
+                                                for fn in SCORES.values())
+    worst = max(best, key=best.get)
+    assert best[worst] <= MAX_MODERATE_TRIVIAL_AUC, (
+        f"seed {worst[0]}, positive fraction {worst[1]}, {worst[2]} px: trivial AUC {best[worst]:.3f}; all: "
+        + ", ".join(f"{k}: {v:.3f}" for k, v in sorted(best.items())))
+    # The instrument can say no: the same measure on easy's plain lesions is near 1.
+    easy = _single_slice_images(FLOOR_SEEDS[0], 0.5, (96,), patients=60, level="easy")
+    assert max(roc_auc_score(easy[1], [fn(im) for im in easy[0][96]]) for fn in SCORES.values()) > 0.95

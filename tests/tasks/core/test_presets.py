@@ -15,7 +15,7 @@ def test_preset_choice_matches_the_files() -> None:
 
 
 def test_unknown_preset_lists_the_known_ones() -> None:
-    with pytest.raises(ValueError, match=r"unknown preset 'demo2': choose one of demo, m1-adam"):
+    with pytest.raises(ValueError, match=r"unknown preset 'demo2': choose one of cpu-scratch, demo, m1-adam"):
         check_preset("demo2")
 
 

@@ -121,3 +121,43 @@ def test_all_normal_external_collection_reports_specificity_and_scores_with_auc_
     assert "AUC not computable" in external(result)["verdict"]
     both = external_comparison(own, _pred(20, skill=0.8, seed=3), source="x", threshold=0.5, n=20, ci=0.95, seed=0)
     assert both["external"]["not_computable"] == {} and both["external"]["figures"]["roc_auc"] is not None
+
+
+def test_external_gap_is_read_beside_the_trivial_score_on_the_external_images(tmp_path: Path) -> None:
+    """Issue 26, point 8: the score is chosen on the training collection's validation split, reported on the
+    external images, paired with the model there, and the report's sentence says whether the model beats it."""
+    from tasks.evaluate.generalization import external_trivial
+    from tasks.evaluate.report_generalization import external
+
+    def collection(root: Path, n: int, bright: float, splits: list[str]) -> pd.DataFrame:
+        rows = []
+        for i in range(n):
+            label = i % 2
+            img = np.full((40, 40), 60, np.uint8)
+            if label:
+                img[10:16, 10:16] = int(bright)
+            (root / "img").mkdir(parents=True, exist_ok=True)
+            Image.fromarray(img).save(root / "img" / f"{i}.png")
+            rows.append({"patient_id": f"P{i:03d}", "study_uid": f"S{i}", "view": "lcc", "slice_index": 0,
+                         "label": label, "split": splits[i % len(splits)], "image_path": f"img/{i}.png"})
+        frame = pd.DataFrame(rows)
+        frame.to_parquet(root / "manifest.parquet")
+        return frame
+
+    collection(tmp_path / "own", 12, 250, ["validation", "validation", "train", "train"])
+    ext = collection(tmp_path / "ext", 20, 250, ["test"])
+    # A model that ranks the external images worse than brightness does.
+    pred = ext.assign(probability=np.where(ext["label"] == 1, 0.6, 0.4))
+    pred.loc[0, "probability"] = 0.9  # a normal image ranked first
+    trivial = external_trivial(pred, own_manifest=tmp_path / "own" / "manifest.parquet",
+                               external_manifest=tmp_path / "ext" / "manifest.parquet", n=200, ci=0.95, seed=0)
+    assert trivial is not None and trivial["roc_auc"] == 1.0 and trivial["model_roc_auc"] < 1.0
+    assert trivial["beats_trivial"] is False and trivial["model_minus_trivial"] < 0
+    figures = {"roc_auc": trivial["model_roc_auc"], "accuracy": 0.9, "sensitivity": 1.0, "specificity": 0.8}
+    comparison = {"source": "B", "own_test": {"images": 5, "patients": 5, "figures": figures},
+                  "external": {"images": 20, "patients": 20, "figures": figures},
+                  "gap": {"difference": {k: 0.0 for k in figures}, "intervals": {k: [-0.1, 0.1] for k in figures},
+                          "bootstrap": {"n_resamples": 200}}, "trivial": trivial}
+    verdict = external(comparison)["verdict"]
+    assert "trivial brightness score" in verdict and "reaches AUC 1.000" in verdict and "does NOT beat it" in verdict
+    assert "not computed" in external({**comparison, "trivial": None})["verdict"]
