@@ -43,6 +43,15 @@ seed  patients  epochs  augment  test  trivial  CNN    CNN - trivial [paired 95%
 
 * alongside a 2-minute test run.
 
+Issue 26 (``moderate`` with lesion-bright Gaussian decoys, commit 0f330ae; same defaults):
+seed 7, 400 patients, 20 epochs, flips: test 80 images, trivial 0.551, CNN 0.528,
+CNN - trivial -0.023 [-0.103, +0.063], 36 min at load 8-10: MISSED. The scratch VGG16-BN never
+left the constant model (train loss 0.693 in every epoch), whereas a 4-layer CNN with Adam
+reaches test AUC 0.93 on the same kind of images in 12 epochs: with brightness matched, this
+recipe's 300 optimiser steps do not find the shape cue. Open: a recipe with more steps (issue
+26's early stopping with a minimum of steps), a lighter backbone, or brighter lesions (the
+decoys follow the lesions' brightness, so the floor stays low).
+
 (Also tried at 240 patients, 30 epochs, full augmentation: SGD at lr 0.003 and Adam at 1e-4,
 both still at chance after 5-8 epochs and stopped; and 40 epochs, stopped when an epoch took
 55 s while a test suite ran beside it.) With the preset's full online augmentation
