@@ -114,18 +114,21 @@ def floor_rows(cfg: PipelineConfig, outputs: dict[str, Any]) -> list[dict[str, A
     pred = pd.read_parquet(outputs["predictions"])
     manifest_path = Path(outputs["manifest"])
     manifest = pd.read_parquet(manifest_path)
-    floors = floor_scorers(pred, how=e.aggregate, threshold=e.threshold, bootstrap=e.bootstrap, ci=e.ci, seed=e.seed)
-    tables = floor_tables(pred, threshold=e.threshold, seed=e.seed)
+    evaluated = json.loads(Path(outputs["metrics"]).read_text())
+    # The floors are read at the threshold the evaluation reported at (chosen on validation unless given).
+    threshold = e.threshold if e.threshold is not None else float(evaluated.get("threshold") or 0.5)
+    floors = floor_scorers(pred, how=e.aggregate, threshold=threshold, bootstrap=e.bootstrap, ci=e.ci, seed=e.seed)
+    tables = floor_tables(pred, threshold=threshold, seed=e.seed)
     for name, metrics in floors.items():
         metrics["trivial"] = trivial_baseline(tables[name], manifest, manifest_path.parent, how=e.aggregate,
                                               bootstrap=e.bootstrap, ci=e.ci, seed=e.seed)
-    what = {"constant": f"P(tumour) = {e.threshold:g} for every image", "random": "seeded uniform random scores"}
+    what = {"constant": f"P(tumour) = {threshold:g} for every image", "random": "seeded uniform random scores"}
     blank = {"weights": "", "head": "", "optimizer": "", "image_size": cfg.train.image_size, "epochs_run": 0,
              "note": "", "report": ""}
     rows = [{"preset": f"floor-{name}", "description": f"{name} scorer ({what[name]}) on the {strategy} test images",
              "strategy": strategy, "model": f"{name} scorer", **blank, **_verdict_cells(metrics),
              **_metric_cells(metrics)} for name, metrics in floors.items()]
-    rows.append(_trivial_row(json.loads(Path(outputs["metrics"]).read_text()), strategy, blank))
+    rows.append(_trivial_row(evaluated, strategy, blank))
     return rows
 
 
