@@ -31,8 +31,15 @@ def test_one_source_under_two_patients_stops_training_naming_both() -> None:
 
 
 def test_distinct_sources_and_old_manifests_pass() -> None:
-    audit_splits(_frame(source_sha256=["f" * 64, "d" * 64, "e" * 64]), "m/manifest.parquet")
-    audit_splits(_frame(), "m/manifest.parquet")  # prepared before the column existed: nothing to compare
+    """Distinct sources, an older manifest without the column, and one source under one patient twice
+    (two slices of the same volume) pass; the same frames with one source moved to another patient stop."""
+    assert audit_splits(_frame(source_sha256=["f" * 64, "d" * 64, "e" * 64]), "m/manifest.parquet") is None
+    assert audit_splits(_frame(), "m/manifest.parquet") is None  # prepared before the column existed
+    same_patient = _frame(source_sha256=["f" * 64, "d" * 64, "e" * 64])
+    same_patient = pd.concat([same_patient, same_patient.iloc[[0]]], ignore_index=True)
+    assert audit_splits(same_patient, "m/manifest.parquet") is None
+    with pytest.raises(ValueError, match="two or more patients"):
+        audit_splits(same_patient.assign(source_sha256=["f" * 64, "f" * 64, "e" * 64, "f" * 64]), "m/manifest.parquet")
 
 
 def test_image_paths_must_stay_in_the_manifests_folder(tmp_path: Path) -> None:

@@ -38,7 +38,17 @@ def test_starting_from_a_run_still_training_is_refused_naming_it(tmp_path: Path)
 
 
 def test_resuming_into_the_source_folder_itself_is_not_refused(tmp_path: Path) -> None:
+    """The folder is held (by this resuming command, here a holder process): only starting *another*
+    run from it is refused; resuming into it (run_dir is the source) is not."""
     run = tmp_path / "run"
     run.mkdir()
-    (run / LOCK_NAME).write_text("{}")
-    source_run_idle(str(run), run_dir=run)
+    holder = subprocess.Popen([sys.executable, "-c", HOLD, str(run)], cwd=REPO, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        assert (run / LOCK_NAME).exists()
+        with pytest.raises(OutputInUseError):  # the control: the same held folder, another run_dir
+            source_run_idle(str(run), run_dir=tmp_path / "other")
+        assert source_run_idle(str(run), run_dir=run) is None
+    finally:
+        holder.kill()
+        holder.wait()
