@@ -12,7 +12,6 @@ inode) as prepare does (:mod:`tasks.prepare.source_hash`), so an unchanged file 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from pathlib import Path
@@ -23,7 +22,7 @@ import pandas as pd
 from tasks.core.config import CODE_VERSION
 from tasks.core.files import atomic_write_json, atomic_write_parquet
 from tasks.evaluate.trivial_scores import SCORES
-from tasks.prepare.source_hash import source_sha256
+from tasks.prepare.source_hash import sha256_bytes, source_sha256
 from tasks.score.frames import VolumeJob, frames_of, score_volumes
 
 #: The cache folder's name inside a run folder.
@@ -39,12 +38,12 @@ def cache_key(source_sha: str, checkpoint_sha: str, settings: dict[str, Any]) ->
     """The cache key of one volume's scores."""
     blob = json.dumps({"code": CODE_VERSION, "source": source_sha, "checkpoint": checkpoint_sha, **settings},
                       sort_keys=True).encode()
-    return hashlib.sha256(blob).hexdigest()
+    return sha256_bytes(blob)
 
 
 def _content_hash(path: str, cache_dir: Path) -> str:
     """SHA-256 of ``path``, reusing the one remembered for the same stat."""
-    memo = cache_dir / "hashes" / (hashlib.sha256(os.path.abspath(path).encode()).hexdigest()[:32] + ".json")
+    memo = cache_dir / "hashes" / (sha256_bytes(os.path.abspath(path).encode())[:32] + ".json")
     record = None
     if memo.is_file():
         try:
