@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from flows.cli import main
+from tests.flows.artifacts import artifacts_with_keys
 
 TINY_TRAIN = ["--model", "vgg16", "--epochs", "1", "--batch-size", "8", "--image-size", "32", "--max-batches", "2",
               "--num-workers", "0", "--device", "cpu", "--no-augment"]
@@ -112,10 +113,7 @@ def test_fine_tune_from_an_earlier_tomoflow_run(prefect_harness, run_a: Path, co
         assert torch.equal(backbone_only.backbone.state_dict()[key], value), key
 
     # The report and the dashboard say where the model started.
-    from prefect.client.orchestration import get_client
-
-    with get_client(sync_client=True) as client:
-        notes = [a.data for a in client.read_artifacts() if a.key == "starting-point"]
+    notes = [a.data for a in artifacts_with_keys("starting-point")]
     assert any(str(run_a) in (n or "") and "earlier tomoflow model" in (n or "") for n in notes)
     assert main(["evaluate", "--run", str(tmp_path / "run-b"), *FAST_EVAL]) == 0
     html = (tmp_path / "run-b" / "report.html").read_text()
@@ -153,10 +151,7 @@ def test_external_evaluation_reports_gap_or_overlap(prefect_harness, run_a: Path
         comparison["external"]["figures"]["roc_auc"])
     assert trivial["model_minus_trivial"] == pytest.approx(trivial["model_roc_auc"] - trivial["roc_auc"])
     assert f"reaches AUC {trivial['roc_auc']:.3f}" in (tmp_path / "ext" / "report.html").read_text()
-    from prefect.client.orchestration import get_client
-
-    with get_client(sync_client=True) as client:
-        keys = {a.key for a in client.read_artifacts() if a.key}
+    keys = {a.key for a in artifacts_with_keys("external-evaluation", "training-audit")}
     assert {"external-evaluation", "training-audit"} <= keys
 
     # A collection holding the model's training patients under other names: found by pixels.
