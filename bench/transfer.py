@@ -21,7 +21,7 @@ On the CPU, with the ``cpu-scratch`` preset (the recipe that learns on a CPU: sc
 Exits 0 when both verdict targets are met, 1 otherwise (saying which). Usage::
 
     .venv/bin/python bench/transfer.py [--out DIR] [--source-patients 400] [--target-patients 200]
-        [--source-seed 101] [--target-seed 202] [--fractions 0.25,1] [--repeats 3] [--epochs 20]
+        [--source-seed 101] [--target-seed 202] [--fractions 0.25,1] [--repeats 3] [--epochs 40]
         [--shuffled-epochs 10] [--min-steps 40] [--patience 3] [--max-epochs 40] [--bootstrap 500]
 
 or ``make bench-transfer``.
@@ -69,7 +69,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--shuffle-seed", type=int, default=7, help="seed of the label permutation")
     p.add_argument("--difficulty", default="moderate", choices=["easy", "moderate", "subtle"])
     p.add_argument("--positive-fraction", type=float, default=0.5)
-    p.add_argument("--epochs", type=int, default=20, help="epochs of the source model")
+    p.add_argument("--epochs", type=int, default=40, help="epochs of the source model")
     p.add_argument("--shuffled-epochs", type=int, default=10, help="epochs of the shuffled-labels model")
     p.add_argument("--fractions", default="0.25,1", help="the sweep's training fractions of B's training split")
     p.add_argument("--repeats", type=int, default=3)
