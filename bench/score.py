@@ -61,8 +61,8 @@ def main(argv: list[str] | None = None) -> None:
 
     import torch
 
-    from models.classifier import build_model
-    from models.heads import logits_of
+    from models.nets.classifier import build_model
+    from models.nets.heads import logits_of
     from tasks.score.frames import VolumeJob, default_workers, frames_of, score_volumes
 
     workers = default_workers() if args.workers is None else args.workers

@@ -10,14 +10,14 @@ Loader (no model), images/s over whole epochs after a warm-up epoch, median of
   ``open().convert("L")``, torchvision v1 transforms on the PIL image (RandomHorizontalFlip,
   RandomVerticalFlip, RandomRotation, RandomAffine, ColorJitter, Resize, ToTensor),
   ``shuffle=True``;
-* ``tomoflow``: :func:`models.data.make_loaders`' training loader with the same
-  augmentations (:func:`models.augment.train_transforms`: one merged affine warp, per-sample
-  seeds from :class:`models.data.EpochSampler`). Target: not slower than ``plain``.
+* ``tomoflow``: :func:`models.training.data.make_loaders`' training loader with the same
+  augmentations (:func:`models.training.augment.train_transforms`: one merged affine warp, per-sample
+  seeds from :class:`models.training.data.EpochSampler`). Target: not slower than ``plain``.
 
 GPU (only with CUDA; otherwise it says it skipped), VGG16 from scratch (speed doesn't
 depend on the weights) at 224 and 500 px:
 
-* ``real data``: :func:`models.engine.train_one_epoch` fed by the tomoflow loader, bf16 +
+* ``real data``: :func:`models.training.engine.train_one_epoch` fed by the tomoflow loader, bf16 +
   ``channels_last``, against ``device batch``: the same loop on one batch already on the
   GPU (the loader can't be faster than that). Target: within 10 %.
 * ``bf16 + channels_last`` against ``fp32`` (NCHW), both on the device batch. Target:
@@ -67,9 +67,9 @@ sys.path.insert(0, str(ROOT))
 
 import torchvision.transforms as T  # noqa: E402
 
-from models.classifier import build_model  # noqa: E402
-from models.data import default_num_workers, make_loaders  # noqa: E402
-from models.engine import batch_to_device, train_one_epoch  # noqa: E402
+from models.nets.classifier import build_model  # noqa: E402
+from models.training.data import default_num_workers, make_loaders  # noqa: E402
+from models.training.engine import batch_to_device, train_one_epoch  # noqa: E402
 from tasks.core.config import AugmentConfig, ModelConfig, TrainConfig, TrainParams  # noqa: E402
 from tasks.core.schema import MANIFEST_COLUMNS  # noqa: E402
 from tasks.prepare.manifest import typed_frame
@@ -167,7 +167,7 @@ def _epoch_rate(loader: DataLoader, set_epoch: Callable[[int], None] | None, epo
     """Images/s of one epoch, ending with float32 batches in [0, 1] on the CPU for both loaders.
 
     The tomoflow loader yields uint8 batches that the training loop scales on the device
-    (:func:`models.engine.batch_to_device`); here the device is the CPU, so the scaling is
+    (:func:`models.training.engine.batch_to_device`); here the device is the CPU, so the scaling is
     timed too.
     """
     if set_epoch is not None:

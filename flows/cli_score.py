@@ -30,7 +30,7 @@ def _threshold(text: str) -> float:
 def cmd_score(args: argparse.Namespace) -> int:
     """Build the configuration, hold --out, run the flow and print the output paths."""
     from flows.score import score_studies
-    from models.checkpoint import read_checkpoint
+    from models.training.checkpoint import read_checkpoint
     from tasks.core.files import ensure_writable_dir, output_lock
     from tasks.core.score_config import ScoreConfig
     from tasks.score.inputs import check_inputs

@@ -43,7 +43,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
 def cmd_weights(args: argparse.Namespace) -> int:
     """``tomoflow weights fetch|list``: one JSON line per file."""
-    from models.weights_fetch import STUDY_BACKBONES, cached_weights, fetch_weights
+    from models.weights.fetch import STUDY_BACKBONES, cached_weights, fetch_weights
 
     if args.action == "fetch":
         for row in fetch_weights(tuple(args.model or STUDY_BACKBONES), mirror=args.mirror, force=args.force,

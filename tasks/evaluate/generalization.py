@@ -2,7 +2,7 @@
 
 * :func:`training_audit`: the evaluated rows against the patients, studies and images the
   model trained and was validated on (the checkpoint's ``training_data``, see
-  :mod:`models.provenance`); written as ``training_audit.json`` and shown in the report's
+  :mod:`models.inference.provenance`); written as ``training_audit.json`` and shown in the report's
   leak audit. Overlap stops the evaluation unless it is explicitly allowed.
 * :func:`external_source`: what ``evaluate --external`` names (a manifest, a prepared folder,
   or a BCS-DBT-shaped data root to prepare like the training data).
@@ -48,17 +48,17 @@ def training_audit(checkpoint: str | os.PathLike[str], manifest: str | os.PathLi
     is overlap by request: it is reported, never stopped.
 
     Raises:
-        models.provenance.TrainingOverlapError: Overlap, and ``allow_overlap`` is off.
+        models.inference.provenance.TrainingOverlapError: Overlap, and ``allow_overlap`` is off.
     """
-    from models.provenance import TrainingOverlapError, audit_overlap, overlap_message
-    from models.checkpoint import read_checkpoint
+    from models.inference.provenance import TrainingOverlapError, audit_overlap, overlap_message
+    from models.training.checkpoint import read_checkpoint
     from tasks.core.files import atomic_write_json, file_fingerprint
 
     # The first read of the checkpoint in an evaluation: a truncated file gets its one clear line here.
     ckpt = read_checkpoint(checkpoint, advice=(
         "train again (delete the run folder's best.pt first), or evaluate another run"))
     record = ckpt.get("training_data") if isinstance(ckpt, dict) else None
-    from models.manifest_audit import outside_images
+    from models.training.manifest_audit import outside_images
 
     frame = pd.read_parquet(manifest)
     outside = outside_images(_rows(frame, split), manifest)  # before any image is opened
@@ -111,8 +111,8 @@ def external_prepare_settings(training_manifest: str | os.PathLike[str]) -> dict
 
 def predict_rows(model: Any, frame: pd.DataFrame, *, root: Path, split: str, image_size: int, batch_size: int,
                  device: Any) -> pd.DataFrame:
-    """:func:`models.predict.predict` over one split, or over every split for ``split="all"``."""
-    from models.predict import predict
+    """:func:`models.inference.predict.predict` over one split, or over every split for ``split="all"``."""
+    from models.inference.predict import predict
 
     if split != "all":
         return predict(model, frame, root=root, split=split, image_size=image_size, batch_size=batch_size,

@@ -20,11 +20,11 @@ def all_metrics(pred: pd.DataFrame, checkpoint: str, manifest: str, image_size: 
                 threshold_choice: dict[str, Any] | None = None) -> dict[str, Any]:
     """Metrics at slice, volume and patient level with intervals and nulls, the trivial baseline,
     Grad-CAM box hits and occlusion, each beside its reference or control."""
-    from models.controls import localisation_references, occlusion_control
-    from models.gradcam import box_hit_fraction
-    from models.occlusion import occlusion_check
-    from models.checkpoint import load_classifier
-    from models.engine import resolve_device
+    from models.explain.controls import localisation_references, occlusion_control
+    from models.explain.gradcam import box_hit_fraction
+    from models.explain.occlusion import occlusion_check
+    from models.training.checkpoint import load_classifier
+    from models.training.engine import resolve_device
     from tasks.evaluate.metrics import evaluate_predictions
     from tasks.evaluate.trivial_scores import trivial_baseline
 
@@ -97,9 +97,9 @@ def whole_volume_entry(volume_frames: str, pred: pd.DataFrame, metrics: dict[str
 def report_page(metrics: str, predictions: str, checkpoint: str, manifest: str, image_size: int, out_path: Path,
                 train_conf: dict[str, Any], cfg: EvaluateConfig, generalization: dict[str, Any]) -> Path:
     """The self-contained report.html: curves, ROC, confusion, intervals, cohort flow, audit, Grad-CAM."""
-    from models.gradcam import gradcam_examples
-    from models.checkpoint import load_classifier
-    from models.engine import resolve_device
+    from models.explain.gradcam import gradcam_examples
+    from models.training.checkpoint import load_classifier
+    from models.training.engine import resolve_device
     from tasks.evaluate.metrics_chance import chance_losses
     from tasks.evaluate.report import write_report as render
 

@@ -5,7 +5,7 @@ reader needs to weigh them: ROC AUC, predictive values, F1, the Brier score and 
 reliability diagram, the number of cases behind each figure, and bootstrap confidence
 intervals. Point metrics come from scikit-learn.
 
-Levels. A prediction table (:func:`models.predict.predict`) has one row per slice.
+Levels. A prediction table (:func:`models.inference.predict.predict`) has one row per slice.
 :func:`aggregate` turns it into one row per *volume* (``patient_id`` + ``study_uid`` +
 ``view``) or per *patient*: a unit is positive when any of its slices is, and its
 probability is the max (a tumour anywhere in the breast makes the breast positive) or the
@@ -171,7 +171,7 @@ def evaluate_predictions(
     """All metrics of a prediction table, per slice, volume and patient (``metrics.json``).
 
     Args:
-        pred: Slice prediction table from :func:`models.predict.predict`.
+        pred: Slice prediction table from :func:`models.inference.predict.predict`.
         how: ``"max"`` or ``"mean"``: how slice probabilities become volume and patient ones.
         threshold: Decision threshold (at or above: tumour), the same at every level.
         bootstrap: Patient resamples for the intervals (0: no intervals).

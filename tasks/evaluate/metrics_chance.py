@@ -106,7 +106,7 @@ def chance_losses(
 ) -> dict[str, Any]:
     """The loss of a constant predictor on the training and validation splits, as training measures it.
 
-    The class weights are the ones training used (:func:`models.train.make_loaders`):
+    The class weights are the ones training used (:func:`models.training.torchrun_entry.make_loaders`):
     ``"weights"`` weights positives by ``n_neg / n_pos`` of the training split (training
     and validation losses alike); ``"sampler"`` draws both classes equally in training (an
     unweighted loss on a balanced stream) and leaves validation unweighted; ``"none"``

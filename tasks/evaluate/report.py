@@ -113,14 +113,14 @@ def write_report(
     Args:
         run_dir: The training run's folder (named in the title; the default output folder).
         metrics: :func:`tasks.evaluate.metrics.evaluate_predictions`' dict, optionally with
-            ``localization`` (:func:`models.gradcam.box_hit_fraction`'s dict) and
-            ``occlusion`` (:func:`models.gradcam.occlusion_check`'s dict).
+            ``localization`` (:func:`models.explain.gradcam.box_hit_fraction`'s dict) and
+            ``occlusion`` (:func:`models.explain.gradcam.occlusion_check`'s dict).
         history: ``history.csv`` of the run (``epoch``, ``train_loss``, ``train_accuracy``,
             ``val_loss``, ``val_accuracy``), or ``None``.
         cohort_summary: ``cohort_summary.json`` of the prepared data, or ``None``.
         config: The configuration to show (e.g. ``{"train": ..., "evaluate": ...}``).
         predictions: The slice prediction table (for the ROC curves), or ``None``.
-        examples: Grad-CAM examples (:func:`models.gradcam.gradcam_examples`): dicts with
+        examples: Grad-CAM examples (:func:`models.explain.gradcam.gradcam_examples`): dicts with
             ``kind`` (TP, FP, FN), ``image`` (``(H, W)`` uint8), ``heatmap`` (``(H, W)``
             float in [0, 1]), ``box`` (``(x, y, w, h)`` or ``None``), ``probability``,
             ``ids`` and optionally ``cohort`` and ``peak_in_box``.

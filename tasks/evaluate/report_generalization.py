@@ -4,7 +4,7 @@
   file, or an earlier tomoflow model with its run, SHA-256, training-data fingerprint and
   its own test figures).
 * Training-data audit: the evaluated patients, studies and images against the model's own
-  training and validation data (:mod:`models.provenance`), beside the prepared splits' audit.
+  training and validation data (:mod:`models.inference.provenance`), beside the prepared splits' audit.
 * External evaluation: the figures on another collection beside the model's own test
   figures, and the gap with its bootstrap interval, read beside the chance AUC of 0.5.
 

@@ -1,8 +1,8 @@
 """Prefect tasks of the ``evaluate-model`` flow: predict-split, compute-metrics, write-report.
 
 Each task is a thin wrapper over plain functions a test can call without Prefect
-(:func:`models.predict.predict`, :func:`tasks.evaluate.metrics.evaluate_predictions`,
-:mod:`models.gradcam`, :func:`tasks.evaluate.report.write_report`); this module adds the cache keys,
+(:func:`models.inference.predict.predict`, :func:`tasks.evaluate.metrics.evaluate_predictions`,
+:mod:`models.explain.gradcam`, :func:`tasks.evaluate.report.write_report`); this module adds the cache keys,
 retries and the run's artifacts.
 """
 
@@ -24,7 +24,7 @@ _CACHED = {"persist_result": True, **retry_policy(retries=1, delay_seconds=2)}
 
 def run_inputs(cfg: EvaluateConfig) -> tuple[Path, Path, Path, dict[str, Any]]:
     """(checkpoint, manifest, output folder (made), training config) of the run to evaluate."""
-    from models.checkpoint import chosen_checkpoint
+    from models.training.checkpoint import chosen_checkpoint
 
     run = Path(cfg.run_dir)
     config_path = run / "config.json"
@@ -90,8 +90,8 @@ def score_whole_volumes(checkpoint: str, manifest: str, run_dir: str, png_size: 
     from tasks.score.frames import default_workers
     from tasks.score.run import cache_dir_for
 
-    from models.checkpoint import load_classifier
-    from models.engine import resolve_device
+    from models.training.checkpoint import load_classifier
+    from models.training.engine import resolve_device
     from tasks.core.files import atomic_write_parquet
     from tasks.prepare.source_hash import sha256_file
     from tasks.score.volumes import score_list
@@ -162,8 +162,8 @@ def compare_external(checkpoint: str, manifest: str, predictions: str, image_siz
     with ``external_manifest``, the trivial brightness score on the external images."""
     import pandas as pd
 
-    from models.checkpoint import load_classifier
-    from models.engine import resolve_device
+    from models.training.checkpoint import load_classifier
+    from models.training.engine import resolve_device
     from tasks.evaluate.generalization import EXTERNAL_NAME, external_comparison, external_trivial, predict_rows
     from tasks.core.files import atomic_write_json
 
@@ -185,8 +185,8 @@ def predict_split(checkpoint: str, manifest: str, image_size: int, out_dir: str,
     """Run the model over the split's images and write predictions.parquet."""
     import pandas as pd
 
-    from models.checkpoint import load_classifier
-    from models.engine import resolve_device
+    from models.training.checkpoint import load_classifier
+    from models.training.engine import resolve_device
     from tasks.evaluate.generalization import predict_rows
     from tasks.core.files import atomic_write_parquet
 
@@ -229,7 +229,7 @@ def write_report(metrics: str, predictions: str, checkpoint: str, manifest: str,
 
 def generalization_sections(checkpoint: str, audit: str | None, external: str | None) -> dict[str, Any]:
     """What the report shows of where the model started, the audit against its training data, and external data."""
-    from models.checkpoint import read_checkpoint
+    from models.training.checkpoint import read_checkpoint
 
     ckpt = read_checkpoint(checkpoint, advice="train again, or evaluate another run")
     return {

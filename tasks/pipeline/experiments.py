@@ -67,7 +67,7 @@ def _resolve_weights(name: str, cfg: PipelineConfig, weights: str) -> tuple[Pipe
         return scratch, (f"trained from scratch (--weights none): {scratch.model.model}, "
                          f"backbone lr x{scratch.train.backbone_lr_factor:g}; not transfer-learning figures")
     cfg, note = weights_or_scratch(cfg)
-    from models.weights import resolve_weights
+    from models.weights.resolve import resolve_weights
 
     try:
         resolve_weights(cfg.model.model, cfg.model.weights)
@@ -85,7 +85,7 @@ def _fit_input_size(cfg: PipelineConfig) -> tuple[PipelineConfig, str | None]:
     after the VGG16 presets have run would lose the comparison. Its prepared images and network
     input both become the minimum, and the row's note says so.
     """
-    from models.weights import backbone_spec
+    from models.weights.resolve import backbone_spec
 
     minimum = backbone_spec(cfg.model.model).min_size
     if cfg.train.image_size >= minimum:

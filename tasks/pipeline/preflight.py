@@ -76,8 +76,8 @@ def fit_sentences(sentences: list[str], limit: int = MESSAGE_LIMIT) -> str:
 
 def weights_problem(cfg: PipelineConfig, started_by: StartedBy) -> str | None:
     """Whether the network's starting weights are on this worker; None when they are (or none are wanted)."""
-    from models.weights import WeightsNotFoundError, resolve_weights
-    from models.weights import imagenet_weights_file
+    from models.weights.resolve import WeightsNotFoundError, resolve_weights
+    from models.weights.resolve import imagenet_weights_file
 
     model = cfg.model.model
     try:

@@ -68,7 +68,7 @@ def weights_or_scratch(cfg: PipelineConfig) -> tuple[PipelineConfig, str | None]
     """Keep the configured weights, or fall back to scratch (with a note) where allowed."""
     if cfg.model.weights != "imagenet" or not cfg.scratch_if_no_weights:
         return cfg, None
-    from models.weights import WeightsNotFoundError, resolve_weights
+    from models.weights.resolve import WeightsNotFoundError, resolve_weights
 
     try:
         resolve_weights(cfg.model.model, cfg.model.weights)
@@ -231,7 +231,7 @@ def evaluate_config(cfg: PipelineConfig, train_cfg: TrainConfig) -> EvaluateConf
 def finish_run(cfg: PipelineConfig, preset: str | None, note: str | None, run_dir: Path,
                prepared: dict[str, Any], evaluate_cfg: EvaluateConfig, evaluated: dict[str, Any]) -> dict[str, Any]:
     """Link the run folder to its three outputs, write ``run.json``, publish the artifacts; the outputs."""
-    from models.checkpoint import chosen_checkpoint
+    from models.training.checkpoint import chosen_checkpoint
     from tasks.infra.runners import link, prepared_dir
 
     model_dir = Path(evaluate_cfg.run_dir)

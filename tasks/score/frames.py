@@ -3,7 +3,7 @@
 A volume's frames (every ``stride``-th) are read with the preprocessing the model was trained
 with: the reader letterboxes each frame to the run's PNG size (the JPEG 2000 reduced level
 that size needs), exactly the pixels prepare writes to its PNGs, then the evaluation
-transform resizes it to the network's input size (:func:`models.augment.eval_transforms`).
+transform resizes it to the network's input size (:func:`models.training.augment.eval_transforms`).
 Decoding is split into chunks of ``batch_size`` frames handed to worker processes
 (:func:`decode_chunk`); the main process runs the model on each chunk as it arrives, so
 decoding and the forward pass overlap. The trivial brightness scores of each frame
@@ -121,7 +121,7 @@ def score_volumes(model: Any, jobs: Iterable[VolumeJob], *, png_size: int, input
     import torch
     from torchvision.transforms import v2
 
-    from models.heads import logits_of
+    from models.nets.heads import logits_of
 
     to_float = v2.ToDtype(torch.float32, scale=True)
     chunk = max(1, int(batch_size))

@@ -44,8 +44,8 @@ def top_frame_views(model: Any, items: list[dict[str, Any]], *, png_size: int, i
     import torch
     from PIL import Image
 
-    from models.augment import eval_transforms
-    from models.gradcam import gradcam
+    from models.training.augment import eval_transforms
+    from models.explain.gradcam import gradcam
     from tasks.reader.frames import read_frames
 
     to_input = eval_transforms(input_size)

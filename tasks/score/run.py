@@ -41,8 +41,8 @@ def cache_dir_for(run_dir: str | os.PathLike[str], out_dir: str | os.PathLike[st
 
 def score_frames(cfg: ScoreConfig, volumes: pd.DataFrame, settings: dict[str, Any]) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Every listed volume's frame scores and status (:func:`tasks.score.volumes.score_list`)."""
-    from models.checkpoint import load_classifier
-    from models.engine import resolve_device
+    from models.training.checkpoint import load_classifier
+    from models.training.engine import resolve_device
     from tasks.score.frames import default_workers
     from tasks.score.volumes import score_list
 
@@ -63,7 +63,7 @@ def score_frames(cfg: ScoreConfig, volumes: pd.DataFrame, settings: dict[str, An
 def write_outputs(cfg: ScoreConfig, volumes: pd.DataFrame, source: str, frames: pd.DataFrame, status: pd.DataFrame,
                   settings: dict[str, Any], seconds: float) -> dict[str, str]:
     """Write the five outputs; return their paths."""
-    from models.checkpoint import load_classifier
+    from models.training.checkpoint import load_classifier
     from tasks.core.files import atomic_write_json, atomic_write_parquet, atomic_write_text
     from tasks.core.pseudonyms import root_salt
     from tasks.score.page import MAX_THUMBNAILS, top_frame_views, write_worklist_html

@@ -82,7 +82,7 @@ def _curves(table: pd.DataFrame) -> str | None:
 
 def _sources(table: pd.DataFrame) -> list[dict[str, Any]]:
     """Each earlier-model start: its own test figures beside its floor, and the overlap audit on the target."""
-    from models.transfer import checkpoint_of, weights_source
+    from models.weights.transfer import checkpoint_of, weights_source
 
     out = []
     for weights in dict.fromkeys(table["weights"]):

@@ -164,7 +164,7 @@ def sweep_runs(cfg: PipelineConfig, manifest: str, subsets: dict[int, dict[float
     that model on the test split before any fine-tuning. Repeat ``r`` trains with seed
     ``train.seed + r`` on its own subsets.
     """
-    from models.transfer import checkpoint_of
+    from models.weights.transfer import checkpoint_of
     from tasks.sweep.analysis import start_label, weights_label
 
     runs = []

@@ -1,8 +1,8 @@
 """Prefect tasks of the ``train-classifier`` flow: check-weights, balance-offline, fit-model.
 
 Each task is a thin wrapper over a plain function a test can call without Prefect
-(:func:`models.backbones.resolve_weights`, :func:`models.augment.balance_offline`,
-:func:`models.train.fit`); this module adds the cache keys, retries and progress artifacts.
+(:func:`models.nets.backbones.resolve_weights`, :func:`models.training.augment.balance_offline`,
+:func:`models.training.fit.fit`); this module adds the cache keys, retries and progress artifacts.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ def _weights_file(config: TrainConfig) -> str | None:
     weights = config.model.weights
     if weights in ("imagenet", "none", "None"):
         return None
-    from models.transfer import checkpoint_of
+    from models.weights.transfer import checkpoint_of
 
     try:
         return str(checkpoint_of(weights) or weights)
@@ -49,7 +49,7 @@ def _fit_key(context: Any, parameters: dict[str, Any]) -> str:
 @task(name="check-weights", cache_key_fn=_weights_key, persist_result=True)
 def check_weights(config: TrainConfig) -> str:
     """Fail before any work if the starting weights are not on this machine."""
-    from models.weights import resolve_weights
+    from models.weights.resolve import resolve_weights
 
     return str(resolve_weights(config.model.model, config.model.weights))
 
@@ -58,7 +58,7 @@ def check_weights(config: TrainConfig) -> str:
       **retry_policy(retries=2, delay_seconds=1))
 def balance_offline(manifest: str, config: TrainConfig) -> str:
     """Write augmented copies of training positives up to the target ratio (single-slice)."""
-    from models.augment import balance_offline as balance
+    from models.training.augment import balance_offline as balance
 
     return str(balance(manifest, target_ratio=config.augment.target_ratio, seed=config.train.seed,
                        cfg=config.augment))
@@ -69,7 +69,7 @@ def balance_offline(manifest: str, config: TrainConfig) -> str:
       cache_key_fn=_fit_key, persist_result=True)
 def fit_model(config: TrainConfig) -> dict[str, Any]:
     """Train (or resume from the run folder's last checkpoint) and return the run's files."""
-    from models.fit import fit
+    from models.training.fit import fit
 
     logger = get_run_logger()
     artifact = create_progress_artifact(0.0, key="training-progress",
@@ -82,7 +82,7 @@ def fit_model(config: TrainConfig) -> dict[str, Any]:
 
     gpus = visible_gpus(config)
     if gpus > 1:
-        from models.distributed import train_with_torchrun
+        from models.training.distributed import train_with_torchrun
 
         logger.info("training on %d GPUs with torchrun (DistributedDataParallel)", gpus)
         result = train_with_torchrun(config, gpus)
@@ -136,7 +136,7 @@ def publish_starting_point(config: TrainConfig) -> None:
     """The ``starting-point`` artifact: where the weights came from (a tomoflow source with its hash and figures)."""
     from prefect.artifacts import create_markdown_artifact
 
-    from models.transfer import weights_source
+    from models.weights.transfer import weights_source
     from tasks.evaluate.report_generalization import starting_point
 
     part = starting_point(weights_source(config.model.model, config.model.weights, config.model.transfer))

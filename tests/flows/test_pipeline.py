@@ -56,7 +56,7 @@ def test_pipeline_runs_then_reuses_every_step(prefect_harness, small_dataset: Pa
 def test_training_failure_keeps_preparation_and_retry_starts_at_training(
         prefect_harness, small_dataset: Path, tmp_path: Path, monkeypatch) -> None:
     import tasks.train.steps
-    import models.fit
+    import models.training.fit
     from flows.pipeline import tomoflow_pipeline
 
     out = tmp_path / "out"
@@ -65,7 +65,7 @@ def test_training_failure_keeps_preparation_and_retry_starts_at_training(
     def broken_fit(*args, **kwargs):
         raise RuntimeError("simulated GPU failure")
 
-    monkeypatch.setattr(models.fit, "fit", broken_fit)
+    monkeypatch.setattr(models.training.fit, "fit", broken_fit)
     with pytest.raises(RuntimeError, match="simulated GPU failure"):
         tomoflow_pipeline(config=_tiny(small_dataset, out, strategy="all-slices"))
     manifest = next((out / "prepared").rglob("manifest.parquet"))

@@ -88,7 +88,7 @@ def test_run_name_never_raises(monkeypatch, tmp_path: Path) -> None:
 
 
 def test_fit_model_is_not_retried_on_a_data_error(prefect_harness, tmp_path: Path, monkeypatch) -> None:
-    import models.fit
+    import models.training.fit
     from flows.train import train_classifier
     from tasks.core.config import TrainConfig
 
@@ -98,7 +98,7 @@ def test_fit_model_is_not_retried_on_a_data_error(prefect_harness, tmp_path: Pat
         calls.append(1)
         raise ValueError("the 'validation' split holds only label 0")
 
-    monkeypatch.setattr(models.fit, "fit", fit)
+    monkeypatch.setattr(models.training.fit, "fit", fit)
     config = TrainConfig(manifest=str(tmp_path / "manifest.parquet"), run_dir=str(tmp_path / "run"),
                          model={"weights": "none"}, train={"device": "cpu", "multi_gpu": False},
                          augment={"offline_balance": False})

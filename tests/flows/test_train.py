@@ -42,9 +42,9 @@ def test_train_flow_two_epochs_then_rerun_resumes(prefect_harness, prepared: Pat
     assert result["resumed_from"] == 0
 
     # The rerun reuses the stored result: it neither trains nor loads a checkpoint.
-    import models.fit
+    import models.training.fit
 
-    monkeypatch.setattr(models.fit, "fit", lambda *a, **k: pytest.fail("a cached rerun must not train"))
+    monkeypatch.setattr(models.training.fit, "fit", lambda *a, **k: pytest.fail("a cached rerun must not train"))
     again = train_classifier(config=_train_config(prepared, run))
     assert again["resumed_from"] == 2 and again["epochs_run"] == 2
     assert pd.read_csv(again["history"]).equals(history)
@@ -70,7 +70,7 @@ def test_train_cli_offline_weights_error_names_the_file(prepared: Path, tmp_path
 def test_several_visible_gpus_train_with_torchrun(prefect_harness, monkeypatch, tmp_path: Path) -> None:
     import torch
 
-    import models.distributed
+    import models.training.distributed
     from tasks.train.steps import fit_model, visible_gpus as _visible_gpus
 
     cfg = _train_config(tmp_path / "m.parquet", tmp_path / "run", device="auto")
@@ -86,7 +86,7 @@ def test_several_visible_gpus_train_with_torchrun(prefect_harness, monkeypatch, 
         launched["nproc"] = nproc
         return {"history": "h.csv", "epochs_run": 0}
 
-    monkeypatch.setattr(models.distributed, "train_with_torchrun", fake_torchrun)
+    monkeypatch.setattr(models.training.distributed, "train_with_torchrun", fake_torchrun)
     from prefect.logging import disable_run_logger
 
     with disable_run_logger():

@@ -83,8 +83,8 @@ def test_evaluate_stops_when_reprepared_splits_hold_training_patients(prefect_ha
 @pytest.mark.slow
 def test_fine_tune_from_an_earlier_tomoflow_run(prefect_harness, run_a: Path, collection_b: Path,
                                                 tmp_path: Path, capsys) -> None:
-    from models.checkpoint import load_classifier
-    from models.classifier import build_model
+    from models.training.checkpoint import load_classifier
+    from models.nets.classifier import build_model
 
     manifest_b = _prepare(collection_b, tmp_path / "prepared-b", "--strategy", "all-slices")
     assert _train(manifest_b, tmp_path / "run-b", "--weights", str(run_a)) == 0

@@ -13,7 +13,7 @@ import torch
 from PIL import Image
 from torchvision.transforms.v2 import functional as TF
 
-from models.augment import (
+from models.training.augment import (
     BALANCED_MANIFEST_NAME,
     apply_seeded,
     balance_offline,

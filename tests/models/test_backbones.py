@@ -20,11 +20,11 @@ import torchvision.models as tvm
 from torch import nn
 from torchvision.models import Inception_V3_Weights, VGG16_BN_Weights, VGG16_Weights
 
-from models import classifier
-from models.backbones import INCEPTION_AUX_MIN_SIZE, build_backbone, inception_v3
-from models.classifier import TumorClassifier, build_model
-from models.heads import ClassifierOutput, classification_loss
-from models.weights import WeightsNotFoundError, backbone_spec, imagenet_weights_file
+from models.nets import classifier
+from models.nets.backbones import INCEPTION_AUX_MIN_SIZE, build_backbone, inception_v3
+from models.nets.classifier import TumorClassifier, build_model
+from models.nets.heads import ClassifierOutput, classification_loss
+from models.weights.resolve import WeightsNotFoundError, backbone_spec, imagenet_weights_file
 
 
 @pytest.fixture

@@ -1,10 +1,10 @@
-"""The checkpoint a run is evaluated with (models/checkpoint.py)."""
+"""The checkpoint a run is evaluated with (models/training/checkpoint.py)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from models.checkpoint import chosen_checkpoint
+from models.training.checkpoint import chosen_checkpoint
 
 
 def test_best_checkpoint_is_chosen_over_last_and_last_without_best(tmp_path: Path) -> None:
@@ -17,7 +17,7 @@ def test_best_checkpoint_is_chosen_over_last_and_last_without_best(tmp_path: Pat
 def test_min_steps_does_not_block_a_resume() -> None:
     """``train.min_steps`` only says when a run may end (like ``train.epochs``): a checkpoint written with
     another value, or before the field existed, resumes; a field that changes what an epoch computes does not."""
-    from models.checkpoint import config_differences
+    from models.training.checkpoint import config_differences
     from tasks.core.config import TrainConfig
 
     current = TrainConfig.model_validate({"train": {"min_steps": 100}})

@@ -20,10 +20,10 @@ import pytest
 import torch
 import torch.distributed as dist
 
-from models import distributed
-from models.data import EpochSampler, make_loaders
-from models.distributed import DistEnv, Group, current_env, launch_command, per_rank_batch_size
-from models.fit import fit
+from models.training import distributed
+from models.training.data import EpochSampler, make_loaders
+from models.training.distributed import DistEnv, Group, current_env, launch_command, per_rank_batch_size
+from models.training.fit import fit
 from tasks.core.config import AugmentConfig, ModelConfig, TrainConfig, TrainParams
 from tests.models.test_augment import write_manifest
 
@@ -156,7 +156,7 @@ def test_a_single_process_group_does_nothing() -> None:
 def test_launch_command() -> None:
     assert launch_command(4, ["--config", Path("runs/m1/config.json")], python="python") == [
         "python", "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=4",
-        "-m", "models.train", "--config", "runs/m1/config.json",
+        "-m", "models.training.torchrun_entry", "--config", "runs/m1/config.json",
     ]
     with pytest.raises(ValueError, match="nproc 0"):
         launch_command(0, [])
@@ -173,7 +173,7 @@ def test_fit_under_torchrun_refuses_a_batch_that_does_not_split_before_any_work(
 
 
 def test_main_reports_a_bad_config_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from models.train import main
+    from models.training.torchrun_entry import main
 
     bad = tmp_path / "config.json"
     bad.write_text('{"train": {"batch_size": 0}}')
@@ -188,13 +188,13 @@ def test_main_reports_a_bad_config_file(tmp_path: Path, capsys: pytest.CaptureFi
 
 @pytest.fixture(scope="module")
 def ddp_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[TrainConfig, Path]]:
-    """Two epochs on two ranks: ``torchrun -m models.train --config CONFIG``."""
+    """Two epochs on two ranks: ``torchrun -m models.training.torchrun_entry --config CONFIG``."""
     root = tmp_path_factory.mktemp("ddp")
     manifest = write_manifest(root / "data")
     cfg = make_cfg(manifest, root / "run")
     config = root / "config.json"
     config.write_text(cfg.model_dump_json(), encoding="utf-8")
-    done = torchrun(2, ["-m", "models.train", "--config", str(config)])
+    done = torchrun(2, ["-m", "models.training.torchrun_entry", "--config", str(config)])
     assert done.returncode == 0, _explain(done)
     yield cfg, config
     # Checkpoints are 70-140 MB each; pytest keeps recent temp folders.
@@ -246,7 +246,7 @@ def test_a_second_torchrun_resumes_without_new_epochs(ddp_run: tuple[TrainConfig
     cfg, config = ddp_run
     run = Path(cfg.run_dir)
     before = {name: (run / name).stat().st_mtime_ns for name in ("last.pt", "best.pt", "history.csv")}
-    done = torchrun(2, ["-m", "models.train", "--config", str(config)])
+    done = torchrun(2, ["-m", "models.training.torchrun_entry", "--config", str(config)])
     assert done.returncode == 0, _explain(done)
     assert '"resumed_from": 2' in done.stdout and '"epochs_run": 2' in done.stdout
     assert "already complete" in done.stderr
@@ -269,10 +269,10 @@ def test_replicas_that_drift_apart_stop_the_run(tmp_path: Path) -> None:
     script = tmp_path / "never_rebuild.py"
     script.write_text(
         "import sys\n"
-        "from models import distributed\n"
+        "from models.training import distributed\n"
         "build = distributed.Group.wrap\n"
         "distributed.Group.wrap = lambda self, m: self._wrapped if self._wrapped is not None else build(self, m)\n"
-        "from models.train import main\n"
+        "from models.training.torchrun_entry import main\n"
         "sys.exit(main())\n",
         encoding="utf-8",
     )

@@ -11,10 +11,10 @@ import torch
 from PIL import Image
 from torch import nn
 
-from models.classifier import build_model
-from models.boxes import box_of, peak_in_box
-from models.gradcam import box_hit_fraction, gradcam, gradcam_examples, localisation_layer, target_layer
-from models.occlusion import hide_boxes, occlusion_check
+from models.nets.classifier import build_model
+from models.explain.boxes import box_of, peak_in_box
+from models.explain.gradcam import box_hit_fraction, gradcam, gradcam_examples, localisation_layer, target_layer
+from models.explain.occlusion import hide_boxes, occlusion_check
 
 SIZE = 32
 REGION = 16  # the planted model only sees input rows and columns [0, 16)

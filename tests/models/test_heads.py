@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.heads import ClassifierOutput, build_head, classification_loss, logits_of
+from models.nets.heads import ClassifierOutput, build_head, classification_loss, logits_of
 
 
 def _linears(head: nn.Module) -> list[nn.Linear]:

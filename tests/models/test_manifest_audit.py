@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from models.manifest_audit import audit_splits, outside_images
+from models.training.manifest_audit import audit_splits, outside_images
 
 
 def _frame(**extra: list) -> pd.DataFrame:

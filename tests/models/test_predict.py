@@ -11,8 +11,8 @@ import torch
 from PIL import Image
 from torch import nn
 
-from models.classifier import build_model
-from models.predict import PREDICTION_COLUMNS, predict
+from models.nets.classifier import build_model
+from models.inference.predict import PREDICTION_COLUMNS, predict
 
 
 class MeanBrightness(nn.Module):

@@ -20,11 +20,11 @@ import torch
 from sklearn.metrics import roc_auc_score
 from torch import nn
 
-from models.classifier import build_model
-from models.predict import predict
-from models.checkpoint import load_classifier
-from models.engine import recalibrate_batchnorm
-from models.fit import fit
+from models.nets.classifier import build_model
+from models.inference.predict import predict
+from models.training.checkpoint import load_classifier
+from models.training.engine import recalibrate_batchnorm
+from models.training.fit import fit
 from tasks.core.config import TrainConfig
 from tasks.core.presets import pipeline_config, scratch_config
 from tests.models.test_augment import write_manifest
@@ -97,7 +97,7 @@ def test_demo_scratch_recipe_learns_a_tiny_set_within_a_few_steps(tmp_path: Path
 
 
 def test_backbone_rate_is_a_multiple_of_the_head_rate() -> None:
-    from models.engine import backbone_lr
+    from models.training.engine import backbone_lr
     from tasks.core.config import TrainParams
 
     assert backbone_lr(TrainParams(lr=0.001), 0) == 0.001  # the study: one rate

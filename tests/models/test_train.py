@@ -15,16 +15,16 @@ import pandas as pd
 import pytest
 import torch
 
-import models.engine
-import models.fit
-from models.heads import ClassifierOutput
-from models.weights import WeightsNotFoundError
-from models.classifier import build_model
-from models.checkpoint import HISTORY_COLUMNS, load_classifier
-from models.data import load_manifest, make_loaders
-from models.engine import apply_schedule, batch_to_device, build_optimizer, train_one_epoch
-from models.fit import fit
-from models.augment import train_transforms
+import models.training.engine
+import models.training.fit
+from models.nets.heads import ClassifierOutput
+from models.weights.resolve import WeightsNotFoundError
+from models.nets.classifier import build_model
+from models.training.checkpoint import HISTORY_COLUMNS, load_classifier
+from models.training.data import load_manifest, make_loaders
+from models.training.engine import apply_schedule, batch_to_device, build_optimizer, train_one_epoch
+from models.training.fit import fit
+from models.training.augment import train_transforms
 from tasks.core.config import AugmentConfig, ModelConfig, TrainConfig, TrainParams
 from tests.models.test_augment import write_manifest
 
@@ -196,13 +196,13 @@ def test_backbone_frozen_then_fine_tuned_at_a_lower_rate(tmp_path: Path, manifes
 
 def test_inception_trains_with_its_auxiliary_loss(monkeypatch: pytest.MonkeyPatch) -> None:
     calls = []
-    real_loss = models.engine.classification_loss
+    real_loss = models.training.engine.classification_loss
 
     def spy(output, target, **kwargs):
         calls.append((type(output), kwargs.get("aux_weight")))
         return real_loss(output, target, **kwargs)
 
-    monkeypatch.setattr(models.engine, "classification_loss", spy)
+    monkeypatch.setattr(models.training.engine, "classification_loss", spy)
     model = build_model(model="inception_v3", weights=None, image_size=299, seed=0)
     assert model.aux_head is not None
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
@@ -285,7 +285,7 @@ def test_early_stopping_after_patience_epochs_without_improvement(
     def fake_evaluate(*args: object, **kwargs: object) -> dict[str, float]:
         return {"loss": next(losses), "accuracy": 0.5, "n": 8}
 
-    monkeypatch.setattr(models.fit, "evaluate", fake_evaluate)
+    monkeypatch.setattr(models.training.fit, "evaluate", fake_evaluate)
     cfg = make_cfg(manifest, tmp_path / "run", epochs=10, patience=2, max_batches=1)
     result = fit(cfg)
     assert result["stopped_early"] and result["epochs_run"] == 4
@@ -293,7 +293,7 @@ def test_early_stopping_after_patience_epochs_without_improvement(
     assert _history(tmp_path / "run")["val_loss"].tolist() == [1.0, 0.9, 0.95, 0.91]
 
     # A finished run is not trained again.
-    monkeypatch.setattr(models.fit, "train_one_epoch", lambda *a, **k: pytest.fail("trained again"))
+    monkeypatch.setattr(models.training.fit, "train_one_epoch", lambda *a, **k: pytest.fail("trained again"))
     again = fit(cfg)
     assert again["stopped_early"] and again["epochs_run"] == 4 and again["resumed_from"] == 4
 
@@ -303,7 +303,7 @@ def test_early_stopping_waits_for_min_steps_and_a_capped_run_says_so(
 ) -> None:
     # The validation loss never improves after epoch 1: patience 2 alone would stop after epoch 3.
     losses = iter([0.5] + [0.9] * 20)
-    monkeypatch.setattr(models.fit, "evaluate", lambda *a, **k: {"loss": next(losses), "accuracy": 0.5, "n": 8})
+    monkeypatch.setattr(models.training.fit, "evaluate", lambda *a, **k: {"loss": next(losses), "accuracy": 0.5, "n": 8})
     cfg = make_cfg(manifest, tmp_path / "run", epochs=10, patience=2, max_batches=1)
     cfg = cfg.model_copy(update={"train": cfg.train.model_copy(update={"min_steps": 5})})
     result = fit(cfg)

@@ -8,8 +8,8 @@ import pytest
 import torch
 from torch import nn
 
-from models.transfer import load_source
-from models.weights import load_weights_file
+from models.weights.transfer import load_source
+from models.weights.resolve import load_weights_file
 
 
 def test_pickled_model_and_text_are_refused_without_torchs_advice(tmp_path: Path) -> None:

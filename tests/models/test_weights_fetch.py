@@ -52,7 +52,7 @@ def test_fetch_refuses_content_that_does_not_match_the_hash_in_its_name(torch_ho
 
 def test_fetch_downloads_into_torchvisions_cache_and_list_shows_it(torch_home: Path, mirror, monkeypatch,
                                                                    capsys) -> None:
-    import models.weights_fetch as wf
+    import models.weights.fetch as wf
 
     base, folder = mirror
     payload = b"weights of a test"
@@ -82,7 +82,7 @@ def test_fetch_names_the_folder_when_the_host_cannot_be_reached(torch_home: Path
 
 
 def test_missing_weights_message_names_fetch_and_the_scratch_parameter(torch_home: Path) -> None:
-    from models.weights import WeightsNotFoundError, resolve_weights
+    from models.weights.resolve import WeightsNotFoundError, resolve_weights
 
     with pytest.raises(WeightsNotFoundError) as info:
         resolve_weights("inception_v3", "imagenet")
@@ -95,7 +95,7 @@ def test_missing_weights_message_names_fetch_and_the_scratch_parameter(torch_hom
 
 
 def test_list_reads_a_cached_file_a_run_would_load(torch_home: Path, capsys) -> None:
-    from models.weights import resolve_weights
+    from models.weights.resolve import resolve_weights
 
     cache = torch_home / "hub" / "checkpoints"
     cache.mkdir(parents=True)

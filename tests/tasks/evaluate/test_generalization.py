@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from models.provenance import audit_overlap, hash_id, overlap_message, training_data_record
+from models.inference.provenance import audit_overlap, hash_id, overlap_message, training_data_record
 from tasks.evaluate.paired_bootstrap import gap_interval, paired_difference
 
 

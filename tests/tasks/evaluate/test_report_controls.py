@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 from torch import nn
 
-from models.controls import control_box, localisation_references, occlusion_control
+from models.explain.controls import control_box, localisation_references, occlusion_control
 from tasks.evaluate.report import write_report
 from tasks.evaluate.metrics_chance import chance_losses
 from tasks.evaluate.metrics import evaluate_predictions
@@ -73,7 +73,7 @@ def test_occlusion_control_hides_tissue_not_the_lesion(tmp_path: Path) -> None:
     assert (w, h) == (8, 8) and (image[int(cy):int(cy) + 8, int(cx):int(cx) + 8] > 0).all()
     assert not (cx < box[0] + 8 and box[0] < cx + 8 and cy < box[1] + 8 and box[1] < cy + 8)
 
-    from models.occlusion import occlusion_check
+    from models.explain.occlusion import occlusion_check
 
     model = _Brightest()
     lesion = occlusion_check(model, rows, tmp_path, 64)

@@ -84,15 +84,15 @@ def test_equal_effective_configs_are_one_run(tmp_path: Path) -> None:
 
 def test_missing_weights_stop_before_any_work(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                               capsys: pytest.CaptureFixture[str]) -> None:
-    import models.weights
-    from models.weights import WeightsNotFoundError
+    import models.weights.resolve
+    from models.weights.resolve import WeightsNotFoundError
 
     def missing(name, weights):
         if weights in (None, "none"):
             return None
         raise WeightsNotFoundError(f"no {name} ImageNet weights in the cache")
 
-    monkeypatch.setattr(models.weights, "resolve_weights", missing)
+    monkeypatch.setattr(models.weights.resolve, "resolve_weights", missing)
     data = tmp_path / "data"
     data.mkdir()
     out = tmp_path / "out"
@@ -108,7 +108,7 @@ def test_small_image_size_raises_inception_input_to_its_minimum(tmp_path: Path) 
     """--image-size 64 runs every preset: Inception's network input becomes its 75 px minimum, said in the note."""
     import torch
 
-    from models.classifier import build_model
+    from models.nets.classifier import build_model
 
     groups = plan_experiments(["m2-inception", "m1-baseline"], data_root=str(tmp_path), output_root=str(tmp_path),
                               overrides=experiment_overrides(epochs=2, image_size=64), weights="none")

@@ -3,17 +3,17 @@ early stopping and resume.
 
 Reproducibility. Nothing draws from a random stream that carries
 over from one epoch to the next: the training order and every sample's augmentation seed
-come from ``(seed, epoch)`` (:class:`~models.data.EpochSampler`), and torch's global
+come from ``(seed, epoch)`` (:class:`~models.training.data.EpochSampler`), and torch's global
 generator, which dropout uses, is reseeded from ``(seed, epoch)`` at the start of each
 epoch. So epoch ``e`` computes the same thing whether the run started at epoch 1 or was
 resumed from ``last.pt`` after a kill, and whether there are 0 or 8 loader workers. On the
 CPU the same seed gives the same history to the last bit; on CUDA (bf16 autocast,
 ``channels_last``, cuDNN autotuning) results agree to rounding.
 
-The run folder's files are described in :mod:`models.checkpoint`. Several GPUs: launched
+The run folder's files are described in :mod:`models.training.checkpoint`. Several GPUs: launched
 by ``torchrun`` (``WORLD_SIZE`` > 1), :func:`fit` trains with DistributedDataParallel, one
-process per GPU (see :mod:`models.distributed`; the entry point is ``python -m
-models.train``).
+process per GPU (see :mod:`models.training.distributed`; the entry point is ``python -m
+models.training.torchrun_entry``).
 """
 
 from __future__ import annotations
@@ -30,10 +30,10 @@ import pandas as pd
 import torch
 from torch.utils.data import DataLoader
 
-from models import distributed
-from models.classifier import TumorClassifier, build_model
-from models.weights import resolve_weights
-from models.checkpoint import (
+from models.training import distributed
+from models.nets.classifier import TumorClassifier, build_model
+from models.weights.resolve import resolve_weights
+from models.training.checkpoint import (
     RunPaths,
     RunProgress,
     checkpoint_dict,
@@ -43,8 +43,8 @@ from models.checkpoint import (
     rng_state,
     save_checkpoint,
 )
-from models.data import batchnorm_loader, load_manifest, make_loaders
-from models.engine import (
+from models.training.data import batchnorm_loader, load_manifest, make_loaders
+from models.training.engine import (
     apply_schedule,
     build_optimizer,
     evaluate,
@@ -53,7 +53,7 @@ from models.engine import (
     resolve_device,
     train_one_epoch,
 )
-from models.augment import derive_seed
+from models.training.augment import derive_seed
 from tasks.core.config import TrainConfig
 from tasks.core.files import atomic_write_json, atomic_write_text, file_fingerprint
 
@@ -76,10 +76,10 @@ def fit(
     Order of checks, so a bad configuration fails before any work: the weights
     (:func:`~models.resolve_weights`: an offline machine without the ImageNet file fails
     here), the device, a resumable ``last.pt`` (same configuration, ignoring
-    :data:`~models.checkpoint.RESUME_IGNORED_FIELDS`, and the same manifest content), then the manifest
-    (:func:`~models.data.load_manifest`). Then, per epoch ``e`` (0-based): freeze or unfreeze
-    (:func:`~models.engine.apply_schedule`), train, re-estimate the BatchNorm statistics when
-    ``train.recalibrate_bn`` is on (:func:`~models.engine.recalibrate_batchnorm`), evaluate, append to
+    :data:`~models.training.checkpoint.RESUME_IGNORED_FIELDS`, and the same manifest content), then the manifest
+    (:func:`~models.training.data.load_manifest`). Then, per epoch ``e`` (0-based): freeze or unfreeze
+    (:func:`~models.training.engine.apply_schedule`), train, re-estimate the BatchNorm statistics when
+    ``train.recalibrate_bn`` is on (:func:`~models.training.engine.recalibrate_batchnorm`), evaluate, append to
     the history, write ``best.pt`` if the validation loss improved, rewrite
     ``history.csv``, write ``last.pt`` (the commit
     point: a kill before it repeats epoch ``e`` on resume, bit for bit on the CPU), log,
@@ -93,7 +93,7 @@ def fit(
     multiple of ``WORLD_SIZE``), sums the metrics over all ranks so every rank computes the
     same history row and early-stopping decision, and leaves the process group at the end.
     Only rank 0 writes the run folder and calls ``progress``; ``on_batch`` is called on
-    every rank. See :mod:`models.distributed`. Without ``torchrun`` nothing of this happens.
+    every rank. See :mod:`models.training.distributed`. Without ``torchrun`` nothing of this happens.
 
     Args:
         cfg: The configuration.
@@ -198,9 +198,9 @@ def _read_manifest(cfg: TrainConfig, state: dict[str, Any] | None) -> tuple[pd.D
 
 
 def _provenance(cfg: TrainConfig, frame: pd.DataFrame, fingerprint: str) -> dict[str, Any]:
-    """The checkpoints' ``training_data`` and ``weights_source`` entries (see :mod:`models.provenance`)."""
-    from models.provenance import training_data_record
-    from models.transfer import weights_source
+    """The checkpoints' ``training_data`` and ``weights_source`` entries (see :mod:`models.inference.provenance`)."""
+    from models.inference.provenance import training_data_record
+    from models.weights.transfer import weights_source
 
     return {"training_data": training_data_record(frame, root=Path(cfg.manifest).parent, fingerprint=fingerprint),
             "weights_source": weights_source(cfg.model.model, cfg.model.weights, cfg.model.transfer)}

@@ -3,7 +3,7 @@
 Builders follow torchvision: keyword-only arguments, ``weights=`` selecting what to load
 (``"imagenet"`` from torchvision's local cache, never the network; ``None`` for scratch; or
 a path), and the normalisation taken from the weights enum (:func:`backbone_spec`).
-Locating, verifying and loading the weights lives in :mod:`models.weights`.
+Locating, verifying and loading the weights lives in :mod:`models.weights.resolve`.
 
 Feature extractors (:func:`build_backbone`):
     ``vgg16`` (and ``vgg16_bn``, the same with batch normalisation after every convolution):
@@ -14,10 +14,10 @@ Feature extractors (:func:`build_backbone`):
         dropped. Note the ``dense4`` head then has a 25088 x 8192 first layer (205 M weights).
     ``inception_v3``: everything up to the 2048-d global-average-pooled features
         (``fc`` and its dropout removed). The AuxLogits branch keeps its pretrained
-        convolutions and yields 768-d features in training mode; :class:`~models.classifier.TumorClassifier`
+        convolutions and yields 768-d features in training mode; :class:`~models.nets.classifier.TumorClassifier`
         puts a new ``Linear(768, 1)`` on them. AuxLogits pools Mixed_6e's map with a 5 x 5
         window and then needs a 5 x 5 map, so it only runs for inputs of at least
-        :data:`INCEPTION_AUX_MIN_SIZE` (299) pixels a side; below that :func:`~models.classifier.build_model`
+        :data:`INCEPTION_AUX_MIN_SIZE` (299) pixels a side; below that :func:`~models.nets.classifier.build_model`
         disables it with a logged note and training uses the main loss only.
 """
 
@@ -28,7 +28,7 @@ from typing import Literal
 import torchvision.models as tvm
 from torch import nn
 
-from models.weights import BackboneName, WeightsArg, backbone_spec, load_into, weights_state
+from models.weights.resolve import BackboneName, WeightsArg, backbone_spec, load_into, weights_state
 
 __all__ = [
     "INCEPTION_AUX_FEATURES",
@@ -75,7 +75,7 @@ def vgg16(*, weights: WeightsArg = "imagenet", progress: bool = False) -> tvm.VG
     """torchvision's VGG16 (with its 1000-class classifier), with offline-safe weights.
 
     Args:
-        weights: ``"imagenet"``, ``None`` (scratch) or a path; see :mod:`models.weights`.
+        weights: ``"imagenet"``, ``None`` (scratch) or a path; see :mod:`models.weights.resolve`.
         progress: Accepted for torchvision's signature; nothing is downloaded.
 
     Raises:
@@ -89,7 +89,7 @@ def vgg16(*, weights: WeightsArg = "imagenet", progress: bool = False) -> tvm.VG
 def vgg16_bn(*, weights: WeightsArg = "imagenet", progress: bool = False) -> tvm.VGG:
     """torchvision's VGG16 with batch normalisation (``vgg16_bn``), with offline-safe weights.
 
-    The from-scratch baseline that trains (see :mod:`models.classifier`); its ImageNet file is
+    The from-scratch baseline that trains (see :mod:`models.nets.classifier`); its ImageNet file is
     ``vgg16_bn-6c64b313.pth`` in torchvision's cache. Arguments and errors as :func:`vgg16`.
     """
     return _vgg("vgg16_bn", weights, progress)
@@ -104,7 +104,7 @@ def inception_v3(
     docstring), so it takes ImageNet-normalised input.
 
     Args:
-        weights: ``"imagenet"``, ``None`` (scratch) or a path; see :mod:`models.weights`.
+        weights: ``"imagenet"``, ``None`` (scratch) or a path; see :mod:`models.weights.resolve`.
         progress: Accepted for torchvision's signature; nothing is downloaded.
         aux_logits: Keep the AuxLogits branch. Without it, ``AuxLogits.*`` keys in the
             weights file are ignored.
@@ -137,7 +137,7 @@ def build_backbone(
 
     Args:
         name: ``"vgg16"`` or ``"vgg16_bn"`` (25088 features), or ``"inception_v3"`` (2048 features).
-        weights: ``"imagenet"``, ``None`` (scratch) or a path; see :mod:`models.weights`.
+        weights: ``"imagenet"``, ``None`` (scratch) or a path; see :mod:`models.weights.resolve`.
         aux_logits: Inception v3 only: keep the AuxLogits branch, which then returns
             :data:`INCEPTION_AUX_FEATURES`-d features in training mode, as the second item of
             torchvision's ``InceptionOutputs``. Ignored for VGG16, which has none.

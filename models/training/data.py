@@ -22,10 +22,10 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler, WeightedRandomSampler
 from torchvision.transforms.v2 import functional as TF
 
-from models import distributed
-from models.manifest_audit import audit_splits, outside_images, verify_images
-from models.engine import resolve_device
-from models.augment import apply_seeded, derive_seed, eval_transforms, open_gray, train_transforms
+from models.training import distributed
+from models.training.manifest_audit import audit_splits, outside_images, verify_images
+from models.training.engine import resolve_device
+from models.training.augment import apply_seeded, derive_seed, eval_transforms, open_gray, train_transforms
 from tasks.core.config import TrainConfig, TrainParams
 
 __all__ = [
@@ -108,14 +108,14 @@ class ManifestDataset(Dataset):
 
     Items are ``(image, label, row)``: ``image`` is ``transform`` applied to the PNG read
     with PIL in mode L (8-bit gray), or without a transform the ``(1, H, W)`` uint8 tensor
-    of it; the transforms of :mod:`models.augment` take the PIL image (PIL's kernels are the
+    of it; the transforms of :mod:`models.training.augment` take the PIL image (PIL's kernels are the
     fastest on the CPU) and return ``(1, S, S)`` float32 in [0, 1], or uint8 with
     ``dtype=torch.uint8`` as :func:`make_loaders` uses them; ``label`` is a float32 scalar
     (1 = tumour); ``row`` the manifest row index, for joining predictions back.
 
     An index may be an int, or an ``(index, seed)`` pair as :class:`EpochSampler` yields,
     in which case the transform runs with torch's CPU generator seeded to ``seed``
-    (:func:`~models.augment.apply_seeded`), so the result doesn't depend on the worker.
+    (:func:`~models.training.augment.apply_seeded`), so the result doesn't depend on the worker.
 
     Args:
         manifest: The manifest DataFrame, or the path of ``manifest.parquet``.
@@ -289,7 +289,7 @@ def make_loaders(
     """The training and validation loaders of a configuration.
 
     Training: :class:`EpochSampler` (shuffled, or ``WeightedRandomSampler`` draws when
-    ``class_balance="sampler"``), online augmentation (:func:`~models.augment.train_transforms`).
+    ``class_balance="sampler"``), online augmentation (:func:`~models.training.augment.train_transforms`).
     Validation: manifest order, resize only. Both yield ``(images, labels, rows)`` with
     ``(B, 1, S, S)`` **uint8** images: :func:`batch_to_device` (which :func:`train_one_epoch`
     and :func:`evaluate` call) makes them float32 in [0, 1] on the device. Workers: ``train.num_workers`` or
@@ -298,7 +298,7 @@ def make_loaders(
     would hold a single image (BatchNorm cannot train on one 1 x 1 map).
 
     With ``world_size`` > 1 (one rank of a DDP job) both loaders hold this rank's share:
-    batches of ``batch_size / world_size`` (:func:`~models.distributed.per_rank_batch_size`),
+    batches of ``batch_size / world_size`` (:func:`~models.training.distributed.per_rank_batch_size`),
     the training order sharded by :class:`EpochSampler` (padded, so all ranks take the same
     number of steps), every ``world_size``-th validation image from ``rank`` on (not
     padded); default workers :func:`default_num_workers` divided by the ranks on this machine.
@@ -362,7 +362,7 @@ def make_loaders(
 
 def batchnorm_loader(cfg: TrainConfig, frame: pd.DataFrame, rank: int, world_size: int) -> DataLoader:
     """The training images without augmentation, in manifest order (this rank's share), for
-    :func:`~models.engine.recalibrate_batchnorm`; loaded in this process (a few small PNGs per epoch)."""
+    :func:`~models.training.engine.recalibrate_batchnorm`; loaded in this process (a few small PNGs per epoch)."""
     params = cfg.train
     dataset = ManifestDataset(frame, "train", Path(cfg.manifest).parent,
                               eval_transforms(params.image_size, dtype=torch.uint8))

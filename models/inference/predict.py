@@ -1,11 +1,11 @@
 """Inference: one tumour probability per image of a manifest split.
 
 :func:`predict` runs a trained classifier over the images of one split, in manifest order,
-with the validation / test preprocessing of training (:func:`~models.augment.eval_transforms`),
+with the validation / test preprocessing of training (:func:`~models.training.augment.eval_transforms`),
 and returns a DataFrame with one row per image: its ids, label, cohort, box and the
 probability ``sigmoid(logit)``. Offline-augmented copies (``augmented_from`` set) are left
 out: they are training material, not cases. The DataFrame is what ``predictions.parquet``
-holds and what :mod:`tasks.evaluate.metrics` and :mod:`models.gradcam` read.
+holds and what :mod:`tasks.evaluate.metrics` and :mod:`models.explain.gradcam` read.
 """
 
 from __future__ import annotations
@@ -19,11 +19,11 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from models.data import ManifestDataset
-from models.engine import batch_to_device, resolve_device
-from models.heads import logits_of
-from models.augment import eval_transforms
-from models.manifest_audit import outside_images
+from models.training.data import ManifestDataset
+from models.training.engine import batch_to_device, resolve_device
+from models.nets.heads import logits_of
+from models.training.augment import eval_transforms
+from models.training.manifest_audit import outside_images
 from tasks.core.schema import MANIFEST_COLUMNS, VOLUME_KEY
 
 __all__ = ["ID_COLUMNS", "PREDICTION_COLUMNS", "REQUIRED_COLUMNS", "predict"]
@@ -77,7 +77,7 @@ def predict(
 
     Args:
         model: A classifier mapping ``(B, 1, H, W)`` gray images in [0, 1] to logits ``(B,)``
-            (a :class:`~models.TumorClassifier`, e.g. from :func:`~models.checkpoint.load_classifier`).
+            (a :class:`~models.nets.classifier.TumorClassifier`, e.g. from :func:`~models.training.checkpoint.load_classifier`).
         manifest: The manifest (``manifest.parquet`` as a DataFrame).
         root: Folder the manifest's ``image_path`` values are relative to (the manifest's).
         split: ``"train"``, ``"validation"`` or ``"test"``.

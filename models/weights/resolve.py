@@ -1,6 +1,6 @@
 """Backbone facts and offline-safe weights: locate, verify and load, never download.
 
-Builders (:mod:`models.backbones`) follow torchvision's ``weights=`` argument, with one
+Builders (:mod:`models.nets.backbones`) follow torchvision's ``weights=`` argument, with one
 difference on purpose: **nothing is ever downloaded.** ``weights="imagenet"`` reads the
 file that torchvision would have downloaded from torchvision's own cache
 (``torch.hub.get_dir()/checkpoints/<file name from the enum's URL>``) and raises
@@ -10,7 +10,7 @@ so a run fails while it is being configured rather than hanging on the network m
 ``weights`` takes:
     ``"imagenet"`` (or the torchvision enum member): the ImageNet-1K weights from the cache.
         Not hash-checked, like torchvision's own cache loads.
-    a tomoflow run folder or its ``best.pt``: handled by :mod:`models.transfer` (backbone and
+    a tomoflow run folder or its ``best.pt``: handled by :mod:`models.weights.transfer` (backbone and
         head of an earlier tomoflow model); :func:`resolve_weights` returns its checkpoint.
     a path: a ``state_dict`` saved with ``torch.save`` (or a dict holding one under
         ``"state_dict"`` or ``"model"``), loaded with ``weights_only=True``. When the file
@@ -162,9 +162,9 @@ def resolve_weights(name: BackboneName, weights: WeightsArg) -> Path | None:
         if not path.is_file():
             raise WeightsNotFoundError(missing_weights_message(name, path))
         return path
-    from models.transfer import checkpoint_of
+    from models.weights.transfer import checkpoint_of
 
-    checkpoint = checkpoint_of(weights)  # a tomoflow run folder or checkpoint (models.transfer)
+    checkpoint = checkpoint_of(weights)  # a tomoflow run folder or checkpoint (models.weights.transfer)
     if checkpoint is not None:
         return checkpoint
     path = Path(weights).expanduser()

@@ -17,8 +17,8 @@ image. :func:`localisation_layer` therefore reads the last layer whose map is at
 layer is; every result carries the map's resolution.
 
 :func:`gradcam_examples` picks true positives, false positives and false negatives for
-the report. The lesion boxes and the inputs they belong to are in :mod:`models.boxes`; the
-occlusion check, which does not depend on how fine a map is, in :mod:`models.occlusion`.
+the report. The lesion boxes and the inputs they belong to are in :mod:`models.explain.boxes`; the
+occlusion check, which does not depend on how fine a map is, in :mod:`models.explain.occlusion`.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ import torch
 from captum.attr import LayerAttribution, LayerGradCam
 from torch import Tensor, nn
 
-from models.boxes import box_of, boxed_positives, device_of, load_inputs, peak_in_box
+from models.explain.boxes import box_of, boxed_positives, device_of, load_inputs, peak_in_box
 
 __all__ = [
     "MIN_MAP_SIDE",
@@ -288,7 +288,7 @@ def gradcam_examples(
 
     Args:
         model: The classifier.
-        predictions: Slice predictions (:func:`models.predict.predict`).
+        predictions: Slice predictions (:func:`models.inference.predict.predict`).
         root: Folder the ``image_path`` values are relative to.
         image_size: The network input side.
         threshold: Decision threshold that defines the kinds.

@@ -17,7 +17,7 @@ import pandas as pd
 import torch
 from torch import Tensor, nn
 
-from models.augment import eval_transforms, open_gray
+from models.training.augment import eval_transforms, open_gray
 
 __all__ = ["Box", "box_of", "box_pixels", "boxed_positives", "device_of", "load_inputs", "peak_in_box"]
 
@@ -94,7 +94,7 @@ def load_inputs(
     """The network inputs of manifest rows and their boxes scaled to the input size.
 
     Boxes in the manifest are in the PNG's own pixel coordinates; the PNG is resized to
-    ``image_size`` x ``image_size`` (:func:`~models.augment.eval_transforms`), so each box
+    ``image_size`` x ``image_size`` (:func:`~models.training.augment.eval_transforms`), so each box
     is scaled by ``image_size / PNG width`` and ``image_size / PNG height``.
 
     Returns:

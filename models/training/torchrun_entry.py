@@ -1,18 +1,18 @@
 """Training, split by phase like torchvision's ``references/classification/train.py``.
 
-* :mod:`models.data`: :func:`load_manifest`, :class:`ManifestDataset`,
+* :mod:`models.training.data`: :func:`load_manifest`, :class:`ManifestDataset`,
   :class:`EpochSampler`, :func:`make_loaders`: the data;
-* :mod:`models.engine`: :func:`build_optimizer` / :func:`apply_schedule` (two parameter
+* :mod:`models.training.engine`: :func:`build_optimizer` / :func:`apply_schedule` (two parameter
   groups, head and backbone, and the freeze-then-fine-tune schedule),
   :func:`train_one_epoch` / :func:`evaluate`: one pass each, returning loss and accuracy;
-* :mod:`models.checkpoint`: the run folder (``last.pt``, ``best.pt``, ``history.csv``,
+* :mod:`models.training.checkpoint`: the run folder (``last.pt``, ``best.pt``, ``history.csv``,
   ``config.json``), resume checks, :func:`load_classifier`;
-* :mod:`models.fit`: :func:`fit`, the run: checkpoints, history, early stopping and resume.
+* :mod:`models.training.fit`: :func:`fit`, the run: checkpoints, history, early stopping and resume.
 
 This module is the command-line entry point, :func:`main`, that ``torchrun`` starts on
 every rank; import the names above from their own modules::
 
-    torchrun --standalone --nproc_per_node=4 -m models.train --config RUN/config.json
+    torchrun --standalone --nproc_per_node=4 -m models.training.torchrun_entry --config RUN/config.json
 """
 
 from __future__ import annotations
@@ -23,8 +23,8 @@ import logging
 import sys
 from pathlib import Path
 
-from models import distributed
-from models.fit import fit
+from models.training import distributed
+from models.training.fit import fit
 from tasks.core.config import TrainConfig
 from tasks.core.files import atomic_write_json
 
@@ -35,12 +35,12 @@ __all__ = [
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m models.train --config CONFIG.json``: :func:`fit` outside Prefect.
+    """``python -m models.training.torchrun_entry --config CONFIG.json``: :func:`fit` outside Prefect.
 
     The entry point for ``torchrun`` (every rank runs it; a Prefect flow would start one
     flow run per rank)::
 
-        torchrun --standalone --nproc_per_node=4 -m models.train --config RUN/config.json
+        torchrun --standalone --nproc_per_node=4 -m models.training.torchrun_entry --config RUN/config.json
 
     ``CONFIG.json`` is a ``TrainConfig`` as JSON, such as the ``config.json`` every run
     writes to its folder; rerunning with it resumes that run. Without ``torchrun`` it
@@ -54,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
         printed to stderr).
     """
     parser = argparse.ArgumentParser(
-        prog="python -m models.train",
+        prog="python -m models.training.torchrun_entry",
         description="Train a classifier from a TrainConfig JSON (one process, or one per GPU under torchrun).",
     )
     parser.add_argument("--config", type=Path, required=True,
@@ -99,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
 if __name__ == "__main__":
     # Run the imported module's main, not this __main__ copy: the loader workers and
     # pickles then refer to the importable modules, not to __main__.
-    from models.train import main as _main
+    from models.training.torchrun_entry import main as _main
 
     raise SystemExit(_main())
 

@@ -4,7 +4,7 @@ Split by phase like torchvision's ``references/classification/train.py``:
 :func:`build_optimizer` / :func:`apply_schedule` (two parameter groups, head and backbone,
 and the freeze-then-fine-tune schedule), :func:`train_one_epoch` / :func:`evaluate` (one
 pass each, returning loss and accuracy) and :func:`recalibrate_batchnorm`. None of them
-writes a file; :mod:`models.fit` runs them epoch by epoch.
+writes a file; :mod:`models.training.fit` runs them epoch by epoch.
 """
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader
 from torchvision.transforms.v2 import functional as TF
 
-from models.classifier import TumorClassifier
-from models.heads import classification_loss, logits_of
+from models.nets.classifier import TumorClassifier
+from models.nets.heads import classification_loss, logits_of
 from tasks.core.config import TrainParams
 
 __all__ = [
@@ -155,7 +155,7 @@ def train_one_epoch(
 ) -> dict[str, float]:
     """Train for one pass over ``loader``.
 
-    The loss is :func:`~models.heads.classification_loss`: BCE on the logits, plus
+    The loss is :func:`~models.nets.heads.classification_loss`: BCE on the logits, plus
     ``aux_weight`` x the auxiliary loss when the model returns Inception's auxiliary
     logits. bf16 autocast needs no gradient scaler.
 

@@ -1,8 +1,8 @@
 """Data-parallel training over several processes (one per GPU) launched by ``torchrun``.
 
-:func:`models.fit.fit` uses this module when it finds itself inside a ``torchrun`` job
+:func:`models.training.fit.fit` uses this module when it finds itself inside a ``torchrun`` job
 (``WORLD_SIZE`` > 1); without one it never touches ``torch.distributed`` and nothing
-changes. Start a job with ``python -m models.train --config RUN/config.json`` under
+changes. Start a job with ``python -m models.training.torchrun_entry --config RUN/config.json`` under
 ``torchrun`` (see :func:`launch_command`), or from Python with :func:`train_with_torchrun`.
 
 What the processes ("ranks") share, and how:
@@ -13,7 +13,7 @@ What the processes ("ranks") share, and how:
   on 1 or 8 GPUs. With the sharding below, step ``k``'s images over all ranks are step
   ``k``'s batch of a single-process run, and ``max_batches`` caps the same images.
 * **The order.** Every rank draws the same ``(seed, epoch)`` order and per-sample
-  augmentation seeds (:class:`~models.data.EpochSampler`) and keeps its
+  augmentation seeds (:class:`~models.training.data.EpochSampler`) and keeps its
   ``DistributedSampler`` share (padded by wrapping around to a multiple of ``W``, then
   every ``W``-th item from its rank on): all ranks take the same number of steps, and an
   image gets the same augmentation whichever rank draws it. Validation is sharded the same way
@@ -209,7 +209,7 @@ class Group:
     def wrap(self, module: nn.Module) -> nn.Module:
         """``module`` in DDP, rebuilt when its set of trainable parameters changed.
 
-        Call after every change of ``requires_grad`` (:func:`~models.engine.apply_schedule`)
+        Call after every change of ``requires_grad`` (:func:`~models.training.engine.apply_schedule`)
         and train through the result; see the module docstring for why it is rebuilt. A
         single process gets ``module`` back.
         """
@@ -334,7 +334,7 @@ def process_group(env: DistEnv, device: torch.device) -> Iterator[Group]:
             dist.destroy_process_group()
 
 
-def launch_command(nproc: int, argv: Sequence[str], *, module: str = "models.train",
+def launch_command(nproc: int, argv: Sequence[str], *, module: str = "models.training.torchrun_entry",
                    python: str | None = None) -> list[str]:
     """The ``torchrun`` command for ``nproc`` processes on this machine running ``python -m module``.
 
@@ -349,7 +349,7 @@ def launch_command(nproc: int, argv: Sequence[str], *, module: str = "models.tra
 
     Example:
         >>> launch_command(4, ["--config", "runs/m1/config.json"], python="python")  # doctest: +NORMALIZE_WHITESPACE
-        ['python', '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node=4', '-m', 'models.train',
+        ['python', '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node=4', '-m', 'models.training.torchrun_entry',
          '--config', 'runs/m1/config.json']
     """
     if nproc < 1:
@@ -360,7 +360,7 @@ def launch_command(nproc: int, argv: Sequence[str], *, module: str = "models.tra
 
 def train_with_torchrun(cfg: Any, nproc: int, *, timeout: float | None = None,
                         env: Mapping[str, str] | None = None) -> dict[str, Any]:
-    """Run :func:`models.fit.fit` on ``nproc`` processes (one per GPU) and return its result.
+    """Run :func:`models.training.fit.fit` on ``nproc`` processes (one per GPU) and return its result.
 
     For a caller that runs in one process, such as the Prefect ``fit-model`` task: it
     writes the configuration to a temporary JSON, runs :func:`launch_command` and waits,
@@ -374,7 +374,7 @@ def train_with_torchrun(cfg: Any, nproc: int, *, timeout: float | None = None,
         env: Environment of the job; default this process's.
 
     Returns:
-        What :func:`models.fit.fit` returned on rank 0.
+        What :func:`models.training.fit.fit` returned on rank 0.
 
     Raises:
         RuntimeError: ``torchrun`` failed; its output says which rank failed and why.

@@ -21,8 +21,8 @@ import pandas as pd
 from scipy.ndimage import uniform_filter
 from torch import nn
 
-from models.boxes import Box, boxed_positives, load_inputs, peak_in_box
-from models.occlusion import _probabilities, hide_boxes
+from models.explain.boxes import Box, boxed_positives, load_inputs, peak_in_box
+from models.explain.occlusion import _probabilities, hide_boxes
 
 __all__ = ["control_box", "localisation_references", "occlusion_control"]
 

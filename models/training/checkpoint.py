@@ -3,7 +3,7 @@
 Run folder (``cfg.run_dir``):
 
 * ``last.pt``: written atomically after every epoch: ``model`` (state_dict),
-  ``model_config`` (the :func:`~models.classifier.build_model` arguments), ``optimizer``,
+  ``model_config`` (the :func:`~models.nets.classifier.build_model` arguments), ``optimizer``,
   ``scheduler`` (``None``: the study uses none), ``epoch`` (completed epochs), ``config``
   (``TrainConfig.model_dump(mode="json")``), ``history``, ``best_val_loss``,
   ``best_epoch``, ``epochs_without_improvement``, ``stopped_early``, ``rng``,
@@ -16,8 +16,8 @@ Run folder (``cfg.run_dir``):
 
 Both checkpoints also carry ``format``, ``world_size`` and ``rank``, ``training_data`` (the
 training manifest's fingerprint and hashed patient, study and pixel sets of its training and
-validation splits, :mod:`models.provenance`) and ``weights_source`` (where the weights started,
-:func:`models.transfer.weights_source`). No file is named like
+validation splits, :mod:`models.inference.provenance`) and ``weights_source`` (where the weights started,
+:func:`models.weights.transfer.weights_source`). No file is named like
 ``name-<hex>.pth``: the weights loader would hash-check it.
 """
 
@@ -35,7 +35,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from models.classifier import TumorClassifier, build_model
+from models.nets.classifier import TumorClassifier, build_model
 from tasks.core.config import TrainConfig
 from tasks.core.files import atomic_write
 
@@ -332,7 +332,7 @@ def load_classifier(path: str | os.PathLike[str], *, device: str | torch.device 
     """Rebuild the classifier saved in ``best.pt`` or ``last.pt``, in eval mode.
 
     Args:
-        path: A checkpoint written by :func:`~models.fit.fit`.
+        path: A checkpoint written by :func:`~models.training.fit.fit`.
         device: Where to put the model.
 
     Raises:

@@ -17,8 +17,8 @@ import pandas as pd
 import torch
 from torch import Tensor, nn
 
-from models.boxes import Box, box_pixels, boxed_positives, device_of, load_inputs
-from models.heads import logits_of
+from models.explain.boxes import Box, box_pixels, boxed_positives, device_of, load_inputs
+from models.nets.heads import logits_of
 
 __all__ = ["hide_boxes", "occlusion_check"]
 
@@ -68,7 +68,7 @@ def _probabilities(model: nn.Module, images: Tensor, batch_size: int) -> np.ndar
         for start in range(0, images.shape[0], batch_size):
             logits = logits_of(model(images[start : start + batch_size].to(device=device, dtype=torch.float32)))
             out.append(logits.float().reshape(-1).cpu().numpy().astype(np.float64))
-    # float64 sigmoid, as models.predict does.
+    # float64 sigmoid, as models.inference.predict does.
     return 1.0 / (1.0 + np.exp(-np.concatenate(out))) if out else np.zeros(0)
 
 

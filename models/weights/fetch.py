@@ -1,6 +1,6 @@
 """``tomoflow weights fetch|list``: put torchvision's ImageNet weights where runs look for them.
 
-Runs never download (:mod:`models.weights`); this command is the one place that does, on
+Runs never download (:mod:`models.weights.resolve`); this command is the one place that does, on
 purpose, at a terminal. It downloads each study backbone's file from torchvision's URL (or
 a ``--mirror`` serving the same file names, e.g. a hospital's internal server) into
 torchvision's cache (``torch.hub.get_dir()/checkpoints``): the file is written under a
@@ -21,7 +21,7 @@ from urllib.parse import urlparse
 
 import torch
 
-from models.weights import _HASH_SUFFIX, BackboneName, backbone_spec
+from models.weights.resolve import _HASH_SUFFIX, BackboneName, backbone_spec
 
 __all__ = ["STUDY_BACKBONES", "WeightsFetchError", "cached_weights", "fetch_weights", "weights_url"]
 

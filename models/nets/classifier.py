@@ -1,5 +1,5 @@
-"""The tumour classifier: a backbone (:mod:`models.backbones`), a dense head with one logit
-(:mod:`models.heads`) and, for Inception v3, an auxiliary head; :func:`build_model` builds it.
+"""The tumour classifier: a backbone (:mod:`models.nets.backbones`), a dense head with one logit
+(:mod:`models.nets.heads`) and, for Inception v3, an auxiliary head; :func:`build_model` builds it.
 
 Why ``vgg16_bn`` is offered. VGG16 has no normalisation layers; from its random (Kaiming)
 initialisation it learns slowly at the study's transfer-learning settings (SGD, learning
@@ -25,10 +25,10 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from models.backbones import INCEPTION_AUX_FEATURES, INCEPTION_AUX_MIN_SIZE, build_backbone
-from models.heads import ClassifierOutput, HeadKind, build_head, check_head_args, he_init_
-from models.transfer import apply_transfer, load_source
-from models.weights import BackboneName, BackboneSpec, WeightsArg, backbone_spec, resolve_weights
+from models.nets.backbones import INCEPTION_AUX_FEATURES, INCEPTION_AUX_MIN_SIZE, build_backbone
+from models.nets.heads import ClassifierOutput, HeadKind, build_head, check_head_args, he_init_
+from models.weights.transfer import apply_transfer, load_source
+from models.weights.resolve import BackboneName, BackboneSpec, WeightsArg, backbone_spec, resolve_weights
 
 __all__ = ["TumorClassifier", "build_model"]
 
@@ -64,8 +64,8 @@ class TumorClassifier(nn.Module):
     ImageNet mean and std (:func:`backbone_spec`), or grayscale ``(B, 1, H, W)`` in [0, 1], which it replicates
     and normalises on the device (identical result, a third of the host-to-device traffic).
     It returns logits ``(B,)``; in training mode with an auxiliary head it returns a
-    :class:`~models.heads.ClassifierOutput` ``(logits, aux_logits)`` instead, as torchvision's
-    Inception does. Use :func:`~models.heads.classification_loss` for either.
+    :class:`~models.nets.heads.ClassifierOutput` ``(logits, aux_logits)`` instead, as torchvision's
+    Inception does. Use :func:`~models.nets.heads.classification_loss` for either.
 
     ``set_backbone_trainable(False)`` freezes the backbone, BatchNorm statistics included
     (its BatchNorm layers stay in eval mode through ``train()``, as Keras does for a
@@ -196,7 +196,7 @@ def build_model(
             backbone); ``None`` uses torch's global generator. The global generator's state
             is left untouched when a seed is given.
         transfer: With ``weights`` naming a tomoflow run or checkpoint: ``"backbone"`` or
-            ``"all"`` (backbone and heads, see :mod:`models.transfer`). Ignored otherwise.
+            ``"all"`` (backbone and heads, see :mod:`models.weights.transfer`). Ignored otherwise.
 
     Returns:
         The :class:`TumorClassifier`, in training mode, backbone trainable.

@@ -1,6 +1,6 @@
 """An earlier tomoflow model as a starting point: ``--weights RUN_DIR`` or ``--weights RUN_DIR/best.pt``.
 
-A tomoflow checkpoint holds a whole :class:`~models.classifier.TumorClassifier` (backbone,
+A tomoflow checkpoint holds a whole :class:`~models.nets.classifier.TumorClassifier` (backbone,
 head, Inception's auxiliary head), not a torchvision ``state_dict``. :func:`load_source`
 recognises one (a run folder holding ``best.pt`` or ``last.pt``, or such a file) and
 :func:`apply_transfer` copies it into a freshly built classifier:
@@ -41,13 +41,13 @@ def checkpoint_of(weights: Any) -> Path | None:
 
     A run folder is recognised by its ``best.pt``/``last.pt``; a file by its name (``best.pt``,
     ``last.pt``) or by a ``config.json`` of a training run beside it. Anything else is for
-    :mod:`models.weights` (``imagenet``, ``none``, a state_dict file).
+    :mod:`models.weights.resolve` (``imagenet``, ``none``, a state_dict file).
     """
     if weights is None or not isinstance(weights, (str, os.PathLike)) or str(weights).strip().lower() in _KEYWORDS:
         return None
     path = Path(weights).expanduser()
     if path.is_dir():
-        from models.checkpoint import chosen_checkpoint  # models.checkpoint imports this module (through models.classifier)
+        from models.training.checkpoint import chosen_checkpoint  # models.training.checkpoint imports this module (through models.nets.classifier)
 
         chosen = chosen_checkpoint(path)
         if chosen.is_file():
@@ -73,7 +73,7 @@ def load_source(weights: Any) -> tuple[dict[str, Any], Path] | None:
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises several types for truncated or foreign files
-        from models.weights import unreadable_weights_message
+        from models.weights.resolve import unreadable_weights_message
 
         raise ValueError(unreadable_weights_message(path, exc)) from None
     if not isinstance(ckpt, Mapping) or "model" not in ckpt or "model_config" not in ckpt:
@@ -101,7 +101,7 @@ def apply_transfer(model: nn.Module, ckpt: Mapping[str, Any], *, mode: TransferM
     """Copy a tomoflow checkpoint's backbone (and with ``mode="all"`` its heads) into ``model``.
 
     Args:
-        model: A freshly built :class:`~models.classifier.TumorClassifier`.
+        model: A freshly built :class:`~models.nets.classifier.TumorClassifier`.
         ckpt: The source checkpoint (:func:`load_source`).
         mode: ``"backbone"`` or ``"all"``.
         source: The checkpoint's path, for messages.
@@ -205,7 +205,7 @@ def weights_source(model: str, weights: str | None, transfer: TransferMode = "al
         or for a tomoflow model ``{"kind": "tomoflow", "run", "checkpoint", "sha256", "transfer",
         "model_config", "epoch", "training_data_fingerprint", "test_figures"}``.
     """
-    from models.weights import resolve_weights
+    from models.weights.resolve import resolve_weights
 
     path = checkpoint_of(weights)
     if path is not None:

@@ -1,0 +1,1 @@
+"""Explanation: lesion boxes, Grad-CAM, occlusion and their controls."""

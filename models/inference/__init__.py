@@ -1,0 +1,1 @@
+"""Inference and provenance: predictions from a checkpoint, and the record of what a model was trained on."""
