@@ -17,7 +17,8 @@ from prefect.logging.configuration import ensure_logging_setup  # noqa: E402
 ensure_logging_setup()
 
 from pathlib import Path
-from typing import Any, Callable
+from collections.abc import Callable, Iterable
+from typing import Any
 
 import numpy as np
 import pytest
@@ -79,17 +80,19 @@ def phantom() -> Callable[..., np.ndarray]:
 
 
 # The slow tier: `make test-fast` (pytest -m "not slow and not e2e") leaves these out; `make
-# test` (what CI runs) runs them too. Listed here by path or node id, not decorated in each
-# module, so the tier reads in one place. Times measured on 2 shared cores (see README).
+# test` (what CI runs) runs them too. Listed here, and only here, by path or node id (a
+# `@pytest.mark.slow` in a module is refused at collection), so the tier reads in one place with
+# its reasons; a key that matches no collected test stops the run (see `stale_slow_keys`), so a
+# renamed test cannot fall silently into the fast tier. Times measured on 2 shared cores (see README).
 SLOW_TESTS: dict[str, str] = {
     # Kill, SIGTERM and resume: real runs, real signals.
     "tests/flows/test_prepare_kill.py": "kills a real prepare run and resumes it",
     "tests/flows/test_score.py": "tomoflow score and evaluate through the CLI (each starts Prefect), a killed score run",
-    "tests/flows/test_faults_cli.py": "the CLI's fault tests: kills, SIGTERM, resumes, whole runs",
-    "tests/flows/test_faults_round2_prepare.py": "prepare through the CLI on faulty data (each run starts Prefect)",
-    "tests/flows/test_faults_round2_train.py": "train and evaluate through the CLI, SIGTERM included",
-    "tests/flows/test_faults_round3_prepare.py": "prepare through the CLI on a mounted, duplicated or blank collection",
-    "tests/flows/test_faults_round3_train.py": "train and evaluate through the CLI: external audits, locks, the report",
+    "tests/flows/test_cli_lifecycle.py": "the command as a process: kills, SIGTERM, resumes, whole runs",
+    "tests/flows/test_prepare_cli.py": "prepare through the CLI on faulty data (each run starts Prefect)",
+    "tests/flows/test_train_cli.py": "train and evaluate through the CLI, SIGTERM included",
+    "tests/flows/test_prepare_cli_collections.py": "prepare through the CLI on a mounted, duplicated or blank collection",
+    "tests/flows/test_train_cli_inputs.py": "train and evaluate through the CLI: external audits, locks, the report",
     "tests/models/test_train.py::test_killed_run_resumes": "kills training and resumes it",
     # End to end: whole flows, the service, every command.
     "tests/e2e/test_service.py": "PostgreSQL, a Prefect server, workers and deployments",
@@ -109,9 +112,55 @@ SLOW_TESTS: dict[str, str] = {
 }
 
 
+def stale_slow_keys(keys: Iterable[str], nodeids: Iterable[str], collected_whole: Callable[[str], bool]) -> list[str]:
+    """The keys of the slow list that match no collected test although this run collected their file whole.
+
+    ``collected_whole(path)`` says whether the run collected the file ``path`` (relative to the
+    repository root) entirely; a key whose file it did not (the run named other files, or single
+    tests) cannot be judged and is not reported.
+    """
+    nodeids = tuple(nodeids)
+    return [key for key in keys
+            if collected_whole(key.split("::")[0]) and not any(n.startswith(key) for n in nodeids)]
+
+
+# Test files whose collection failed or was skipped: their keys are not judged (the failure is reported).
+_UNCOLLECTED: set[str] = set()
+
+
+def pytest_collectreport(report: pytest.CollectReport) -> None:
+    if not report.passed:
+        _UNCOLLECTED.add(report.nodeid.split("::")[0])
+
+
+def _collected_whole(config: pytest.Config) -> Callable[[str], bool]:
+    """Whether this run collects a file (relative to the repository root) whole: an argument without
+    ``::`` names it or a folder above it, its collection did not fail, and no --ignore, --ignore-glob
+    or --last-failed leaves files out."""
+    if config.getoption("lf", False) or config.getoption("ignore", None) or config.getoption("ignore_glob", None):
+        return lambda path: False
+    base, root = config.invocation_params.dir, config.rootpath
+    whole = [(base / arg).resolve() for arg in config.args if "::" not in arg]
+
+    def covers(path: str) -> bool:
+        target = (root / path).resolve()
+        return path not in _UNCOLLECTED and any(target == w or w in target.parents for w in whole)
+
+    return covers
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Mark the slow tier: every test whose node id (from the repository root) starts with a key of
-    :data:`SLOW_TESTS` (a file, or a test name or its prefix)."""
+    :data:`SLOW_TESTS` (a file, or a test name or its prefix). Stop with a usage error when a test
+    marks itself slow (the list is the one place) or when a key matches no collected test."""
+    decorated = [item.nodeid for item in items if item.get_closest_marker("slow") is not None]
+    if decorated:
+        raise pytest.UsageError(f"{decorated[0]} is marked slow in its module: list it in SLOW_TESTS in "
+                                f"tests/conftest.py instead ({len(decorated)} test(s) marked so)")
+    stale = stale_slow_keys(SLOW_TESTS, (item.nodeid for item in items), _collected_whole(config))
+    if stale:
+        raise pytest.UsageError(f"SLOW_TESTS key {stale[0]!r} in tests/conftest.py matches no collected test "
+                                f"(renamed or removed?): update the key ({len(stale)} stale key(s): {stale})")
     for item in items:
         if item.nodeid.startswith(tuple(SLOW_TESTS)):
             item.add_marker(pytest.mark.slow)

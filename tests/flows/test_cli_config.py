@@ -1,8 +1,11 @@
-"""The CLI's config-backed options against the pydantic config models: no option drifts."""
+"""The CLI's config-backed options against the pydantic config models: no option drifts, and each is
+checked before any work (run as a user runs the command: no Prefect server starts)."""
 
 from __future__ import annotations
 
 import argparse
+import subprocess
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -16,6 +19,7 @@ from flows.cli_config import (
 )
 from flows.cli import build_parser
 from tasks.core.config import EvaluateConfig
+from tests.flows.cli_env import REPO, cli_command, cli_env
 
 REQUIRED = {
     "prepare": ["--data-root", "d", "--out", "o"],
@@ -153,3 +157,26 @@ def test_demo_refuses_an_image_size_it_would_not_use(capsys: pytest.CaptureFixtu
     assert exit_info.value.code == 2
     assert "unrecognized arguments: --image-size 64" in capsys.readouterr().err
     assert all(a.dest != "image_size" for a in _subparser("demo")._actions)
+
+
+def _run_cli(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(cli_command(*args), cwd=REPO, env=cli_env(tmp_path), capture_output=True, text=True,
+                          timeout=300)
+
+
+@pytest.mark.parametrize("args", [
+    ("export-slices", "{dcm}", "--out", "{out}", "--image-size", "100000"),
+    ("prepare", "--data-root", "{out}", "--out", "{out}", "--image-size", "4096"),
+    ("train", "--manifest", "{out}/m.parquet", "--out", "{out}", "--image-size", "100000"),
+    ("experiments", "--data-root", "{out}", "--out", "{out}", "--image-size", "0"),
+])
+def test_image_size_has_a_documented_bound_checked_before_any_work(args: tuple[str, ...], tmp_path: Path) -> None:
+    """Every --image-size is bounded (2048 for PNGs, 1024 for the network), one line, exit 2."""
+    dcm = tmp_path / "x.dcm"
+    dcm.write_bytes(b"not read")
+    result = _run_cli(tmp_path, *(a.format(dcm=dcm, out=tmp_path / "o") for a in args))
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert "--image-size" in last and "expected an integer from" in last
+    assert not (tmp_path / "o").exists()  # nothing written

@@ -45,7 +45,6 @@ def test_subsets_are_nested_stratified_and_seeded(tmp_path: Path) -> None:
         parse_fractions("0.5,1.5")
 
 
-@pytest.mark.slow
 def test_sweep_cli_two_fractions_two_starting_points(prefect_harness, small_dataset: Path, tmp_path: Path) -> None:
     from synth.generate import generate_dataset
 

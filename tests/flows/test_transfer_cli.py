@@ -80,7 +80,6 @@ def test_evaluate_stops_when_reprepared_splits_hold_training_patients(prefect_ha
         assert patient not in audit.get("message", "")
 
 
-@pytest.mark.slow
 def test_fine_tune_from_an_earlier_tomoflow_run(prefect_harness, run_a: Path, collection_b: Path,
                                                 tmp_path: Path, capsys) -> None:
     from models.training.checkpoint import load_classifier
@@ -126,7 +125,6 @@ def test_fine_tune_from_an_earlier_tomoflow_run(prefect_harness, run_a: Path, co
     assert "hold a vgg16 model; this run builds vgg16_bn" in err and "Traceback" not in err
 
 
-@pytest.mark.slow
 def test_external_evaluation_reports_gap_or_overlap(prefect_harness, run_a: Path, collection_b: Path,
                                                     tmp_path: Path, capsys) -> None:
     # A disjoint collection: the gap to the model's own test figures, with an interval.

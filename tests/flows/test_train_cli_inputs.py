@@ -1,6 +1,7 @@
-"""Issue 28, train and evaluate side, through the CLI as a user runs it: a renamed copy of the training
-collection at another image size (item 4), transfer from a run still training (5), manifest image paths
-leading out (8), patient ids in the report (9), weights that are no checkpoint (13)."""
+"""`tomoflow train` / `tomoflow evaluate` through the CLI on inputs from elsewhere: external collections (a
+renamed copy of the training one at another image size, manifest image paths leading out, an all-normal
+one), weights that are no checkpoint or a run still training, a killed run's rerun; and the patient ids
+in the report."""
 
 from __future__ import annotations
 
@@ -39,21 +40,21 @@ def _train(manifest: Path, out: Path, *extra: str) -> list[str]:
 
 @pytest.fixture(scope="module")
 def home(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("round3-train-home")
+    return tmp_path_factory.mktemp("train-inputs-home")
 
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from synth.generate import generate_dataset
 
-    root = tmp_path_factory.mktemp("round3-train") / "data"
+    root = tmp_path_factory.mktemp("train-inputs") / "data"
     generate_dataset(root, patients=12, seed=5, rows=64, columns=48, frames=(6, 10), positive_fraction=0.4)
     return root
 
 
 @pytest.fixture(scope="module")
 def prepared(tmp_path_factory: pytest.TempPathFactory, data: Path, home: Path) -> Path:
-    out = tmp_path_factory.mktemp("round3-prepared") / "prepared"
+    out = tmp_path_factory.mktemp("train-inputs-prepared") / "prepared"
     result = _run(_prepare(data, out, "32"), home)
     assert result.returncode == 0, result.stderr[-2000:]
     return out
@@ -61,7 +62,7 @@ def prepared(tmp_path_factory: pytest.TempPathFactory, data: Path, home: Path) -
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory: pytest.TempPathFactory, prepared: Path, home: Path) -> Path:
-    run = tmp_path_factory.mktemp("round3-run") / "run"
+    run = tmp_path_factory.mktemp("train-inputs-run") / "run"
     result = _run(_train(prepared / "manifest.parquet", run, "--epochs", "1"), home)
     assert result.returncode == 0, result.stderr[-2000:]
     return run
@@ -69,7 +70,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory, prepared: Path, home: Path
 
 def test_renamed_training_collection_at_another_size_is_not_generalisation(
         data: Path, trained: Path, home: Path, tmp_path: Path) -> None:
-    """Item 4: ids renamed, prepared at 48 px (trained at 32 px): stopped by the source DICOMs' hashes."""
+    """Ids renamed, prepared at 48 px (trained at 32 px): stopped by the source DICOMs' hashes."""
     renamed = tmp_path / "renamed"
     shutil.copytree(data, renamed)
     for csv in renamed.glob("BCS-DBT*.csv"):
@@ -93,7 +94,7 @@ def test_renamed_training_collection_at_another_size_is_not_generalisation(
 
 def test_external_manifest_paths_leading_out_stop_naming_the_row(prepared: Path, trained: Path, home: Path,
                                                                  tmp_path: Path) -> None:
-    """Item 8: a row pointing at ../ or an absolute file is never read; the evaluation stops naming it."""
+    """A row pointing at ../ or an absolute file is never read; the evaluation stops naming it."""
     secret = tmp_path / "secret.png"
     shutil.copyfile(next((prepared / "slices").rglob("*.png")), secret)
     for bad in (os.path.relpath(secret, tmp_path / "copy"), str(secret)):
@@ -114,7 +115,7 @@ def test_external_manifest_paths_leading_out_stop_naming_the_row(prepared: Path,
 
 
 def test_report_captions_carry_pseudonyms_unless_show_ids(trained: Path, home: Path, tmp_path: Path) -> None:
-    """Item 9: report.html (what serve-outputs serves) names no patient by default; --show-ids keeps ids."""
+    """Report.html (what serve-outputs serves) names no patient by default; --show-ids keeps ids."""
     default = tmp_path / "eval"
     result = _run(_cli("evaluate", "--run", str(trained), "--out", str(default), *EVAL_FAST), home)
     assert result.returncode == 0, result.stderr[-2000:]
@@ -129,7 +130,7 @@ def test_report_captions_carry_pseudonyms_unless_show_ids(trained: Path, home: P
 
 
 def test_weights_file_that_is_no_checkpoint_gets_one_line(prepared: Path, home: Path, tmp_path: Path) -> None:
-    """Item 13: our line, not torch's advice to load with weights_only=False."""
+    """Our line, not torch's advice to load with weights_only=False."""
     import torch
     from torch import nn
 
@@ -155,7 +156,7 @@ def _wait_for_lock_holder(folder: Path, proc: subprocess.Popen, timeout: float =
 
 
 def test_transfer_from_a_run_still_training_is_refused(prepared: Path, home: Path, tmp_path: Path) -> None:
-    """Item 5: `train --weights RUN` while RUN trains stops at once, naming the running command."""
+    """`train --weights RUN` while RUN trains stops at once, naming the running command."""
     source = tmp_path / "source"
     first = subprocess.Popen(_train(prepared / "manifest.parquet", source, "--epochs", "500", "--no-early-stopping"),
                              cwd=REPO, env=_env(home), start_new_session=True, stdout=subprocess.DEVNULL,
@@ -178,7 +179,7 @@ def test_transfer_from_a_run_still_training_is_refused(prepared: Path, home: Pat
 
 def test_all_normal_external_collection_is_evaluated_with_auc_not_computable(trained: Path, home: Path,
                                                                              tmp_path: Path) -> None:
-    """Item 15: an all-normal screening collection as --external: prepared (not refused by the split rule),
+    """An all-normal screening collection as --external: prepared (not refused by the split rule),
     evaluated with specificity and the score distribution, AUC marked not computable."""
     import json
 
@@ -210,7 +211,7 @@ def _flow_run_state(home: Path, name_prefix: str) -> tuple[str, str] | None:
 
 
 def test_killed_train_is_marked_crashed_and_the_rerun_names_what_it_supersedes(prepared: Path, tmp_path: Path) -> None:
-    """Item 7: kill -9 of the command: its flow run ends Crashed (not Running for ever), with a message saying
+    """Kill -9 of the command: its flow run ends Crashed (not Running for ever), with a message saying
     the process was killed; the rerun says which earlier run it supersedes."""
     home = tmp_path / "home"  # a database of its own, read after the run
     run = tmp_path / "run"

@@ -1,4 +1,5 @@
-"""The `tomoflow` command under faults: bad report bytes with PHI, kill -9, a second run, bad --out."""
+"""The `tomoflow` command as a process under faults: kill -9 and SIGTERM leave nothing running and the rerun
+resumes, a second run is refused, a bad --out fails at once, and report bytes with PHI leak nowhere."""
 
 from __future__ import annotations
 

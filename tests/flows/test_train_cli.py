@@ -1,4 +1,5 @@
-"""Issue 18, train and evaluate side: `tomoflow train` / `tomoflow evaluate` as a user runs them, under faults."""
+"""`tomoflow train` / `tomoflow evaluate` as a user runs them, under faults: a leak, a corrupt PNG, truncated
+checkpoints, a second run while one trains, SIGTERM during evaluate."""
 
 from __future__ import annotations
 
@@ -29,14 +30,14 @@ def _train(manifest: Path, out: Path, *extra: str) -> list[str]:
 
 @pytest.fixture(scope="module")
 def home(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("round2-train-home")
+    return tmp_path_factory.mktemp("train-cli-home")
 
 
 @pytest.fixture(scope="module")
 def prepared(tmp_path_factory: pytest.TempPathFactory, home: Path) -> Path:
     from synth.generate import generate_dataset
 
-    root = tmp_path_factory.mktemp("round2-train")
+    root = tmp_path_factory.mktemp("train-cli")
     generate_dataset(root / "data", patients=12, seed=5, rows=64, columns=48, frames=(6, 10), positive_fraction=0.4)
     out = root / "prepared"
     result = _run(_cli("prepare", "--data-root", str(root / "data"), "--out", str(out), "--image-size", "32",
@@ -47,7 +48,7 @@ def prepared(tmp_path_factory: pytest.TempPathFactory, home: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory: pytest.TempPathFactory, prepared: Path, home: Path) -> Path:
-    run = tmp_path_factory.mktemp("round2-run") / "run"
+    run = tmp_path_factory.mktemp("train-cli-run") / "run"
     result = _run(_train(prepared / "manifest.parquet", run, "--epochs", "1"), home)
     assert result.returncode == 0, result.stderr[-2000:]
     return run
@@ -60,7 +61,7 @@ def _copy_prepared(prepared: Path, tmp_path: Path) -> Path:
 
 
 def test_train_repeats_the_leak_audit(prepared: Path, home: Path, tmp_path: Path) -> None:
-    """Item 5: test rows copied into train: train stops before any epoch, naming the leak."""
+    """Test rows copied into train: train stops before any epoch, naming the leak."""
     copy = _copy_prepared(prepared, tmp_path)
     manifest = pd.read_parquet(copy / "manifest.parquet")
     leaked = manifest[manifest["split"] == "test"].assign(split="train")
@@ -74,7 +75,7 @@ def test_train_repeats_the_leak_audit(prepared: Path, home: Path, tmp_path: Path
 
 
 def test_corrupt_png_is_named_before_any_epoch(prepared: Path, home: Path, tmp_path: Path) -> None:
-    """Item 13: a corrupt PNG: one line naming the image and its manifest row, no epoch run."""
+    """A corrupt PNG: one line naming the image and its manifest row, no epoch run."""
     copy = _copy_prepared(prepared, tmp_path)
     manifest = pd.read_parquet(copy / "manifest.parquet")
     row = int(manifest.index[manifest["split"] == "train"][0])
@@ -88,7 +89,7 @@ def test_corrupt_png_is_named_before_any_epoch(prepared: Path, home: Path, tmp_p
 
 
 def test_truncated_checkpoints_give_one_line(trained: Path, prepared: Path, home: Path, tmp_path: Path) -> None:
-    """Item 12: a truncated last.pt (resume) or best.pt (evaluate): one line naming the file and what to do."""
+    """A truncated last.pt (resume) or best.pt (evaluate): one line naming the file and what to do."""
     run = tmp_path / "run"
     shutil.copytree(trained, run, ignore=shutil.ignore_patterns(".cache", ".tomoflow.lock"))
     for name in ("last.pt", "best.pt"):
@@ -105,7 +106,7 @@ def test_truncated_checkpoints_give_one_line(trained: Path, prepared: Path, home
 
 
 def test_evaluate_completes_without_cancelled_error(trained: Path, home: Path, tmp_path: Path) -> None:
-    """Item 17: a successful run on the temporary server prints no CancelledError traceback."""
+    """A successful run on the temporary server prints no CancelledError traceback."""
     out = tmp_path / "eval"
     result = _run(_cli("evaluate", "--run", str(trained), "--out", str(out), "--bootstrap", "10",
                        "--device", "cpu"), home)
@@ -125,7 +126,7 @@ def _wait_for_lock_holder(folder: Path, proc: subprocess.Popen, timeout: float =
 
 
 def test_second_train_and_evaluate_stop_while_training(prepared: Path, home: Path, tmp_path: Path) -> None:
-    """Item 3: a second train into the same --out, or an evaluate of it, stops at once naming the first."""
+    """A second train into the same --out, or an evaluate of it, stops at once naming the first."""
     run = tmp_path / "run"
     first = subprocess.Popen(_train(prepared / "manifest.parquet", run, "--epochs", "500", "--no-early-stopping"),
                              cwd=REPO, env=_env(home), start_new_session=True, stdout=subprocess.DEVNULL,
@@ -146,9 +147,8 @@ def test_second_train_and_evaluate_stop_while_training(prepared: Path, home: Pat
     assert first.returncode == 143  # SIGTERM ends training as Cancelled
 
 
-@pytest.mark.slow
 def test_sigterm_during_evaluate_ends_cancelled(trained: Path, home: Path, tmp_path: Path) -> None:
-    """Item 16: SIGTERM during evaluate ends the flow run Cancelled (exit 143), not Crashed."""
+    """SIGTERM during evaluate ends the flow run Cancelled (exit 143), not Crashed."""
     out = tmp_path / "eval"
     proc = subprocess.Popen(_cli("evaluate", "--run", str(trained), "--out", str(out), "--bootstrap", "2000000",
                                  "--device", "cpu"), cwd=REPO, env=_env(home), start_new_session=True,

@@ -1,4 +1,5 @@
-"""Issue 18, prepare side: `tomoflow prepare` as a user runs it, under faults that used to pass silently.
+"""`tomoflow prepare` as a user runs it, under faults that must not pass silently: changed inputs, paths
+leading out, header values that must not print, missing files, a bad PREFECT_HOME, a full disk.
 
 Each test runs the CLI in a subprocess (a temporary Prefect server, its own PREFECT_HOME)
 on a small synthetic BCS-DBT collection.
@@ -35,7 +36,7 @@ def _run(cmd: list[str], tmp_path: Path, **kwargs) -> subprocess.CompletedProces
 def dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from synth.generate import generate_dataset
 
-    root = tmp_path_factory.mktemp("round2") / "data"
+    root = tmp_path_factory.mktemp("prepare-cli") / "data"
     generate_dataset(root, patients=12, seed=5, rows=64, columns=48, frames=(6, 10), positive_fraction=0.4)
     return root
 
@@ -70,7 +71,7 @@ def _codes(out: Path) -> pd.Series:
 
 
 def test_single_slice_records_boxed_views_as_not_selected(dataset: Path, tmp_path: Path) -> None:
-    """Item 6: a positive patient's views that single-slice did not pick are `not-selected`, not `no-box`."""
+    """A positive patient's views that single-slice did not pick are `not-selected`, not `no-box`."""
     out = tmp_path / "out"
     result = _run(_prepare(dataset, out, "--strategy", "single-slice"), tmp_path)
     assert result.returncode == 0, result.stderr[-2000:]
@@ -87,7 +88,7 @@ def test_single_slice_records_boxed_views_as_not_selected(dataset: Path, tmp_pat
 
 
 def test_report_cohort_without_labels_csv_is_not_a_fault(dataset: Path, tmp_path: Path) -> None:
-    """Item 7: with --reports and no labels CSV, volumes without a kept report are `no-report`, by design."""
+    """With --reports and no labels CSV, volumes without a kept report are `no-report`, by design."""
     data = _copy(dataset, tmp_path)
     table = pd.read_csv(_file_paths(data), dtype=str)
     normal_patients = sorted({table.loc[i, "PatientID"] for i in _labelled_rows(data, table)})
@@ -108,7 +109,7 @@ def test_report_cohort_without_labels_csv_is_not_a_fault(dataset: Path, tmp_path
 
 
 def test_changed_dicom_and_garbage_png_are_extracted_again(dataset: Path, tmp_path: Path) -> None:
-    """Item 2: same size and mtime, other bytes: re-extracted; a PNG replaced by garbage is rewritten."""
+    """Same size and mtime, other bytes: re-extracted; a PNG replaced by garbage is rewritten."""
     import pydicom
 
     data = _copy(dataset, tmp_path)
@@ -146,7 +147,7 @@ def test_changed_dicom_and_garbage_png_are_extracted_again(dataset: Path, tmp_pa
 
 
 def test_paths_outside_data_root_are_rejected(dataset: Path, tmp_path: Path) -> None:
-    """Item 8: `../outside/x.dcm` and an absolute classic_path are never read."""
+    """`../outside/x.dcm` and an absolute classic_path are never read."""
     data = _copy(dataset, tmp_path)
     outside = tmp_path / "outside"
     outside.mkdir()
@@ -174,7 +175,7 @@ def test_paths_outside_data_root_are_rejected(dataset: Path, tmp_path: Path) -> 
 
 
 def test_pydicom_warning_and_bad_photometric_never_print_the_value(dataset: Path, tmp_path: Path) -> None:
-    """Item 10: an invalid UI value (pydicom warns) and PhotometricInterpretation never reach output."""
+    """An invalid UI value (pydicom warns) and PhotometricInterpretation never reach output."""
     import pydicom
 
     data = _copy(dataset, tmp_path)
@@ -205,7 +206,7 @@ def test_pydicom_warning_and_bad_photometric_never_print_the_value(dataset: Path
 
 
 def test_missing_files_stop_before_extraction(dataset: Path, tmp_path: Path) -> None:
-    """Item 15: thousands of rows pointing at missing files stop after the existence check."""
+    """Thousands of rows pointing at missing files stop after the existence check."""
     data = _copy(dataset, tmp_path)
     csv = _file_paths(data)
     table = pd.read_csv(csv, dtype=str)
@@ -232,7 +233,7 @@ def test_missing_files_stop_before_extraction(dataset: Path, tmp_path: Path) -> 
 
 
 def test_unwritable_prefect_home_fails_at_once(tmp_path: Path) -> None:
-    """Item 14: a PREFECT_HOME under a regular file is named at once, before any server start."""
+    """A PREFECT_HOME under a regular file is named at once, before any server start."""
     blocker = tmp_path / "a-file"
     blocker.write_text("x")
     env = _env(tmp_path)
@@ -260,7 +261,7 @@ exit 0
 
 
 def test_disk_full_is_not_cached_as_a_reject(dataset: Path, tmp_path: Path) -> None:
-    """Item 1: prepare into a full tmpfs stops with one line; once the disk grows, the rerun is whole."""
+    """Prepare into a full tmpfs stops with one line; once the disk grows, the rerun is whole."""
     if shutil.which("unshare") is None:
         pytest.skip("needs unshare (util-linux) for a private tmpfs")
     reference = tmp_path / "reference"

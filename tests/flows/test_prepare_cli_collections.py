@@ -1,5 +1,5 @@
-"""Issue 28, prepare side: `tomoflow prepare` as a user runs it on a collection kept on a mount, with one
-image under two patient ids, and with a blank volume (each run starts a temporary Prefect server)."""
+"""`tomoflow prepare` as a user runs it on unusual collections: one kept on a mount, one image under two
+patient ids, a blank volume (each run starts a temporary Prefect server)."""
 
 from __future__ import annotations
 
@@ -32,7 +32,7 @@ def _run(cmd: list[str], tmp_path: Path) -> subprocess.CompletedProcess:
 def dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from synth.generate import generate_dataset
 
-    root = tmp_path_factory.mktemp("round3") / "data"
+    root = tmp_path_factory.mktemp("prepare-cli-collections") / "data"
     generate_dataset(root, patients=12, seed=5, rows=64, columns=48, frames=(6, 10), positive_fraction=0.4)
     return root
 
@@ -56,7 +56,7 @@ def _on_a_mount(dataset: Path, tmp_path: Path) -> tuple[Path, Path]:
 
 
 def test_collection_on_a_mount_is_read_and_absolute_paths_need_extra_data_root(dataset: Path, tmp_path: Path) -> None:
-    """Item 1: a symlinked collection prepares; CSV paths pointing into the mount stop naming the path,
+    """A symlinked collection prepares; CSV paths pointing into the mount stop naming the path,
     the root and both ways out, and --extra-data-root admits them."""
     data, mount = _on_a_mount(dataset, tmp_path)
     out = tmp_path / "out"
@@ -89,7 +89,7 @@ def test_collection_on_a_mount_is_read_and_absolute_paths_need_extra_data_root(d
 
 
 def test_one_image_under_two_patients_is_rejected_as_duplicate_content(dataset: Path, tmp_path: Path) -> None:
-    """Item 2: a normal patient's DICOM copied over a cancer patient's: both rejected, neither trains."""
+    """A normal patient's DICOM copied over a cancer patient's: both rejected, neither trains."""
     from tasks.prepare.locate import VolumeResolver
 
     data = tmp_path / "data"
@@ -127,7 +127,7 @@ def test_one_image_under_two_patients_is_rejected_as_duplicate_content(dataset: 
 
 
 def test_blank_volume_is_rejected_not_used_as_normal(dataset: Path, tmp_path: Path) -> None:
-    """Item 3: a volume whose pixel data are all zero is rejected as blank-frames and counted as a fault."""
+    """A volume whose pixel data are all zero is rejected as blank-frames and counted as a fault."""
     import pydicom
 
     data = tmp_path / "data"
