@@ -1,7 +1,7 @@
 """Golden regression test: every CLI command that writes data, before and after a refactoring.
 
-Issue 14 restructures the package without changing any command, option, output file,
-manifest column or number. This test runs every data-writing command of ``tomoflow`` on a
+A restructuring of the package changes no command, option, output file, manifest
+column or number. This test runs every data-writing command of ``tomoflow`` on a
 small seeded synthetic dataset (CPU, fixed seeds) and compares what it wrote with
 ``tests/golden/*.json``, recorded from the code before the restructuring:
 

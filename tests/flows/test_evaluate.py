@@ -41,7 +41,7 @@ def test_evaluate_flow_writes_predictions_metrics_report_and_artifacts(prefect_h
     for level in ("slice", "volume", "patient"):
         assert {"accuracy", "sensitivity", "specificity"} <= set(metrics["levels"][level]["metrics"])
     assert "localization" in metrics
-    # Issue 15: the null beside every level, the degenerate flag, localisation resolution and occlusion.
+    # The null beside every level, the degenerate flag, localisation resolution and occlusion.
     for level in ("slice", "volume", "patient"):
         entry = metrics["levels"][level]
         assert "null_roc_auc" in entry and "better_than_null" in entry

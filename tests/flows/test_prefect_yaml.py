@@ -27,7 +27,7 @@ def test_pools_defined_once_and_used(spec: dict) -> None:
 
 
 def test_score_new_is_scheduled_in_the_training_pool_and_queues_per_output_root(spec: dict) -> None:
-    """Issue 27: score-new runs the score-studies flow on a schedule, where training runs, one at a time."""
+    """score-new runs the score-studies flow on a schedule, where training runs, one at a time."""
     from flows.score import score_studies
 
     by_name = {d["name"]: d for d in spec["deployments"]}

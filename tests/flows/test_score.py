@@ -1,4 +1,4 @@
-"""``tomoflow score`` and evaluate's whole-volume level through the CLI (issue 27).
+"""``tomoflow score`` and evaluate's whole-volume level through the CLI.
 
 On a synthetic collection with its labels, boxes and reports removed, and on a plain folder of
 DICOMs: outputs, the threshold recorded by evaluate, incremental reruns, a killed run resumed,

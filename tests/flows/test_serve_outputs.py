@@ -1,4 +1,4 @@
-"""Item 9 of issue 18: `tomoflow serve-outputs` serves reports and curves only, read-only, on loopback."""
+"""`tomoflow serve-outputs` serves reports and curves only, read-only, on loopback."""
 
 from __future__ import annotations
 
@@ -61,7 +61,7 @@ def test_serve_outputs_serves_reports_not_slices(tmp_path: Path) -> None:
 
 
 def test_service_block_gives_the_database_url_to_the_server_only() -> None:
-    """Item 11: the database URL lives in the server's env file alone, never exported to workers."""
+    """The database URL lives in the server's env file alone, never exported to workers."""
     from tests.e2e.test_service import readme_service_block
 
     lines = readme_service_block()
@@ -79,7 +79,7 @@ def test_service_block_gives_the_database_url_to_the_server_only() -> None:
 
 
 def test_port_in_use_gives_one_line_and_a_client_hanging_up_leaves_no_traceback(tmp_path: Path) -> None:
-    """Issue 28 item 10."""
+    """A port already in use stops with one line; a client hanging up mid-answer leaves no traceback."""
     import socket
     import struct
     import time

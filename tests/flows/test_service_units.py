@@ -91,7 +91,7 @@ def test_units_pass_systemd_analyze_verify(tmp_path: Path) -> None:
     (("Restart=on-failure", "Restart=sometimes"), "restart specifier"),
     (("ExecStart=", "ExecStrat="), "Unknown key 'ExecStrat'"),
     (("ExecStart=/bin/sh", "ExecStart=bin/sh"), "bin/sh"),
-])
+], ids=["bad-type", "bad-restart", "unknown-key", "relative-exec-start"])
 def test_verify_check_says_no_to_a_broken_unit(edit: tuple[str, str], said: str, tmp_path: Path) -> None:
     """The control: the same check on a copy of the server unit with one line broken finds it."""
     text = (UNITS / "tomoflow-server.service").read_text()

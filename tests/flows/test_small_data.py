@@ -36,7 +36,7 @@ def _fresh_env(home: Path, **extra: str) -> dict[str, str]:
 def twelve_patients(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """``tomoflow synth DATA --patients 12 --seed 1``, with small frames: 2 cancer, 2 benign."""
     root = tmp_path_factory.mktemp("twelve")
-    # 4 of 12 positive (the default share would give 5 since issue 26): the fewest for three splits.
+    # 4 of 12 positive (the default share would give 5): the fewest for three splits.
     summary = generate_dataset(root, patients=12, seed=1, rows=64, columns=48, frames=(4, 6), positive_fraction=1 / 3,
                                reports=False)
     assert summary["cohort_patients"] == {"normal": 7, "actionable": 1, "benign": 2, "cancer": 2}

@@ -52,7 +52,7 @@ def run_a(prefect_harness, small_dataset: Path, tmp_path_factory: pytest.TempPat
 
 def test_evaluate_stops_when_reprepared_splits_hold_training_patients(prefect_harness, small_dataset: Path,
                                                                       tmp_path: Path, capsys) -> None:
-    # Issue 18 item 4: prepare with another seed rewrites the splits under the same manifest path.
+    # Prepare with another seed rewrites the splits under the same manifest path.
     manifest = _prepare(small_dataset, tmp_path / "prepared")
     assert _train(manifest, tmp_path / "run") == 0
     ckpt = torch.load(tmp_path / "run" / "best.pt", weights_only=True)
@@ -142,7 +142,7 @@ def test_external_evaluation_reports_gap_or_overlap(prefect_harness, run_a: Path
     pred = pd.read_parquet(tmp_path / "ext" / "predictions.parquet")
     assert set(pred["split"]) == {"train", "validation", "test"}  # all rows of the other collection
     assert "External evaluation" in (tmp_path / "ext" / "report.html").read_text()
-    # The gap is read beside the trivial brightness score on the external images (issue 26, point 8).
+    # The gap is read beside the trivial brightness score on the external images.
     trivial = comparison["trivial"]
     assert trivial["chosen_on"] == "validation split of the training collection"
     assert 0 <= trivial["roc_auc"] <= 1 and trivial["model_roc_auc"] == pytest.approx(

@@ -225,7 +225,7 @@ FLOOR_SEEDS = (11, 12, 13, 14, 15)
 FLOOR_FRACTIONS = (0.2, 0.5)
 #: The image sides the presets prepare (demo 96, method-1 presets 224; the demo network's 64).
 FLOOR_SIZES = (64, 96, 224)
-#: Issue 26: the brightest-spot score's image-level ROC AUC at ``moderate``, for any seed and fraction.
+#: The brightest-spot score's image-level ROC AUC at ``moderate``, for any seed and fraction.
 MAX_MODERATE_TRIVIAL_AUC = 0.75
 
 

@@ -38,8 +38,8 @@ def _ids(root: Path) -> dict[str, set[str]]:
 
 
 def test_collections_of_different_seeds_share_no_id(tmp_path: Path) -> None:
-    # Before issue 26 the ids were drawn from one pool of 5060 numbers whatever the seed:
-    # two 120-patient collections of different seeds shared 7 patient ids (issue 26).
+    # Ids drawn from one pool of 5060 numbers whatever the seed would repeat across collections:
+    # two 120-patient collections of different seeds would share some patient ids.
     generate_dataset(tmp_path / "a", seed=0, **TINY)
     generate_dataset(tmp_path / "b", seed=1, **TINY)
     first, second = _ids(tmp_path / "a"), _ids(tmp_path / "b")
@@ -80,8 +80,8 @@ def _patients_per_split(patients: int, seed: int) -> pd.DataFrame:
 
 @pytest.mark.parametrize("patients", [100, 160, 400])
 def test_the_default_share_gives_every_split_positive_patients(patients: int) -> None:
-    # Before issue 26 the default followed the release's proportions (3.6% positive): a
-    # 160-patient collection held 6 positive patients, one or two per evaluation split.
+    # The release's proportions (3.6% positive) would be too few: a 160-patient collection
+    # would hold 6 positive patients, one or two per evaluation split.
     assert DEFAULT_POSITIVE_FRACTION == 0.4
     for seed in (0, 3):
         counts = _patients_per_split(patients, seed)

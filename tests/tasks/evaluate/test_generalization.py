@@ -80,7 +80,7 @@ def test_audit_finds_training_patients_by_id_and_renamed_copies_by_pixels(tmp_pa
 
 
 def test_renamed_copy_at_another_image_size_is_found_by_source_hash_and_claims_no_pixel_check(tmp_path: Path) -> None:
-    """Issue 28 item 4: the training collection renamed and re-prepared at 128 px (trained at 96 px)
+    """The training collection renamed and re-prepared at 128 px (trained at 96 px)
     with other frames chosen: no pixel can match, the source DICOM's hash does; the audit says which
     keys it compared and never claims a pixel check."""
     rows, copies = [], []
@@ -106,7 +106,7 @@ def test_renamed_copy_at_another_image_size_is_found_by_source_hash_and_claims_n
 
 
 def test_all_normal_external_collection_reports_specificity_and_scores_with_auc_not_computable() -> None:
-    """Issue 28 item 15: one class only: specificity and the score distribution, AUC marked not computable."""
+    """One class only: specificity and the score distribution, AUC marked not computable."""
     from tasks.evaluate.generalization import external_comparison
     from tasks.evaluate.report_generalization import external
 
@@ -124,7 +124,7 @@ def test_all_normal_external_collection_reports_specificity_and_scores_with_auc_
 
 
 def test_external_gap_is_read_beside_the_trivial_score_on_the_external_images(tmp_path: Path) -> None:
-    """Issue 26, point 8: the score is chosen on the training collection's validation split, reported on the
+    """The score is chosen on the training collection's validation split, reported on the
     external images, paired with the model there, and the report's sentence says whether the model beats it."""
     from tasks.evaluate.generalization import external_trivial
     from tasks.evaluate.report_generalization import external

@@ -1,4 +1,4 @@
-"""Issue 28 item 5: `train --weights RUN` takes the lock check `evaluate` takes, while RUN trains."""
+"""`train --weights RUN` takes the lock check `evaluate` takes, while RUN trains."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Issue 28 item 9: the report's example captions carry keyed pseudonyms, not patient or study ids."""
+"""The report's example captions carry keyed pseudonyms, not patient or study ids."""
 
 from __future__ import annotations
 

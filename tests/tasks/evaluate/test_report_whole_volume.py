@@ -1,4 +1,4 @@
-"""The report's lead section: whole volumes beside the study's single-slice figure (issue 27 point 4)."""
+"""The report's lead section: whole volumes beside the study's single-slice figure."""
 
 from __future__ import annotations
 

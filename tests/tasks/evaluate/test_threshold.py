@@ -1,4 +1,4 @@
-"""The operating threshold chosen on validation volumes (issue 27 point 3)."""
+"""The operating threshold chosen on validation volumes."""
 
 from __future__ import annotations
 

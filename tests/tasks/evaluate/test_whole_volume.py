@@ -1,4 +1,4 @@
-"""evaluate's whole-volume level: combined per volume, floors, and where the top frame fell (issue 27 point 4)."""
+"""evaluate's whole-volume level: combined per volume, floors, and where the top frame fell."""
 
 from __future__ import annotations
 

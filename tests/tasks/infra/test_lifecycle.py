@@ -1,4 +1,4 @@
-"""Issue 28 item 7: a command killed outright leaves no flow run Running: its watcher (the reaper) marks
+"""A command killed outright leaves no flow run Running: its watcher (the reaper) marks
 them Crashed; a rerun says which earlier run it supersedes."""
 
 from __future__ import annotations

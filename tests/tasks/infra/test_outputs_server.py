@@ -1,4 +1,4 @@
-"""What the outputs server serves: the sweep's page inside a sweep folder only (issue 26)."""
+"""What the outputs server serves: the sweep's page inside a sweep folder only."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Item 17 of issue 18: the temporary server's shutdown CancelledError traceback is dropped, nothing else."""
+"""The temporary server's shutdown CancelledError traceback is dropped, nothing else."""
 
 from __future__ import annotations
 

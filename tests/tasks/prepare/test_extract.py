@@ -177,7 +177,7 @@ def test_patient_ids_become_visible_distinct_folders_inside_slices(tmp_path) -> 
 
 
 def test_blank_volume_is_rejected_as_blank_frames(make_dbt, tmp_path) -> None:
-    """Issue 28 item 3: all-zero (or constant) pixel data is a reject with a reason, not black PNGs."""
+    """All-zero (or constant) pixel data is a reject with a reason, not black PNGs."""
     import numpy as np
 
     from tasks.prepare.rejects import reason_code, reject_reason
@@ -214,7 +214,7 @@ def test_phantom_volume_is_not_blank(dbt_volume, tmp_path) -> None:
 
 
 def test_same_bytes_under_two_patients_are_both_rejected_as_duplicate_content() -> None:
-    """Issue 28 item 2: identical content under two patient ids is a leak: both volumes are rejected."""
+    """Identical content under two patient ids is a leak: both volumes are rejected."""
     from tasks.prepare.manifest import duplicate_content
 
     records = [

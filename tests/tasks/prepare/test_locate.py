@@ -1,4 +1,4 @@
-"""Issue 28 item 1: a collection kept on a mount (a symlink in the data root) is read; CSV paths
+"""A collection kept on a mount (a symlink in the data root) is read; CSV paths
 that climb out lexically, or point elsewhere, are not; ``extra_roots`` admits a mount's absolute paths."""
 
 from __future__ import annotations

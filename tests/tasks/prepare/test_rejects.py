@@ -1,4 +1,4 @@
-"""The reject-fraction stop message (issue 28 item 1: volumes outside the data root)."""
+"""The reject-fraction stop message (volumes outside the data root)."""
 
 from __future__ import annotations
 

@@ -202,7 +202,7 @@ def test_real_colour_is_not_implemented(name, photometric):
     path = real(name)
     with pytest.raises(NotImplementedError) as err:
         read_frames(path)
-    # The file and the tag are named; the header value itself never is (issue 18, item 10).
+    # The file and the tag are named; the header value itself never is.
     assert path in str(err.value) and "(0028,0004)" in str(err.value)
     assert repr(photometric) not in str(err.value)
 

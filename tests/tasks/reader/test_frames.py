@@ -197,7 +197,7 @@ def test_orientation_rotates_a_volume_stored_the_other_way(dbt_volume, make_dbt)
 
 
 def test_orientation_is_decided_once_per_volume_on_its_central_frame(phantom, make_dbt):
-    """Issue 27 point 6: whatever frames are asked for, one rotation per volume (the central frame's)."""
+    """Whatever frames are asked for, one rotation per volume (the central frame's)."""
     from tasks.reader.decode import reference_frame
 
     frames = phantom(side="R")

@@ -1,4 +1,4 @@
-"""Every frame of a volume through the model, decoded in chunks on workers (issue 27 point 5)."""
+"""Every frame of a volume through the model, decoded in chunks on workers."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""What score lists: file-paths CSVs when present, else every DICOM identified from its header (issue 27)."""
+"""What score lists: file-paths CSVs when present, else every DICOM identified from its header."""
 
 from __future__ import annotations
 

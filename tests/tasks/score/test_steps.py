@@ -1,4 +1,4 @@
-"""score-studies' paths from the worker's environment, and the per-output-root queue (issue 27 point 7)."""
+"""score-studies' paths from the worker's environment, and the per-output-root queue."""
 
 from __future__ import annotations
 

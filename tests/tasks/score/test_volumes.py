@@ -1,4 +1,4 @@
-"""The per-volume score cache: content hash, checkpoint hash and settings (issue 27 point 2)."""
+"""The per-volume score cache: content hash, checkpoint hash and settings."""
 
 from __future__ import annotations
 

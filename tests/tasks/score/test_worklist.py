@@ -1,4 +1,4 @@
-"""score's volume and study rows and its summary (issue 27)."""
+"""score's volume and study rows and its summary."""
 
 from __future__ import annotations
 
