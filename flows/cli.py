@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
+from flows.cli_alerts import add_alerts_command
 from flows.cli_experiments import add_experiments
 from flows.cli_score import add_score
 from flows.cli_serve import add_serve_outputs
@@ -19,9 +20,10 @@ from flows.cli_config import (
     image_size_arg,
     evaluate_config_from_args,
     prepare_config_from_args,
+    setting_arg,
     train_config_from_args,
 )
-from flows.cli_transfer import add_weights_command, setting_arg
+from flows.cli_weights import add_weights_command
 from tasks.core.config import SlicesConfig, TrainParams
 
 
@@ -272,8 +274,6 @@ def build_parser() -> argparse.ArgumentParser:
     add_demo(sub)
     add_serve_outputs(sub)
     add_weights_command(sub)
-    from tasks.infra.alerts import add_alerts_command
-
     add_alerts_command(sub)
     return parser
 

@@ -219,3 +219,14 @@ def evaluate_config_from_args(args: argparse.Namespace) -> EvaluateConfig:
         if value is not None:
             fields["output_dir" if name == "out" else name] = str(value) if name in ("manifest", "out") else value
     return EvaluateConfig(**fields)
+
+
+def setting_arg(text: str) -> tuple[str, str, object]:
+    """``--set train.epochs=2`` as ``("train", "epochs", 2)`` (the value read as YAML)."""
+    import yaml
+
+    key, sep, value = text.partition("=")
+    section, dot, field = key.strip().partition(".")
+    if not (sep and dot and section and field):
+        raise argparse.ArgumentTypeError(f"--set {text!r}: expected SECTION.FIELD=VALUE, e.g. train.epochs=2")
+    return section, field, yaml.safe_load(value)

@@ -12,8 +12,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from flows.cli_config import field_bounds, image_size_arg
-from flows.cli_transfer import setting_arg
+from flows.cli_config import field_bounds, image_size_arg, setting_arg
 from tasks.core.config import TrainParams
 
 
@@ -80,7 +79,7 @@ def cmd_experiments(args: argparse.Namespace) -> int:
     from tasks.core.files import ensure_writable_dir
 
     if args.train_fractions is not None:
-        from flows.cli_transfer import cmd_sweep
+        from flows.cli_sweep import cmd_sweep
         from tasks.pipeline.experiments import experiment_overrides
 
         # --epochs, --image-size and --max-batches apply to the sweep as they do to presets.

@@ -1,44 +1,9 @@
-"""The ``tomoflow`` commands of transfer and generalisation: ``weights fetch|list`` and the training-size
-sweep behind ``experiments --train-fractions``, whose options live in :mod:`flows.cli_experiments` (kept apart from :mod:`flows.cli` so each module stays small)."""
+"""The ``tomoflow weights fetch|list`` command: torchvision's ImageNet weights in its cache."""
 
 from __future__ import annotations
 
 import argparse
 import json
-
-__all__ = ["add_weights_command", "cmd_sweep", "cmd_weights", "setting_arg"]
-
-
-def setting_arg(text: str) -> tuple[str, str, object]:
-    """``--set train.epochs=2`` as ``("train", "epochs", 2)`` (the value read as YAML)."""
-    import yaml
-
-    key, sep, value = text.partition("=")
-    section, dot, field = key.strip().partition(".")
-    if not (sep and dot and section and field):
-        raise argparse.ArgumentTypeError(f"--set {text!r}: expected SECTION.FIELD=VALUE, e.g. train.epochs=2")
-    return section, field, yaml.safe_load(value)
-
-
-def cmd_sweep(args: argparse.Namespace) -> int:
-    """``tomoflow experiments --train-fractions ...``: the ``tomoflow-sweep`` flow."""
-    from flows.sweep import run_sweep
-    from tasks.sweep.analysis import parse_fractions, parse_weights
-
-    fractions = parse_fractions(args.train_fractions)
-    if args.repeats < 1:
-        raise ValueError(f"--repeats {args.repeats}: expected 1 or more")
-    weights = parse_weights(args.weights or "none,imagenet")
-    overrides: dict[str, dict[str, object]] = {}
-    for section, field, value in args.set or []:
-        overrides.setdefault(section, {})[field] = value
-    from flows.cli import _writable
-
-    _writable(args.out)
-    result = run_sweep(data_root=str(args.data_root), output_root=str(args.out), fractions=fractions, weights=weights,
-                       preset=(args.preset or ["demo"])[0], overrides=overrides, repeats=args.repeats)
-    print(json.dumps(result, sort_keys=True, default=str))
-    return 0
 
 
 def cmd_weights(args: argparse.Namespace) -> int:
