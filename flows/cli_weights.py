@@ -32,18 +32,18 @@ def _seconds_arg(text: str) -> float:
 
 def add_weights_command(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
     """The ``tomoflow weights`` command."""
-    p = sub.add_parser("weights", help="fetch torchvision's ImageNet weights into its cache, or list what is cached")
+    p = sub.add_parser("weights", help="Fetch torchvision's ImageNet weights into its cache, or list what is cached.")
     actions = p.add_subparsers(dest="action", required=True)
-    fetch = actions.add_parser("fetch", help="download the study backbones' ImageNet weights (hash-checked) "
-                                             "into torchvision's cache; runs never download")
+    fetch = actions.add_parser("fetch", help="Download the study backbones' ImageNet weights (hash-checked) "
+                                             "into torchvision's cache; runs never download.")
     fetch.add_argument("--model", action="append", choices=["vgg16", "vgg16_bn", "inception_v3"],
-                       help="only this backbone (repeatable); default: all three")
+                       help="Fetch only this backbone (repeatable; default: all three).")
     fetch.add_argument("--mirror", default=None,
-                       help="base URL serving torchvision's file names (default: download.pytorch.org)")
-    fetch.add_argument("--force", action="store_true", help="download again even when cached with a good hash")
+                       help="A base URL serving torchvision's file names (default: download.pytorch.org).")
+    fetch.add_argument("--force", action="store_true", help="Download again even when the cached file's hash is good.")
     fetch.add_argument("--timeout", type=_seconds_arg, default=30.0,
-                       help="seconds to wait for the connection and for each read (default 30)")
-    listing = actions.add_parser("list", help="show each backbone's file in torchvision's cache and whether "
-                                              "its hash matches")
-    listing.add_argument("--no-check", action="store_true", help="do not hash the files (faster)")
+                       help="Seconds to wait for the connection and for each read (default 30).")
+    listing = actions.add_parser("list", help="Show each backbone's file in torchvision's cache and whether "
+                                              "its hash matches.")
+    listing.add_argument("--no-check", action="store_true", help="Do not hash the files, which is faster.")
     p.set_defaults(func=cmd_weights)
