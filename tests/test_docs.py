@@ -112,6 +112,42 @@ def readme_command_table() -> set[str]:
             if m}
 
 
+def command_options() -> dict[str, set[str]]:
+    """Each ``tomoflow`` command's options (a command with actions, ``weights``, has all of theirs)."""
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    options: dict[str, set[str]] = {}
+    for name, parser in sub.choices.items():
+        found = {s for a in parser._actions for s in a.option_strings}
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                found |= {s for p in action.choices.values() for a in p._actions for s in a.option_strings}
+        options[name] = found
+    return options
+
+
+def unknown_options(text: str, options: dict[str, set[str]]) -> list[str]:
+    """``tomoflow CMD ... --x`` written in a code block or span where CMD has no ``--x`` (or no CMD exists)."""
+    text = text.replace("\\\n", " ")  # a shell line continued with a backslash
+    snippets = CODE.findall(text) + [line for block in re.findall(r"```[a-z]*\n(.*?)```", text, re.S)
+                                     for line in block.splitlines()]
+    problems = []
+    for snippet in snippets:
+        for match in re.finditer(r"\btomoflow ([a-z][a-z-]*)([^#`]*)", snippet.split(" # ")[0]):
+            command, rest = match.groups()
+            if command not in options:
+                problems.append(f"tomoflow {command}: no such command")
+                continue
+            problems += [f"tomoflow {command} {option}: no such option" for option in
+                         re.findall(r"(?<![\w-])--[a-z][a-z0-9-]*", rest.split("tomoflow ")[0])
+                         if option not in options[command]]
+    return problems
+
+
+@pytest.mark.parametrize("path", USER_DOCS, ids=lambda p: p.name)
+def test_every_command_line_in_the_docs_uses_real_options(path: Path) -> None:
+    assert unknown_options(path.read_text(), command_options()) == []
+
+
 @pytest.mark.parametrize("path", USER_DOCS, ids=lambda p: p.name)
 def test_every_path_a_document_names_exists(path: Path) -> None:
     assert missing_paths(path.read_text()) == []
@@ -180,4 +216,8 @@ def test_the_checks_find_what_they_are_for(tmp_path: Path) -> None:
     page = tmp_path / "page.md"
     page.write_text("# A `tomoflow x` title\n[ok](#a-tomoflow-x-title) [bad](#nope) [file](missing.md)\n")
     assert broken_links(page) == ["page.md: #nope: no such heading", "page.md: missing.md: no such file"]
+    options = {"train": {"--out", "--weights"}}
+    assert unknown_options("`tomoflow train --out R --epoch 3` and `tomoflow trian`\n```bash\n"
+                           "tomoflow train --out R \\\n  --weights none --lr 1  # --anything\n```\n", options) == [
+        "tomoflow train --epoch: no such option", "tomoflow trian: no such command", "tomoflow train --lr: no such option"]
     assert HISTORY.search("the same bytes as before issue 19") and not HISTORY.search("seed 19: AUC 0.8")
