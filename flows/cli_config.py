@@ -4,6 +4,7 @@ configs built from parsed options (``tomoflow prepare / train / evaluate``)."""
 from __future__ import annotations
 
 import argparse
+import re
 from typing import Any, Callable, Literal, get_args, get_origin
 
 from pydantic import BaseModel
@@ -95,9 +96,20 @@ INVERTING: dict[str, frozenset[str]] = {"prepare": frozenset({"no_labels"}),
                                         "train": frozenset({"no_early_stopping", "no_augment"})}
 
 
-def _field_help(model: type[BaseModel], field: str, note: str = "") -> str:
+def option_description(command: str, model: type[BaseModel], field: str) -> str:
+    """The field's description as the command's help says it: another field of the command named by
+    its option (``threshold_rule`` -> ``--threshold-rule``; fields with an underscore only, so plain
+    words stay words)."""
+    description = model.model_fields[field].description or ""
+    for dest, (_, other) in CONFIG_OPTIONS[command].items():
+        if "_" in other and other != field and dest not in INVERTING.get(command, ()):
+            description = re.sub(rf"(?<![\w.-]){other}(?!\w)", "--" + dest.replace("_", "-"), description)
+    return description
+
+
+def _field_help(command: str, model: type[BaseModel], field: str, note: str = "") -> str:
     """The help of an option: the field's description, then ``note`` (whole sentences, e.g. the default)."""
-    description = (model.model_fields[field].description or "").replace("%", "%%")
+    description = option_description(command, model, field).replace("%", "%%")
     return f"{description} {note}" if note else description
 
 
@@ -146,7 +158,7 @@ def config_option(p: argparse.ArgumentParser, flag: str, command: str, *, note: 
         choices = _field_choices(model, field)
         if choices:
             kwargs["choices"] = choices
-    p.add_argument(flag, help=help if help is not None else _field_help(model, field, note), **kwargs)
+    p.add_argument(flag, help=help if help is not None else _field_help(command, model, field, note), **kwargs)
 
 
 def prepare_config_from_args(args: argparse.Namespace) -> PrepareConfig:

@@ -125,7 +125,8 @@ class SlicesConfig(_Frozen):
     executor: Literal["process", "serial", "dask"] = Field(
         "process",
         description="Where extraction runs: process is a local process pool; serial runs in the flow's process "
-        "(for debugging); dask uses prefect-dask's DaskTaskRunner (see dask_address).",
+        "(for debugging); dask uses prefect-dask's DaskTaskRunner, on the scheduler of the slices.dask_address "
+        "setting (a LocalCluster when none).",
     )
     dask_address: str | None = Field(
         None, description="Address of an existing Dask scheduler; none starts a LocalCluster."
@@ -275,7 +276,8 @@ class AugmentConfig(_Frozen):
     shift: float = Field(0.1, ge=0, le=0.5, description="Shifts up to this fraction of the side.")
     brightness: float = Field(0.2, ge=0, le=1, description="Brightness jitter.")
     offline_balance: bool = Field(
-        False, description="Write augmented copies of training positives up to target_ratio (single-slice)."
+        False, description="Write augmented copies of training positives until there are augment.target_ratio "
+        "positives per negative (single-slice)."
     )
     target_ratio: float = Field(
         1.0, gt=0, le=1, description="Offline balancing: positives per negative in the training split."
@@ -350,7 +352,7 @@ class EvaluateConfig(_Frozen):
         "or shared report names no patient.",
     )
     external_split: Literal["all", "train", "validation", "test"] = Field(
-        "all", description="With external: which rows of the other collection to evaluate (all: every split)."
+        "all", description="Which rows of the external collection to evaluate (all: every split)."
     )
 
 
