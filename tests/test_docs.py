@@ -48,6 +48,28 @@ def missing_paths(text: str, root: Path = REPO) -> list[str]:
     return missing
 
 
+def unresolved_names(text: str, root: Path = REPO) -> list[str]:
+    """Dotted names in code spans (``tasks.infra.runners.cached``) whose module file, or whose one
+    trailing name defined at that module's top level, does not exist."""
+    unresolved = []
+    for span in CODE.findall(text):
+        for name in re.findall(r"(?<![\w./-])(?:flows|tasks|models|synth)(?:\.\w+)+", span):
+            parts = name.split(".")
+            for cut in range(len(parts), 0, -1):
+                base = root.joinpath(*parts[:cut])
+                module = base.with_suffix(".py") if base.with_suffix(".py").is_file() else base / "__init__.py"
+                if module.is_file():
+                    rest = parts[cut:]
+                    defined = len(rest) == 0 or (len(rest) == 1 and re.search(
+                        rf"^(?:def |class |async def )?{rest[0]}\b", module.read_text(), re.M))
+                    if not defined:
+                        unresolved.append(name)
+                    break
+            else:
+                unresolved.append(name)
+    return unresolved
+
+
 def table_rows(text: str) -> list[list[str]]:
     """The cells of every markdown table row (header and separator rows included)."""
     return [[c.strip() for c in line.strip().strip("|").split("|")] for line in text.splitlines()
@@ -153,6 +175,11 @@ def test_every_path_a_document_names_exists(path: Path) -> None:
     assert missing_paths(path.read_text()) == []
 
 
+@pytest.mark.parametrize("path", USER_DOCS, ids=lambda p: p.name)
+def test_every_dotted_name_a_document_uses_exists(path: Path) -> None:
+    assert unresolved_names(path.read_text()) == []
+
+
 def test_architecture_md_names_the_tree() -> None:
     assert len(named_paths(ARCHITECTURE.read_text())) > 50, "the check found (almost) no path at all"
 
@@ -211,6 +238,9 @@ def test_the_checks_find_what_they_are_for(tmp_path: Path) -> None:
         (tmp_path / "tasks" / "pkg" / f"{name}.py").write_text("")
     doc = "`tasks/pkg/a.py` and `tasks/gone.py`\n\n| package | modules |\n|---|---|\n| `tasks/pkg/` | `a`, `c` |\n"
     assert missing_paths(doc, tmp_path) == ["tasks/gone.py"]
+    (tmp_path / "tasks" / "pkg" / "a.py").write_text("def here():\n    pass\n")
+    assert unresolved_names("`tasks.pkg.a.here` `tasks.pkg.a.gone` `tasks.pkg.z`", tmp_path) == [
+        "tasks.pkg.a.gone", "tasks.pkg.z"]
     assert module_table_mismatches(doc, tmp_path) == ["tasks/pkg/: b is not listed",
                                                       "tasks/pkg/: c is not a module there"]
     page = tmp_path / "page.md"
