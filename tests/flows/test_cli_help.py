@@ -99,6 +99,14 @@ def test_the_check_finds_fragments_missing_help_and_unknown_options() -> None:
     assert len(help_problems(parser)) == 6
 
 
+def test_every_option_with_a_default_says_it() -> None:
+    missing = [f"{path} {action.option_strings[0]}" for path, command in _commands(build_parser()).items()
+               for action in command._actions
+               if action.option_strings and action.default not in (None, False, argparse.SUPPRESS)
+               and not isinstance(action, argparse._HelpAction) and "default" not in (action.help or "").lower()]
+    assert missing == []
+
+
 @pytest.mark.parametrize("command", ["run", "demo"])
 def test_the_options_that_had_no_help_have_one(command: str) -> None:
     texts = dict(_texts(_commands(build_parser())[f"tomoflow {command}"]))
