@@ -41,7 +41,7 @@ bench-score: install
 bench-learning: install
 	$(PY) bench/learning.py
 
-# The transfer sweep's controls (issue 26): a source model, a shuffled-labels model and scratch, swept on a
+# The transfer sweep's controls: a source model, a shuffled-labels model and scratch, swept on a
 # second `moderate` collection with 3 repeats; exits 0 when the positive control helps at the smallest size
 # and the negative control never does (target: 45 min on 2 quiet cores).
 bench-transfer: install

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
+from flows.cli_alerts import add_alerts_command
 from flows.cli_experiments import add_experiments
 from flows.cli_score import add_score
 from flows.cli_serve import add_serve_outputs
@@ -19,9 +20,10 @@ from flows.cli_config import (
     image_size_arg,
     evaluate_config_from_args,
     prepare_config_from_args,
+    setting_arg,
     train_config_from_args,
 )
-from flows.cli_transfer import add_weights_command, setting_arg
+from flows.cli_weights import add_weights_command
 from tasks.core.config import SlicesConfig, TrainParams
 
 
@@ -147,109 +149,117 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 def _add_export_slices(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
     """The ``tomoflow export-slices`` command."""
-    p = sub.add_parser("export-slices", help="write frames of one DICOM as 8-bit PNGs")
-    p.add_argument("file", type=Path, help="a DICOM file")
-    p.add_argument("--out", type=Path, required=True, help="output folder for NNNN.png files")
-    p.add_argument("--frames", type=_frames_arg, default=None, help="comma-separated frame indices (default: all)")
+    p = sub.add_parser("export-slices", help="Write frames of one DICOM file as 8-bit PNGs.")
+    p.add_argument("file", type=Path, help="The DICOM file to read.")
+    p.add_argument("--out", type=Path, required=True, help="The folder the NNNN.png files are written to.")
+    p.add_argument("--frames", type=_frames_arg, default=None, help="Comma-separated frame indices, such as 0,5,12 "
+                                                                    "(default: every frame).")
     p.add_argument("--view", default=None, choices=["lcc", "lmlo", "rcc", "rmlo"],
-                   help="orient DBT frames by the reference rule for this view")
+                   help="Orient DBT frames by the reference rule for this view.")
     p.add_argument("--image-size", type=image_size_arg(1, field_bounds(SlicesConfig, "image_size")[1]), default=None,
-                   help=f"letterbox to N x N (at most {field_bounds(SlicesConfig, 'image_size')[1]})")
+                   help=f"Letterbox each frame to N x N pixels (at most {field_bounds(SlicesConfig, 'image_size')[1]}; "
+                        "default: the frame's own size).")
     p.add_argument("--full-resolution", action="store_true",
-                   help="decode every frame in full (default: JPEG 2000 breast images at the coarsest "
-                        "stored resolution level that covers --image-size)")
+                   help="Decode every frame in full. By default JPEG 2000 breast images are decoded at the coarsest "
+                        "stored resolution level that still covers --image-size.")
     p.set_defaults(func=_cmd_export_slices)
 
 
 def _add_prepare(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
     """The ``tomoflow prepare`` command."""
-    p = sub.add_parser("prepare", help="run the prepare-data flow: cohorts, slices, splits, manifest")
+    p = sub.add_parser("prepare", help="Run the prepare-data flow: cohorts, slices, splits and the manifest.")
     opt = functools.partial(config_option, p, command="prepare")
     opt("--data-root", type=Path, required=True)
     opt("--extra-data-root", type=Path, action="append", default=None, metavar="DIR")
-    opt("--out", type=Path, required=True, note="Output folder.")
-    opt("--strategy", default="all-slices")
+    opt("--out", type=Path, required=True)
+    opt("--strategy", default="all-slices", note="Default: all-slices.")
     opt("--image-size", type=image_size_arg(*field_bounds(SlicesConfig, "image_size")), default=224,
-        note="(default 224; %d to %d)" % field_bounds(SlicesConfig, "image_size"))
-    opt("--seed", type=int, default=0, note="(default 0)")
-    opt("--normal-fraction", type=float, default=0.15, note="(default 0.15)")
+        note="Default: 224 (from %d to %d)." % field_bounds(SlicesConfig, "image_size"))
+    opt("--seed", type=int, default=0, note="Default: 0.")
+    opt("--normal-fraction", type=float, default=0.15, note="Default: 0.15.")
     opt("--reports", type=Path, default=None)
-    opt("--no-labels", action="store_true", note="Ignore the labels CSV; cohorts from --reports. Inverts:")
+    opt("--no-labels", action="store_true",
+        help="Ignore the BCS-DBT labels CSV and derive the cohorts from --reports alone.")
     opt("--workers", type=int, default=None)
     opt("--executor", default=None)
     opt("--full-resolution", action="store_true")
-    opt("--max-reject-fraction", type=_fraction_arg, default=None, note="(default 0.1)")
+    opt("--max-reject-fraction", type=_fraction_arg, default=None, note="Default: 0.1.")
     opt("--reports-encoding", default=None)
     p.set_defaults(func=_cmd_prepare)
 
 
 def _add_train(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
     """The ``tomoflow train`` command."""
-    p = sub.add_parser("train", help="run the train-classifier flow on a prepared manifest")
+    p = sub.add_parser("train", help="Run the train-classifier flow on a prepared manifest.")
     opt = functools.partial(config_option, p, command="train")
     opt("--manifest", type=Path, required=True)
-    opt("--out", type=Path, required=True, note="Rerun resumes.")
-    opt("--model", default="vgg16")
-    opt("--weights", default="imagenet")
-    opt("--transfer", default=None, note="(default all)")
-    opt("--head", default="single")
-    opt("--optimizer", default="sgd")
-    opt("--epochs", type=int, default=None, note="(default 10)")
-    opt("--batch-size", type=int, default=None, note="(default 64)")
+    opt("--out", type=Path, required=True, note="Running the same command again resumes the training.")
+    opt("--model", default="vgg16", note="Default: vgg16.")
+    opt("--weights", default="imagenet", note="Default: imagenet.")
+    opt("--transfer", default=None, note="Default: all.")
+    opt("--head", default="single", note="Default: single.")
+    opt("--optimizer", default="sgd", note="Default: sgd.")
+    opt("--epochs", type=int, default=None, note="Default: 10.")
+    opt("--batch-size", type=int, default=None, note="Default: 64.")
     opt("--image-size", type=image_size_arg(*field_bounds(TrainParams, "image_size")), default=None,
-        note="(default 224; %d to %d)" % field_bounds(TrainParams, "image_size"))
-    opt("--patience", type=int, default=None, note="(default 20)")
-    opt("--no-early-stopping", action="store_true", note="Sets patience to none:")
-    opt("--lr", type=float, default=None, note="(default 0.001)")
+        note="Default: 224 (from %d to %d)." % field_bounds(TrainParams, "image_size"))
+    opt("--patience", type=int, default=None, note="Default: 20.")
+    opt("--no-early-stopping", action="store_true",
+        help="Train every epoch of --epochs, without early stopping (patience none).")
+    opt("--lr", type=float, default=None, note="Default: 0.001.")
     opt("--freeze-epochs", type=int, default=None)
     opt("--seed", type=int, default=None)
     opt("--max-batches", type=int, default=None)
     opt("--num-workers", type=int, default=None)
-    opt("--device", default="auto")
-    opt("--no-augment", action="store_true", note="No online augmentation. Inverts:")
+    opt("--device", default="auto", note="Default: auto.")
+    opt("--no-augment", action="store_true",
+        help="Train without online augmentation (no random flips, rotations, zoom, shifts or brightness).")
     opt("--balance", action="store_true")
     p.set_defaults(func=_cmd_train)
 
 
 def _add_evaluate(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
     """The ``tomoflow evaluate`` command."""
-    p = sub.add_parser("evaluate", help="run the evaluate-model flow on a training run")
+    p = sub.add_parser("evaluate", help="Run the evaluate-model flow on a training run.")
     opt = functools.partial(config_option, p, command="evaluate")
-    opt("--run", type=Path, required=True, note="tomoflow train --out RUN.")
+    opt("--run", type=Path, required=True, note="It is the folder given to tomoflow train --out.")
     opt("--manifest", type=Path, default=None)
     opt("--out", type=Path, default=None)
-    opt("--split", default="test")
-    opt("--aggregate", default="max", note="(default max)")
-    opt("--threshold", type=float, default=None, note="Overrides the chosen one, and the outputs say so.")
+    opt("--split", default="test", note="Default: test.")
+    opt("--aggregate", default="max", note="Default: max.")
+    opt("--threshold", type=float, default=None, note="A threshold given here overrides the chosen one, and the "
+                                                      "outputs say so.")
     opt("--threshold-rule", default=None)
-    opt("--threshold-target", type=float, default=None, note="(default 0.9)")
-    opt("--frame-stride", type=int, default=None, note="(default 1)")
-    opt("--topk", type=int, default=None, note="(default 3)")
+    opt("--threshold-target", type=float, default=None, note="Default: 0.9.")
+    opt("--frame-stride", type=int, default=None, note="Default: 1.")
+    opt("--topk", type=int, default=None, note="Default: 3.")
     opt("--data-root", type=Path, default=None)
-    opt("--bootstrap", type=int, default=None, note="(default 1000)")
+    opt("--bootstrap", type=int, default=None, note="Default: 1000.")
     opt("--seed", type=int, default=None)
-    opt("--device", default="auto")
+    opt("--device", default="auto", note="Default: auto.")
     opt("--allow-overlap", action="store_true")
     opt("--external", type=Path, default=None)
-    opt("--external-split", default=None, note="(default all)")
+    opt("--external-split", default=None, note="Default: all.")
     opt("--show-ids", action="store_true")
     p.set_defaults(func=_cmd_evaluate)
 
 
 def _add_run(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
     """The ``tomoflow run`` command."""
-    p = sub.add_parser("run", help="run the whole tomoflow-pipeline flow (prepare, train, evaluate)")
-    p.add_argument("--data-root", type=Path, required=True)
+    p = sub.add_parser("run", help="Run the whole tomoflow-pipeline flow: prepare, train and evaluate.")
+    p.add_argument("--data-root", type=Path, required=True,
+                   help="The folder holding the BCS-DBT CSVs and the Breast-Cancer-Screening-DBT image folder.")
     p.add_argument("--extra-data-root", type=Path, action="append", default=None, metavar="DIR",
-                   help="a folder the file-paths CSVs' absolute paths may point into, e.g. the mount holding the "
-                        "collection (repeatable)")
-    p.add_argument("--out", type=Path, required=True, help="output root")
+                   help="A folder the file-paths CSVs' absolute paths may point into, such as the mount holding the "
+                        "collection (repeatable).")
+    p.add_argument("--out", type=Path, required=True, help="The output root every stage writes under.")
     p.add_argument("--preset", default=None,
-                   help="a preset from configs/ by name (e.g. demo, cpu-scratch: the recipe that learns on a CPU, "
-                        "m1-baseline); an unknown name or a file path is refused")
-    p.add_argument("--epochs", type=int, default=None, help="epochs (default: the preset's)")
+                   help="A preset from configs/ by name, such as demo, cpu-scratch (the recipe that learns on a CPU) "
+                        "or m1-baseline; an unknown name or a file path is refused.")
+    p.add_argument("--epochs", type=int, default=None, help="The number of training epochs (default: the preset's).")
     p.add_argument("--set", action="append", type=setting_arg, default=None, metavar="SECTION.FIELD=VALUE",
-                   help="a setting over the preset, e.g. --set train.lr=0.01 (repeatable; see tasks/core/config.py)")
+                   help="A setting over the preset, such as --set train.lr=0.01 (repeatable; the settings are in "
+                        "tasks/core/config.py).")
     p.set_defaults(func=_cmd_run)
 
 
@@ -272,8 +282,6 @@ def build_parser() -> argparse.ArgumentParser:
     add_demo(sub)
     add_serve_outputs(sub)
     add_weights_command(sub)
-    from tasks.infra.alerts import add_alerts_command
-
     add_alerts_command(sub)
     return parser
 

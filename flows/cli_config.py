@@ -4,6 +4,7 @@ configs built from parsed options (``tomoflow prepare / train / evaluate``)."""
 from __future__ import annotations
 
 import argparse
+import re
 from typing import Any, Callable, Literal, get_args, get_origin
 
 from pydantic import BaseModel
@@ -89,14 +90,27 @@ CONFIG_OPTIONS: dict[str, dict[str, tuple[type[BaseModel], str]]] = {
 #: Options of the flow commands above that set no config field (argparse's own ``help``).
 NOT_CONFIG: frozenset[str] = frozenset({"help", "func"})
 
+#: Flags that turn their field off (or to none): their help says so in its own words instead of
+#: repeating the field's description, which describes the setting they invert.
+INVERTING: dict[str, frozenset[str]] = {"prepare": frozenset({"no_labels"}),
+                                        "train": frozenset({"no_early_stopping", "no_augment"})}
 
-def _field_help(model: type[BaseModel], field: str, note: str = "") -> str:
-    """The help of an option: the field's description, with ``note`` (a default in brackets after it,
-    anything else, e.g. what an inverting flag does, before it)."""
-    description = (model.model_fields[field].description or "").replace("%", "%%")
-    if not note:
-        return description
-    return f"{description} {note}" if note.startswith("(") else f"{note} {description}"
+
+def option_description(command: str, model: type[BaseModel], field: str) -> str:
+    """The field's description as the command's help says it: another field of the command named by
+    its option (``threshold_rule`` -> ``--threshold-rule``; fields with an underscore only, so plain
+    words stay words)."""
+    description = model.model_fields[field].description or ""
+    for dest, (_, other) in CONFIG_OPTIONS[command].items():
+        if "_" in other and other != field and dest not in INVERTING.get(command, ()):
+            description = re.sub(rf"(?<![\w.-]){other}(?!\w)", "--" + dest.replace("_", "-"), description)
+    return description
+
+
+def _field_help(command: str, model: type[BaseModel], field: str, note: str = "") -> str:
+    """The help of an option: the field's description, then ``note`` (whole sentences, e.g. the default)."""
+    description = option_description(command, model, field).replace("%", "%%")
+    return f"{description} {note}" if note else description
 
 
 def _field_choices(model: type[BaseModel], field: str) -> list[str] | None:
@@ -131,15 +145,20 @@ def field_bounds(model: type[BaseModel], field: str) -> tuple[int, int]:
 
 
 def config_option(p: argparse.ArgumentParser, flag: str, command: str, *, note: str = "",
-                   **kwargs: Any) -> None:
-    """Add a config-backed option: help and choices from its field (see :data:`CONFIG_OPTIONS`)."""
+                  help: str | None = None, **kwargs: Any) -> None:
+    """Add a config-backed option: help and choices from its field (see :data:`CONFIG_OPTIONS`).
+
+    ``note`` (whole sentences) follows the field's description; ``help`` replaces it, for the
+    flags of :data:`INVERTING` only.
+    """
     dest = flag.lstrip("-").replace("-", "_")
     model, field = CONFIG_OPTIONS[command][dest]
+    assert (help is not None) == (dest in INVERTING.get(command, ())), (command, flag)
     if kwargs.get("action") not in ("store_true", "store_false") and "choices" not in kwargs:
         choices = _field_choices(model, field)
         if choices:
             kwargs["choices"] = choices
-    p.add_argument(flag, help=_field_help(model, field, note), **kwargs)
+    p.add_argument(flag, help=help if help is not None else _field_help(command, model, field, note), **kwargs)
 
 
 def prepare_config_from_args(args: argparse.Namespace) -> PrepareConfig:
@@ -219,3 +238,14 @@ def evaluate_config_from_args(args: argparse.Namespace) -> EvaluateConfig:
         if value is not None:
             fields["output_dir" if name == "out" else name] = str(value) if name in ("manifest", "out") else value
     return EvaluateConfig(**fields)
+
+
+def setting_arg(text: str) -> tuple[str, str, object]:
+    """``--set train.epochs=2`` as ``("train", "epochs", 2)`` (the value read as YAML)."""
+    import yaml
+
+    key, sep, value = text.partition("=")
+    section, dot, field = key.strip().partition(".")
+    if not (sep and dot and section and field):
+        raise argparse.ArgumentTypeError(f"--set {text!r}: expected SECTION.FIELD=VALUE, e.g. train.epochs=2")
+    return section, field, yaml.safe_load(value)

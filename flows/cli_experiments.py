@@ -12,43 +12,46 @@ import json
 from pathlib import Path
 from typing import Any
 
-from flows.cli_config import field_bounds, image_size_arg
-from flows.cli_transfer import setting_arg
+from flows.cli_config import field_bounds, image_size_arg, setting_arg
 from tasks.core.config import TrainParams
 
 
 def add_experiments(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> argparse.ArgumentParser:
     """The ``tomoflow experiments`` command and its options."""
-    p = sub.add_parser("experiments", help="run the study's experiment presets and compare them")
+    p = sub.add_parser("experiments", help="Run the study's experiment presets and compare them.")
     p.add_argument("--data-root", type=Path, required=True,
-                   help="the BCS-DBT folder (any number of patients, e.g. from tomoflow synth)")
-    p.add_argument("--out", type=Path, required=True, help="output root; comparison.md and .csv go here")
+                   help="The BCS-DBT folder, of any number of patients (for example from tomoflow synth).")
+    p.add_argument("--out", type=Path, required=True, help="The output root; comparison.md and comparison.csv are "
+                                                           "written there.")
     p.add_argument("--preset", action="append", default=None,
-                   help="run only this preset (repeatable); default: the study's sequence")
+                   help="Run only this preset (repeatable; default: the study's sequence).")
     p.add_argument("--weights", default=None,
-                   help="starting weights: preset (default: each preset's own; ImageNet weights must be in "
-                        "torchvision's cache, checked before any data is prepared) or none (every preset from scratch); "
-                        "with --train-fractions: starting points separated by commas (none, imagenet, a state_dict "
-                        "file or a tomoflow run folder), the first the reference of the paired differences "
-                        "(default none,imagenet)")
-    p.add_argument("--epochs", type=int, default=None, help="epochs of every preset (default: the preset's)")
+                   help="The starting weights: preset (the default) uses each preset's own, whose ImageNet weights "
+                        "must be "
+                        "in torchvision's cache (checked before any data is prepared), and none trains every preset "
+                        "from scratch. With --train-fractions it is a comma-separated list of starting points (none, "
+                        "imagenet, a state_dict file or a tomoflow run folder), the first being the reference of the "
+                        "paired differences (default none,imagenet).")
+    p.add_argument("--epochs", type=int, default=None, help="The epochs of every preset (default: the preset's).")
     p.add_argument("--image-size", type=image_size_arg(*field_bounds(TrainParams, "image_size")), default=None,
-                   help="prepared image and network input side of every preset (default: the preset's)")
+                   help="The prepared image and network input side of every preset (default: the preset's).")
     p.add_argument("--max-batches", type=int, default=None,
-                   help="at most this many batches per epoch (a smoke run; default: all)")
+                   help="At most this many batches per epoch, for a smoke run (default: all).")
     p.add_argument("--train-fractions", default=None,
-                   help="training-size sweep: shares of the training patients, e.g. 0.1,0.25,0.5,1 (nested, "
-                        "stratified subsets; validation and test fixed); trains each --weights starting point at each "
-                        "size with the first --preset's settings (default demo) and writes sweep/sweep.csv and sweep.png")
+                   help="Run a training-size sweep over these shares of the training patients, such as 0.1,0.25,0.5,1 "
+                        "(nested, stratified subsets; validation and test fixed). Each --weights starting point "
+                        "trains at each size with the first --preset's settings (default demo), and the sweep writes "
+                        "sweep/sweep.csv and sweep.png.")
     p.add_argument("--repeats", type=int, default=1,
-                   help="with --train-fractions: repeats of every starting point and size, each with its own nested "
+                   help="With --train-fractions, the repeats of every starting point and size, each with its own "
+                        "nested "
                         "subsets and initial seed (sweep.csv's repeat column); the differences pool repeats and test "
-                        "patients (default 1)")
+                        "patients (default 1).")
     p.add_argument("--set", action="append", type=setting_arg, default=None, metavar="SECTION.FIELD=VALUE",
-                   help="a setting over the preset, e.g. --set train.epochs=2 (repeatable). With --train-fractions "
+                   help="A setting over the preset, such as --set train.epochs=2 (repeatable). With --train-fractions "
                         "every arm trains with early stopping (train.patience 5) once it has taken train.min_steps "
-                        "100 optimiser steps, up to train.epochs 60; --epochs or --max-batches cap it (the row then "
-                        "says capped)")
+                        "(100) optimiser steps, up to train.epochs (60); --epochs or --max-batches cap it, and its "
+                        "row then says capped.")
     p.set_defaults(func=cmd_experiments)
     return p
 
@@ -80,7 +83,7 @@ def cmd_experiments(args: argparse.Namespace) -> int:
     from tasks.core.files import ensure_writable_dir
 
     if args.train_fractions is not None:
-        from flows.cli_transfer import cmd_sweep
+        from flows.cli_sweep import cmd_sweep
         from tasks.pipeline.experiments import experiment_overrides
 
         # --epochs, --image-size and --max-batches apply to the sweep as they do to presets.

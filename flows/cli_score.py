@@ -54,23 +54,26 @@ def cmd_score(args: argparse.Namespace) -> int:
 def add_score(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
     """The ``tomoflow score`` command."""
     p = sub.add_parser(
-        "score", help="score every frame of new studies with a trained run; write a worklist (no labels needed)",
+        "score", help="Score every frame of new studies with a trained run and write a worklist (no labels needed).",
         description="Score every frame of every volume under --data-root (listed by BCS-DBT file-paths CSVs when "
         "present, else every DICOM found, identified from its header) with the run's checkpoint, read at the sizes "
         "it trained at. Writes frame_scores.parquet, volumes.parquet, worklist.csv, worklist.html and "
         "score_summary.json. Scores are cached per volume (DICOM content, checkpoint, settings): a rerun scores "
         "only new volumes and a killed run resumes.")
-    p.add_argument("--run", type=Path, required=True, help="training run folder (tomoflow train --out RUN)")
-    p.add_argument("--data-root", type=Path, required=True, help="folder of the studies to score")
-    p.add_argument("--out", type=Path, required=True, help="output folder")
-    p.add_argument("--stride", type=_positive, default=1, help="score every K-th frame (default 1: every frame)")
-    p.add_argument("--topk", type=_positive, default=3, help="frames averaged by score_topk (default 3)")
+    p.add_argument("--run", type=Path, required=True, help="The training run folder, as given to tomoflow train --out.")
+    p.add_argument("--data-root", type=Path, required=True, help="The folder of the studies to score.")
+    p.add_argument("--out", type=Path, required=True, help="The folder the worklist and scores are written to.")
+    p.add_argument("--stride", type=_positive, default=1, help="Score every K-th frame (default 1: every frame).")
+    p.add_argument("--topk", type=_positive, default=3, help="The number of top frames averaged into score_topk "
+                                                             "(default 3).")
     p.add_argument("--threshold", type=_threshold, default=None,
-                   help="operating threshold; default: the one the run's evaluation chose on validation "
-                        "(threshold.json), else 0.5")
-    p.add_argument("--batch-size", type=_positive, default=32, help="frames per forward pass (default 32)")
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+                   help="The operating threshold (default: the one the run's evaluation chose on validation, in "
+                        "threshold.json, else 0.5).")
+    p.add_argument("--batch-size", type=_positive, default=32, help="Frames per forward pass (default 32).")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
+                   help="The device: auto uses CUDA when available (default auto).")
     p.add_argument("--workers", type=int, default=None,
-                   help="decode worker processes (0: in the model's process; default: cores - 1, at most 4)")
-    p.add_argument("--autocast", action="store_true", help="bf16 autocast for the forward pass on CUDA")
+                   help="Decode worker processes (0 decodes in the model's process; default: the cores less one, at "
+                        "most 4).")
+    p.add_argument("--autocast", action="store_true", help="Run the forward pass under bf16 autocast on CUDA.")
     p.set_defaults(func=cmd_score)

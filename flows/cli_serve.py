@@ -24,8 +24,9 @@ def _cmd_serve_outputs(args: argparse.Namespace) -> int:
 
 def add_serve_outputs(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
     """The ``tomoflow serve-outputs`` command."""
-    p = sub.add_parser("serve-outputs", help="serve report.html and learning curves of an output root, read-only")
-    p.add_argument("--root", type=Path, required=True, help="the output root (TOMOFLOW_OUTPUT_ROOT)")
-    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
-    p.add_argument("--port", type=int, default=8080, help="port (default 8080; 0: any free port)")
+    p = sub.add_parser("serve-outputs", help="Serve the reports and learning curves of an output root, read-only.")
+    p.add_argument("--root", type=Path, required=True, help="The output root to serve (TOMOFLOW_OUTPUT_ROOT).")
+    p.add_argument("--host", default="127.0.0.1", help="The address to bind (default 127.0.0.1: this machine only).")
+    p.add_argument("--port", type=int, default=8080, help="The port to listen on (default 8080; 0 picks any free "
+                                                          "port).")
     p.set_defaults(func=_cmd_serve_outputs)

@@ -115,40 +115,50 @@ def demo_verdict(metrics: dict) -> tuple[str, bool]:
 
 def add_synth(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
     """The ``tomoflow synth`` command."""
-    p = sub.add_parser("synth", help="write a synthetic, BCS-DBT-shaped dataset")
-    p.add_argument("out", type=Path, help="output folder")
-    p.add_argument("--patients", type=int, default=40, help="number of patients (default 40)")
-    p.add_argument("--seed", type=int, default=0, help="random seed; same seed, same bytes (default 0)")
-    p.add_argument("--full-size", action="store_true", help="2457 x 1890 frames as in BCS-DBT")
-    p.add_argument("--rows", type=int, default=None, help="frame rows (small default)")
-    p.add_argument("--columns", type=int, default=None, help="frame columns (small default)")
-    p.add_argument("--frames", default=None, help="frames per volume as MIN-MAX, e.g. 49-95")
+    p = sub.add_parser("synth", help="Write a synthetic, BCS-DBT-shaped dataset.")
+    p.add_argument("out", type=Path, help="The folder the collection is written to.")
+    p.add_argument("--patients", type=int, default=40, help="The number of patients (default 40).")
+    p.add_argument("--seed", type=int, default=0, help="The random seed; the same seed writes the same bytes "
+                                                       "(default 0).")
+    p.add_argument("--full-size", action="store_true", help="Write 2457 x 1890 frames, as in BCS-DBT.")
+    p.add_argument("--rows", type=int, default=None, help="Rows per frame (default: a small size for tests; give "
+                                                          "--columns too).")
+    p.add_argument("--columns", type=int, default=None, help="Columns per frame (default: a small size for tests; "
+                                                             "give --rows too).")
+    p.add_argument("--frames", default=None, help="Frames per volume as MIN-MAX, such as 49-95.")
     p.add_argument("--positive-fraction", type=float, default=None,
-                   help="fraction of positive (benign or cancer) patients, split about evenly (default 0.4, at "
-                        "least 2 benign and 2 cancer: with the default 70/15/15 splits a 100-patient collection "
-                        "then has 6 positive patients in test and in validation)")
-    p.add_argument("--no-reports", action="store_true", help="do not write reports.csv")
+                   help="The fraction of positive (benign or cancer) patients, split about evenly between the two "
+                        "(default 0.4, at least 2 benign and 2 cancer). With the default 70/15/15 splits a "
+                        "100-patient collection then has 6 positive patients in test and in validation.")
+    p.add_argument("--no-reports", action="store_true", help="Do not write reports.csv.")
     p.add_argument("--difficulty", default="easy", choices=["easy", "moderate", "subtle"],
-                   help="lesion level: easy (default; plainly visible, the same bytes as before for a seed), "
-                        "moderate (lesions among bright normal ducts, patches and lesion-bright elongated decoys: "
-                        "the trivial brightness score's image-level ROC AUC measured 0.46-0.68 over seeds "
-                        "100-114, positive fractions 0.1-0.8 and 64/96/224 px single-slice images; the lesions' "
-                        "compact shape still tells them apart), subtle (dimmer, smaller lesions among the same)")
+                   help="How hard the lesions are to see: with easy (the default) they are plainly visible; with "
+                        "moderate they lie among bright normal ducts, dense patches and lesion-bright elongated "
+                        "decoys, where the trivial brightness score's image-level ROC AUC measured 0.46-0.68 (seeds "
+                        "100-114, positive fractions 0.1-0.8, 64/96/224 px single-slice images) while the lesions' "
+                        "compact shape still tells them apart; with subtle they are dimmer and smaller, among the "
+                        "same structures.")
     p.add_argument("--lesion-contrast", type=float, default=None,
-                   help="peak lesion brightening in tissue-texture SDs (over --difficulty; easy: 4.5-10)")
+                   help="The peak lesion brightening in tissue-texture SDs, over the --difficulty level's (easy: "
+                        "4.5-10).")
     p.add_argument("--lesion-size", type=float, default=None,
-                   help="factor on the lesion box side (over --difficulty; 1: 10-25%% of the frame width)")
+                   help="A factor on the lesion box side, over the --difficulty level's (1: 10-25%% of the frame "
+                        "width).")
     p.add_argument("--lesion-count", type=int, default=None,
-                   help="lesions per positive volume (over --difficulty; default one, two for about 20%%)")
+                   help="Lesions per positive volume, over the --difficulty level's (default: one, two in about "
+                        "20%% of "
+                        "volumes).")
     p.set_defaults(func=cmd_synth)
 
 
 def add_demo(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
     """The ``tomoflow demo`` command."""
-    p = sub.add_parser("demo", help="the whole pipeline on a small synthetic dataset (CPU)")
-    p.add_argument("--out", type=Path, default=Path("demo-output"), help="output folder")
-    p.add_argument("--patients", type=int, default=100, help="synthetic patients (default 100)")
-    p.add_argument("--seed", type=int, default=0)
+    p = sub.add_parser("demo", help="Run the whole pipeline on a small synthetic dataset, on the CPU.")
+    p.add_argument("--out", type=Path, default=Path("demo-output"),
+                   help="The output folder: the dataset goes to OUT/data, the pipeline's outputs to OUT/outputs "
+                        "(default demo-output).")
+    p.add_argument("--patients", type=int, default=100, help="The number of synthetic patients (default 100).")
+    p.add_argument("--seed", type=int, default=0, help="The seed of the synthetic dataset (default 0).")
     # No --image-size: the demo preset (configs/demo.yaml) fixes the sizes its verdict is tuned
     # for (96 px PNGs, 64 px network input); 'tomoflow run --preset demo' takes other settings.
     p.set_defaults(func=cmd_demo)

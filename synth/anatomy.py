@@ -27,7 +27,7 @@ _EASY_AMPLITUDE = 300.0
 
 @dataclass(frozen=True)
 class LesionSettings:
-    """How hard the lesions are to see: contrast, size and count (``None``: today's ``easy`` draw).
+    """How hard the lesions are to see: contrast, size and count (``None``: the ``easy`` draw).
 
     Attributes:
         contrast: Peak brightening in units of the tissue texture's standard deviation (each
@@ -64,10 +64,10 @@ class LesionSettings:
 #:   images (one per patient) of 300-patient collections, seeds 100-114 (not tuned on) at
 #:   positive fractions 0.1-0.8, at 64, 96 and 224 px, frames 128 x 96 and 256 x 196 (``tests/synth/test_difficulty.py``
 #:   checks <= 0.75 over seeds 11-15). The lesion's compact, sharp-edged shape still
-#:   separates them, which is what a classifier must learn. (Issue 19's version had no
-#:   decoys: a lesion added on top of everything a normal volume holds, so the score
-#:   reached 0.70-0.78 on 300 patients and up to 0.86 on small test splits; before issue 19
-#:   ``moderate`` was lesions at 2 SDs on plain texture, where it reached 0.87-0.88.)
+#:   separates them, which is what a classifier must learn. Without the decoys (a lesion
+#:   added on top of everything a normal volume holds) the score reached 0.70-0.78 on 300
+#:   patients and up to 0.86 on small test splits; with lesions at 2 SDs on plain texture,
+#:   0.87-0.88.
 #: * ``subtle``: dimmer and smaller lesions among the same normal structures (harder than
 #:   ``moderate`` on every count).
 DIFFICULTIES: dict[str, LesionSettings] = {

@@ -175,7 +175,7 @@ def generate_dataset(
         positive_fraction: If given, this fraction of patients is positive, split about evenly
             between benign and cancer (overrides the default 40%, with no floor).
         reports: Also write ``reports.csv``.
-        difficulty: ``easy`` (the default: the same bytes as before the levels existed),
+        difficulty: ``easy`` (the default: plainly visible lesions),
             ``moderate`` or ``subtle`` (:data:`synth.anatomy.DIFFICULTIES`).
         lesion_contrast: Peak brightening in tissue-texture SDs, over the level's.
         lesion_size: Factor on the lesion box side, over the level's.

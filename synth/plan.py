@@ -125,7 +125,7 @@ def seeded_id(kind: str, seed: int, number: int) -> str:
 
 
 def _cohort_counts(patients: int, positive_fraction: float | None) -> dict[str, int]:
-    if positive_fraction is None:  # the default share, keeping the old floor of 2 benign and 2 cancer
+    if positive_fraction is None:  # the default share, with a floor of 2 benign and 2 cancer
         positives = max(4, round_half_up(DEFAULT_POSITIVE_FRACTION * patients))
         benign = positives // 2
         cancer = positives - benign

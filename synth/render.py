@@ -78,8 +78,8 @@ def _decoy_profile(rho2: np.ndarray) -> np.ndarray:
     """A decoy's profile at squared normalised radius ``rho2``: an elliptical Gaussian (SD 0.7 of each semi-axis).
 
     No plateau and no rim: a small CNN tells it from a lesion's sharp-edged plateau far more
-    easily than it did a super-Gaussian shoulder (test AUC 0.93 against 0.71 after 11 epochs
-    in issue 26's probe), while its brightest lesion-sized mean stays close to a lesion's.
+    easily than a super-Gaussian shoulder (test AUC 0.93 against 0.71 after 11 epochs in a
+    probe of the two profiles), while its brightest lesion-sized mean stays close to a lesion's.
     """
     return np.exp(-0.5 * rho2 / np.float32(0.7**2))
 

@@ -91,10 +91,10 @@ class SlicesConfig(_Frozen):
 
     strategy: Strategy = Field(
         "all-slices",
-        description="all-slices: every frame of positive volumes + a sample of normal frames (study "
-        "method 1); single-slice: exactly one image per patient, the boxed frame of a positive patient's "
-        "largest lesion or one seeded frame of one normal view (method 2); lesion-slices: every boxed "
-        "frame and its neighbours count as positive.",
+        description="Which frames become images: all-slices takes every frame of positive volumes and a sample "
+        "of normal frames (study method 1); single-slice takes exactly one image per patient, the boxed frame of "
+        "a positive patient's largest lesion or one seeded frame of one normal view (method 2); lesion-slices "
+        "takes every boxed frame, and its neighbours count as positive.",
     )
     image_size: int = Field(224, ge=32, le=2048, description="Side of the square, letterboxed PNG in pixels.")
     require_both_classes: bool = Field(
@@ -124,8 +124,9 @@ class SlicesConfig(_Frozen):
     )
     executor: Literal["process", "serial", "dask"] = Field(
         "process",
-        description="process: a local process pool; serial: in the flow's process (debugging); "
-        "dask: prefect-dask's DaskTaskRunner (see dask_address).",
+        description="Where extraction runs: process is a local process pool; serial runs in the flow's process "
+        "(for debugging); dask uses prefect-dask's DaskTaskRunner, on the scheduler of the slices.dask_address "
+        "setting (a LocalCluster when none).",
     )
     dask_address: str | None = Field(
         None, description="Address of an existing Dask scheduler; none starts a LocalCluster."
@@ -195,12 +196,13 @@ class ModelConfig(_Frozen):
     """The network: backbone, its starting weights and the new dense head."""
 
     model: Literal["vgg16", "vgg16_bn", "inception_v3"] = Field(
-        "vgg16", description="torchvision backbone; vgg16_bn is VGG16 with batch normalisation (the from-scratch "
+        "vgg16", description="The torchvision backbone; vgg16_bn is VGG16 with batch normalisation (the from-scratch "
         "baseline)."
     )
     weights: str = Field(
         "imagenet",
-        description="imagenet (torchvision's cache, $TORCH_HOME/hub/checkpoints), none (from scratch), "
+        description="Starting weights: imagenet (torchvision's cache, $TORCH_HOME/hub/checkpoints), none (from "
+                    "scratch), "
         "a tomoflow run folder or its best.pt (an earlier model as the starting point), or a path to a "
         "state_dict file.",
     )
@@ -211,7 +213,8 @@ class ModelConfig(_Frozen):
         "starts the head afresh.",
     )
     head: Literal["single", "dense4"] = Field(
-        "single", description="single: one dense layer of 100 units; dense4: 8192, 2048, 512, 128 units."
+        "single", description="The head: single is one dense layer of 100 units; dense4 is four, of 8192, 2048, 512 "
+                              "and 128 units."
     )
     dropout: float = Field(0.5, ge=0.0, lt=1.0, description="Dropout in the head.")
 
@@ -245,7 +248,7 @@ class TrainParams(_Frozen):
         "weights", description="Counter the rare positive class by loss weighting or a balanced sampler."
     )
     image_size: int = Field(224, ge=32, le=1024, description="Network input side (224, 299, 500).")
-    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: CUDA when available.")
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="The device: auto uses CUDA when available.")
     multi_gpu: bool = Field(
         True, description="With more than one visible GPU, train on all of them with torchrun (DDP)."
     )
@@ -273,7 +276,8 @@ class AugmentConfig(_Frozen):
     shift: float = Field(0.1, ge=0, le=0.5, description="Shifts up to this fraction of the side.")
     brightness: float = Field(0.2, ge=0, le=1, description="Brightness jitter.")
     offline_balance: bool = Field(
-        False, description="Write augmented copies of training positives up to target_ratio (single-slice)."
+        False, description="Write augmented copies of training positives until there are augment.target_ratio "
+        "positives per negative (single-slice)."
     )
     target_ratio: float = Field(
         1.0, gt=0, le=1, description="Offline balancing: positives per negative in the training split."
@@ -292,7 +296,7 @@ class AugmentConfig(_Frozen):
 class TrainConfig(_Frozen):
     """Configuration of the ``train-classifier`` flow."""
 
-    manifest: str = Field("output/manifest.parquet", description="manifest.parquet written by prepare-data.")
+    manifest: str = Field("output/manifest.parquet", description="The manifest.parquet that prepare-data wrote.")
     run_dir: str = Field("runs/run", description="Folder for checkpoints, history and the config.")
     model: ModelConfig = Field(default_factory=ModelConfig, description="Network.")
     train: TrainParams = Field(default_factory=TrainParams, description="Optimisation.")
@@ -316,7 +320,8 @@ class EvaluateConfig(_Frozen):
     threshold_rule: Literal["sensitivity", "youden"] = Field(
         "sensitivity", description="How the operating threshold is chosen on the validation volumes, each scored over "
         "all its frames (max): the highest with sensitivity >= threshold_target, or Youden's J.")
-    threshold_target: float = Field(0.9, gt=0, le=1, description="The sensitivity the threshold_rule sensitivity keeps.")
+    threshold_target: float = Field(0.9, gt=0, le=1, description="The sensitivity the threshold_rule sensitivity "
+                                                                 "keeps.")
     frame_stride: int = Field(1, ge=1, description="Whole-volume level: every K-th frame of each volume is scored.")
     topk: int = Field(3, ge=1, description="Whole-volume level: frames averaged by the top-k mean.")
     data_root: str | None = Field(None, description="Folder the manifest's source_path values are relative to "
@@ -327,7 +332,7 @@ class EvaluateConfig(_Frozen):
     seed: int = Field(0, description="Seed of the bootstrap and of the example selection.")
     gradcam_examples: int = Field(3, ge=0, le=20, description="Grad-CAM examples per kind (TP, FP, FN) in the report.")
     batch_size: int = Field(64, ge=1, description="Inference batch size.")
-    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: CUDA when available.")
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="The device: auto uses CUDA when available.")
     calibration_bins: int = Field(10, ge=2, le=50, description="Bins of the reliability diagram.")
     allow_overlap: bool = Field(
         False,
@@ -347,7 +352,7 @@ class EvaluateConfig(_Frozen):
         "or shared report names no patient.",
     )
     external_split: Literal["all", "train", "validation", "test"] = Field(
-        "all", description="With external: which rows of the other collection to evaluate (all: every split)."
+        "all", description="Which rows of the external collection to evaluate (all: every split)."
     )
 
 

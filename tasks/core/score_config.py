@@ -25,7 +25,7 @@ class ScoreConfig(_Frozen):
     threshold: float | None = Field(None, gt=0, lt=1, description="Operating threshold; default: the one the run's "
                                     "evaluation chose on validation (threshold.json), else 0.5.")
     batch_size: int = Field(32, ge=1, description="Frames per forward pass (and per decode chunk).")
-    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: CUDA when available.")
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="The device: auto uses CUDA when available.")
     workers: int | None = Field(None, ge=0, description="Decode worker processes (0: decode in the model's process; "
                                 "default: one per core but one, at most 4).")
     autocast: bool = Field(False, description="bf16 autocast on CUDA for the forward pass.")

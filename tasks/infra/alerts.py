@@ -1,7 +1,7 @@
 """Alerts for the unattended service: Prefect automations that notify on failed, crashed or stuck runs.
 
 The automations are defined in the repository (``deploy/automations.yaml``) and created on
-the server by :func:`install_alerts` (the ``tomoflow alerts`` command), which first makes
+the server by :func:`install_alerts` (called by ``tomoflow alerts``, :mod:`flows.cli_alerts`), which first makes
 the notification block they send through: a JSON webhook, a Slack incoming webhook, or any
 block the operator already created in the dashboard (e-mail, Teams, PagerDuty...). Running
 it again replaces the automations of the same names, so it is safe to repeat after changing
@@ -10,7 +10,6 @@ a limit or the target.
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 from typing import Any
 
@@ -144,53 +143,3 @@ def install_alerts(block_id: str, pending_minutes: float = 30, running_hours: fl
             pass
         names.append(Automation.model_validate(spec).create().name)
     return names
-
-
-def _cmd_alerts(args: argparse.Namespace) -> int:
-    """``tomoflow alerts``: the block, then the automations, on the server of PREFECT_API_URL."""
-    from prefect.settings import get_current_settings
-
-    api_url = get_current_settings().api.url
-    if not api_url:
-        raise ValueError("PREFECT_API_URL is not set: alerts live on the service's Prefect server; "
-                         "export PREFECT_API_URL=http://HOST:4200/api first")
-    target = args.webhook if args.webhook is not None else args.slack
-    if target is not None:
-        checked_url(target, "--webhook" if args.webhook is not None else "--slack")
-        if not args.no_test:
-            print(f"test message: arrived ({send_test_message(target, slack=args.slack is not None)})")
-    check_server(str(api_url))
-    block = notification_block(webhook=args.webhook, slack=args.slack, block=args.block)
-    for name in install_alerts(block, pending_minutes=args.pending_minutes, running_hours=args.running_hours):
-        print(f"automation {name}: created")
-    return 0
-
-
-def _bounded(low: float, high: float, unit: str) -> Any:
-    def parse(text: str) -> float:
-        try:
-            value = float(text)
-        except ValueError:
-            value = float("nan")
-        if not low <= value <= high:
-            raise argparse.ArgumentTypeError(f"{text!r}: expected {unit} from {low:g} to {high:g}")
-        return value
-
-    return parse
-
-
-def add_alerts_command(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
-    """The ``tomoflow alerts`` command, added to the ``tomoflow`` parser (flows/cli.py)."""
-    p = sub.add_parser("alerts", help="create the service's Prefect automations: notify on failed, crashed or "
-                       "stuck runs")
-    p.add_argument("--webhook", default=None, help="URL that receives a JSON POST {subject, body}")
-    p.add_argument("--slack", default=None, help="Slack incoming-webhook URL")
-    p.add_argument("--block", default=None, help="an existing notification block, SLUG/NAME (e.g. email/ops)")
-    p.add_argument("--pending-minutes", type=_bounded(1, 1440, "minutes"), default=30,
-                   help="alert on a run not started after this (1 to 1440; default 30)")
-    p.add_argument("--running-hours", type=_bounded(0.25, 168, "hours"), default=12,
-                   help="alert on a run still running after this (0.25 to 168; default 12)")
-    p.add_argument("--no-test", action="store_true",
-                   help="do not send the test message to --webhook/--slack first (default: send one and stop, "
-                        "installing nothing, unless it arrives)")
-    p.set_defaults(func=_cmd_alerts)

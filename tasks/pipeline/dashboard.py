@@ -63,7 +63,7 @@ def pipeline_summary_markdown(metrics: Mapping[str, Any], *, run_name: str, repo
         lines += [f"**Full report:** [report.html]({report_url})", ""]
     else:
         lines += [f"**Full report:** `{report_path}` (set TOMOFLOW_OUTPUTS_URL where the output root is served "
-                  "over HTTP to get a link here; see the README)", ""]
+                  "over HTTP to get a link here; see docs/service.md)", ""]
     lines += [summary_markdown(metrics), ""]
     if curves_url:
         lines += ["### Learning curves", "", f"![learning curves]({curves_url})", ""]

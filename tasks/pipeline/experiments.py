@@ -19,7 +19,7 @@ from tasks.core.presets import STUDY_PRESETS, check_preset, load_preset, merge_c
 
 __all__ = ["experiment_overrides", "plan_experiments"]
 
-#: ``--weights`` values of the preset comparison (issue 20 adds a tomoflow run or checkpoint).
+#: ``--weights`` values of the preset comparison (a tomoflow run or checkpoint starts a training-size sweep).
 WEIGHTS_CHOICES = ("preset", "none")
 
 

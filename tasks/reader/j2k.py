@@ -14,7 +14,7 @@ Pixel Representation, pydicom's J2K sign correction), so everything downstream (
 LUT, window) runs on the same stored values as pydicom's own decode.
 
 When the library or one of its symbols cannot be reached, :func:`available` says why and
-the reader decodes in full as before.
+the reader decodes every frame in full.
 """
 
 from __future__ import annotations

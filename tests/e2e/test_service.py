@@ -1,6 +1,6 @@
-"""End to end, the way the operators run it: the README's "Running it as a service" on PostgreSQL.
+"""End to end, the way the operators run it: docs/service.md's "Start it by hand" on PostgreSQL.
 
-Runs alone with ``pytest -m e2e``. The test reads the README's service block and runs it,
+Runs alone with ``pytest -m e2e``. The test reads the service block of docs/service.md and runs it,
 line by line in one bash, with its own paths and ports substituted (in the block and in the
 role env files it copies from ``deploy/systemd/``), the virtualenv pointed at the interpreter
 running the tests. The Prefect server's database is the PostgreSQL that ``.ci/run`` starts and
@@ -40,12 +40,16 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def readme_service_block() -> list[str]:
-    """The lines of the README's service block (the first bash block of the section)."""
-    text = (REPO / "README.md").read_text()
-    section = text[text.index("## Running it as a service"):]
+#: Where the service block lives: the first bash block under this heading of this file.
+SERVICE_DOC, SERVICE_HEADING = REPO / "docs" / "service.md", "## Start it by hand"
+
+
+def service_block() -> list[str]:
+    """The lines of the documented service block (the first bash block of its section)."""
+    text = SERVICE_DOC.read_text()
+    section = text[text.index(SERVICE_HEADING):]
     block = re.search(r"```bash\n(.*?)```", section, re.S)
-    assert block, "README: no bash block under 'Running it as a service'"
+    assert block, f"{SERVICE_DOC.name}: no bash block under {SERVICE_HEADING!r}"
     return [line for line in block.group(1).splitlines() if line.strip()]
 
 
@@ -73,7 +77,7 @@ def _env_files(etc: Path, subs: dict[str, str], database: str | None) -> None:
         lines = []
         for line in source.read_text().splitlines():
             if line.startswith("PREFECT_API_DATABASE_CONNECTION_URL=") and database is None:
-                continue  # SQLite: the line left out, as the README says
+                continue  # SQLite: the line left out, as docs/service.md says
             for old, new in subs.items():
                 line = line.replace(old, new)
             lines.append(line)
@@ -126,7 +130,7 @@ def _wait(env: dict[str, str], flow_run_id: str, timeout: float = 1500) -> dict:
 
 @pytest.fixture(scope="module")
 def service(tmp_path_factory: pytest.TempPathFactory):
-    """The README's service block, run against PostgreSQL; every process it started is stopped at the end."""
+    """The documented service block, run against PostgreSQL; every process it started is stopped at the end."""
     database = os.environ.get(DB_VAR)
     if not database:
         pytest.skip(f"{DB_VAR} is not set: .ci/run installs Debian's postgresql, starts a cluster on loopback "
@@ -158,7 +162,7 @@ def service(tmp_path_factory: pytest.TempPathFactory):
         "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
     })
     script = tmp / "service.sh"
-    script.write_text(_script(readme_service_block(), subs))
+    script.write_text(_script(service_block(), subs))
     log = open(tmp / "service.log", "w")
     proc = subprocess.Popen(["bash", str(script)], cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT,
                             start_new_session=True)
@@ -197,7 +201,7 @@ def _alive(pid: int) -> bool:
 
 
 def _service_workers(session: int) -> dict[str, int]:
-    """Pool -> pid of the README's workers (``tasks.infra.service_worker``) in the block's session."""
+    """Pool -> pid of the documented workers (``tasks.infra.service_worker``) in the block's session."""
     found = {}
     for entry in filter(str.isdigit, os.listdir("/proc")):
         try:

@@ -12,7 +12,9 @@ import pytest
 
 from flows.cli_config import (
     CONFIG_OPTIONS,
+    INVERTING,
     NOT_CONFIG,
+    option_description,
     evaluate_config_from_args,
     prepare_config_from_args,
     train_config_from_args,
@@ -117,7 +119,13 @@ def test_every_option_maps_to_a_field_with_its_description_and_choices(command: 
         "a new option must be listed in flows.cli.CONFIG_OPTIONS with the field it sets")
     for dest, (model, field) in CONFIG_OPTIONS[command].items():
         info = model.model_fields[field]  # KeyError: the field was renamed or removed
-        assert info.description and info.description.replace("%", "%%") in options[dest].help, dest
+        if dest in INVERTING.get(command, ()):  # a flag that turns the field off says so in its own words
+            assert options[dest].help and info.description not in options[dest].help, dest
+        else:
+            # The field's description, with the command's other fields named by their options.
+            described = option_description(command, model, field)
+            assert info.description and described.replace("%", "%%") in options[dest].help, dest
+            assert described.split()[:2] == info.description.split()[:2], dest
         literal = getattr(info.annotation, "__args__", None)
         if options[dest].choices is not None:
             assert list(options[dest].choices) == list(literal), dest

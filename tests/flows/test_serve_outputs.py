@@ -62,9 +62,9 @@ def test_serve_outputs_serves_reports_not_slices(tmp_path: Path) -> None:
 
 def test_service_block_gives_the_database_url_to_the_server_only() -> None:
     """The database URL lives in the server's env file alone, never exported to workers."""
-    from tests.e2e.test_service import readme_service_block
+    from tests.e2e.test_service import service_block
 
-    lines = readme_service_block()
+    lines = service_block()
     assert not any("PREFECT_API_DATABASE_CONNECTION_URL" in line and line.lstrip().startswith("export")
                    for line in lines)
     env_dir = Path(__file__).resolve().parents[2] / "deploy" / "systemd"
