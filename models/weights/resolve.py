@@ -39,6 +39,8 @@ import torch
 from torch import Tensor, nn
 from torchvision.models import Inception_V3_Weights, VGG16_BN_Weights, VGG16_Weights, WeightsEnum
 
+from tasks.core.weights_setting import WEIGHTS_CHOICES, WeightsSetting
+
 __all__ = [
     "BackboneName",
     "BackboneSpec",
@@ -58,8 +60,6 @@ WeightsArg = str | os.PathLike[str] | WeightsEnum | None
 
 # torchvision's convention for content-addressed files: "<name>-<first hex digits of sha256>.pth".
 _HASH_SUFFIX = re.compile(r"-([0-9a-f]{8,64})\.pth$")
-_KEYWORDS_IMAGENET = {"imagenet"}
-_KEYWORDS_SCRATCH = {"none", "scratch"}
 
 
 class WeightsNotFoundError(FileNotFoundError):
@@ -138,7 +138,8 @@ def resolve_weights(name: BackboneName, weights: WeightsArg) -> Path | None:
 
     Args:
         name: ``"vgg16"``, ``"vgg16_bn"`` or ``"inception_v3"``.
-        weights: ``"imagenet"``, the torchvision enum member, ``None``/``"none"``, or a path.
+        weights: ``"imagenet"``, the torchvision enum member, ``None``/``"none"``, or a path
+            (read by :meth:`~tasks.core.weights_setting.WeightsSetting.verify`).
 
     Returns:
         The file to load, or ``None`` for training from scratch.
@@ -149,31 +150,24 @@ def resolve_weights(name: BackboneName, weights: WeightsArg) -> Path | None:
         ValueError: Unknown backbone, or a weights enum of another architecture.
     """
     spec = backbone_spec(name)
-    if weights is None:
-        return None
     if isinstance(weights, WeightsEnum):
         if weights != spec.imagenet:
             raise ValueError(f"weights {weights!r} are not supported for {name}; allowed: {spec.imagenet!r}")
         weights = "imagenet"
-    if isinstance(weights, str) and weights.strip().lower() in _KEYWORDS_SCRATCH:
+    setting = WeightsSetting.verify(weights)
+    if setting.kind == "none":
         return None
-    if isinstance(weights, str) and weights.strip().lower() in _KEYWORDS_IMAGENET:
+    if setting.kind == "imagenet":
         path = imagenet_weights_file(name)
         if not path.is_file():
             raise WeightsNotFoundError(missing_weights_message(name, path))
         return path
-    from models.weights.transfer import checkpoint_of
-
-    checkpoint = checkpoint_of(weights)  # a tomoflow run folder or checkpoint (models.weights.transfer)
-    if checkpoint is not None:
-        return checkpoint
-    path = Path(weights).expanduser()
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"weights file '{path}' for {name} does not exist; weights must be 'imagenet', 'none', "
-            "a tomoflow run folder (or its best.pt), or the path of a state_dict file"
-        )
-    return path
+    if setting.kind == "run":
+        return setting.checkpoint()  # a tomoflow run folder or checkpoint (models.weights.transfer loads it)
+    assert setting.path is not None
+    if not setting.path.is_file():
+        raise FileNotFoundError(f"weights file '{setting.path}' for {name} does not exist; weights must be {WEIGHTS_CHOICES}")
+    return setting.path
 
 
 def missing_weights_message(name: BackboneName, path: Path) -> str:
@@ -290,8 +284,6 @@ def weights_state(name: BackboneName, weights: WeightsArg) -> tuple[dict[str, Te
         return None
     # The cache file's name carries torchvision's hash, but torchvision doesn't re-check
     # cached files either; explicit paths are checked.
-    is_cache = isinstance(weights, WeightsEnum) or (
-        isinstance(weights, str) and weights.strip().lower() in _KEYWORDS_IMAGENET
-    )
+    is_cache = isinstance(weights, WeightsEnum) or WeightsSetting.verify(weights).kind == "imagenet"
     return load_weights_file(path, check_hash=not is_cache), path
 

@@ -22,6 +22,7 @@ from pydantic import (
 )
 
 from tasks.core.schema import Strategy
+from tasks.core.weights_setting import WeightsSetting
 
 #: Bumped whenever a change alters what a cached step would produce.
 CODE_VERSION = "tomoflow-0.1.0/cache-4"  # 2: single-slice one image per patient; null/occlusion metrics; 3: reduced decode; 4: label-first splits, scratch recipe
@@ -198,8 +199,8 @@ class ModelConfig(_Frozen):
         "vgg16", description="torchvision backbone; vgg16_bn is VGG16 with batch normalisation (the from-scratch "
         "baseline)."
     )
-    weights: str = Field(
-        "imagenet",
+    weights: WeightsSetting = Field(
+        "imagenet", validate_default=True,  # parsed once (WeightsSetting.verify); dumped as the text given
         description="imagenet (torchvision's cache, $TORCH_HOME/hub/checkpoints), none (from scratch), "
         "a tomoflow run folder or its best.pt (an earlier model as the starting point), or a path to a "
         "state_dict file.",

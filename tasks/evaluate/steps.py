@@ -24,7 +24,7 @@ _CACHED = {"persist_result": True, **retry_policy(retries=1, delay_seconds=2)}
 
 def run_inputs(cfg: EvaluateConfig) -> tuple[Path, Path, Path, dict[str, Any]]:
     """(checkpoint, manifest, output folder (made), training config) of the run to evaluate."""
-    from models.training.checkpoint import chosen_checkpoint
+    from tasks.core.run_folder import chosen_checkpoint
 
     run = Path(cfg.run_dir)
     config_path = run / "config.json"

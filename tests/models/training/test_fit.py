@@ -26,7 +26,7 @@ from models.training.engine import apply_schedule, batch_to_device, build_optimi
 from models.training.fit import fit
 from models.training.augment import train_transforms
 from tasks.core.config import AugmentConfig, ModelConfig, TrainConfig, TrainParams
-from tests.models.test_augment import write_manifest
+from tests.models.training.test_augment import write_manifest
 
 
 @pytest.fixture(autouse=True)
