@@ -23,6 +23,7 @@ from flows.cli_config import (
 )
 from flows.cli_transfer import add_weights_command, setting_arg
 from tasks.core.config import SlicesConfig, TrainParams
+from tasks.core.schema import VIEWS
 
 
 def _writable(path: Path) -> None:
@@ -151,7 +152,7 @@ def _add_export_slices(sub: "argparse._SubParsersAction[argparse.ArgumentParser]
     p.add_argument("file", type=Path, help="a DICOM file")
     p.add_argument("--out", type=Path, required=True, help="output folder for NNNN.png files")
     p.add_argument("--frames", type=_frames_arg, default=None, help="comma-separated frame indices (default: all)")
-    p.add_argument("--view", default=None, choices=["lcc", "lmlo", "rcc", "rmlo"],
+    p.add_argument("--view", default=None, choices=VIEWS,
                    help="orient DBT frames by the reference rule for this view")
     p.add_argument("--image-size", type=image_size_arg(1, field_bounds(SlicesConfig, "image_size")[1]), default=None,
                    help=f"letterbox to N x N (at most {field_bounds(SlicesConfig, 'image_size')[1]})")

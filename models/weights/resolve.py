@@ -25,24 +25,24 @@ torchvision weights enum, as torchvision's ``models/_api.py`` keeps them with th
 
 from __future__ import annotations
 
-import hashlib
 import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 from urllib.parse import urlparse
 
 import torch
 from torch import Tensor, nn
 from torchvision.models import Inception_V3_Weights, VGG16_BN_Weights, VGG16_Weights, WeightsEnum
 
+from tasks.core.backbone_names import BACKBONE_NAMES, BackboneName
+from tasks.core.digest import sha256_file
 from tasks.core.weights_setting import WEIGHTS_CHOICES, WeightsSetting
 
 __all__ = [
-    "BackboneName",
     "BackboneSpec",
     "WeightsArg",
     "WeightsNotFoundError",
@@ -55,7 +55,6 @@ __all__ = [
     "weights_state",
 ]
 
-BackboneName = Literal["vgg16", "vgg16_bn", "inception_v3"]
 WeightsArg = str | os.PathLike[str] | WeightsEnum | None
 
 # torchvision's convention for content-addressed files: "<name>-<first hex digits of sha256>.pth".
@@ -104,8 +103,8 @@ def backbone_spec(name: BackboneName) -> BackboneSpec:
     Raises:
         ValueError: ``name`` isn't a supported backbone.
     """
-    if name not in _IMAGENET:
-        raise ValueError(f"backbone {name!r} is not one of the allowed backbones {sorted(_IMAGENET)}")
+    if name not in BACKBONE_NAMES:
+        raise ValueError(f"backbone {name!r} is not one of the allowed backbones {sorted(BACKBONE_NAMES)}")
     weights = _IMAGENET[name]
     preset = weights.transforms()
     return BackboneSpec(
@@ -186,11 +185,6 @@ def missing_weights_message(name: BackboneName, path: Path) -> str:
     )
 
 
-def _sha256(path: Path) -> str:
-    with path.open("rb") as fh:
-        return hashlib.file_digest(fh, "sha256").hexdigest()
-
-
 def unreadable_weights_message(path: str | os.PathLike[str], exc: BaseException) -> str:
     """One line for a ``--weights`` file that ``torch.load(weights_only=True)`` cannot read."""
     return (f"weights file '{path}' is not a PyTorch state_dict or tomoflow checkpoint that can be read safely "
@@ -217,7 +211,7 @@ def load_weights_file(path: str | os.PathLike[str], *, check_hash: bool = True) 
     path = Path(path)
     match = _HASH_SUFFIX.search(path.name) if check_hash else None
     if match:
-        expected, actual = match.group(1), _sha256(path)
+        expected, actual = match.group(1), sha256_file(path)
         if not actual.startswith(expected):
             raise ValueError(
                 f"weights file '{path}': its name says its SHA-256 starts with {expected!r}, but the "

@@ -19,7 +19,6 @@ evaluated).
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Mapping
 from pathlib import Path
@@ -29,7 +28,9 @@ import torch
 from torch import Tensor, nn
 from torchvision.models import WeightsEnum
 
-from models.weights.resolve import BackboneName, WeightsArg, resolve_weights, unreadable_weights_message
+from models.weights.resolve import WeightsArg, resolve_weights, unreadable_weights_message
+from tasks.core.backbone_names import BackboneName
+from tasks.core.digest import sha256_file
 from tasks.core.weights_setting import WeightsSetting
 
 __all__ = ["TransferMode", "apply_transfer", "load_source", "weights_source"]
@@ -127,11 +128,6 @@ def apply_transfer(model: nn.Module, ckpt: Mapping[str, Any], *, mode: TransferM
     return loaded
 
 
-def _sha256(path: Path) -> str:
-    with path.open("rb") as fh:
-        return hashlib.file_digest(fh, "sha256").hexdigest()
-
-
 def _evaluation_of(run_dir: Path) -> Path | None:
     """The ``metrics.json`` of a run's own evaluation: in its folder, its ``evaluation/`` folder, or (a model
     of ``tomoflow run``) the ``evaluation`` link of the pipeline run folder whose ``model`` link points at it."""
@@ -192,7 +188,7 @@ def weights_source(model: BackboneName, weights: WeightsArg, transfer: TransferM
             "kind": "tomoflow",
             "run": str(path.parent),
             "checkpoint": str(path),
-            "sha256": _sha256(path),
+            "sha256": sha256_file(path),
             "transfer": transfer,
             "model_config": dict(ckpt.get("model_config") or {}),
             "epoch": ckpt.get("epoch"),
@@ -204,4 +200,4 @@ def weights_source(model: BackboneName, weights: WeightsArg, transfer: TransferM
         return {"kind": "none"}
     if setting is None or setting.kind == "imagenet":
         return {"kind": "imagenet", "file": str(resolved)}
-    return {"kind": "file", "path": str(resolved), "sha256": _sha256(resolved)}
+    return {"kind": "file", "path": str(resolved), "sha256": sha256_file(resolved)}

@@ -21,6 +21,7 @@ from pydantic import (
     model_validator,
 )
 
+from tasks.core.backbone_names import BackboneName
 from tasks.core.schema import Strategy
 from tasks.core.weights_setting import WeightsSetting
 
@@ -195,7 +196,7 @@ class PrepareConfig(_Frozen):
 class ModelConfig(_Frozen):
     """The network: backbone, its starting weights and the new dense head."""
 
-    model: Literal["vgg16", "vgg16_bn", "inception_v3"] = Field(
+    model: BackboneName = Field(
         "vgg16", description="torchvision backbone; vgg16_bn is VGG16 with batch normalisation (the from-scratch "
         "baseline)."
     )
@@ -279,7 +280,6 @@ class AugmentConfig(_Frozen):
     target_ratio: float = Field(
         1.0, gt=0, le=1, description="Offline balancing: positives per negative in the training split."
     )
-
 
     @field_validator("zoom")
     @classmethod

@@ -93,7 +93,7 @@ def score_whole_volumes(checkpoint: str, manifest: str, run_dir: str, png_size: 
     from models.training.checkpoint import load_classifier
     from models.training.engine import resolve_device
     from tasks.core.files import atomic_write_parquet
-    from tasks.prepare.source_hash import sha256_file
+    from tasks.core.digest import sha256_file
     from tasks.score.volumes import score_list
 
     import pandas as pd

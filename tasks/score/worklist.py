@@ -44,7 +44,7 @@ def run_settings(run_dir: str | os.PathLike[str], *, threshold: float | None = N
     """
     from tasks.core.run_folder import chosen_checkpoint
     from tasks.evaluate.threshold import recorded_threshold
-    from tasks.prepare.source_hash import sha256_file
+    from tasks.core.digest import sha256_file
 
     run = Path(run_dir)
     if not run.is_dir():
