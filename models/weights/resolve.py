@@ -7,7 +7,8 @@ file that torchvision would have downloaded from torchvision's own cache
 :class:`WeightsNotFoundError`, naming the file, the folder and the URL, when it's missing,
 so a run fails while it is being configured rather than hanging on the network mid-flow.
 
-``weights`` takes:
+``weights`` takes (read once by :meth:`tasks.core.weights_setting.WeightsSetting.verify`, whose
+kind each branch below is):
     ``"imagenet"`` (or the torchvision enum member): the ImageNet-1K weights from the cache.
         Not hash-checked, like torchvision's own cache loads.
     a tomoflow run folder or its ``best.pt``: handled by :mod:`models.weights.transfer` (backbone and

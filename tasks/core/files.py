@@ -61,7 +61,7 @@ def atomic_write_json(path: str | os.PathLike[str], obj: Any) -> Path:
 
 def atomic_write_png(path: str | os.PathLike[str], image: np.ndarray, *, compress_level: int = 6) -> Path:
     """Write a 2-D uint8 array as an 8-bit grayscale PNG atomically (zlib ``compress_level`` 0-9)."""
-    if image.ndim != 2:
+    if image.dtype != np.uint8 or image.ndim != 2:
         raise ValueError(f"{path}: expected a 2-D uint8 image, got {image.dtype} {image.shape}")
     return atomic_write_bytes(path, png_bytes(image, compress_level=compress_level))
 
