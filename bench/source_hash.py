@@ -6,7 +6,7 @@ default: 2457 x 1890, JPEG 2000 lossless) and measures, in this process:
 
 * ``extract one slice`` (the baseline): ``read_frames(path, [slice], view=..., image_size=224)``,
   the reduced-resolution single-slice extraction path;
-* ``sha256 of the file``: :func:`tasks.prepare.source_hash.sha256_file` (first extraction, and any
+* ``sha256 of the file``: :func:`tasks.core.digest.sha256_file` (first extraction, and any
   rerun after the file's stat changed);
 * ``memoised check``: :func:`tasks.prepare.source_hash.source_sha256` with a record whose stat
   matches (every rerun with nothing changed).
@@ -47,7 +47,8 @@ def main() -> None:
 
     from synth.dicom_writer import write_dbt_dicom
     from tasks.reader.frames import read_frames
-    from tasks.prepare.source_hash import sha256_file, source_sha256
+    from tasks.core.digest import sha256_file
+    from tasks.prepare.source_hash import source_sha256
     from tests.conftest import breast_phantom
 
     with tempfile.TemporaryDirectory() as tmp:

@@ -25,6 +25,7 @@ from flows.cli_config import (
 )
 from flows.cli_weights import add_weights_command
 from tasks.core.config import SlicesConfig, TrainParams
+from tasks.core.schema import VIEWS
 
 
 def _writable(path: Path) -> None:
@@ -154,7 +155,7 @@ def _add_export_slices(sub: "argparse._SubParsersAction[argparse.ArgumentParser]
     p.add_argument("--out", type=Path, required=True, help="The folder the NNNN.png files are written to.")
     p.add_argument("--frames", type=_frames_arg, default=None, help="Comma-separated frame indices, such as 0,5,12 "
                                                                     "(default: every frame).")
-    p.add_argument("--view", default=None, choices=["lcc", "lmlo", "rcc", "rmlo"],
+    p.add_argument("--view", default=None, choices=VIEWS,
                    help="Orient DBT frames by the reference rule for this view.")
     p.add_argument("--image-size", type=image_size_arg(1, field_bounds(SlicesConfig, "image_size")[1]), default=None,
                    help=f"Letterbox each frame to N x N pixels (at most {field_bounds(SlicesConfig, 'image_size')[1]}; "

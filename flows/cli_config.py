@@ -20,6 +20,7 @@ from tasks.core.config import (
     TrainConfig,
     TrainParams,
 )
+from tasks.core.weights_setting import WeightsSetting
 
 #: Which config field each config-backed option of a flow command sets: ``{command: {dest:
 #: (model, field)}}``. The option's help is the field's description and its choices the
@@ -205,7 +206,7 @@ def train_config_from_args(args: argparse.Namespace) -> TrainConfig:
             train[name] = value
     if getattr(args, "no_early_stopping", False):
         train["patience"] = None
-    weights = args.weights
+    weights = WeightsSetting.verify(args.weights)  # a refused value stops here in one line (ValueError)
     return TrainConfig(
         manifest=str(args.manifest),
         run_dir=str(args.out),

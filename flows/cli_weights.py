@@ -5,13 +5,15 @@ from __future__ import annotations
 import argparse
 import json
 
+from tasks.core.backbone_names import BACKBONE_NAMES
+
 
 def cmd_weights(args: argparse.Namespace) -> int:
     """``tomoflow weights fetch|list``: one JSON line per file."""
-    from models.weights.fetch import STUDY_BACKBONES, cached_weights, fetch_weights
+    from models.weights.fetch import cached_weights, fetch_weights
 
     if args.action == "fetch":
-        for row in fetch_weights(tuple(args.model or STUDY_BACKBONES), mirror=args.mirror, force=args.force,
+        for row in fetch_weights(tuple(args.model or BACKBONE_NAMES), mirror=args.mirror, force=args.force,
                                  timeout=args.timeout):
             print(json.dumps(row, sort_keys=True))
         return 0
@@ -36,7 +38,7 @@ def add_weights_command(sub: "argparse._SubParsersAction[argparse.ArgumentParser
     actions = p.add_subparsers(dest="action", required=True)
     fetch = actions.add_parser("fetch", help="Download the study backbones' ImageNet weights (hash-checked) "
                                              "into torchvision's cache; runs never download.")
-    fetch.add_argument("--model", action="append", choices=["vgg16", "vgg16_bn", "inception_v3"],
+    fetch.add_argument("--model", action="append", choices=BACKBONE_NAMES,
                        help="Fetch only this backbone (repeatable; default: all three).")
     fetch.add_argument("--mirror", default=None,
                        help="A base URL serving torchvision's file names (default: download.pytorch.org).")

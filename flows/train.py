@@ -26,7 +26,7 @@ from tasks.train.steps import (
 
 def _describe(cfg: TrainConfig) -> str:
     """``vgg16 sgd`` of ``train vgg16 sgd`` (``scratch`` / ``custom-weights`` added without ImageNet weights)."""
-    weights = "" if cfg.model.weights == "imagenet" else " scratch" if cfg.model.weights in ("none", "None") else " custom-weights"
+    weights = {"imagenet": "", "none": " scratch"}.get(cfg.model.weights.kind, " custom-weights")
     return f"{cfg.model.model} {cfg.train.optimizer}{weights}"
 
 

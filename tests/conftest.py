@@ -93,7 +93,7 @@ SLOW_TESTS: dict[str, str] = {
     "tests/flows/test_train_cli.py": "train and evaluate through the CLI, SIGTERM included",
     "tests/flows/test_prepare_cli_collections.py": "prepare through the CLI on a mounted, duplicated or blank collection",
     "tests/flows/test_train_cli_inputs.py": "train and evaluate through the CLI: external audits, locks, the report",
-    "tests/models/test_train.py::test_killed_run_resumes": "kills training and resumes it",
+    "tests/models/training/test_fit.py::test_killed_run_resumes": "kills training and resumes it",
     # End to end: whole flows, the service, every command.
     "tests/e2e/test_service.py": "PostgreSQL, a Prefect server, workers and deployments",
     "tests/test_golden.py": "every command end to end against recorded outputs",
@@ -103,12 +103,14 @@ SLOW_TESTS: dict[str, str] = {
     "tests/flows/test_evaluate.py": "the evaluate flow with Grad-CAM and the report",
     "tests/flows/test_train.py::test_train_flow_two_epochs": "the train flow, killed and resumed",
     "tests/flows/test_small_data.py::test_prepare_completes_on_a_fresh_prefect_home": "a fresh PREFECT_HOME's database",
-    "tests/models/test_scratch_baseline.py::test_demo_scratch_recipe_learns": "trains the demo's recipe until it learns",
+    "tests/models/training/test_engine.py::test_demo_scratch_recipe_learns": "trains the demo's recipe until it learns",
     "tests/synth/test_difficulty.py::test_moderate_brightness_floor_stays_low_over_seeds_fractions_and_sizes":
         "renders ten 160-patient moderate collections' single-slice images at three sizes (15 s of CPU, more loaded)",
     # Other processes: Dask clusters, torchrun.
     "tests/flows/test_dask.py": "starts a Dask cluster and a temporary Prefect server",
-    "tests/models/test_distributed.py": "torchrun with two ranks",
+    "tests/models/training/test_distributed.py": "torchrun with two ranks",
+    "tests/models/test_imports.py::test_each_module_imports_alone_in_a_fresh_interpreter":
+        "one fresh interpreter per models module, each importing torch",
 }
 
 

@@ -28,7 +28,8 @@ from typing import Literal
 import torchvision.models as tvm
 from torch import nn
 
-from models.weights.resolve import BackboneName, WeightsArg, backbone_spec, load_into, weights_state
+from models.weights.resolve import WeightsArg, backbone_spec, load_into, weights_state
+from tasks.core.backbone_names import BackboneName
 
 __all__ = [
     "INCEPTION_AUX_FEATURES",

@@ -28,7 +28,8 @@ from torch import Tensor, nn
 from models.nets.backbones import INCEPTION_AUX_FEATURES, INCEPTION_AUX_MIN_SIZE, build_backbone
 from models.nets.heads import ClassifierOutput, HeadKind, build_head, check_head_args, he_init_
 from models.weights.transfer import apply_transfer, load_source
-from models.weights.resolve import BackboneName, BackboneSpec, WeightsArg, backbone_spec, resolve_weights
+from models.weights.resolve import BackboneSpec, WeightsArg, backbone_spec, resolve_weights
+from tasks.core.backbone_names import BackboneName
 
 __all__ = ["TumorClassifier", "build_model"]
 

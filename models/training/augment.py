@@ -25,7 +25,6 @@ with CUDA, measures real-data training against a batch already on the device.
 from __future__ import annotations
 
 import hashlib
-import io
 import logging
 import math
 import os
@@ -40,7 +39,7 @@ from torchvision.transforms import v2
 from torchvision.transforms.v2 import InterpolationMode
 
 from tasks.core.config import AugmentConfig
-from tasks.core.files import atomic_write_bytes, atomic_write_parquet
+from tasks.core.files import atomic_write_bytes, atomic_write_parquet, png_bytes
 from tasks.core.schema import MANIFEST_COLUMNS
 
 __all__ = [
@@ -219,12 +218,6 @@ def read_gray(path: str | os.PathLike[str]) -> torch.Tensor:
 # --------------------------------------------------------------------------------------
 
 
-def _png_bytes(image: torch.Tensor) -> bytes:
-    buffer = io.BytesIO()
-    Image.fromarray(image.squeeze(0).numpy(), mode="L").save(buffer, format="PNG")
-    return buffer.getvalue()
-
-
 def _aug_path(image_path: str, k: int) -> str:
     stem, _, _ = image_path.rpartition(".")
     return f"{stem or image_path}_aug{k:03d}.png"
@@ -261,7 +254,7 @@ def _augmented_copy(
             f"manifest '{manifest_path}': image_path {src_path!r} (row {src}) does not exist under '{root}'"
         )
     image = apply_seeded(ops, read_gray(file), derive_seed(seed, "offline", src_path, k))
-    data = _png_bytes(image)
+    data = png_bytes(image.squeeze(0).numpy())
     target = root / rel
     changed = not (target.is_file() and target.read_bytes() == data)
     if changed:

@@ -1,6 +1,7 @@
-"""The run folder: checkpoint files, the one checkpoint-dict builder, resume checks, history.
+"""The run folder's contents: checkpoint files, the one checkpoint-dict builder, resume checks, history.
 
-Run folder (``cfg.run_dir``):
+Run folder (``cfg.run_dir``; its file names and :func:`~tasks.core.run_folder.chosen_checkpoint` live in
+:mod:`tasks.core.run_folder`):
 
 * ``last.pt``: written atomically after every epoch: ``model`` (state_dict),
   ``model_config`` (the :func:`~models.nets.classifier.build_model` arguments), ``optimizer``,
@@ -40,14 +41,8 @@ from tasks.core.config import TrainConfig
 from tasks.core.files import atomic_write
 
 __all__ = [
-    "BEST_NAME",
-    "chosen_checkpoint",
-    "CONFIG_NAME",
     "HISTORY_COLUMNS",
-    "HISTORY_NAME",
-    "LAST_NAME",
     "RESUME_IGNORED_FIELDS",
-    "RunPaths",
     "RunProgress",
     "checkpoint_dict",
     "config_differences",
@@ -59,10 +54,6 @@ __all__ = [
     "save_checkpoint",
 ]
 
-LAST_NAME = "last.pt"
-BEST_NAME = "best.pt"
-HISTORY_NAME = "history.csv"
-CONFIG_NAME = "config.json"
 _FORMAT = "tomoflow-train/1"
 
 #: Columns of ``history.csv``; ``lr`` is the head's, ``backbone_lr`` the backbone group's.
@@ -85,31 +76,6 @@ HISTORY_COLUMNS = [
 #: *content* is checked by fingerprint instead).
 RESUME_IGNORED_FIELDS = frozenset({"run_dir", "manifest", "train.device", "train.num_workers", "train.epochs",
                                    "train.multi_gpu", "train.min_steps"})
-
-
-@dataclass(frozen=True)
-class RunPaths:
-    """The files of a run folder."""
-
-    last: Path
-    best: Path
-    history: Path
-    config: Path
-
-    @classmethod
-    def of(cls, run_dir: str | os.PathLike[str]) -> RunPaths:
-        """The files of ``run_dir``."""
-        run_dir = Path(run_dir)
-        return cls(run_dir / LAST_NAME, run_dir / BEST_NAME, run_dir / HISTORY_NAME, run_dir / CONFIG_NAME)
-
-
-def chosen_checkpoint(run_dir: str | os.PathLike[str]) -> Path:
-    """The checkpoint a run is evaluated with: ``best.pt`` (best validation epoch), else ``last.pt``.
-
-    ``best.pt`` is missing when no epoch was validated; the path returned may not exist.
-    """
-    run = Path(run_dir)
-    return run / BEST_NAME if (run / BEST_NAME).is_file() else run / LAST_NAME
 
 
 @dataclass

@@ -30,11 +30,10 @@ import pandas as pd
 import torch
 from torch.utils.data import DataLoader
 
-from models.training import distributed
+from models.inference.provenance import training_data_record
 from models.nets.classifier import TumorClassifier, build_model
-from models.weights.resolve import resolve_weights
+from models.training import distributed
 from models.training.checkpoint import (
-    RunPaths,
     RunProgress,
     checkpoint_dict,
     history_csv,
@@ -54,8 +53,11 @@ from models.training.engine import (
     train_one_epoch,
 )
 from models.training.augment import derive_seed
+from models.weights.resolve import resolve_weights
+from models.weights.transfer import weights_source
 from tasks.core.config import TrainConfig
 from tasks.core.files import atomic_write_json, atomic_write_text, file_fingerprint
+from tasks.core.run_folder import RunPaths
 
 __all__ = ["BatchHook", "ProgressFn", "fit"]
 
@@ -199,9 +201,6 @@ def _read_manifest(cfg: TrainConfig, state: dict[str, Any] | None) -> tuple[pd.D
 
 def _provenance(cfg: TrainConfig, frame: pd.DataFrame, fingerprint: str) -> dict[str, Any]:
     """The checkpoints' ``training_data`` and ``weights_source`` entries (see :mod:`models.inference.provenance`)."""
-    from models.inference.provenance import training_data_record
-    from models.weights.transfer import weights_source
-
     return {"training_data": training_data_record(frame, root=Path(cfg.manifest).parent, fingerprint=fingerprint),
             "weights_source": weights_source(cfg.model.model, cfg.model.weights, cfg.model.transfer)}
 

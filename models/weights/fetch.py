@@ -21,12 +21,11 @@ from urllib.parse import urlparse
 
 import torch
 
-from models.weights.resolve import _HASH_SUFFIX, BackboneName, backbone_spec
+from models.weights.resolve import _HASH_SUFFIX, backbone_spec
+from tasks.core.backbone_names import BACKBONE_NAMES, BackboneName
+from tasks.core.digest import sha256_file
 
-__all__ = ["STUDY_BACKBONES", "WeightsFetchError", "cached_weights", "fetch_weights", "weights_url"]
-
-#: The backbones of the study, whose ImageNet weights ``fetch`` gets by default.
-STUDY_BACKBONES: tuple[BackboneName, ...] = ("vgg16", "vgg16_bn", "inception_v3")
+__all__ = ["WeightsFetchError", "cached_weights", "fetch_weights", "weights_url"]
 
 
 class WeightsFetchError(ValueError):
@@ -52,8 +51,7 @@ def _hash_ok(path: Path) -> bool | None:
     prefix = _hash_prefix(path.name)
     if prefix is None:
         return None
-    with path.open("rb") as fh:
-        return hashlib.file_digest(fh, "sha256").hexdigest().startswith(prefix)
+    return sha256_file(path).startswith(prefix)
 
 
 def cached_weights(*, check: bool = True) -> list[dict[str, Any]]:
@@ -61,7 +59,7 @@ def cached_weights(*, check: bool = True) -> list[dict[str, Any]]:
     ``hash_ok`` (``None`` unchecked or absent); then any other ``.pth`` file found there (``name`` ``None``)."""
     folder = _cache_dir()
     rows, expected = [], set()
-    for name in STUDY_BACKBONES:
+    for name in BACKBONE_NAMES:
         path = folder / os.path.basename(urlparse(weights_url(name)).path)
         expected.add(path.name)
         present = path.is_file()
@@ -110,7 +108,7 @@ def _download(url: str, target: Path, prefix: str | None, timeout: float) -> Non
         Path(handle.name).unlink(missing_ok=True)
 
 
-def fetch_weights(names: tuple[str, ...] | list[str] = STUDY_BACKBONES, *, mirror: str | None = None,
+def fetch_weights(names: tuple[str, ...] | list[str] = BACKBONE_NAMES, *, mirror: str | None = None,
                   force: bool = False, timeout: float = DEFAULT_TIMEOUT_S) -> list[dict[str, Any]]:
     """Download the ImageNet weights of ``names`` into torchvision's cache, hash-checked.
 

@@ -7,7 +7,8 @@ file that torchvision would have downloaded from torchvision's own cache
 :class:`WeightsNotFoundError`, naming the file, the folder and the URL, when it's missing,
 so a run fails while it is being configured rather than hanging on the network mid-flow.
 
-``weights`` takes:
+``weights`` takes (read once by :meth:`tasks.core.weights_setting.WeightsSetting.verify`, whose
+kind each branch below is):
     ``"imagenet"`` (or the torchvision enum member): the ImageNet-1K weights from the cache.
         Not hash-checked, like torchvision's own cache loads.
     a tomoflow run folder or its ``best.pt``: handled by :mod:`models.weights.transfer` (backbone and
@@ -25,22 +26,24 @@ torchvision weights enum, as torchvision's ``models/_api.py`` keeps them with th
 
 from __future__ import annotations
 
-import hashlib
 import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 from urllib.parse import urlparse
 
 import torch
 from torch import Tensor, nn
 from torchvision.models import Inception_V3_Weights, VGG16_BN_Weights, VGG16_Weights, WeightsEnum
 
+from tasks.core.backbone_names import BACKBONE_NAMES, BackboneName
+from tasks.core.digest import sha256_file
+from tasks.core.weights_setting import WEIGHTS_CHOICES, WeightsSetting
+
 __all__ = [
-    "BackboneName",
     "BackboneSpec",
     "WeightsArg",
     "WeightsNotFoundError",
@@ -53,13 +56,10 @@ __all__ = [
     "weights_state",
 ]
 
-BackboneName = Literal["vgg16", "vgg16_bn", "inception_v3"]
 WeightsArg = str | os.PathLike[str] | WeightsEnum | None
 
 # torchvision's convention for content-addressed files: "<name>-<first hex digits of sha256>.pth".
 _HASH_SUFFIX = re.compile(r"-([0-9a-f]{8,64})\.pth$")
-_KEYWORDS_IMAGENET = {"imagenet"}
-_KEYWORDS_SCRATCH = {"none", "scratch"}
 
 
 class WeightsNotFoundError(FileNotFoundError):
@@ -104,8 +104,8 @@ def backbone_spec(name: BackboneName) -> BackboneSpec:
     Raises:
         ValueError: ``name`` isn't a supported backbone.
     """
-    if name not in _IMAGENET:
-        raise ValueError(f"backbone {name!r} is not one of the allowed backbones {sorted(_IMAGENET)}")
+    if name not in BACKBONE_NAMES:
+        raise ValueError(f"backbone {name!r} is not one of the allowed backbones {sorted(BACKBONE_NAMES)}")
     weights = _IMAGENET[name]
     preset = weights.transforms()
     return BackboneSpec(
@@ -138,7 +138,8 @@ def resolve_weights(name: BackboneName, weights: WeightsArg) -> Path | None:
 
     Args:
         name: ``"vgg16"``, ``"vgg16_bn"`` or ``"inception_v3"``.
-        weights: ``"imagenet"``, the torchvision enum member, ``None``/``"none"``, or a path.
+        weights: ``"imagenet"``, the torchvision enum member, ``None``/``"none"``, or a path
+            (read by :meth:`~tasks.core.weights_setting.WeightsSetting.verify`).
 
     Returns:
         The file to load, or ``None`` for training from scratch.
@@ -149,31 +150,24 @@ def resolve_weights(name: BackboneName, weights: WeightsArg) -> Path | None:
         ValueError: Unknown backbone, or a weights enum of another architecture.
     """
     spec = backbone_spec(name)
-    if weights is None:
-        return None
     if isinstance(weights, WeightsEnum):
         if weights != spec.imagenet:
             raise ValueError(f"weights {weights!r} are not supported for {name}; allowed: {spec.imagenet!r}")
         weights = "imagenet"
-    if isinstance(weights, str) and weights.strip().lower() in _KEYWORDS_SCRATCH:
+    setting = WeightsSetting.verify(weights)
+    if setting.kind == "none":
         return None
-    if isinstance(weights, str) and weights.strip().lower() in _KEYWORDS_IMAGENET:
+    if setting.kind == "imagenet":
         path = imagenet_weights_file(name)
         if not path.is_file():
             raise WeightsNotFoundError(missing_weights_message(name, path))
         return path
-    from models.weights.transfer import checkpoint_of
-
-    checkpoint = checkpoint_of(weights)  # a tomoflow run folder or checkpoint (models.weights.transfer)
-    if checkpoint is not None:
-        return checkpoint
-    path = Path(weights).expanduser()
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"weights file '{path}' for {name} does not exist; weights must be 'imagenet', 'none', "
-            "a tomoflow run folder (or its best.pt), or the path of a state_dict file"
-        )
-    return path
+    if setting.kind == "run":
+        return setting.checkpoint()  # a tomoflow run folder or checkpoint (models.weights.transfer loads it)
+    assert setting.path is not None
+    if not setting.path.is_file():
+        raise FileNotFoundError(f"weights file '{setting.path}' for {name} does not exist; weights must be {WEIGHTS_CHOICES}")
+    return setting.path
 
 
 def missing_weights_message(name: BackboneName, path: Path) -> str:
@@ -190,11 +184,6 @@ def missing_weights_message(name: BackboneName, path: Path) -> str:
         "--weights none to train from scratch; a deployment does so with the parameter "
         'config={"model":{"weights":"none"}}.'
     )
-
-
-def _sha256(path: Path) -> str:
-    with path.open("rb") as fh:
-        return hashlib.file_digest(fh, "sha256").hexdigest()
 
 
 def unreadable_weights_message(path: str | os.PathLike[str], exc: BaseException) -> str:
@@ -223,7 +212,7 @@ def load_weights_file(path: str | os.PathLike[str], *, check_hash: bool = True) 
     path = Path(path)
     match = _HASH_SUFFIX.search(path.name) if check_hash else None
     if match:
-        expected, actual = match.group(1), _sha256(path)
+        expected, actual = match.group(1), sha256_file(path)
         if not actual.startswith(expected):
             raise ValueError(
                 f"weights file '{path}': its name says its SHA-256 starts with {expected!r}, but the "
@@ -290,8 +279,6 @@ def weights_state(name: BackboneName, weights: WeightsArg) -> tuple[dict[str, Te
         return None
     # The cache file's name carries torchvision's hash, but torchvision doesn't re-check
     # cached files either; explicit paths are checked.
-    is_cache = isinstance(weights, WeightsEnum) or (
-        isinstance(weights, str) and weights.strip().lower() in _KEYWORDS_IMAGENET
-    )
+    is_cache = isinstance(weights, WeightsEnum) or WeightsSetting.verify(weights).kind == "imagenet"
     return load_weights_file(path, check_hash=not is_cache), path
 

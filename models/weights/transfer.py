@@ -19,62 +19,41 @@ evaluated).
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
+from torchvision.models import WeightsEnum
 
-__all__ = ["TransferMode", "apply_transfer", "checkpoint_of", "load_source", "weights_source"]
+from models.weights.resolve import WeightsArg, resolve_weights, unreadable_weights_message
+from tasks.core.backbone_names import BackboneName
+from tasks.core.digest import sha256_file
+from tasks.core.weights_setting import WeightsSetting
+
+__all__ = ["TransferMode", "apply_transfer", "load_source", "weights_source"]
 
 TransferMode = Literal["backbone", "all"]
 _FORMAT = "tomoflow-train/1"
-_KEYWORDS = {"imagenet", "none", "scratch"}
 
 
-def checkpoint_of(weights: Any) -> Path | None:
-    """The tomoflow checkpoint ``weights`` names (a run folder's ``best.pt``, else ``last.pt``), or ``None``.
-
-    A run folder is recognised by its ``best.pt``/``last.pt``; a file by its name (``best.pt``,
-    ``last.pt``) or by a ``config.json`` of a training run beside it. Anything else is for
-    :mod:`models.weights.resolve` (``imagenet``, ``none``, a state_dict file).
-    """
-    if weights is None or not isinstance(weights, (str, os.PathLike)) or str(weights).strip().lower() in _KEYWORDS:
-        return None
-    path = Path(weights).expanduser()
-    if path.is_dir():
-        from models.training.checkpoint import chosen_checkpoint  # models.training.checkpoint imports this module (through models.nets.classifier)
-
-        chosen = chosen_checkpoint(path)
-        if chosen.is_file():
-            return chosen
-        raise FileNotFoundError(
-            f"weights folder '{path}' holds neither best.pt nor last.pt; --weights takes a tomoflow run folder "
-            "(tomoflow train --out RUN), its best.pt, a state_dict file, imagenet or none"
-        )
-    if path.is_file() and (path.name in ("best.pt", "last.pt") or (path.parent / "config.json").is_file()):
-        return path
-    return None
-
-
-def load_source(weights: Any) -> tuple[dict[str, Any], Path] | None:
-    """The tomoflow checkpoint ``weights`` names, loaded safely (``weights_only=True``), or ``None``.
+def load_source(weights: WeightsArg) -> tuple[dict[str, Any], Path] | None:
+    """The tomoflow checkpoint a ``run`` setting names, loaded safely (``weights_only=True``), or ``None``.
 
     Raises:
         ValueError: The file is not a tomoflow training checkpoint (named, with what it holds).
+        FileNotFoundError: A run folder holding neither ``best.pt`` nor ``last.pt``.
     """
-    path = checkpoint_of(weights)
+    if isinstance(weights, WeightsEnum):
+        return None
+    path = WeightsSetting.verify(weights).checkpoint()
     if path is None:
         return None
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises several types for truncated or foreign files
-        from models.weights.resolve import unreadable_weights_message
-
         raise ValueError(unreadable_weights_message(path, exc)) from None
     if not isinstance(ckpt, Mapping) or "model" not in ckpt or "model_config" not in ckpt:
         raise ValueError(f"weights '{path}' is not a tomoflow training checkpoint (no 'model' and 'model_config')")
@@ -149,11 +128,6 @@ def apply_transfer(model: nn.Module, ckpt: Mapping[str, Any], *, mode: TransferM
     return loaded
 
 
-def _sha256(path: Path) -> str:
-    with path.open("rb") as fh:
-        return hashlib.file_digest(fh, "sha256").hexdigest()
-
-
 def _evaluation_of(run_dir: Path) -> Path | None:
     """The ``metrics.json`` of a run's own evaluation: in its folder, its ``evaluation/`` folder, or (a model
     of ``tomoflow run``) the ``evaluation`` link of the pipeline run folder whose ``model`` link points at it."""
@@ -197,7 +171,7 @@ def _test_figures(run_dir: Path) -> dict[str, Any] | None:
     }
 
 
-def weights_source(model: str, weights: str | None, transfer: TransferMode = "all") -> dict[str, Any]:
+def weights_source(model: BackboneName, weights: WeightsArg, transfer: TransferMode = "all") -> dict[str, Any]:
     """Where a run starts from, as its checkpoints and report record it.
 
     Returns:
@@ -205,9 +179,8 @@ def weights_source(model: str, weights: str | None, transfer: TransferMode = "al
         or for a tomoflow model ``{"kind": "tomoflow", "run", "checkpoint", "sha256", "transfer",
         "model_config", "epoch", "training_data_fingerprint", "test_figures"}``.
     """
-    from models.weights.resolve import resolve_weights
-
-    path = checkpoint_of(weights)
+    setting = WeightsSetting.verify(weights) if not isinstance(weights, WeightsEnum) else None
+    path = setting.checkpoint() if setting is not None else None
     if path is not None:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
         training = ckpt.get("training_data") or {}
@@ -215,16 +188,16 @@ def weights_source(model: str, weights: str | None, transfer: TransferMode = "al
             "kind": "tomoflow",
             "run": str(path.parent),
             "checkpoint": str(path),
-            "sha256": _sha256(path),
+            "sha256": sha256_file(path),
             "transfer": transfer,
             "model_config": dict(ckpt.get("model_config") or {}),
             "epoch": ckpt.get("epoch"),
             "training_data_fingerprint": training.get("manifest_fingerprint") or ckpt.get("manifest_fingerprint"),
             "test_figures": _test_figures(path.parent),
         }
-    resolved = resolve_weights(model, weights)  # type: ignore[arg-type]
+    resolved = resolve_weights(model, weights)
     if resolved is None:
         return {"kind": "none"}
-    if str(weights).strip().lower() == "imagenet":
+    if setting is None or setting.kind == "imagenet":
         return {"kind": "imagenet", "file": str(resolved)}
-    return {"kind": "file", "path": str(resolved), "sha256": _sha256(resolved)}
+    return {"kind": "file", "path": str(resolved), "sha256": sha256_file(resolved)}

@@ -21,7 +21,9 @@ from pydantic import (
     model_validator,
 )
 
+from tasks.core.backbone_names import BackboneName
 from tasks.core.schema import Strategy
+from tasks.core.weights_setting import WeightsSetting
 
 #: Bumped whenever a change alters what a cached step would produce.
 CODE_VERSION = "tomoflow-0.1.0/cache-4"  # 2: single-slice one image per patient; null/occlusion metrics; 3: reduced decode; 4: label-first splits, scratch recipe
@@ -195,12 +197,12 @@ class PrepareConfig(_Frozen):
 class ModelConfig(_Frozen):
     """The network: backbone, its starting weights and the new dense head."""
 
-    model: Literal["vgg16", "vgg16_bn", "inception_v3"] = Field(
+    model: BackboneName = Field(
         "vgg16", description="The torchvision backbone; vgg16_bn is VGG16 with batch normalisation (the from-scratch "
         "baseline)."
     )
-    weights: str = Field(
-        "imagenet",
+    weights: WeightsSetting = Field(
+        "imagenet", validate_default=True,  # parsed once (WeightsSetting.verify); dumped as the text given
         description="Starting weights: imagenet (torchvision's cache, $TORCH_HOME/hub/checkpoints), none (from "
                     "scratch), "
         "a tomoflow run folder or its best.pt (an earlier model as the starting point), or a path to a "
@@ -282,7 +284,6 @@ class AugmentConfig(_Frozen):
     target_ratio: float = Field(
         1.0, gt=0, le=1, description="Offline balancing: positives per negative in the training split."
     )
-
 
     @field_validator("zoom")
     @classmethod

@@ -61,24 +61,27 @@ def atomic_write_json(path: str | os.PathLike[str], obj: Any) -> Path:
 
 def atomic_write_png(path: str | os.PathLike[str], image: np.ndarray, *, compress_level: int = 6) -> Path:
     """Write a 2-D uint8 array as an 8-bit grayscale PNG atomically (zlib ``compress_level`` 0-9)."""
-    from PIL import Image
-
     if image.dtype != np.uint8 or image.ndim != 2:
         raise ValueError(f"{path}: expected a 2-D uint8 image, got {image.dtype} {image.shape}")
-    return atomic_write(path, lambda tmp: Image.fromarray(image, mode="L").save(
-        tmp, format="PNG", compress_level=compress_level))
+    return atomic_write_bytes(path, png_bytes(image, compress_level=compress_level))
 
 
 def png_bytes(image: np.ndarray, *, compress_level: int = 6) -> bytes:
-    """A 2-D uint8 array as the bytes of an 8-bit grayscale PNG (what :func:`atomic_write_png` writes)."""
+    """The bytes of a PNG: the one PNG encoder (Pillow's), for prepared slices, augmented copies and pages.
+
+    Args:
+        image: ``uint8``, 2-D (8-bit grayscale) or ``H x W x 3`` (RGB).
+        compress_level: zlib level 0-9 (6: zlib's and Pillow's default).
+    """
     import io
 
     from PIL import Image
 
-    if image.dtype != np.uint8 or image.ndim != 2:
-        raise ValueError(f"expected a 2-D uint8 image, got {image.dtype} {image.shape}")
+    if image.dtype != np.uint8 or not (image.ndim == 2 or image.ndim == 3 and image.shape[2] == 3):
+        raise ValueError(f"expected a 2-D or H x W x 3 uint8 image, got {image.dtype} {image.shape}")
     buffer = io.BytesIO()
-    Image.fromarray(image, mode="L").save(buffer, format="PNG", compress_level=compress_level)
+    Image.fromarray(image, mode="L" if image.ndim == 2 else "RGB").save(buffer, format="PNG",
+                                                                      compress_level=compress_level)
     return buffer.getvalue()
 
 

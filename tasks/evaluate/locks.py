@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Iterator
 
 from tasks.core.files import OutputInUseError, output_lock
+from tasks.core.weights_setting import WeightsSetting
 
 
 @contextmanager
@@ -54,8 +55,7 @@ def source_run_idle(weights: object, *, run_dir: str | os.PathLike[str] | None =
     """
     if not isinstance(weights, (str, os.PathLike)):
         return
-    path = Path(weights).expanduser()
-    source = path if path.is_dir() else path.parent if path.name in ("best.pt", "last.pt") else None
+    source = WeightsSetting.verify(weights).source_run()
     if source is None or not source.is_dir():
         return
     if run_dir is not None and os.path.abspath(source) == os.path.abspath(run_dir):

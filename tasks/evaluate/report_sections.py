@@ -18,6 +18,7 @@ import pandas as pd
 from tasks.evaluate import report_figures as figures
 from tasks.evaluate.metrics_point import LEVELS, METRICS
 from tasks.core.schema import POSITIVE_COHORTS
+from tasks.core.weights_setting import WeightsSetting
 from tasks.evaluate.report_format import (
     LEVEL_TEXT,
     METRIC_NAMES,
@@ -223,12 +224,11 @@ def training(config: Mapping[str, Any]) -> dict[str, Any] | None:
     if not arch:
         return None
     weights = _config_value(config, ("model", "weights"), ("train", "model", "weights"))
-    if weights is None or str(weights).lower() in ("none", "scratch"):
-        start = "scratch"
-    elif str(weights).lower() == "imagenet":
-        start = "imagenet"
-    else:
-        start = "file"
+    try:
+        kind = WeightsSetting.verify(weights).kind
+    except ValueError:  # a setting recorded before the parser refused it: the report shows it as written
+        kind = "file"
+    start = {"none": "scratch", "imagenet": "imagenet"}.get(kind, "file")
     # The evaluate flow passes {"train": TrainConfig}, a pipeline {"train": TrainParams}.
     section = config.get("train") or {}
     train = section["train"] if isinstance(section.get("train"), Mapping) else section

@@ -24,7 +24,7 @@ _CACHED = {"persist_result": True, **retry_policy(retries=1, delay_seconds=2)}
 
 def run_inputs(cfg: EvaluateConfig) -> tuple[Path, Path, Path, dict[str, Any]]:
     """(checkpoint, manifest, output folder (made), training config) of the run to evaluate."""
-    from models.training.checkpoint import chosen_checkpoint
+    from tasks.core.run_folder import chosen_checkpoint
 
     run = Path(cfg.run_dir)
     config_path = run / "config.json"
@@ -93,7 +93,7 @@ def score_whole_volumes(checkpoint: str, manifest: str, run_dir: str, png_size: 
     from models.training.checkpoint import load_classifier
     from models.training.engine import resolve_device
     from tasks.core.files import atomic_write_parquet
-    from tasks.prepare.source_hash import sha256_file
+    from tasks.core.digest import sha256_file
     from tasks.score.volumes import score_list
 
     import pandas as pd

@@ -56,7 +56,7 @@ def _resolve_weights(name: str, cfg: PipelineConfig, weights: str) -> tuple[Pipe
     from tasks.core.presets import scratch_config
 
     if weights == "none":
-        if cfg.model.weights == "none":
+        if cfg.model.weights.kind == "none":
             return cfg, None
         if not cfg.scratch_overrides and cfg.model.model == "vgg16":
             # Plain VGG16 sits at chance for many epochs from random initialisation: the demo's

@@ -66,7 +66,7 @@ def resolve_config(config: PipelineConfig | dict[str, Any] | None, data_root: st
 
 def weights_or_scratch(cfg: PipelineConfig) -> tuple[PipelineConfig, str | None]:
     """Keep the configured weights, or fall back to scratch (with a note) where allowed."""
-    if cfg.model.weights != "imagenet" or not cfg.scratch_if_no_weights:
+    if cfg.model.weights.kind != "imagenet" or not cfg.scratch_if_no_weights:
         return cfg, None
     from models.weights.resolve import WeightsNotFoundError, resolve_weights
 
@@ -231,7 +231,7 @@ def evaluate_config(cfg: PipelineConfig, train_cfg: TrainConfig) -> EvaluateConf
 def finish_run(cfg: PipelineConfig, preset: str | None, note: str | None, run_dir: Path,
                prepared: dict[str, Any], evaluate_cfg: EvaluateConfig, evaluated: dict[str, Any]) -> dict[str, Any]:
     """Link the run folder to its three outputs, write ``run.json``, publish the artifacts; the outputs."""
-    from models.training.checkpoint import chosen_checkpoint
+    from tasks.core.run_folder import chosen_checkpoint
     from tasks.infra.runners import link, prepared_dir
 
     model_dir = Path(evaluate_cfg.run_dir)

@@ -32,7 +32,8 @@ from tasks.reader.header import read_info
 from tasks.core.files import OutputPathError, atomic_write_bytes, atomic_write_json, png_bytes
 from tasks.prepare.locate import VolumeResolver
 from tasks.prepare.frame_rules import resolve_frames, volume_key
-from tasks.prepare.source_hash import png_matches, sha256_bytes, source_sha256
+from tasks.core.digest import sha256_bytes
+from tasks.prepare.source_hash import png_matches, source_sha256
 
 log = logging.getLogger(__name__)
 

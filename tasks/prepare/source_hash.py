@@ -11,10 +11,11 @@ in practice (git's index makes the same bet); any difference and the file is has
 
 from __future__ import annotations
 
-import hashlib
 import os
 from pathlib import Path
 from typing import Any
+
+from tasks.core.digest import sha256_file
 
 
 def source_stat(path: str | os.PathLike[str]) -> dict[str, int]:
@@ -22,12 +23,6 @@ def source_stat(path: str | os.PathLike[str]) -> dict[str, int]:
     st = os.stat(path)
     return {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "ctime_ns": st.st_ctime_ns,
             "ino": st.st_ino, "dev": st.st_dev}
-
-
-def sha256_file(path: str | os.PathLike[str]) -> str:
-    """Hex SHA-256 of a file's bytes, read in 1 MiB chunks."""
-    with open(path, "rb") as fh:
-        return hashlib.file_digest(fh, "sha256").hexdigest()
 
 
 def source_sha256(path: str | os.PathLike[str], record: dict[str, Any] | None = None) -> tuple[str, dict[str, int]]:
@@ -42,11 +37,6 @@ def source_sha256(path: str | os.PathLike[str], record: dict[str, Any] | None = 
     if record and record.get("source_stat") == stat and isinstance(record.get("source_sha256"), str):
         return record["source_sha256"], stat
     return sha256_file(path), stat
-
-
-def sha256_bytes(data: bytes) -> str:
-    """Hex SHA-256 of ``data``."""
-    return hashlib.sha256(data).hexdigest()
 
 
 def png_matches(path: Path, size: object, digest: object) -> bool:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import base64
 import html
-import io
 import os
 from pathlib import Path
 from typing import Any
@@ -17,16 +16,14 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from tasks.core.files import png_bytes
+
 #: Studies shown with images; the rest are listed by score without them.
 MAX_THUMBNAILS = 100
 
 
 def _png_uri(rgb: np.ndarray) -> str:
-    from PIL import Image
-
-    buffer = io.BytesIO()
-    Image.fromarray(rgb).save(buffer, format="PNG")
-    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+    return "data:image/png;base64," + base64.b64encode(png_bytes(rgb)).decode("ascii")
 
 
 def overlay(image: np.ndarray, heat: np.ndarray, alpha: float = 0.45) -> np.ndarray:

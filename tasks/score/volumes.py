@@ -22,7 +22,8 @@ import pandas as pd
 from tasks.core.config import CODE_VERSION
 from tasks.core.files import atomic_write_json, atomic_write_parquet
 from tasks.evaluate.trivial_scores import SCORES
-from tasks.prepare.source_hash import sha256_bytes, source_sha256
+from tasks.core.digest import sha256_bytes
+from tasks.prepare.source_hash import source_sha256
 from tasks.score.frames import VolumeJob, frames_of, score_volumes
 
 #: The cache folder's name inside a run folder.

@@ -42,9 +42,9 @@ def run_settings(run_dir: str | os.PathLike[str], *, threshold: float | None = N
     Raises:
         ValueError: No run folder, no ``config.json`` or no usable checkpoint (one line, what to do).
     """
-    from models.training.checkpoint import chosen_checkpoint
+    from tasks.core.run_folder import chosen_checkpoint
     from tasks.evaluate.threshold import recorded_threshold
-    from tasks.prepare.source_hash import sha256_file
+    from tasks.core.digest import sha256_file
 
     run = Path(run_dir)
     if not run.is_dir():

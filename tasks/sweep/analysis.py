@@ -32,6 +32,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from tasks.core.weights_setting import WeightsSetting
+
 __all__ = [
     "SWEEP_COLUMNS",
     "nested_train_subsets",
@@ -67,12 +69,19 @@ def parse_fractions(text: str) -> list[float]:
     return sorted(set(values))
 
 
-def parse_weights(text: str) -> list[str]:
-    """``"none,imagenet,runs/A"`` as a list of starting points (the first is the reference of the differences)."""
+def parse_weights(text: str) -> list[WeightsSetting]:
+    """``"none,imagenet,runs/A"`` as a list of starting points (the first is the reference of the differences).
+
+    Raises:
+        ValueError: No or repeated starting points, or one :meth:`WeightsSetting.verify` refuses (named).
+    """
     values = [p.strip() for p in text.split(",") if p.strip()]
     if not values or len(set(values)) != len(values):
         raise ValueError(f"--weights {text!r}: expected distinct starting points separated by commas, e.g. none,imagenet")
-    return values
+    try:
+        return [WeightsSetting.verify(v) for v in values]
+    except ValueError as exc:
+        raise ValueError(f"--weights {text!r}: {exc}") from None
 
 
 def start_label(weights: str) -> str:
@@ -82,12 +91,13 @@ def start_label(weights: str) -> str:
     folder's name (the folder above a ``best.pt``/``last.pt`` file), so a pre-trained arm
     never reads like a scratch one.
     """
-    key = weights.strip().lower()
-    if key in ("none", "scratch"):
+    setting = WeightsSetting.verify(weights)
+    if setting.kind == "none":
         return "scratch"
-    if key == "imagenet":
+    if setting.kind == "imagenet":
         return "imagenet"
-    path = Path(weights).expanduser()
+    path = setting.path
+    assert path is not None
     name = path.parent.name if path.suffix in (".pt", ".pth") and path.parent.name else path.stem
     stem = "".join(c if c.isalnum() or c in "-_." else "-" for c in name)[:40] or "weights"
     return f"from-{stem}"
@@ -95,10 +105,11 @@ def start_label(weights: str) -> str:
 
 def weights_label(weights: str) -> str:
     """A folder-safe name of a starting point: ``scratch``, ``imagenet``, or ``from-<name>-<hash of its path>``."""
-    label = start_label(weights)
-    if label in ("scratch", "imagenet"):
+    setting = WeightsSetting.verify(weights)
+    label = start_label(setting)
+    if setting.path is None:
         return label
-    return f"{label}-{hashlib.sha256(str(Path(weights).expanduser().resolve()).encode()).hexdigest()[:8]}"
+    return f"{label}-{hashlib.sha256(str(setting.path.resolve()).encode()).hexdigest()[:8]}"
 
 
 def nested_train_subsets(frame: pd.DataFrame, fractions: Sequence[float], *, seed: int = 0) -> dict[float, list[str]]:

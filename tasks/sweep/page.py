@@ -20,6 +20,8 @@ from typing import Any
 
 import pandas as pd
 
+from tasks.core.weights_setting import WeightsSetting
+
 __all__ = ["PAGE_NAME", "write_sweep_page"]
 
 PAGE_NAME = "index.html"
@@ -82,11 +84,11 @@ def _curves(table: pd.DataFrame) -> str | None:
 
 def _sources(table: pd.DataFrame) -> list[dict[str, Any]]:
     """Each earlier-model start: its own test figures beside its floor, and the overlap audit on the target."""
-    from models.weights.transfer import checkpoint_of, weights_source
+    from models.weights.transfer import weights_source
 
     out = []
     for weights in dict.fromkeys(table["weights"]):
-        checkpoint = checkpoint_of(weights)
+        checkpoint = WeightsSetting.verify(weights).checkpoint()
         if checkpoint is None:
             continue
         rows = table[(table["weights"] == weights) & (table["fraction"] == 0)]

@@ -11,6 +11,7 @@ from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 
 from tasks.core.config import EvaluateConfig, PipelineConfig, TrainConfig
+from tasks.core.weights_setting import WeightsSetting
 from tasks.infra.caching import content_cache_key_fn
 from tasks.infra.retry import retry_policy
 
@@ -164,13 +165,12 @@ def sweep_runs(cfg: PipelineConfig, manifest: str, subsets: dict[int, dict[float
     that model on the test split before any fine-tuning. Repeat ``r`` trains with seed
     ``train.seed + r`` on its own subsets.
     """
-    from models.weights.transfer import checkpoint_of
     from tasks.sweep.analysis import start_label, weights_label
 
     runs = []
     for start in weights:  # zero-shot runs first: their overlap audit stops a leaking sweep before any training
         label = weights_label(start)
-        source = checkpoint_of(start)
+        source = WeightsSetting.verify(start).checkpoint()
         if source is not None:
             out = sweep_dir(cfg) / "runs" / f"{label}-zero-shot"
             runs.append(SweepRun(weights=start, fraction=0.0, repeat=0, name=f"sweep {start_label(start)} zero-shot",
@@ -185,7 +185,7 @@ def sweep_runs(cfg: PipelineConfig, manifest: str, subsets: dict[int, dict[float
                     weights=start, fraction=fraction, repeat=repeat,
                     name=f"sweep {start_label(start)} {fraction:g} r{repeat}",
                     train=TrainConfig(manifest=subset, run_dir=str(run_dir),
-                                      model=cfg.model.model_copy(update={"weights": start}),
+                                      model=cfg.model.model_copy(update={"weights": WeightsSetting.verify(start)}),
                                       train=cfg.train.model_copy(update={"seed": cfg.train.seed + repeat}),
                                       augment=cfg.augment),
                     evaluate=cfg.evaluate.model_copy(update={"run_dir": str(run_dir), "manifest": manifest,

@@ -21,14 +21,12 @@ from tasks.infra.retry import retry_policy
 def _weights_file(config: TrainConfig) -> str | None:
     """The file the weights setting reads when it is a path (a run folder's checkpoint), else None."""
     weights = config.model.weights
-    if weights in ("imagenet", "none", "None"):
+    if weights.kind in ("imagenet", "none"):
         return None
-    from models.weights.transfer import checkpoint_of
-
     try:
-        return str(checkpoint_of(weights) or weights)
+        return str(weights.checkpoint() or weights)
     except FileNotFoundError:
-        return weights
+        return str(weights)
 
 
 def _weights_key(context: Any, parameters: dict[str, Any]) -> str:

@@ -135,7 +135,8 @@ def test_score_without_labels_then_only_new_volumes(setup: dict[str, Path]) -> N
     assert worklist["score_max"].is_monotonic_decreasing and set(worklist["status"]) == {"scored"}
 
     # The model saw the prepared PNGs' pixels: the manifest slice's score equals predict's on its PNG.
-    from models.training.checkpoint import chosen_checkpoint, load_classifier
+    from models.training.checkpoint import load_classifier
+    from tasks.core.run_folder import chosen_checkpoint
     from models.inference.predict import predict
 
     manifest = pd.read_parquet(setup["manifest"])

@@ -115,3 +115,25 @@ def test_output_lock_refuses_a_second_process_and_dies_with_its_holder(tmp_path)
         assert "next run" in (tmp_path / LOCK_NAME).read_text()
         with output_lock(tmp_path):  # re-entrant within one process (CLI, then the flow)
             pass
+
+
+def test_png_bytes_are_pillows_default_encoding_for_gray_and_rgb(tmp_path) -> None:
+    """The one PNG encoder gives the bytes the three it replaced gave (Pillow's default zlib level is 6), and
+    the file atomic_write_png writes."""
+    import io
+
+    from PIL import Image
+
+    from tasks.core.files import png_bytes
+
+    gray = np.random.default_rng(0).integers(0, 256, (32, 24), dtype=np.uint8)
+    rgb = np.random.default_rng(1).integers(0, 256, (16, 12, 3), dtype=np.uint8)
+    for image in (gray, rgb):
+        buffer = io.BytesIO()
+        Image.fromarray(image).save(buffer, format="PNG")
+        assert png_bytes(image) == buffer.getvalue()
+        assert np.array_equal(np.asarray(Image.open(io.BytesIO(png_bytes(image)))), image)
+    assert atomic_write_png(tmp_path / "g.png", gray).read_bytes() == png_bytes(gray)
+    assert png_bytes(gray, compress_level=0) != png_bytes(gray)
+    with pytest.raises(ValueError, match="H x W x 3"):
+        png_bytes(np.zeros((4, 4, 4), np.uint8))

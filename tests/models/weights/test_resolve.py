@@ -1,4 +1,5 @@
-"""Issue 28 item 13: `--weights FILE` that is not a checkpoint gets one line of ours."""
+"""A ``--weights`` file that is not a state_dict gets one line of ours, never torch's advice to unpickle it
+(models/weights/resolve.py)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,6 @@ import pytest
 import torch
 from torch import nn
 
-from models.weights.transfer import load_source
 from models.weights.resolve import load_weights_file
 
 
@@ -23,12 +23,6 @@ def test_pickled_model_and_text_are_refused_without_torchs_advice(tmp_path: Path
         message = str(caught.value)
         assert str(path) in message and "state_dict" in message
         assert "weights_only" not in message and "\n" not in message
-    run = tmp_path / "run"
-    run.mkdir()
-    torch.save(nn.Linear(2, 2), run / "best.pt")
-    with pytest.raises(ValueError) as caught:
-        load_source(str(run))
-    assert "weights_only" not in str(caught.value) and str(run / "best.pt") in str(caught.value)
 
 
 def test_a_state_dict_file_loads() -> None:

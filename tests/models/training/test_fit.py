@@ -26,7 +26,7 @@ from models.training.engine import apply_schedule, batch_to_device, build_optimi
 from models.training.fit import fit
 from models.training.augment import train_transforms
 from tasks.core.config import AugmentConfig, ModelConfig, TrainConfig, TrainParams
-from tests.models.test_augment import write_manifest
+from tests.models.training.test_augment import write_manifest
 
 
 @pytest.fixture(autouse=True)
@@ -270,7 +270,7 @@ def test_run_folder_contents(tmp_path: Path, manifest: Path) -> None:
     best = torch.load(run / "best.pt", weights_only=True)
     assert list(best) == ["format", "epoch", "model", "model_config", "config", "val_loss", "val_accuracy",
                           "training_data", "weights_source", "world_size", "rank"]
-    # What the model saw and where it started (issue 20): hashed ids, never ids in clear.
+    # What the model saw and where it started: hashed ids, never ids in clear.
     assert best["training_data"] == last["training_data"] and best["weights_source"]["kind"] == "none"
     assert best["val_loss"] == last["history"][0]["val_loss"] == last["best_val_loss"]
     model = load_classifier(run / "best.pt")

@@ -1,5 +1,5 @@
-"""Issue 28: train's manifest audit sees one DICOM under two patients (item 2), and a manifest's
-image paths must stay inside its own folder (item 8)."""
+"""Train's manifest audit sees one DICOM under two patients, and a manifest's image paths must stay
+inside its own folder (models/training/manifest_audit.py)."""
 
 from __future__ import annotations
 

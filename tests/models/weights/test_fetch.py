@@ -108,7 +108,7 @@ def test_list_reads_a_cached_file_a_run_would_load(torch_home: Path, capsys) -> 
 
 
 def test_fetch_with_torch_home_a_file_gives_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
-    """Issue 28 item 11: TORCH_HOME a regular file: one line naming it, no traceback."""
+    """TORCH_HOME a regular file: one line naming it, no traceback."""
     home = tmp_path / "torch-home"
     home.write_text("oops")
     monkeypatch.setenv("TORCH_HOME", str(home))
@@ -118,7 +118,7 @@ def test_fetch_with_torch_home_a_file_gives_one_line(tmp_path: Path, monkeypatch
 
 
 def test_fetch_from_a_mirror_that_never_answers_times_out(torch_home: Path, capsys) -> None:
-    """Issue 28 item 11: a mirror that accepts and never answers: --timeout, one line, nothing cached."""
+    """A mirror that accepts and never answers: --timeout, one line, nothing cached."""
     import socket
 
     listener = socket.socket()

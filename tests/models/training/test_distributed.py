@@ -25,7 +25,7 @@ from models.training.data import EpochSampler, make_loaders
 from models.training.distributed import DistEnv, Group, current_env, launch_command, per_rank_batch_size
 from models.training.fit import fit
 from tasks.core.config import AugmentConfig, ModelConfig, TrainConfig, TrainParams
-from tests.models.test_augment import write_manifest
+from tests.models.training.test_augment import write_manifest
 
 ROOT = Path(__file__).resolve().parents[2]
 TIMEOUT_S = 240

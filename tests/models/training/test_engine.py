@@ -27,7 +27,7 @@ from models.training.engine import recalibrate_batchnorm
 from models.training.fit import fit
 from tasks.core.config import TrainConfig
 from tasks.core.presets import pipeline_config, scratch_config
-from tests.models.test_augment import write_manifest
+from tests.models.training.test_augment import write_manifest
 
 
 @pytest.fixture(autouse=True)
