@@ -255,7 +255,7 @@ def _add_run(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None
                         "collection (repeatable).")
     p.add_argument("--out", type=Path, required=True, help="The output root every stage writes under.")
     p.add_argument("--preset", default=None,
-                   help="A preset from configs/ by name, such as demo, cpu-scratch (the recipe that learns on a CPU) "
+                   help="A preset from configs/ by name, such as demo, cpu-scratch (a from-scratch recipe sized for a CPU) "
                         "or m1-baseline; an unknown name or a file path is refused.")
     p.add_argument("--epochs", type=int, default=None, help="The number of training epochs (default: the preset's).")
     p.add_argument("--set", action="append", type=setting_arg, default=None, metavar="SECTION.FIELD=VALUE",
