@@ -10,7 +10,7 @@ changed reuses every step and a retry after a failed training starts at training
 * ``runs/<flow run name>-<id>/``: this flow run's folder, with links to the three above
   and ``run.json``; the flow run links to it with a markdown artifact.
 
-The steps live in :mod:`tasks.pipeline.steps` and the folder layout in :mod:`tasks.infra.runners`;
+The steps live in :mod:`tasks.pipeline.steps` and the folder layout in :mod:`tasks.pipeline.layout`;
 this module only calls them in order.
 """
 

@@ -5,7 +5,7 @@ Plain functions the flows in :mod:`flows.pipeline` call in order: the run's conf
 from scratch, one run per output root for deployments, the run folder and its records, each
 subflow's configuration, training as a deployment, the run's artifacts. The experiments'
 comparison table is in :mod:`tasks.pipeline.comparison`; the output layout in
-:mod:`tasks.infra.runners`.
+:mod:`tasks.pipeline.layout`.
 """
 
 from __future__ import annotations
@@ -185,7 +185,7 @@ def start_run_folder(cfg: PipelineConfig, preset: str | None) -> Path:
     """This flow run's folder with its ``config.json``; the merged configuration logged and as an artifact."""
     from tasks.core.pseudonyms import root_salt
     from tasks.infra.lifecycle import watch_flow_run
-    from tasks.infra.runners import run_folder
+    from tasks.pipeline.layout import run_folder
 
     watch_flow_run()  # a kill -9 of the command leaves this run Crashed, not Running for ever
     # The output root's salt first: every served page under it (reports) names a patient alike.
@@ -202,7 +202,7 @@ def start_run_folder(cfg: PipelineConfig, preset: str | None) -> Path:
 
 def prepare_config(cfg: PipelineConfig) -> PrepareConfig:
     """The prepare-data configuration: the pipeline's data, slice and report settings, into ``prepared/<key>``."""
-    from tasks.infra.runners import prepared_dir
+    from tasks.pipeline.layout import prepared_dir
 
     out = prepared_dir(Path(cfg.data.output_dir).resolve(), cfg)
     return PrepareConfig(data=cfg.data.model_copy(update={"output_dir": str(out)}), slices=cfg.slices,
@@ -211,7 +211,7 @@ def prepare_config(cfg: PipelineConfig) -> PrepareConfig:
 
 def train_config(cfg: PipelineConfig, manifest: str) -> TrainConfig:
     """The train-classifier configuration: into ``models/<key>``, keyed on the manifest's content."""
-    from tasks.infra.runners import model_dir
+    from tasks.pipeline.layout import model_dir
 
     run_dir = model_dir(Path(cfg.data.output_dir).resolve(), cfg, manifest)
     return TrainConfig(manifest=manifest, run_dir=str(run_dir), model=cfg.model, train=cfg.train,
@@ -220,7 +220,7 @@ def train_config(cfg: PipelineConfig, manifest: str) -> TrainConfig:
 
 def evaluate_config(cfg: PipelineConfig, train_cfg: TrainConfig) -> EvaluateConfig:
     """The evaluate-model configuration: the trained run on its manifest, into ``evaluations/<key>``."""
-    from tasks.infra.runners import evaluation_dir
+    from tasks.pipeline.layout import evaluation_dir
 
     out = evaluation_dir(Path(cfg.data.output_dir).resolve(), cfg, Path(train_cfg.run_dir))
     return cfg.evaluate.model_copy(update={"run_dir": train_cfg.run_dir, "manifest": train_cfg.manifest,
@@ -232,7 +232,7 @@ def finish_run(cfg: PipelineConfig, preset: str | None, note: str | None, run_di
                prepared: dict[str, Any], evaluate_cfg: EvaluateConfig, evaluated: dict[str, Any]) -> dict[str, Any]:
     """Link the run folder to its three outputs, write ``run.json``, publish the artifacts; the outputs."""
     from models.training.checkpoint import chosen_checkpoint
-    from tasks.infra.runners import link, prepared_dir
+    from tasks.pipeline.layout import link, prepared_dir
 
     model_dir = Path(evaluate_cfg.run_dir)
     root = Path(cfg.data.output_dir).resolve()

@@ -8,7 +8,7 @@ import stat
 import numpy as np
 import pytest
 
-from tasks.core.files import atomic_write_bytes, atomic_write_png, file_fingerprint
+from tasks.core.files import atomic_write_bytes, atomic_write_png, file_fingerprint, remove_stale_temporaries
 
 
 def test_atomic_write_replaces_and_leaves_no_temporary(tmp_path) -> None:
@@ -115,3 +115,13 @@ def test_output_lock_refuses_a_second_process_and_dies_with_its_holder(tmp_path)
         assert "next run" in (tmp_path / LOCK_NAME).read_text()
         with output_lock(tmp_path):  # re-entrant within one process (CLI, then the flow)
             pass
+
+
+def test_stale_temporaries_removed(tmp_path) -> None:
+    (tmp_path / "slices" / "p").mkdir(parents=True)
+    stale = tmp_path / "slices" / "p" / ".0001.png.abc123.tmp"
+    stale.write_bytes(b"partial")
+    keep = tmp_path / "slices" / "p" / "0001.png"
+    keep.write_bytes(b"png")
+    assert remove_stale_temporaries(tmp_path) == 1
+    assert not stale.exists() and keep.exists()
