@@ -73,7 +73,7 @@ class _NewSessionSubprocess:
             kwargs["stderr"] = subprocess.PIPE
         process = subprocess.Popen(*args, **kwargs)  # type: ignore[call-overload]
         if uvicorn and process.stderr is not None and kwargs["stderr"] is subprocess.PIPE:
-            from tasks.infra.server_output import forward_without_cancelled
+            from tasks.infra.ephemeral_server_stderr import forward_without_cancelled
 
             forward_without_cancelled(process.stderr)
             process.stderr = None  # Prefect reads it on a failed start; the thread already passes it on

@@ -16,7 +16,6 @@ from __future__ import annotations
 import os
 from contextlib import contextmanager
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 from tasks.infra import lifecycle
