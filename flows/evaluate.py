@@ -27,6 +27,7 @@ from tasks.evaluate.steps import (
 from tasks.evaluate.threshold import choose_operating_threshold
 from tasks.infra.lifecycle import cancellable
 from tasks.infra.run_names import config_run_name
+from tasks.infra.process_defaults import apply_process_defaults
 
 
 def _describe(cfg: EvaluateConfig) -> str:
@@ -48,6 +49,7 @@ def evaluate_model(config: EvaluateConfig = EvaluateConfig()) -> dict[str, str]:
         Paths of ``predictions`` (predictions.parquet), ``metrics`` (metrics.json) and
         ``report`` (report.html).
     """
+    apply_process_defaults()  # log redaction and the environment defaults, in a deployment's run too
     # The CLI holds these already (same process: re-entered); a deployment takes them here.
     with evaluation_locks(config.run_dir, config.output_dir, what=f"flow run {flow_run.name or ''}"):
         return cancellable(_evaluate, config, out=Path(config.output_dir or config.run_dir), flow="evaluate-model")

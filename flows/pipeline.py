@@ -24,6 +24,7 @@ from prefect import flow
 from flows.evaluate import evaluate_model
 from flows.prepare import prepare_data
 from flows.train import train_classifier
+from tasks.infra.process_defaults import apply_process_defaults
 from tasks.pipeline.comparison import comparison_tables, write_comparison
 from tasks.pipeline.experiments import plan_experiments
 from tasks.pipeline.steps import (
@@ -66,6 +67,7 @@ def tomoflow_pipeline(
     Returns:
         The run folder and the paths of the manifest, checkpoint, metrics and report.
     """
+    apply_process_defaults()  # log redaction and the environment defaults, in a deployment's run too
     cfg, note = settled_config(config, data_root, output_root, preset)
     started = started_by()
     preflight(cfg, started)
@@ -99,6 +101,7 @@ def run_experiments(data_root: str, output_root: str, presets: list[str] | None 
         overrides: Settings applied over every preset (e.g. fewer epochs for a smoke run).
         weights: ``"preset"`` (each preset's own) or ``"none"`` (every preset from scratch).
     """
+    apply_process_defaults()  # log redaction and the environment defaults, in a deployment's run too
     runs = plan_experiments(presets, data_root=data_root, output_root=output_root, overrides=overrides,
                             weights=weights)
     results = [(names, cfg, note, tomoflow_pipeline.with_options(flow_run_name=f"experiment {'+'.join(names)}")(

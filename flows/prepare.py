@@ -18,6 +18,7 @@ from tasks.core.files import ensure_writable_dir, output_lock
 from tasks.infra.lifecycle import cancellable
 from tasks.infra.rerun import cached
 from tasks.infra.run_names import config_run_name
+from tasks.infra.process_defaults import apply_process_defaults
 from tasks.prepare import steps
 from tasks.prepare.bcs_csv import cohort_csv_files
 from tasks.prepare.extract_run import run_extraction
@@ -47,6 +48,7 @@ def prepare_data(config: PrepareConfig = PrepareConfig()) -> dict[str, Any]:
     Returns:
         Paths of ``manifest``, ``rejects`` and ``summary`` (``cohort_summary.json``).
     """
+    apply_process_defaults()  # log redaction and the environment defaults, in a deployment's run too
     out = ensure_writable_dir(config.data.output_dir, what="output folder (--out)")
     with output_lock(out, what=f"flow run {flow_run.name or ''} ({flow_run.id or ''})"):
         return cancellable(_prepare, config, out, out=out, flow="prepare-data")

@@ -16,6 +16,7 @@ from prefect import flow
 from tasks.core.files import output_lock
 from tasks.core.score_config import ScoreConfig
 from tasks.infra.lifecycle import cancellable
+from tasks.infra.process_defaults import apply_process_defaults
 from tasks.score.steps import (
     list_volumes_task,
     read_run_settings,
@@ -38,6 +39,7 @@ def score_studies(config: ScoreConfig = ScoreConfig()) -> dict[str, str]:
     Returns:
         Paths of ``frame_scores``, ``volumes``, ``worklist_csv``, ``worklist_html`` and ``summary``.
     """
+    apply_process_defaults()  # log redaction and the environment defaults, in a deployment's run too
     config, slot_root, deployed = settled_score_config(config)
     out = Path(str(config.output_dir))
     out.mkdir(parents=True, exist_ok=True)

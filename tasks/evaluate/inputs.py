@@ -8,13 +8,10 @@ manifest as given, or a data root the flow prepares like the training data first
 from __future__ import annotations
 
 import json
-import logging
 from pathlib import Path
 from typing import Any
 
 from tasks.core.config import DataConfig, EvaluateConfig, PrepareConfig, SlicesConfig
-
-logger = logging.getLogger(__name__)
 
 
 def run_inputs(cfg: EvaluateConfig) -> tuple[Path, Path, Path, dict[str, Any]]:
@@ -66,12 +63,13 @@ def external_data(cfg: EvaluateConfig, training_manifest: Path, out: Path) -> tu
     ``prepare-data`` with the returned configuration and evaluates the manifest it writes.
     """
     from tasks.evaluate.generalization import external_prepare_settings, external_source
+    from tasks.infra.lifecycle import run_logger
 
     kind, path = external_source(cfg.external or "")
     if kind == "manifest":
         return path, None
     settings = external_prepare_settings(training_manifest)
-    logger.info("preparing the external data root like the training data: %s", settings)
+    run_logger(__name__).info("preparing the external data root like the training data: %s", settings)
     prepare = PrepareConfig(
         data=DataConfig(data_root=str(path), output_dir=str(out / "prepared")),
         # Evaluated only: one class (all-normal screening data) is allowed; AUC is then marked not computable.
