@@ -27,18 +27,16 @@ from flows.train import train_classifier
 from tasks.infra.process_defaults import apply_process_defaults
 from tasks.pipeline.comparison import comparison_tables, write_comparison
 from tasks.pipeline.experiments import plan_experiments
+from tasks.pipeline.layout import evaluate_config, prepare_config, train_config
 from tasks.pipeline.steps import (
-    evaluate_config,
     finish_run,
     pipeline_run_name,
     preflight,
-    prepare_config,
     run_slot,
     run_training_deployment,
     settled_config,
     start_run_folder,
     started_by,
-    train_config,
 )
 from tasks.core.presets import PresetName
 
@@ -52,7 +50,7 @@ def tomoflow_pipeline(
 ) -> dict[str, Any]:
     """Prepare the data, train the classifier and evaluate it, as subflows.
 
-    Parameters are checked by :func:`~tasks.pipeline.steps.resolve_config` (not by Prefect), so that a wrong one fails
+    Parameters are checked by :func:`~tasks.pipeline.run_config.resolve_config` (not by Prefect), so that a wrong one fails
     the run with a one-line message saying what to change.
 
     Args:

@@ -15,7 +15,7 @@ from flows.evaluate import evaluate_model
 from flows.prepare import prepare_data
 from flows.train import train_classifier
 from tasks.infra.process_defaults import apply_process_defaults
-from tasks.pipeline.steps import prepare_config
+from tasks.pipeline.layout import prepare_config
 from tasks.sweep.steps import summarise_sweep, sweep_config, sweep_dir, sweep_runs, write_sweep_subsets
 
 

@@ -1,4 +1,5 @@
-"""The output layout of the ``tomoflow-pipeline`` flow: content-keyed step folders and the run folder's links.
+"""The output layout of the ``tomoflow-pipeline`` flow: content-keyed step folders, the run folder's links,
+and each subflow's configuration pointed into its folder.
 
 Under the output root, ``prepared/``, ``models/`` and ``evaluations/`` hold one folder per
 key (the settings that change that step's output), shared by every run that needs it; each
@@ -12,7 +13,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from tasks.core.config import PipelineConfig
+from tasks.core.config import EvaluateConfig, PipelineConfig, PrepareConfig, TrainConfig
 
 
 def slug(text: str) -> str:
@@ -59,3 +60,33 @@ def evaluation_dir(root: Path, cfg: PipelineConfig, trained: Path) -> Path:
 
     return root / "evaluations" / short_key(trained.name, cfg.evaluate.model_dump(
         mode="json", exclude={"device", "run_dir", "manifest", "output_dir"}))
+
+
+def prepare_config(cfg: PipelineConfig) -> PrepareConfig:
+    """The prepare-data configuration: the pipeline's data, slice and report settings, into ``prepared/<key>``."""
+    out = prepared_dir(Path(cfg.data.output_dir).resolve(), cfg)
+    return PrepareConfig(data=cfg.data.model_copy(update={"output_dir": str(out)}), slices=cfg.slices,
+                         reports=cfg.reports)
+
+
+def train_config(cfg: PipelineConfig, manifest: str) -> TrainConfig:
+    """The train-classifier configuration: into ``models/<key>``, keyed on the manifest's content."""
+    run_dir = model_dir(Path(cfg.data.output_dir).resolve(), cfg, manifest)
+    return TrainConfig(manifest=manifest, run_dir=str(run_dir), model=cfg.model, train=cfg.train,
+                       augment=cfg.augment)
+
+
+def evaluate_config(cfg: PipelineConfig, train_cfg: TrainConfig) -> EvaluateConfig:
+    """The evaluate-model configuration: the trained run on its manifest, into ``evaluations/<key>``."""
+    out = evaluation_dir(Path(cfg.data.output_dir).resolve(), cfg, Path(train_cfg.run_dir))
+    return cfg.evaluate.model_copy(update={"run_dir": train_cfg.run_dir, "manifest": train_cfg.manifest,
+                                           "output_dir": str(out),
+                                           "data_root": cfg.evaluate.data_root or cfg.data.data_root})
+
+
+def link_outputs(run_dir: Path, cfg: PipelineConfig, evaluate_cfg: EvaluateConfig) -> None:
+    """The run folder's links ``prepared``, ``model`` and ``evaluation`` to the keyed folders it used."""
+    root = Path(cfg.data.output_dir).resolve()
+    for name, target in (("prepared", prepared_dir(root, cfg)), ("model", Path(evaluate_cfg.run_dir)),
+                         ("evaluation", Path(evaluate_cfg.output_dir))):
+        link(run_dir / name, target)
