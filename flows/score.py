@@ -2,7 +2,7 @@
 
 The tasks live in :mod:`tasks.score.steps`; this module only calls them in order. The
 ``score-new`` deployment (prefect.yaml) runs it on a schedule with paths from the worker's
-environment (:func:`tasks.score.steps.settled_score_config`), queued per output root like the
+environment (:func:`tasks.score.paths.settled_score_config`), queued per output root like the
 pipeline's runs.
 """
 
@@ -17,12 +17,12 @@ from tasks.core.files import output_lock
 from tasks.core.score_config import ScoreConfig
 from tasks.infra.lifecycle import cancellable
 from tasks.infra.process_defaults import apply_process_defaults
+from tasks.score.paths import settled_score_config
 from tasks.score.steps import (
     list_volumes_task,
     read_run_settings,
     score_slot,
     score_volumes_task,
-    settled_score_config,
     write_worklist,
 )
 

@@ -16,7 +16,8 @@ from flows.prepare import prepare_data
 from flows.train import train_classifier
 from tasks.infra.process_defaults import apply_process_defaults
 from tasks.pipeline.layout import prepare_config
-from tasks.sweep.steps import summarise_sweep, sweep_config, sweep_dir, sweep_runs, write_sweep_subsets
+from tasks.sweep.plan import sweep_config, sweep_dir, sweep_runs
+from tasks.sweep.steps import summarise_sweep, write_sweep_subsets
 
 
 @flow(name="tomoflow-sweep", log_prints=True)
