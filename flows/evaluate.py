@@ -26,8 +26,8 @@ from tasks.evaluate.steps import (
 )
 from tasks.evaluate.threshold import choose_operating_threshold
 from tasks.infra.lifecycle import cancellable
-from tasks.infra.run_names import config_run_name
 from tasks.infra.process_defaults import apply_process_defaults
+from tasks.infra.run_names import config_run_name
 
 
 def _describe(cfg: EvaluateConfig) -> str:

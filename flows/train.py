@@ -15,8 +15,8 @@ from tasks.core.config import TrainConfig
 from tasks.core.files import ensure_writable_dir, output_lock
 from tasks.evaluate.locks import source_run_idle
 from tasks.infra.lifecycle import cancellable
-from tasks.infra.run_names import config_run_name
 from tasks.infra.process_defaults import apply_process_defaults
+from tasks.infra.run_names import config_run_name
 from tasks.train.steps import (
     balance_offline,
     check_weights,
