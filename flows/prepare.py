@@ -16,8 +16,8 @@ from prefect.runtime import flow_run
 from tasks.core.config import PrepareConfig
 from tasks.core.files import ensure_writable_dir, output_lock
 from tasks.infra.lifecycle import cancellable
-from tasks.infra.rerun import cached
 from tasks.infra.process_defaults import apply_process_defaults
+from tasks.infra.rerun import cached
 from tasks.infra.run_names import config_run_name
 from tasks.prepare import steps
 from tasks.prepare.bcs_csv import cohort_csv_files

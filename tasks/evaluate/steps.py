@@ -15,7 +15,7 @@ from typing import Any
 from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
-from tasks.evaluate.inputs import evaluated_split, recorded_data_root
+from tasks.evaluate.inputs import evaluated_split
 from tasks.infra.caching import content_cache_key_fn
 from tasks.core.config import EvaluateConfig
 from tasks.infra.retry import retry_policy
@@ -27,31 +27,10 @@ _CACHED = {"persist_result": True, **retry_policy(retries=1, delay_seconds=2)}
 def score_whole_volumes(checkpoint: str, manifest: str, run_dir: str, png_size: int, image_size: int, out_dir: str,
                         cfg: EvaluateConfig) -> str:
     """Every validation and test volume scored over all its frames (``tomoflow score``'s cache): volume_frames.parquet."""
-    from tasks.evaluate.whole_volume import FRAMES_NAME, frame_table, manifest_volumes
-    from tasks.score.frames import default_workers
-    from tasks.score.run import cache_dir_for
+    from tasks.evaluate.whole_volume import score_evaluated_volumes
 
-    from models.training.checkpoint import load_classifier
-    from models.training.engine import resolve_device
-    from tasks.core.files import atomic_write_parquet
-    from tasks.prepare.source_hash import sha256_file
-    from tasks.score.volumes import score_list
-
-    import pandas as pd
-
-    volumes = manifest_volumes(pd.read_parquet(manifest), cfg.data_root or recorded_data_root(Path(manifest)))
-    device = resolve_device(cfg.device)
-    frames, status = score_list(volumes, model=load_classifier(checkpoint, device=device),
-                                checkpoint_sha=sha256_file(checkpoint), png_size=png_size, input_size=image_size,
-                                stride=cfg.frame_stride, cache_dir=cache_dir_for(run_dir, out_dir),
-                                batch_size=cfg.batch_size, device=device, workers=min(1, default_workers()))
-    missing = status["status"].ne("scored")
-    if missing.any():
-        get_run_logger().warning("whole-volume level: %d of %d volumes not scored (%s)", int(missing.sum()),
-                                 len(status), "; ".join(sorted({str(x).split(":")[0] for x in status["status"][missing]})))
-    table = frame_table(volumes, frames, status)
-    table.attrs = {}
-    return str(atomic_write_parquet(Path(out_dir) / FRAMES_NAME, table))
+    return str(score_evaluated_volumes(checkpoint, manifest, run_dir=run_dir, png_size=png_size, image_size=image_size,
+                                       out_dir=out_dir, cfg=cfg))
 
 
 @task(name="audit-training-overlap", cache_key_fn=content_cache_key_fn(files=("checkpoint", "manifest")), **_CACHED)
