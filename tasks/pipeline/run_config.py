@@ -19,7 +19,7 @@ from tasks.infra.environment import (DATA_VAR, OUTPUT_VAR, ServiceConfigError, d
 
 
 def resolve_config(config: PipelineConfig | dict[str, Any] | None, data_root: str | None, output_root: str | None,
-             preset: str | None) -> PipelineConfig:
+                   preset: str | None) -> PipelineConfig:
     """The run's configuration, checked before any work; every problem is one line saying what to change.
 
     Order, later wins: the defaults, the preset, the deployment's stored ``config``, the
