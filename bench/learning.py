@@ -101,6 +101,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def run(args: argparse.Namespace, out: Path) -> dict:
     """Write the collection, run the pipeline, and read the comparison from metrics.json."""
+    from tasks.infra.process_defaults import apply_process_defaults
+
+    apply_process_defaults()  # as the tomoflow command does, before Prefect is imported
     from flows.prefect_env import apply_prefect_defaults
     from flows.pipeline import tomoflow_pipeline
     from synth.generate import generate_dataset

@@ -116,6 +116,9 @@ def shuffled_manifest(manifest: Path, seed: int) -> Path:
 
 def run(args: argparse.Namespace, out: Path) -> dict:
     """The collections, the two starting models, the sweep; what was measured."""
+    from tasks.infra.process_defaults import apply_process_defaults
+
+    apply_process_defaults()  # as the tomoflow command does, before Prefect is imported
     from flows.pipeline import tomoflow_pipeline
     from flows.prefect_env import apply_prefect_defaults
     from flows.sweep import run_sweep

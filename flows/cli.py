@@ -294,9 +294,11 @@ FLOW_COMMANDS = frozenset({"prepare", "train", "evaluate", "run", "score", "expe
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``tomoflow`` console script."""
     from tasks.core.files import OutputInUseError
-    from tasks.infra.redaction import install as install_redaction, redact
+    from tasks.infra.process_defaults import apply_process_defaults
+    from tasks.infra.redaction import redact
 
-    install_redaction()
+    # Before Prefect is imported (it reads the logging defaults once, on import).
+    apply_process_defaults()
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command in FLOW_COMMANDS:

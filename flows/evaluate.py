@@ -1,6 +1,7 @@
 """The ``evaluate-model`` flow: predictions, metrics with intervals, Grad-CAM and the report.
 
-The tasks live in :mod:`tasks.evaluate.steps`; this module only calls them in order.
+The tasks live in :mod:`tasks.evaluate.steps`, what the evaluation reads in :mod:`tasks.evaluate.inputs`
+and the operating threshold in :mod:`tasks.evaluate.threshold`; this module only calls them in order.
 """
 
 from __future__ import annotations
@@ -10,24 +11,23 @@ from pathlib import Path
 from prefect import flow
 from prefect.runtime import flow_run
 
+from flows.prepare import prepare_data
 from tasks.core.config import EvaluateConfig
+from tasks.evaluate.inputs import evaluated_split, external_data, png_size_of, run_inputs
 from tasks.evaluate.locks import evaluation_locks
-from tasks.infra.lifecycle import cancellable
-from tasks.infra.run_names import config_run_name
 from tasks.evaluate.steps import (
     audit_training_overlap,
-    choose_operating_threshold,
     compare_external,
     compute_metrics,
-    evaluated_split,
-    external_manifest,
-    png_size_of,
     predict_split,
     publish_evaluation,
-    run_inputs,
     score_whole_volumes,
     write_report,
 )
+from tasks.evaluate.threshold import choose_operating_threshold
+from tasks.infra.lifecycle import cancellable
+from tasks.infra.process_defaults import apply_process_defaults
+from tasks.infra.run_names import config_run_name
 
 
 def _describe(cfg: EvaluateConfig) -> str:
@@ -49,6 +49,7 @@ def evaluate_model(config: EvaluateConfig = EvaluateConfig()) -> dict[str, str]:
         Paths of ``predictions`` (predictions.parquet), ``metrics`` (metrics.json) and
         ``report`` (report.html).
     """
+    apply_process_defaults()  # log redaction and the environment defaults, in a deployment's run too
     # The CLI holds these already (same process: re-entered); a deployment takes them here.
     with evaluation_locks(config.run_dir, config.output_dir, what=f"flow run {flow_run.name or ''}"):
         return cancellable(_evaluate, config, out=Path(config.output_dir or config.run_dir), flow="evaluate-model")
@@ -58,7 +59,9 @@ def _evaluate(config: EvaluateConfig) -> dict[str, str]:
     checkpoint, manifest, out, train_conf = run_inputs(config)
     own_manifest = manifest
     if config.external:
-        manifest = external_manifest(config, own_manifest, out)
+        manifest, prepare = external_data(config, own_manifest, out)
+        if prepare is not None:  # a data root: prepared like the training data first (a subflow)
+            manifest = Path(prepare_data(config=prepare)["manifest"])
     image_size = int(train_conf["train"]["image_size"])
     cache = {"result_storage": (out / ".cache").resolve()}
     frames = None

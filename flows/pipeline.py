@@ -10,7 +10,7 @@ changed reuses every step and a retry after a failed training starts at training
 * ``runs/<flow run name>-<id>/``: this flow run's folder, with links to the three above
   and ``run.json``; the flow run links to it with a markdown artifact.
 
-The steps live in :mod:`tasks.pipeline.steps` and the folder layout in :mod:`tasks.infra.runners`;
+The steps live in :mod:`tasks.pipeline.steps` and the folder layout in :mod:`tasks.pipeline.layout`;
 this module only calls them in order.
 """
 
@@ -24,20 +24,19 @@ from prefect import flow
 from flows.evaluate import evaluate_model
 from flows.prepare import prepare_data
 from flows.train import train_classifier
+from tasks.infra.process_defaults import apply_process_defaults
 from tasks.pipeline.comparison import comparison_tables, write_comparison
 from tasks.pipeline.experiments import plan_experiments
+from tasks.pipeline.layout import evaluate_config, prepare_config, train_config
 from tasks.pipeline.steps import (
-    evaluate_config,
     finish_run,
     pipeline_run_name,
     preflight,
-    prepare_config,
     run_slot,
     run_training_deployment,
     settled_config,
     start_run_folder,
     started_by,
-    train_config,
 )
 from tasks.core.presets import PresetName
 
@@ -51,7 +50,7 @@ def tomoflow_pipeline(
 ) -> dict[str, Any]:
     """Prepare the data, train the classifier and evaluate it, as subflows.
 
-    Parameters are checked by :func:`~tasks.pipeline.steps.resolve_config` (not by Prefect), so that a wrong one fails
+    Parameters are checked by :func:`~tasks.pipeline.run_config.resolve_config` (not by Prefect), so that a wrong one fails
     the run with a one-line message saying what to change.
 
     Args:
@@ -66,6 +65,7 @@ def tomoflow_pipeline(
     Returns:
         The run folder and the paths of the manifest, checkpoint, metrics and report.
     """
+    apply_process_defaults()  # log redaction and the environment defaults, in a deployment's run too
     cfg, note = settled_config(config, data_root, output_root, preset)
     started = started_by()
     preflight(cfg, started)
@@ -99,6 +99,7 @@ def run_experiments(data_root: str, output_root: str, presets: list[str] | None 
         overrides: Settings applied over every preset (e.g. fewer epochs for a smoke run).
         weights: ``"preset"`` (each preset's own) or ``"none"`` (every preset from scratch).
     """
+    apply_process_defaults()  # log redaction and the environment defaults, in a deployment's run too
     runs = plan_experiments(presets, data_root=data_root, output_root=output_root, overrides=overrides,
                             weights=weights)
     results = [(names, cfg, note, tomoflow_pipeline.with_options(flow_run_name=f"experiment {'+'.join(names)}")(

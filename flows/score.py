@@ -2,7 +2,7 @@
 
 The tasks live in :mod:`tasks.score.steps`; this module only calls them in order. The
 ``score-new`` deployment (prefect.yaml) runs it on a schedule with paths from the worker's
-environment (:func:`tasks.score.steps.settled_score_config`), queued per output root like the
+environment (:func:`tasks.score.paths.settled_score_config`), queued per output root like the
 pipeline's runs.
 """
 
@@ -16,12 +16,13 @@ from prefect import flow
 from tasks.core.files import output_lock
 from tasks.core.score_config import ScoreConfig
 from tasks.infra.lifecycle import cancellable
+from tasks.infra.process_defaults import apply_process_defaults
+from tasks.score.paths import settled_score_config
 from tasks.score.steps import (
     list_volumes_task,
     read_run_settings,
     score_slot,
     score_volumes_task,
-    settled_score_config,
     write_worklist,
 )
 
@@ -38,6 +39,7 @@ def score_studies(config: ScoreConfig = ScoreConfig()) -> dict[str, str]:
     Returns:
         Paths of ``frame_scores``, ``volumes``, ``worklist_csv``, ``worklist_html`` and ``summary``.
     """
+    apply_process_defaults()  # log redaction and the environment defaults, in a deployment's run too
     config, slot_root, deployed = settled_score_config(config)
     out = Path(str(config.output_dir))
     out.mkdir(parents=True, exist_ok=True)

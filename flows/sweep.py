@@ -14,8 +14,10 @@ from prefect import flow
 from flows.evaluate import evaluate_model
 from flows.prepare import prepare_data
 from flows.train import train_classifier
-from tasks.pipeline.steps import prepare_config
-from tasks.sweep.steps import summarise_sweep, sweep_config, sweep_dir, sweep_runs, write_sweep_subsets
+from tasks.infra.process_defaults import apply_process_defaults
+from tasks.pipeline.layout import prepare_config
+from tasks.sweep.plan import sweep_config, sweep_dir, sweep_runs
+from tasks.sweep.steps import summarise_sweep, write_sweep_subsets
 
 
 @flow(name="tomoflow-sweep", log_prints=True)
@@ -39,6 +41,7 @@ def run_sweep(data_root: str, output_root: str, fractions: list[float], weights:
         Paths of ``table`` (sweep.csv), ``markdown``, ``json`` (with the verdicts), ``plot`` (sweep.png)
         and ``page`` (index.html).
     """
+    apply_process_defaults()  # log redaction and the environment defaults, in a deployment's run too
     cfg = sweep_config(data_root, output_root, preset, overrides)
     prepared = prepare_data(config=prepare_config(cfg))
     if repeats < 1:

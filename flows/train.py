@@ -15,6 +15,7 @@ from tasks.core.config import TrainConfig
 from tasks.core.files import ensure_writable_dir, output_lock
 from tasks.evaluate.locks import source_run_idle
 from tasks.infra.lifecycle import cancellable
+from tasks.infra.process_defaults import apply_process_defaults
 from tasks.infra.run_names import config_run_name
 from tasks.train.steps import (
     balance_offline,
@@ -43,6 +44,7 @@ def train_classifier(config: TrainConfig = TrainConfig()) -> dict[str, Any]:
     Returns:
         Paths of ``best``, ``last``, ``history`` and ``config`` in the run folder, and a summary.
     """
+    apply_process_defaults()  # log redaction and the environment defaults, in a deployment's run too
     # One writer per run folder (the CLI holds the lock already; a deployment takes it here).
     run_dir = ensure_writable_dir(config.run_dir, what="run folder (--out)")
     with output_lock(run_dir, what=f"flow run {flow_run.name or ''}"):

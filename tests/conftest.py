@@ -83,7 +83,7 @@ def phantom() -> Callable[..., np.ndarray]:
 # test` (what CI runs) runs them too. Listed here, and only here, by path or node id (a
 # `@pytest.mark.slow` in a module is refused at collection), so the tier reads in one place with
 # its reasons; a key that matches no collected test stops the run (see `stale_slow_keys`), so a
-# renamed test cannot fall silently into the fast tier. Times measured on 2 shared cores (see README).
+# renamed test cannot fall silently into the fast tier. Times measured on 2 shared cores (see docs/testing.md).
 SLOW_TESTS: dict[str, str] = {
     # Kill, SIGTERM and resume: real runs, real signals.
     "tests/flows/test_prepare_kill.py": "kills a real prepare run and resumes it",

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from tasks.core.split_leaks import assert_disjoint
+
 #: Splits training reads (the test split is read only by ``evaluate``).
 TRAINING_SPLITS = ("train", "validation")
 
@@ -22,8 +24,6 @@ def audit_splits(frame: pd.DataFrame, path: str | os.PathLike[str]) -> None:
     Raises:
         ValueError: Naming the manifest and how many patients cross splits.
     """
-    from tasks.prepare.splits import assert_disjoint
-
     try:
         assert_disjoint(frame.dropna(subset=["split"]))
     except ValueError as exc:

@@ -44,6 +44,19 @@ def atomic_write(path: str | os.PathLike[str], write: Callable[[Path], None]) ->
     return target
 
 
+def remove_stale_temporaries(out_dir: str | os.PathLike[str]) -> int:
+    """Delete temporary files a killed run left behind (:func:`atomic_write`'s ``.NAME.*.tmp``); how many."""
+    removed = 0
+    root = Path(out_dir)
+    if not root.exists():
+        return 0
+    for tmp in root.rglob(".*.tmp"):
+        if tmp.is_file():
+            tmp.unlink(missing_ok=True)
+            removed += 1
+    return removed
+
+
 def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
     """Write ``data`` to ``path`` atomically."""
     return atomic_write(path, lambda tmp: tmp.write_bytes(data))

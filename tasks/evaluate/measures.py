@@ -15,11 +15,16 @@ import pandas as pd
 from tasks.core.config import EvaluateConfig
 
 
-def all_metrics(pred: pd.DataFrame, checkpoint: str, manifest: str, image_size: int,
-                cfg: EvaluateConfig, *, volume_frames: str | None = None, threshold_source: str = "",
-                threshold_choice: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Metrics at slice, volume and patient level with intervals and nulls, the trivial baseline,
-    Grad-CAM box hits and occlusion, each beside its reference or control."""
+def metrics_json(pred: pd.DataFrame, checkpoint: str, manifest: str, image_size: int,
+                 cfg: EvaluateConfig, *, volume_frames: str | None = None, threshold_source: str = "",
+                 threshold_choice: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Everything ``metrics.json`` holds for a trained run on a split.
+
+    The figures of the predictions table alone (:func:`tasks.evaluate.metrics.evaluate_predictions`:
+    slice, volume and patient level with intervals and nulls), then what needs the manifest's
+    images or the model: the trivial baseline, the whole-volume level, Grad-CAM box hits and
+    occlusion, each beside its reference or control.
+    """
     from models.explain.controls import localisation_references, occlusion_control
     from models.explain.gradcam import box_hit_fraction
     from models.explain.occlusion import occlusion_check
@@ -123,3 +128,15 @@ def report_page(metrics: str, predictions: str, checkpoint: str, manifest: str, 
         config={"train": train_conf, "evaluate": cfg.model_dump(mode="json")}, predictions=pred,
         examples=examples, out_path=out_path, chance=chance, manifest=used, generalization=generalization,
     )
+
+
+def generalization_sections(checkpoint: str, audit: str | None, external: str | None) -> dict[str, Any]:
+    """What the report shows of where the model started, the audit against its training data, and external data."""
+    from models.training.checkpoint import read_checkpoint
+
+    ckpt = read_checkpoint(checkpoint, advice="train again, or evaluate another run")
+    return {
+        "weights_source": ckpt.get("weights_source") if isinstance(ckpt, dict) else None,
+        "training_audit": json.loads(Path(audit).read_text()) if audit else None,
+        "external": json.loads(Path(external).read_text()) if external else None,
+    }

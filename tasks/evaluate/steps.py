@@ -1,9 +1,9 @@
 """Prefect tasks of the ``evaluate-model`` flow: predict-split, compute-metrics, write-report.
 
 Each task is a thin wrapper over plain functions a test can call without Prefect
-(:func:`models.inference.predict.predict`, :func:`tasks.evaluate.metrics.evaluate_predictions`,
-:mod:`models.explain.gradcam`, :func:`tasks.evaluate.report.write_report`); this module adds the cache keys,
-retries and the run's artifacts.
+(:func:`tasks.evaluate.generalization.predict_rows`, :func:`tasks.evaluate.measures.metrics_json`,
+:func:`tasks.evaluate.measures.report_page`, ...); this module adds the cache keys, retries and
+the run's artifacts. What the flow reads before its tasks is :mod:`tasks.evaluate.inputs`.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from typing import Any
 from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
+from tasks.evaluate.inputs import evaluated_split
 from tasks.infra.caching import content_cache_key_fn
 from tasks.core.config import EvaluateConfig
 from tasks.infra.retry import retry_policy
@@ -22,127 +23,14 @@ from tasks.infra.retry import retry_policy
 _CACHED = {"persist_result": True, **retry_policy(retries=1, delay_seconds=2)}
 
 
-def run_inputs(cfg: EvaluateConfig) -> tuple[Path, Path, Path, dict[str, Any]]:
-    """(checkpoint, manifest, output folder (made), training config) of the run to evaluate."""
-    from tasks.core.run_folder import chosen_checkpoint
-
-    run = Path(cfg.run_dir)
-    config_path = run / "config.json"
-    if not config_path.is_file():
-        raise ValueError(f"{run}: no config.json: is this a training run folder (tomoflow train --out RUN)?")
-    train_conf = json.loads(config_path.read_text())
-    checkpoint = chosen_checkpoint(run)
-    if not checkpoint.is_file():
-        raise ValueError(f"{run}: neither best.pt nor last.pt exists; train the model first")
-    manifest = Path(cfg.manifest or train_conf["manifest"])
-    if not manifest.is_file():
-        raise ValueError(f"manifest {manifest} does not exist; pass --manifest")
-    out = Path(cfg.output_dir or (run / "external" if cfg.external else run))
-    out.mkdir(parents=True, exist_ok=True)
-    return checkpoint, manifest, out, train_conf
-
-
-def png_size_of(manifest: Path, default: int) -> int:
-    """The PNG (letterbox) size the manifest's images were prepared at (its cohort_summary.json), else ``default``."""
-    from tasks.evaluate.generalization import external_prepare_settings
-
-    return int(external_prepare_settings(manifest).get("image_size") or default)
-
-
-def recorded_data_root(manifest: Path) -> str | None:
-    """The data root prepare read (its cohort_summary.json), where the manifest's source_path values lie."""
-    summary = manifest.parent / "cohort_summary.json"
-    try:
-        return json.loads(summary.read_text()).get("data_root") if summary.is_file() else None
-    except (OSError, ValueError):
-        return None
-
-
-def evaluated_split(cfg: EvaluateConfig) -> str:
-    """The rows evaluated: ``external_split`` of an external collection, else ``split``."""
-    return cfg.external_split if cfg.external else cfg.split
-
-
-def external_manifest(cfg: EvaluateConfig, training_manifest: Path, out: Path) -> Path:
-    """The manifest of ``cfg.external``, preparing a data root like the training data first (a subflow)."""
-    from tasks.evaluate.generalization import external_prepare_settings, external_source
-
-    kind, path = external_source(cfg.external or "")
-    if kind == "manifest":
-        return path
-    from flows.prepare import prepare_data
-    from tasks.core.config import DataConfig, PrepareConfig, SlicesConfig
-
-    get_run_logger().info("preparing the external data root like the training data: %s",
-                          external_prepare_settings(training_manifest))
-    prepared = prepare_data(config=PrepareConfig(
-        data=DataConfig(data_root=str(path), output_dir=str(out / "prepared")),
-        # Evaluated only: one class (all-normal screening data) is allowed; AUC is then marked not computable.
-        slices=SlicesConfig(**external_prepare_settings(training_manifest), require_both_classes=False)))
-    return Path(prepared["manifest"])
-
-
 @task(name="score-whole-volumes", cache_key_fn=content_cache_key_fn(files=("checkpoint", "manifest")), **_CACHED)
 def score_whole_volumes(checkpoint: str, manifest: str, run_dir: str, png_size: int, image_size: int, out_dir: str,
                         cfg: EvaluateConfig) -> str:
     """Every validation and test volume scored over all its frames (``tomoflow score``'s cache): volume_frames.parquet."""
-    from tasks.evaluate.whole_volume import FRAMES_NAME, frame_table, manifest_volumes
-    from tasks.score.frames import default_workers
-    from tasks.score.run import cache_dir_for
+    from tasks.evaluate.whole_volume import score_evaluated_volumes
 
-    from models.training.checkpoint import load_classifier
-    from models.training.engine import resolve_device
-    from tasks.core.files import atomic_write_parquet
-    from tasks.core.digest import sha256_file
-    from tasks.score.volumes import score_list
-
-    import pandas as pd
-
-    volumes = manifest_volumes(pd.read_parquet(manifest), cfg.data_root or recorded_data_root(Path(manifest)))
-    device = resolve_device(cfg.device)
-    frames, status = score_list(volumes, model=load_classifier(checkpoint, device=device),
-                                checkpoint_sha=sha256_file(checkpoint), png_size=png_size, input_size=image_size,
-                                stride=cfg.frame_stride, cache_dir=cache_dir_for(run_dir, out_dir),
-                                batch_size=cfg.batch_size, device=device, workers=min(1, default_workers()))
-    missing = status["status"].ne("scored")
-    if missing.any():
-        get_run_logger().warning("whole-volume level: %d of %d volumes not scored (%s)", int(missing.sum()),
-                                 len(status), "; ".join(sorted({str(x).split(":")[0] for x in status["status"][missing]})))
-    table = frame_table(volumes, frames, status)
-    table.attrs = {}
-    return str(atomic_write_parquet(Path(out_dir) / FRAMES_NAME, table))
-
-
-def choose_operating_threshold(cfg: EvaluateConfig, volume_frames: str | None, run_dir: Path, out: Path,
-                               own_manifest: bool) -> tuple[float, str, dict[str, Any] | None]:
-    """The operating threshold, where it came from, and the validation choice (written to threshold.json)."""
-    import pandas as pd
-
-    from tasks.core.files import atomic_write_json
-    from tasks.evaluate.threshold import THRESHOLD_NAME, choose_threshold, operating_threshold, recorded_threshold
-    from tasks.evaluate.whole_volume import volume_scores
-
-    choice = None
-    if volume_frames is not None:
-        frames = pd.read_parquet(volume_frames)
-        val = frames[frames["split"].eq("validation")]
-        if len(val):
-            units = volume_scores(val, cfg.topk)
-            choice = choose_threshold(units["label"], units["max"], rule=cfg.threshold_rule,
-                                      target=cfg.threshold_target)
-        else:
-            choice = {"threshold": None, "reason": "no validation volume could be scored"}
-    if choice is None and cfg.threshold is None:
-        value, source = recorded_threshold(run_dir)  # an external evaluation: the run's own choice
-    else:
-        value, source = operating_threshold(choice, cfg.threshold)
-    record = {"threshold": value, "source": source, "level": "whole_volume", "combine": "max",
-              "frame_stride": cfg.frame_stride, "choice": choice}
-    atomic_write_json(out / THRESHOLD_NAME, record)
-    if own_manifest and cfg.threshold is None and choice and choice.get("threshold") is not None:
-        atomic_write_json(run_dir / THRESHOLD_NAME, record)  # what tomoflow score reads
-    get_run_logger().info("operating threshold %.4f: %s", value, source)
-    return value, source, choice
+    return str(score_evaluated_volumes(checkpoint, manifest, run_dir=run_dir, png_size=png_size, image_size=image_size,
+                                       out_dir=out_dir, cfg=cfg))
 
 
 @task(name="audit-training-overlap", cache_key_fn=content_cache_key_fn(files=("checkpoint", "manifest")), **_CACHED)
@@ -207,11 +95,11 @@ def compute_metrics(predictions: str, checkpoint: str, manifest: str, image_size
     import pandas as pd
 
     from tasks.core.files import atomic_write_json
-    from tasks.evaluate.measures import all_metrics
+    from tasks.evaluate.measures import metrics_json
 
-    metrics = all_metrics(pd.read_parquet(predictions), checkpoint, manifest, image_size, cfg,
-                          volume_frames=volume_frames, threshold_source=threshold_source,
-                          threshold_choice=threshold_choice)
+    metrics = metrics_json(pd.read_parquet(predictions), checkpoint, manifest, image_size, cfg,
+                           volume_frames=volume_frames, threshold_source=threshold_source,
+                           threshold_choice=threshold_choice)
     return str(atomic_write_json(Path(out_dir) / "metrics.json", metrics))
 
 
@@ -221,22 +109,10 @@ def write_report(metrics: str, predictions: str, checkpoint: str, manifest: str,
                  train_conf: dict[str, Any], cfg: EvaluateConfig, audit: str | None = None,
                  external: str | None = None) -> str:
     """The self-contained report.html: curves, ROC, confusion, intervals, cohort flow, audit, Grad-CAM."""
-    from tasks.evaluate.measures import report_page
+    from tasks.evaluate.measures import generalization_sections, report_page
 
     return str(report_page(metrics, predictions, checkpoint, manifest, image_size, Path(out_dir) / "report.html",
                            train_conf, cfg, generalization_sections(checkpoint, audit, external)))
-
-
-def generalization_sections(checkpoint: str, audit: str | None, external: str | None) -> dict[str, Any]:
-    """What the report shows of where the model started, the audit against its training data, and external data."""
-    from models.training.checkpoint import read_checkpoint
-
-    ckpt = read_checkpoint(checkpoint, advice="train again, or evaluate another run")
-    return {
-        "weights_source": ckpt.get("weights_source") if isinstance(ckpt, dict) else None,
-        "training_audit": json.loads(Path(audit).read_text()) if audit else None,
-        "external": json.loads(Path(external).read_text()) if external else None,
-    }
 
 
 def publish_evaluation(config: EvaluateConfig, metrics: str, report: str, audit: str | None = None,

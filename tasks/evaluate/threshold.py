@@ -24,7 +24,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from sklearn.metrics import roc_curve
+
+from tasks.core.config import EvaluateConfig
+from tasks.core.files import atomic_write_json
 
 #: The file a run's chosen threshold is recorded in.
 THRESHOLD_NAME = "threshold.json"
@@ -61,6 +63,8 @@ def choose_threshold(labels: Any, scores: Any, *, rule: str = "sensitivity", tar
         needed = max(1, math.ceil(float(target) * len(positives) - 1e-9))
         t = float(positives[needed - 1])
     else:
+        from sklearn.metrics import roc_curve  # not at import: the evaluate flow module imports this one
+
         fpr, tpr, thresholds = roc_curve(y, p)
         best = int(np.argmax(tpr - fpr))
         t = float(thresholds[best]) if np.isfinite(thresholds[best]) else float(p.max())
@@ -94,3 +98,34 @@ def operating_threshold(choice: dict[str, Any] | None, override: float | None) -
         return float(choice["threshold"]), f"chosen on the validation volumes (whole volume, max; {what})"
     reason = (choice or {}).get("reason") or "no validation volumes were scored"
     return DEFAULT_THRESHOLD, f"the default 0.5 ({reason})"
+
+
+def choose_operating_threshold(cfg: EvaluateConfig, volume_frames: str | None, run_dir: Path, out: Path,
+                               own_manifest: bool) -> tuple[float, str, dict[str, Any] | None]:
+    """The operating threshold, where it came from, and the validation choice (written to threshold.json)."""
+    import pandas as pd
+
+    from tasks.evaluate.whole_volume import volume_scores
+    from tasks.infra.lifecycle import run_logger
+
+    choice = None
+    if volume_frames is not None:
+        frames = pd.read_parquet(volume_frames)
+        val = frames[frames["split"].eq("validation")]
+        if len(val):
+            units = volume_scores(val, cfg.topk)
+            choice = choose_threshold(units["label"], units["max"], rule=cfg.threshold_rule,
+                                      target=cfg.threshold_target)
+        else:
+            choice = {"threshold": None, "reason": "no validation volume could be scored"}
+    if choice is None and cfg.threshold is None:
+        value, source = recorded_threshold(run_dir)  # an external evaluation: the run's own choice
+    else:
+        value, source = operating_threshold(choice, cfg.threshold)
+    record = {"threshold": value, "source": source, "level": "whole_volume", "combine": "max",
+              "frame_stride": cfg.frame_stride, "choice": choice}
+    atomic_write_json(out / THRESHOLD_NAME, record)
+    if own_manifest and cfg.threshold is None and choice and choice.get("threshold") is not None:
+        atomic_write_json(run_dir / THRESHOLD_NAME, record)  # what tomoflow score reads
+    run_logger(__name__).info("operating threshold %.4f: %s", value, source)
+    return value, source, choice

@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from tasks.core.config import EvaluateConfig
 from tasks.core.schema import VOLUME_KEY
 
 #: File of the evaluated volumes' frame scores in the evaluation folder.
@@ -138,3 +139,37 @@ def whole_volume_level(frames: pd.DataFrame, *, threshold: float, threshold_sour
         entry["trivial"] = {"score": trivial_score, "combine": "max",
                             **_auc_block(trivial_units, "max", None, bootstrap=bootstrap, ci=ci, seed=seed)}
     return entry
+
+
+def score_evaluated_volumes(checkpoint: str, manifest: str, *, run_dir: str, png_size: int, image_size: int,
+                            out_dir: str, cfg: EvaluateConfig) -> Path:
+    """Every validation and test volume of ``manifest`` scored over all its frames: ``out_dir``/:data:`FRAMES_NAME`.
+
+    Read from the DICOMs under ``cfg.data_root`` (else the data root prepare read) at the run's
+    PNG and input sizes, through ``tomoflow score``'s per-volume cache (shared with ``score``);
+    volumes that cannot be scored keep a row with their status, and are counted in a warning.
+    """
+    from models.training.checkpoint import load_classifier
+    from models.training.engine import resolve_device
+    from tasks.core.files import atomic_write_parquet
+    from tasks.evaluate.inputs import recorded_data_root
+    from tasks.infra.lifecycle import run_logger
+    from tasks.core.digest import sha256_file
+    from tasks.score.frames import default_workers
+    from tasks.score.run import cache_dir_for
+    from tasks.score.volumes import score_list
+
+    volumes = manifest_volumes(pd.read_parquet(manifest), cfg.data_root or recorded_data_root(Path(manifest)))
+    device = resolve_device(cfg.device)
+    frames, status = score_list(volumes, model=load_classifier(checkpoint, device=device),
+                                checkpoint_sha=sha256_file(checkpoint), png_size=png_size, input_size=image_size,
+                                stride=cfg.frame_stride, cache_dir=cache_dir_for(run_dir, out_dir),
+                                batch_size=cfg.batch_size, device=device, workers=min(1, default_workers()))
+    missing = status["status"].ne("scored")
+    if missing.any():
+        run_logger(__name__).warning(
+            "whole-volume level: %d of %d volumes not scored (%s)", int(missing.sum()), len(status),
+            "; ".join(sorted({str(x).split(":")[0] for x in status["status"][missing]})))
+    table = frame_table(volumes, frames, status)
+    table.attrs = {}
+    return atomic_write_parquet(Path(out_dir) / FRAMES_NAME, table)

@@ -293,7 +293,7 @@ def interrupted(exc: BaseException, out: Path, *, flow: str) -> str:
         out: The folder the flow was writing (its ``.NAME.*.tmp`` files are removed).
         flow: The flow's name, for the log line.
     """
-    from tasks.prepare.extract import remove_stale_temporaries
+    from tasks.core.files import remove_stale_temporaries
 
     stopped = stop_workers()
     removed = remove_stale_temporaries(out)

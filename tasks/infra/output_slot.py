@@ -69,8 +69,9 @@ def output_root_slot(output_root: str | Path, logger: logging.Logger | logging.L
         The limit's name.
     """
     from prefect.client.orchestration import get_client
-    from prefect.concurrency._asyncio import ConcurrencySlotAcquisitionError
     from prefect.concurrency.sync import concurrency
+
+    from tasks.infra.prefect_internals import slot_acquisition_error
 
     name = slot_name(output_root)
     with get_client(sync_client=True) as client:
@@ -93,7 +94,7 @@ def output_root_slot(output_root: str | Path, logger: logging.Logger | logging.L
                                        output_root, name)
                 stack.enter_context(concurrency(name, occupy=1, strict=True, lease_duration=lease_seconds))
                 break
-            except ConcurrencySlotAcquisitionError as exc:
+            except slot_acquisition_error() as exc:
                 # Prefect retries a full slot (423) itself; a server error while waiting (503: its
                 # database was busy) ends the wait, so wait again, a bounded number of times.
                 if not _server_error(exc) or attempt == _ACQUIRE_ATTEMPTS:

@@ -1,6 +1,6 @@
 """The only place tomoflow reads or changes Prefect's private internals, and why it must.
 
-Two needs have no public API in Prefect 3.9:
+Three needs have no public API in Prefect 3.9:
 
 * **Which temporary ("ephemeral") Prefect server this process runs.** With no
   ``PREFECT_API_URL`` configured, a ``tomoflow`` command runs its flows against a temporary
@@ -15,6 +15,11 @@ Two needs have no public API in Prefect 3.9:
   not record that it was cancelled. Prefect has no option for the server's process group,
   so :func:`isolate_temporary_server` replaces the server module's reference to
   ``subprocess`` by one whose ``Popen`` adds ``start_new_session=True``.
+* **The error a failed concurrency-slot acquisition raises.** The public
+  ``prefect.concurrency.sync.concurrency`` raises ``ConcurrencySlotAcquisitionError`` when the
+  server answers with an error while a run waits for the output root's slot
+  (:mod:`tasks.infra.output_slot` waits again on a 5xx), but Prefect defines and exports that
+  class only in the private ``prefect.concurrency._asyncio``: :func:`slot_acquisition_error`.
 
 :func:`missing_internals` lists what of this the installed Prefect no longer has;
 ``tests/tasks/infra/test_prefect_internals.py`` fails on a Prefect upgrade that removes any of it.
@@ -73,7 +78,7 @@ class _NewSessionSubprocess:
             kwargs["stderr"] = subprocess.PIPE
         process = subprocess.Popen(*args, **kwargs)  # type: ignore[call-overload]
         if uvicorn and process.stderr is not None and kwargs["stderr"] is subprocess.PIPE:
-            from tasks.infra.server_output import forward_without_cancelled
+            from tasks.infra.ephemeral_server_stderr import forward_without_cancelled
 
             forward_without_cancelled(process.stderr)
             process.stderr = None  # Prefect reads it on a failed start; the thread already passes it on
@@ -92,6 +97,13 @@ def isolate_temporary_server() -> None:
         return
     if not isinstance(getattr(prefect_server, "subprocess", None), _NewSessionSubprocess):
         prefect_server.subprocess = _NewSessionSubprocess()  # type: ignore[assignment]
+
+
+def slot_acquisition_error() -> type[Exception]:
+    """The exception class ``prefect.concurrency.sync.concurrency`` raises when acquiring a slot fails."""
+    from prefect.concurrency._asyncio import ConcurrencySlotAcquisitionError
+
+    return ConcurrencySlotAcquisitionError
 
 
 def missing_internals() -> list[str]:
@@ -115,4 +127,8 @@ def missing_internals() -> list[str]:
         missing.append("prefect.server.api.server.subprocess (the module reference replaced)")
     if "subprocess.Popen(" not in inspect.getsource(cls):
         missing.append("SubprocessASGIServer starting its server with subprocess.Popen")
+    try:
+        slot_acquisition_error()
+    except ImportError:
+        missing.append("prefect.concurrency._asyncio.ConcurrencySlotAcquisitionError")
     return missing

@@ -1,13 +1,12 @@
-"""Infrastructure of the flows, in one place: task runners, the temporary Prefect API, caching.
+"""Where task runs execute: the task runners, and the temporary Prefect API their workers report to.
 
 * :func:`task_runner` / :func:`dask_runner`: where extraction shards run (a process pool,
   prefect-dask's ``DaskTaskRunner``, or this process);
 * :func:`ephemeral_api_url` / :func:`workers_see_ephemeral_api`: the URL of Prefect's
-  temporary server, handed to worker processes so their task runs report to this run;
-* :func:`cached`: a cached task call that runs again when the files its result names are gone;
-* :func:`slug`, :func:`link`, :func:`prepared_dir`, :func:`model_dir`, :func:`evaluation_dir`:
-  the output layout of the ``tomoflow-pipeline`` flow (content-keyed step folders and the
-  run folder's links to them).
+  temporary server, handed to worker processes so their task runs report to this run.
+
+A cached step that runs again when its files are gone is :mod:`tasks.infra.rerun`; the
+``tomoflow-pipeline`` flow's output folders are :mod:`tasks.pipeline.layout`.
 
 Prefect's start-up settings are in :mod:`flows.prefect_env` (applied before Prefect reads them).
 """
@@ -15,16 +14,12 @@ Prefect's start-up settings are in :mod:`flows.prefect_env` (applied before Pref
 from __future__ import annotations
 
 import os
-import re
 from contextlib import contextmanager
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
-from prefect import get_run_logger
-
 from tasks.infra import lifecycle
-from tasks.core.config import PipelineConfig, PrepareConfig
+from tasks.core.config import PrepareConfig
 
 
 def task_runner(config: PrepareConfig) -> Any:
@@ -148,68 +143,3 @@ def workers_see_ephemeral_api() -> Iterator[None]:
         yield
     finally:
         os.environ.pop("PREFECT_API_URL", None)
-
-
-def _output_paths(result: Any) -> list[Path]:
-    values = result.values() if isinstance(result, dict) else [result]
-    return [Path(v) for v in values if isinstance(v, str)]
-
-
-def cached(step: Any, cache: dict[str, Any], *args: Any) -> Any:
-    """Call a cached task; if its cached result names files that are gone, run it again."""
-    result = step.with_options(**cache)(*args)
-    if not all(p.exists() for p in _output_paths(result)):
-        get_run_logger().info("%s: cached outputs are missing, recomputing", step.name)
-        result = step.with_options(**cache, refresh_cache=True)(*args)
-    return result
-
-
-
-
-# --- output layout of the tomoflow-pipeline flow -------------------------------------------
-
-
-def slug(text: str) -> str:
-    """``text`` as one folder name: runs of other characters than letters, digits, ``_.-`` become ``-``."""
-    return re.sub(r"[^A-Za-z0-9_.-]+", "-", text).strip("-") or "run"
-
-
-def link(link_path: Path, target: Path) -> None:
-    """Point the relative symlink ``link_path`` at the folder ``target`` (replacing an old link)."""
-    if link_path.is_symlink() or link_path.exists():
-        link_path.unlink()
-    link_path.symlink_to(os.path.relpath(target, link_path.parent), target_is_directory=True)
-
-
-def run_folder(root: Path, run_name: str | None, run_id: Any) -> Path:
-    """``runs/<flow run name>-<id>/``: the pipeline run's own folder under the output root."""
-    return root / "runs" / f"{slug(run_name or 'pipeline')}-{str(run_id or '')[:8]}"
-
-
-def prepared_dir(root: Path, cfg: PipelineConfig) -> Path:
-    """``prepared/<strategy>-<size>px-<key>/``, keyed on every setting that changes the prepared data."""
-    from tasks.core.presets import short_key
-
-    s = cfg.slices
-    key = short_key(cfg.data.data_root, cfg.data.reports, cfg.data.use_labels, cfg.reports.model_dump(mode="json"),
-                    s.model_dump(mode="json", exclude={"executor", "workers", "shard_size", "dask_address"}))
-    return root / "prepared" / f"{s.strategy}-{s.image_size}px-{key}"
-
-
-def model_dir(root: Path, cfg: PipelineConfig, manifest: str) -> Path:
-    """``models/<model>-<optimizer>-<key>/``, keyed on the manifest and the training configuration."""
-    from tasks.core.files import file_fingerprint
-    from tasks.core.presets import short_key
-
-    key = short_key(file_fingerprint(manifest), cfg.model.model_dump(mode="json"),
-                    cfg.train.model_dump(mode="json", exclude={"device", "num_workers"}),
-                    cfg.augment.model_dump(mode="json"))
-    return root / "models" / f"{cfg.model.model}-{cfg.train.optimizer}-{key}"
-
-
-def evaluation_dir(root: Path, cfg: PipelineConfig, trained: Path) -> Path:
-    """``evaluations/<key>/``, keyed on the model folder and the evaluation settings."""
-    from tasks.core.presets import short_key
-
-    return root / "evaluations" / short_key(trained.name, cfg.evaluate.model_dump(
-        mode="json", exclude={"device", "run_dir", "manifest", "output_dir"}))

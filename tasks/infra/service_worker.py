@@ -53,6 +53,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--limit", type=int, default=None, help="most flow runs at once (default: no limit)")
     parser.add_argument("--name", default=None, help="the worker's name in the dashboard")
     args = parser.parse_args(argv)
+    from tasks.infra.process_defaults import apply_process_defaults
+
+    # Before Prefect is imported; the flow runs this worker starts inherit the environment.
+    apply_process_defaults()
     asyncio.run(run_worker(args.pool, args.limit, args.name))
     return 0
 

@@ -52,7 +52,7 @@ def experiment_overrides(*, epochs: int | None = None, image_size: int | None = 
 
 def _resolve_weights(name: str, cfg: PipelineConfig, weights: str) -> tuple[PipelineConfig, str | None]:
     """The configuration with its starting weights settled, or a one-line error before any work."""
-    from tasks.pipeline.steps import weights_or_scratch
+    from tasks.pipeline.run_config import weights_or_scratch
     from tasks.core.presets import scratch_config
 
     if weights == "none":

@@ -1,11 +1,11 @@
-"""Steps of the ``tomoflow-pipeline`` and ``tomoflow-experiments`` flows that are not Prefect tasks.
+"""Steps of the ``tomoflow-pipeline`` and ``tomoflow-experiments`` flows: the preflight task and the wiring.
 
-Plain functions the flows in :mod:`flows.pipeline` call in order: the run's configuration
-(defaults < preset < deployment config < run config < paths), the fall-back to training
-from scratch, one run per output root for deployments, the run folder and its records, each
-subflow's configuration, training as a deployment, the run's artifacts. The experiments'
-comparison table is in :mod:`tasks.pipeline.comparison`; the output layout in
-:mod:`tasks.infra.runners`.
+What the flows in :mod:`flows.pipeline` call in order, where Prefect is involved: the settled
+configuration (logged), the flow run's name, one run per output root for deployments, the run
+folder and its records, training as a deployment, the run's artifacts. The experiments'
+comparison table is in :mod:`tasks.pipeline.comparison`; the configuration's merge and the
+fall-back to scratch in :mod:`tasks.pipeline.run_config`; the output layout and the subflows'
+configurations in :mod:`tasks.pipeline.layout`.
 """
 
 from __future__ import annotations
@@ -19,71 +19,13 @@ from prefect import get_run_logger, task
 from prefect.artifacts import create_image_artifact, create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
-from pydantic import ValidationError
 
-from tasks.core.config import EvaluateConfig, PipelineConfig, PrepareConfig, TrainConfig
+from tasks.core.config import EvaluateConfig, PipelineConfig, TrainConfig
 from tasks.core.files import atomic_write_json
-from tasks.core.presets import check_preset, explicit_settings, list_presets, merge_config, pipeline_config
-from tasks.infra.environment import (DATA_VAR, OUTPUT_VAR, ServiceConfigError, deployment_defaults, deployment_id,
-                           flow_run_url, one_line, outputs_url, resolve_root, validation_message)
-
-
-def resolve_config(config: PipelineConfig | dict[str, Any] | None, data_root: str | None, output_root: str | None,
-             preset: str | None) -> PipelineConfig:
-    """The run's configuration, checked before any work; every problem is one line saying what to change.
-
-    Order, later wins: the defaults, the preset, the deployment's stored ``config``, the
-    run's ``config`` (merged into the deployment's, not replacing it), then ``data_root`` and
-    ``output_root`` (or ``TOMOFLOW_DATA_ROOT`` / ``TOMOFLOW_OUTPUT_ROOT`` of the worker).
-
-    Raises:
-        ServiceConfigError: unknown preset, missing or wrong root, invalid setting.
-    """
-    if preset is not None:
-        try:
-            check_preset(preset)
-        except ValueError as exc:
-            raise ServiceConfigError(str(exc)) from None
-    try:
-        explicit = explicit_settings(config)
-    except ValueError as exc:
-        raise ServiceConfigError(str(exc)) from None
-    stored = deployment_defaults("config") if deployment_id() is not None else None
-    if isinstance(stored, dict):
-        explicit = merge_config(stored, explicit)
-    data = explicit.get("data") if isinstance(explicit.get("data"), dict) else {}
-    in_deployment = deployment_id() is not None
-    # A scheduled deployment carries no paths: the worker's environment says where the data is.
-    data_root = resolve_root(data_root or data.get("data_root"), DATA_VAR, "data_root", "data root",
-                             must_exist=True, deployment=in_deployment)
-    output_root = resolve_root(output_root or data.get("output_dir"), OUTPUT_VAR, "output_root", "output root",
-                               must_exist=False, deployment=in_deployment)
-    try:
-        return pipeline_config(preset=preset, data_root=data_root, output_root=output_root, base=explicit)
-    except ValidationError as exc:
-        raise ServiceConfigError(validation_message(exc)) from None
-
-
-def weights_or_scratch(cfg: PipelineConfig) -> tuple[PipelineConfig, str | None]:
-    """Keep the configured weights, or fall back to scratch (with a note) where allowed."""
-    if cfg.model.weights.kind != "imagenet" or not cfg.scratch_if_no_weights:
-        return cfg, None
-    from models.weights.resolve import WeightsNotFoundError, resolve_weights
-
-    try:
-        resolve_weights(cfg.model.model, cfg.model.weights)
-        return cfg, None
-    except WeightsNotFoundError as exc:
-        from tasks.core.presets import scratch_config
-
-        scratch = scratch_config(cfg)
-        rates = f"lr {scratch.train.lr:g}" + (
-            f", backbone {scratch.train.lr * scratch.train.backbone_lr_factor:g}"
-            if scratch.train.backbone_lr_factor != 1 else "")
-        note = (f"ImageNet weights are not in torchvision's cache, so this run trains {scratch.model.model} FROM "
-                f"SCRATCH ({scratch.train.optimizer}, {rates}; its figures are not transfer-learning "
-                f"figures). {exc}")
-        return scratch, note
+from tasks.core.presets import explicit_settings, list_presets, merge_config, pipeline_config
+from tasks.infra.environment import deployment_defaults, deployment_id, flow_run_url, one_line, outputs_url
+from tasks.pipeline.layout import link_outputs, run_folder
+from tasks.pipeline.run_config import resolve_config, weights_or_scratch
 
 
 @task(name="preflight", cache_policy=NO_CACHE, persist_result=False, retries=0)
@@ -185,7 +127,6 @@ def start_run_folder(cfg: PipelineConfig, preset: str | None) -> Path:
     """This flow run's folder with its ``config.json``; the merged configuration logged and as an artifact."""
     from tasks.core.pseudonyms import root_salt
     from tasks.infra.lifecycle import watch_flow_run
-    from tasks.infra.runners import run_folder
 
     watch_flow_run()  # a kill -9 of the command leaves this run Crashed, not Running for ever
     # The output root's salt first: every served page under it (reports) names a patient alike.
@@ -200,45 +141,14 @@ def start_run_folder(cfg: PipelineConfig, preset: str | None) -> Path:
     return run_dir
 
 
-def prepare_config(cfg: PipelineConfig) -> PrepareConfig:
-    """The prepare-data configuration: the pipeline's data, slice and report settings, into ``prepared/<key>``."""
-    from tasks.infra.runners import prepared_dir
-
-    out = prepared_dir(Path(cfg.data.output_dir).resolve(), cfg)
-    return PrepareConfig(data=cfg.data.model_copy(update={"output_dir": str(out)}), slices=cfg.slices,
-                         reports=cfg.reports)
-
-
-def train_config(cfg: PipelineConfig, manifest: str) -> TrainConfig:
-    """The train-classifier configuration: into ``models/<key>``, keyed on the manifest's content."""
-    from tasks.infra.runners import model_dir
-
-    run_dir = model_dir(Path(cfg.data.output_dir).resolve(), cfg, manifest)
-    return TrainConfig(manifest=manifest, run_dir=str(run_dir), model=cfg.model, train=cfg.train,
-                       augment=cfg.augment)
-
-
-def evaluate_config(cfg: PipelineConfig, train_cfg: TrainConfig) -> EvaluateConfig:
-    """The evaluate-model configuration: the trained run on its manifest, into ``evaluations/<key>``."""
-    from tasks.infra.runners import evaluation_dir
-
-    out = evaluation_dir(Path(cfg.data.output_dir).resolve(), cfg, Path(train_cfg.run_dir))
-    return cfg.evaluate.model_copy(update={"run_dir": train_cfg.run_dir, "manifest": train_cfg.manifest,
-                                           "output_dir": str(out),
-                                           "data_root": cfg.evaluate.data_root or cfg.data.data_root})
-
-
 def finish_run(cfg: PipelineConfig, preset: str | None, note: str | None, run_dir: Path,
                prepared: dict[str, Any], evaluate_cfg: EvaluateConfig, evaluated: dict[str, Any]) -> dict[str, Any]:
     """Link the run folder to its three outputs, write ``run.json``, publish the artifacts; the outputs."""
     from tasks.core.run_folder import chosen_checkpoint
-    from tasks.infra.runners import link, prepared_dir
 
     model_dir = Path(evaluate_cfg.run_dir)
     root = Path(cfg.data.output_dir).resolve()
-    for name, target in (("prepared", prepared_dir(root, cfg)), ("model", model_dir),
-                         ("evaluation", Path(evaluate_cfg.output_dir))):
-        link(run_dir / name, target)
+    link_outputs(run_dir, cfg, evaluate_cfg)
     outputs = {
         "run_dir": str(run_dir),
         "manifest": prepared["manifest"],

@@ -200,6 +200,12 @@ def find_bcs_csvs(data_root: str | os.PathLike[str], *, require_labels: bool = T
 # --------------------------------------------------------------------------- loading CSVs
 
 
+def cohort_csv_files(data_root: str | os.PathLike[str], *, require_labels: bool) -> list[str]:
+    """The BCS-DBT CSVs under ``data_root`` (found by name), sorted: group-cohorts' inputs and cache key."""
+    csvs = find_bcs_csvs(data_root, require_labels=require_labels)
+    return sorted(str(p) for paths in csvs.values() for p in paths)
+
+
 def _snake(name: str) -> str:
     compact = re.sub(r"[^0-9a-z]", "", name.lower())
     if compact in _COLUMN_ALIASES:

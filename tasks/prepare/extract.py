@@ -279,19 +279,6 @@ def extract_shard(
     return {"records": records, "decoded": decoded}
 
 
-def remove_stale_temporaries(out_dir: str | os.PathLike[str]) -> int:
-    """Delete temporary files a killed run left behind (our atomic writes' ``.NAME.*.tmp``)."""
-    removed = 0
-    root = Path(out_dir)
-    if not root.exists():
-        return 0
-    for tmp in root.rglob(".*.tmp"):
-        if tmp.is_file():
-            tmp.unlink(missing_ok=True)
-            removed += 1
-    return removed
-
-
 #: Decode seconds of one full-resolution 2457 x 1890 JPEG 2000 frame on one core
 #: (docs/scaling.md), used to estimate a plan's work before choosing where to run it.
 FULL_FRAME_SECONDS = 0.2

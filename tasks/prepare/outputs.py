@@ -17,6 +17,7 @@ import pandas as pd
 
 from tasks.core.config import PrepareConfig, ReportsConfig
 from tasks.core.schema import REJECT_COLUMNS
+from tasks.core.split_leaks import assert_disjoint
 from tasks.prepare import bcs_csv, cohorts, radiology_reports, splits
 from tasks.prepare import rejects as accounting
 from tasks.prepare.data_origin import data_origin
@@ -152,7 +153,7 @@ def manifest_tables(plan: pd.DataFrame, split_table: pd.DataFrame, records: list
     manifest, extraction_rejects = build_manifest(
         plan, split_table, records, out_dir=config.data.output_dir, lesion_window=config.slices.lesion_window
     )
-    splits.assert_disjoint(manifest)
+    assert_disjoint(manifest)
     volume_rows = extraction_rejects.assign(reason=extraction_rejects["reason"].map(accounting.reject_reason))
     counts: dict[str, Any] = {}
     if volumes is not None:

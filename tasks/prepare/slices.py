@@ -256,3 +256,9 @@ def select_slices(
         int((plan["label"] == 1).sum()), int((plan["label"] == 0).sum()),
     )
     return plan
+
+
+def extraction_jobs(plan: str) -> list[dict[str, Any]]:
+    """One job per volume of the plan file ``plan``: its key, where it is on disk and which frames to extract."""
+    return pd.read_parquet(plan)[["patient_id", "study_uid", "view", "descriptive_path",
+                                  "classic_path", "frames_rule"]].to_dict("records")

@@ -35,16 +35,13 @@ import pandas as pd
 from tasks.core.config import check_split_fractions
 from tasks.prepare.frame_rules import stable_seed
 from tasks.core.schema import COHORT_LABEL, COHORT_SEVERITY, COHORTS, SPLITS
+from tasks.core.split_leaks import assert_disjoint
 
 logger = logging.getLogger(__name__)
 
 #: Who gets a patient first when a stratum has fewer patients than non-empty splits.
 _PRIORITY: tuple[int, ...] = (0, 2, 1)
 _SEVERITY = COHORT_SEVERITY
-
-
-class SplitLeakError(ValueError, AssertionError):
-    """A patient (or other key) appears in more than one split."""
 
 
 class SplitClassError(ValueError):
@@ -307,30 +304,6 @@ def check_split_classes(
         f"slices.split_fractions (e.g. (0.8, 0.2, 0.0) needs 2 of each; evaluate then on the validation split). "
         f"Nothing was extracted."
     )
-
-
-def assert_disjoint(table: pd.DataFrame, key: str = "patient_id") -> None:
-    """Check that no ``key`` value appears in more than one split.
-
-    Args:
-        table: A manifest, plan or volume table with ``split`` and ``key`` columns.
-        key: The column that must not cross splits.
-
-    Raises:
-        SplitLeakError: (a ValueError and an AssertionError) naming the overlapping values.
-        ValueError: A column is missing.
-    """
-    missing = [c for c in (key, "split") if c not in table.columns]
-    if missing:
-        raise ValueError(f"assert_disjoint: the table lacks columns {missing}")
-    n_splits = table.groupby(key, observed=True)["split"].nunique()
-    leaked = sorted(map(str, n_splits.index[n_splits > 1]))
-    if leaked:
-        raise SplitLeakError(
-            f"{len(leaked)} {key} values appear in more than one split: {', '.join(leaked[:20])}"
-            f"{' and more' if len(leaked) > 20 else ''}; split by patient (split_patients) and "
-            f"assign splits from that table"
-        )
 
 
 def split_audit(table: pd.DataFrame, *, key: str = "patient_id") -> dict[str, Any]:

@@ -7,7 +7,6 @@ the tasks that touch disk, and only transient errors are retried (``tasks.infra.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -15,19 +14,14 @@ import pandas as pd
 from prefect import get_run_logger, task
 from prefect.artifacts import create_table_artifact
 
+from tasks.core.config import PrepareConfig
+from tasks.core.files import atomic_write_json, atomic_write_parquet, remove_stale_temporaries
+from tasks.infra.caching import content_cache_key_fn, step_dir
+from tasks.infra.retry import retry_policy
 from tasks.prepare import outputs
-from tasks.prepare import rejects as accounting_mod
-from tasks.prepare import bcs_csv
 from tasks.prepare import slices as slices_mod
 from tasks.prepare import splits as splits_mod
-from tasks.infra.caching import content_cache_key_fn, step_dir
-from tasks.core.config import PrepareConfig
-from tasks.infra import lifecycle
-from tasks.prepare.extract import extract_shard, remove_stale_temporaries
-from tasks.core.files import atomic_write, atomic_write_json, atomic_write_parquet
-from tasks.core.schema import REJECT_COLUMNS
-from tasks.prepare.manifest import typed_frame
-from tasks.infra.retry import retry_policy
+from tasks.prepare.extract import extract_shard
 
 _CACHED = {"persist_result": True, **retry_policy(retries=2, delay_seconds=1)}
 
@@ -42,10 +36,6 @@ _FILES = {
     "split-patients": ("volumes",),
     "write-manifest": ("plan", "splits", "records", "cohort_parts", "volumes", "boxes"),
 }
-
-#: The published outputs of prepare-data, by result key.
-PUBLISHED = {"manifest": "manifest.parquet", "rejects": "rejects.parquet", "summary": "cohort_summary.json",
-             "kept": "reports_filtered.parquet"}
 
 
 def _cache_key_fn(step: str):  # noqa: ANN202 - Prefect's cache_key_fn signature
@@ -131,7 +121,7 @@ def write_manifest(plan: str, splits: str, records: list[str], cohort_parts: lis
                    volumes: str | None = None, boxes: str | None = None) -> dict[str, Any]:
     """Write the manifest, the rejects and the summary (with the leak audit and the accounting).
 
-    The files go into this step's keyed folder; :func:`publish_outputs` copies them to
+    The files go into this step's keyed folder; :func:`tasks.prepare.publish.publish_outputs` copies them to
     ``manifest.parquet``, ``rejects.parquet`` and ``cohort_summary.json``. Every volume of
     the file-paths CSVs (``volumes``) ends in the manifest or in the rejects with a reason,
     and boxes that do not fit their frame are rejected one by one (``boxes``).
@@ -146,97 +136,6 @@ def write_manifest(plan: str, splits: str, records: list[str], cohort_parts: lis
         "rejects": str(atomic_write_parquet(work / "rejects.parquet", t.rejects)),
         "summary": str(atomic_write_json(work / "cohort_summary.json", t.summary)),
     }
-
-
-def _copy(source: str | Path, target: Path) -> Path:
-    import shutil
-
-    return atomic_write(target, lambda tmp: shutil.copyfile(source, tmp))
-
-
-def publish_outputs(result: dict[str, Any], out_dir: str, *, kept: str | None = None) -> dict[str, str]:
-    """Copy a run's keyed outputs to the names users and later flows read.
-
-    ``cohort_summary.json`` is removed first and written last, so whenever it exists it
-    describes the manifest beside it, even if this is interrupted half way; a stale
-    ``reports_filtered.parquet`` from a run with reports is removed by a run without.
-    Runs into one folder take its lock (:func:`tasks.core.files.output_lock`), so two never
-    publish at once.
-
-    Args:
-        result: :func:`write_manifest`'s result (paths in its keyed folder); without a
-            ``manifest`` (a run stopped by the reject check) an old manifest is removed.
-        out_dir: The run's output folder.
-        kept: The kept reports (``filter-reports``' ``kept``), or None.
-    """
-    import filecmp
-
-    out = Path(out_dir)
-    sources = {key: result.get(key) for key in ("manifest", "rejects", "summary")}
-    sources["kept"] = kept
-    targets = {key: out / name for key, name in PUBLISHED.items()}
-
-    def same(key: str) -> bool:
-        source, target = sources[key], targets[key]
-        if not source:
-            return not target.exists()
-        return target.is_file() and filecmp.cmp(source, target, shallow=False)
-
-    if not all(same(key) for key in sources):
-        # Untouched when nothing changed, so a rerun leaves the published files (and their
-        # times) as they were; otherwise the summary goes first and comes back last.
-        targets["summary"].unlink(missing_ok=True)
-        for key in ("manifest", "rejects", "kept", "summary"):
-            if sources[key]:
-                _copy(sources[key], targets[key])
-            else:
-                targets[key].unlink(missing_ok=True)
-    return {key: str(targets[key]) for key in sources if sources[key]}
-
-
-def check_label_rejects(volumes: str, plan: str, cohort_parts: list[str], config: PrepareConfig,
-                        kept: str | None = None, *, check_files: bool = False) -> dict[str, Any]:
-    """Stop before extraction when faults known already (no label, no flag) exceed the limit.
-
-    With ``check_files``, the planned volumes whose file cannot be found (or lies outside
-    the data root) count too: a directory listing per folder, so 20,000 missing files stop
-    the run before a folder or a record is written for any of them. Every other planned
-    volume counts as used here (extraction has not run); the full account is made again by
-    :func:`write_manifest`. On failure ``rejects.parquet`` and ``cohort_summary.json`` are
-    published (no manifest) so the user can see what was rejected and why.
-
-    Raises:
-        ValueError: The faults exceed ``config.data.max_reject_fraction`` (counts by reason).
-    """
-    from tasks.prepare.volume_check import unresolved_volumes
-
-    plan_df = pd.read_parquet(plan)
-    missing = None
-    if check_files and len(plan_df):
-        unresolved = unresolved_volumes(plan_df, config.data.data_root, config.data.extra_data_roots)
-        missing = typed_frame(unresolved.to_dict("records"), REJECT_COLUMNS)
-    rows, accounting, error = outputs.early_account(pd.read_parquet(volumes), plan_df, config, missing)
-    if error is None:
-        return accounting
-    work = Path(plan).parent / ("file-check" if check_files else "label-check")
-    rejects = outputs.merge_rejects(cohort_parts, rows)
-    summary = outputs.merge_summary(cohort_parts, config, accounting=accounting, failed=error, images=0)
-    publish_outputs({"rejects": str(atomic_write_parquet(work / "rejects.parquet", rejects)),
-                     "summary": str(atomic_write_json(work / "cohort_summary.json", summary))},
-                    config.data.output_dir, kept=kept)
-    raise ValueError(error)
-
-
-def fail_on_rejects(result: dict[str, Any], config: PrepareConfig, kept: str | None) -> None:
-    """Publish the rejects and the summary without a manifest, and stop, if too much was rejected."""
-    summary = json.loads(Path(result["summary"]).read_text())
-    error = accounting_mod.reject_fraction_error(summary.get("accounting", {}),
-                                                 reasons=pd.read_parquet(result["rejects"])["reason"])
-    if error is None:
-        return
-    publish_outputs({"rejects": result["rejects"], "summary": result["summary"]},
-                          config.data.output_dir, kept=kept)
-    raise ValueError(error)
 
 
 def remove_temporaries(out: Path) -> int:
@@ -260,19 +159,6 @@ def audit_parts(cohort: dict[str, str], reports: dict[str, str] | None) -> list[
     return parts
 
 
-def cohort_csv_files(config: PrepareConfig, reports: dict[str, str] | None) -> list[str]:
-    """The BCS-DBT CSVs under the data root (found by name), sorted: group-cohorts' inputs and cache key."""
-    csvs = bcs_csv.find_bcs_csvs(config.data.data_root,
-                                     require_labels=config.data.use_labels and reports is None)
-    return sorted(str(p) for paths in csvs.values() for p in paths)
-
-
-def extraction_jobs(plan: str) -> list[dict[str, Any]]:
-    """One job per planned volume: its key, where it is on disk and which frames to extract."""
-    return pd.read_parquet(plan)[["patient_id", "study_uid", "view", "descriptive_path",
-                                  "classic_path", "frames_rule"]].to_dict("records")
-
-
 def publish_cohort_table(manifest_path: str) -> None:
     """The ``cohort-flow`` artifact (images and patients per split and cohort) and a log line."""
     manifest = pd.read_parquet(manifest_path)
@@ -281,8 +167,3 @@ def publish_cohort_table(manifest_path: str) -> None:
              .reset_index().to_dict("records"))
     create_table_artifact(table, key="cohort-flow", description="Images and patients per split and cohort")
     get_run_logger().info("manifest: %d images -> %s", len(manifest), manifest_path)
-
-
-def interrupted(exc: BaseException, out: Path) -> str:
-    """Stop the workers and remove partial files after SIGTERM or Ctrl-C; the Cancelled state's message."""
-    return lifecycle.interrupted(exc, out, flow="prepare-data")

@@ -22,6 +22,7 @@ size and starting point:
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -172,3 +173,39 @@ def size_verdicts(table: pd.DataFrame, differences: Sequence[Mapping[str, Any]],
                     "reference": ref, "verdict": verdict, "reasons": reasons, "sentence": sentence,
                     "pretrained_beats_trivial": pre, "reference_beats_trivial": base})
     return out
+
+
+def pooled_comparisons(runs: list[dict[str, Any]], bootstrap: int, ci: float, seed: int) -> dict[str, Any]:
+    """Differences against the reference start, each arm against the trivial score, and the floor.
+
+    Args:
+        runs: The sweep's runs as :meth:`tasks.sweep.plan.SweepRun.record` gives them (zero-shot runs are skipped).
+        bootstrap, ci, seed: The patient bootstrap of :func:`pooled_difference`.
+    """
+    trained = [r for r in runs if r["fraction"] > 0]
+    reference = trained[0]["weights"]
+    first = trained[0]
+    floor = json.loads(Path(first["metrics"]).read_text()).get("trivial") or {}
+    image = (floor.get("levels") or {}).get("slice") or {}
+    trivial = trivial_predictions(first["predictions"], first["metrics"], first["eval_manifest"])
+    preds = {(r["weights"], r["fraction"], r["repeat"]): pd.read_parquet(r["predictions"]) for r in trained}
+    starts = list(dict.fromkeys(r["weights"] for r in trained))
+    fractions = sorted({r["fraction"] for r in trained})
+    differences, versus = [], {}
+    for f in fractions:
+        for start in starts:
+            repeats = sorted(k[2] for k in preds if k[:2] == (start, f))
+            pooled = pooled_difference([(trivial, preds[(start, f, r)]) for r in repeats], n=bootstrap, ci=ci, seed=seed)
+            versus[(start, f)] = pooled
+            if start == reference:
+                continue
+            both = [r for r in repeats if (reference, f, r) in preds]
+            d = pooled_difference([(preds[(reference, f, r)], preds[(start, f, r)]) for r in both], n=bootstrap,
+                                  ci=ci, seed=seed)
+            differences.append({"fraction": f, "weights": start, "reference": reference,
+                                "roc_auc_difference": d["difference"], "low": d["low"], "high": d["high"],
+                                "per_repeat": d["per_repeat"], "repeats": d["repeats"], "n_valid": d["n_valid"],
+                                "bootstrap": d["bootstrap"]})
+    return {"differences": differences, "versus": versus,
+            "trivial": {"score": floor.get("score"), "chosen_on": floor.get("chosen_on"),
+                        "roc_auc": image.get("roc_auc"), "interval": image.get("roc_auc_interval")}}

@@ -7,7 +7,6 @@ Each task is a thin wrapper over a plain function a test can call without Prefec
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 from prefect import get_run_logger, task
@@ -15,6 +14,7 @@ from prefect.artifacts import create_progress_artifact, update_progress_artifact
 
 from tasks.infra.caching import content_cache_key_fn, content_key
 from tasks.core.config import TrainConfig
+from tasks.infra.rerun import run_or_reuse
 from tasks.infra.retry import retry_policy
 
 
@@ -90,20 +90,21 @@ def fit_model(config: TrainConfig) -> dict[str, Any]:
     return result
 
 
+#: The keys of fit-model's result that name files in the run folder (``best`` is None before a best epoch).
+FIT_OUTPUTS = ("best", "last", "history", "config")
+
+
 def fit_or_reuse(config: TrainConfig, cache: dict[str, Any]) -> dict[str, Any]:
     """fit-model, or its stored result when the same configuration and manifest finished before.
 
     A reused result reports, like a resumed run that had nothing left to do, every epoch as
     found at the start (``resumed_from == epochs_run``). When a file it names is gone, the
-    model is fitted again (resuming from what is left in the run folder).
+    model is fitted again (resuming from what is left in the run folder): the rule of
+    :func:`tasks.infra.rerun.run_or_reuse`.
     """
-    state = fit_model.with_options(**cache)(config, return_state=True)
-    result = dict(state.result())
-    files = [result.get(k) for k in ("best", "last", "history", "config")]
-    if not all(isinstance(f, str) and Path(f).is_file() for f in files if f is not None):
-        get_run_logger().info("fit-model: files of the stored result are missing, fitting again")
-        return fit_model.with_options(**cache, refresh_cache=True)(config)
-    if state.is_completed() and state.name == "Cached":
+    outcome = run_or_reuse(fit_model, cache, config, outputs=FIT_OUTPUTS)
+    result = dict(outcome.result)
+    if outcome.reused:
         result["resumed_from"] = result.get("epochs_run", result.get("resumed_from"))
     return result
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from flows.cli_synth import DEMO_MIN_ACCURACY, DEMO_MIN_AUC, demo_verdict
-from tasks.pipeline.steps import weights_or_scratch as _weights_or_scratch
+from tasks.pipeline.run_config import weights_or_scratch as _weights_or_scratch
 from tasks.core.presets import pipeline_config, scratch_config
 
 

@@ -8,7 +8,7 @@ import stat
 import numpy as np
 import pytest
 
-from tasks.core.files import atomic_write_bytes, atomic_write_png, file_fingerprint
+from tasks.core.files import atomic_write_bytes, atomic_write_png, file_fingerprint, remove_stale_temporaries
 
 
 def test_atomic_write_replaces_and_leaves_no_temporary(tmp_path) -> None:
@@ -137,3 +137,13 @@ def test_png_bytes_are_pillows_default_encoding_for_gray_and_rgb(tmp_path) -> No
     assert png_bytes(gray, compress_level=0) != png_bytes(gray)
     with pytest.raises(ValueError, match="H x W x 3"):
         png_bytes(np.zeros((4, 4, 4), np.uint8))
+
+
+def test_stale_temporaries_removed(tmp_path) -> None:
+    (tmp_path / "slices" / "p").mkdir(parents=True)
+    stale = tmp_path / "slices" / "p" / ".0001.png.abc123.tmp"
+    stale.write_bytes(b"partial")
+    keep = tmp_path / "slices" / "p" / "0001.png"
+    keep.write_bytes(b"png")
+    assert remove_stale_temporaries(tmp_path) == 1
+    assert not stale.exists() and keep.exists()

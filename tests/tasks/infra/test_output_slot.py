@@ -17,9 +17,10 @@ def test_slot_name_is_per_resolved_output_root(tmp_path: Path) -> None:
 
 
 def test_server_error_behind_a_failed_acquisition() -> None:
-    from prefect.concurrency._asyncio import ConcurrencySlotAcquisitionError
-
     from tasks.infra.output_slot import _server_error
+    from tasks.infra.prefect_internals import slot_acquisition_error
+
+    ConcurrencySlotAcquisitionError = slot_acquisition_error()  # noqa: N806 - a class
 
     request = httpx.Request("POST", "http://127.0.0.1/api")
 

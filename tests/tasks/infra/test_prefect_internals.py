@@ -61,3 +61,4 @@ def test_isolated_server_popen_starts_a_new_session(monkeypatch: pytest.MonkeyPa
     assert prefect_server.subprocess.Popen(["true"]) == "proc"
     assert seen == {"start_new_session": True}
     assert prefect_server.subprocess.TimeoutExpired is subprocess.TimeoutExpired
+

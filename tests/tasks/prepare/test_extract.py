@@ -10,7 +10,7 @@ import pytest
 
 from tasks.prepare.cohorts import build_volume_table, cohorts_from_labels
 from tasks.prepare.bcs_csv import load_bcs_tables
-from tasks.prepare.extract import extract_shard, remove_stale_temporaries, split_finished
+from tasks.prepare.extract import extract_shard, split_finished
 from tasks.prepare.slices import select_slices
 
 
@@ -71,16 +71,6 @@ def test_missing_and_corrupt_volumes_become_rejects(plan_and_root, tmp_path) -> 
     assert "1-1.dcm" in record["reject"] and record["frames"] == []
     good = extract_shard([jobs[2]], data_root=str(root), out_dir=str(out), image_size=32, seed=0)
     assert json.loads(Path(good["records"][0]).read_text())["reject"] is None
-
-
-def test_stale_temporaries_removed(tmp_path) -> None:
-    (tmp_path / "slices" / "p").mkdir(parents=True)
-    stale = tmp_path / "slices" / "p" / ".0001.png.abc123.tmp"
-    stale.write_bytes(b"partial")
-    keep = tmp_path / "slices" / "p" / "0001.png"
-    keep.write_bytes(b"png")
-    assert remove_stale_temporaries(tmp_path) == 1
-    assert not stale.exists() and keep.exists()
 
 
 def test_single_slice_is_one_image_per_patient_on_the_generated_dataset(plan_and_root, tmp_path) -> None:

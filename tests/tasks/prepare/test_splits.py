@@ -8,11 +8,10 @@ import pandas as pd
 import pytest
 
 from tasks.core.schema import SPLITS
+from tasks.core.split_leaks import assert_disjoint
 from tasks.prepare.splits import (
     SplitClassError,
-    SplitLeakError,
     allocate,
-    assert_disjoint,
     _draw,
     check_split_classes,
     cohort_counts,
@@ -130,16 +129,6 @@ def test_tiny_strata_do_not_crash() -> None:
 def test_bad_fractions_are_rejected(fractions: object) -> None:
     with pytest.raises(ValueError, match="fractions"):
         split_patients(VOLUMES, fractions=fractions)  # type: ignore[arg-type]
-
-
-def test_assert_disjoint_names_the_leaked_patients() -> None:
-    table = pd.DataFrame({"patient_id": ["P1", "P1", "P2", "P3", "P3"],
-                          "split": ["train", "test", "train", "validation", "validation"]})
-    with pytest.raises(SplitLeakError) as err:
-        assert_disjoint(table)
-    assert "P1" in str(err.value) and "P3" not in str(err.value)
-    assert isinstance(err.value, ValueError) and isinstance(err.value, AssertionError)
-    assert_disjoint(table.iloc[1:])
 
 
 def test_split_audit_counts() -> None:

@@ -1,11 +1,11 @@
-"""The temporary server's shutdown CancelledError traceback is dropped, nothing else."""
+"""Tests for tasks.infra.ephemeral_server_stderr: the temporary server's shutdown CancelledError traceback is dropped, nothing else."""
 
 from __future__ import annotations
 
 import io
 import os
 
-from tasks.infra.server_output import filter_cancelled, forward_without_cancelled
+from tasks.infra.ephemeral_server_stderr import filter_cancelled, forward_without_cancelled
 
 
 def test_cancelled_tracebacks_are_dropped_other_lines_kept() -> None:

@@ -1,4 +1,4 @@
-"""score-studies' paths from the worker's environment, and the per-output-root queue."""
+"""Tests for tasks.score.paths: score-studies' paths from the worker's environment, and the output root its runs queue on."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pytest
 
 from tasks.core.score_config import ScoreConfig
 from tasks.infra.environment import ServiceConfigError
-from tasks.score.steps import RUN_VAR, SCORE_DATA_VAR, settled_score_config
+from tasks.score.paths import RUN_VAR, SCORE_DATA_VAR, settled_score_config
 
 
 def test_paths_come_from_the_environment_when_the_run_has_none(tmp_path: Path, monkeypatch) -> None:
