@@ -8,7 +8,6 @@ parameters. Validation happens here, before any work starts.
 from __future__ import annotations
 
 import datetime as dt
-import math
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -23,31 +22,11 @@ from pydantic import (
 
 from tasks.core.backbone_names import BackboneName
 from tasks.core.schema import Strategy
+from tasks.core.split_fractions import check_split_fractions
 from tasks.core.weights_setting import WeightsSetting
 
 #: Bumped whenever a change alters what a cached step would produce.
 CODE_VERSION = "tomoflow-0.1.0/cache-4"  # 2: single-slice one image per patient; null/occlusion metrics; 3: reduced decode; 4: label-first splits, scratch recipe
-
-
-def check_split_fractions(value: Any) -> tuple[float, float, float]:
-    """Shares of patients for (train, validation, test): three finite, non-negative numbers summing to 1.
-
-    A zero leaves that split empty. The one check of split fractions: :class:`SlicesConfig`
-    applies it (and also needs train > 0), and :func:`tasks.prepare.splits.split_patients` calls it on
-    fractions given directly.
-
-    Raises:
-        ValueError: Naming the value and what is needed.
-    """
-    try:
-        values = tuple(float(f) for f in value)
-    except (TypeError, ValueError):
-        raise ValueError(f"fractions {value!r} must be three numbers (train, validation, test)") from None
-    if len(values) != 3 or not all(math.isfinite(f) and f >= 0 for f in values):
-        raise ValueError(f"fractions {value!r} must be three non-negative numbers (train, validation, test)")
-    if not math.isclose(sum(values), 1.0, abs_tol=1e-6):
-        raise ValueError(f"fractions {value!r} sum to {sum(values):g}; they must sum to 1")
-    return values  # type: ignore[return-value]
 
 
 #: Split fractions, checked by :func:`check_split_fractions`.

@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from tasks.core.config import check_split_fractions
+from tasks.core.split_fractions import check_split_fractions
 from tasks.prepare.frame_rules import stable_seed
 from tasks.core.schema import COHORT_LABEL, COHORT_SEVERITY, COHORTS, SPLITS
 from tasks.core.split_leaks import assert_disjoint
