@@ -27,7 +27,7 @@ from models.training.fit import fit
 from tasks.core.config import AugmentConfig, ModelConfig, TrainConfig, TrainParams
 from tests.models.training.test_augment import write_manifest
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 TIMEOUT_S = 240
 
 needs_gloo = pytest.mark.skipif(
