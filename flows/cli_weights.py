@@ -39,7 +39,7 @@ def add_weights_command(sub: "argparse._SubParsersAction[argparse.ArgumentParser
     fetch = actions.add_parser("fetch", help="Download the study backbones' ImageNet weights (hash-checked) "
                                              "into torchvision's cache; runs never download.")
     fetch.add_argument("--model", action="append", choices=BACKBONE_NAMES,
-                       help="Fetch only this backbone (repeatable; default: all three).")
+                       help="Fetch only this backbone (repeatable; default: all four).")
     fetch.add_argument("--mirror", default=None,
                        help="A base URL serving torchvision's file names (default: download.pytorch.org).")
     fetch.add_argument("--force", action="store_true", help="Download again even when the cached file's hash is good.")

@@ -52,12 +52,16 @@ MIN_MAP_SIDE = 8
 _INCEPTION_BLOCKS = ("Conv2d_4a_3x3", "Mixed_5b", "Mixed_5c", "Mixed_5d", "Mixed_6a", "Mixed_6b", "Mixed_6c",
                      "Mixed_6d", "Mixed_6e", "Mixed_7a", "Mixed_7b", "Mixed_7c")
 
+#: ResNet's stages, input to output (each ends with its residual sum and ReLU).
+_RESNET_STAGES = ("layer1", "layer2", "layer3", "layer4")
+
 
 def target_layer(model: nn.Module) -> nn.Module:
     """The layer Grad-CAM reads: the backbone's last convolutional layer.
 
-    Inception v3 (a module with ``Mixed_7c``): ``Mixed_7c``. VGG16 (a module with
-    ``features``): the last ``Conv2d`` in ``features``. Any other network: its last
+    Inception v3 (a module with ``Mixed_7c``): ``Mixed_7c``. ResNet (a module with
+    ``layer4``): ``layer4``, the last stage's output after its residual sum. VGG16 (a module
+    with ``features``): the last ``Conv2d`` in ``features``. Any other network: its last
     ``Conv2d`` in registration order.
 
     Raises:
@@ -66,6 +70,8 @@ def target_layer(model: nn.Module) -> nn.Module:
     backbone = getattr(model, "backbone", model)
     if isinstance(getattr(backbone, "Mixed_7c", None), nn.Module):
         return backbone.Mixed_7c
+    if isinstance(getattr(backbone, "layer4", None), nn.Module):
+        return backbone.layer4
     features = getattr(backbone, "features", None)
     scope = features if isinstance(features, nn.Module) else model
     convs = [m for m in scope.modules() if isinstance(m, nn.Conv2d)]
@@ -80,6 +86,8 @@ def _candidate_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
     prefix = "backbone." if backbone is not model else ""
     if isinstance(getattr(backbone, "Mixed_7c", None), nn.Module):
         return [(prefix + n, getattr(backbone, n)) for n in _INCEPTION_BLOCKS if hasattr(backbone, n)]
+    if isinstance(getattr(backbone, "layer4", None), nn.Module):
+        return [(prefix + n, getattr(backbone, n)) for n in _RESNET_STAGES]
     features = getattr(backbone, "features", None)
     if isinstance(features, nn.Module):
         scope, prefix = features, prefix + "features."

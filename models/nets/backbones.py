@@ -1,4 +1,4 @@
-"""VGG16 and Inception v3 feature extractors, built in torchvision's style.
+"""VGG16, Inception v3 and ResNet-18 feature extractors, built in torchvision's style.
 
 Builders follow torchvision: keyword-only arguments, ``weights=`` selecting what to load
 (``"imagenet"`` from torchvision's local cache, never the network; ``None`` for scratch; or
@@ -19,6 +19,10 @@ Feature extractors (:func:`build_backbone`):
         window and then needs a 5 x 5 map, so it only runs for inputs of at least
         :data:`INCEPTION_AUX_MIN_SIZE` (299) pixels a side; below that :func:`~models.nets.classifier.build_model`
         disables it with a logged note and training uses the main loss only.
+    ``resnet18``: everything up to the 512-d global-average-pooled features (``fc`` removed).
+        The cheaper backbone: 11 M weights, and its batch normalisation and residual
+        connections train from random initialisation on a few hundred CPU images where VGG16
+        stays at the constant model (``configs/cpu-scratch.yaml``).
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ __all__ = [
     "INCEPTION_AUX_MIN_SIZE",
     "build_backbone",
     "inception_v3",
+    "resnet18",
     "vgg16",
     "vgg16_bn",
 ]
@@ -131,13 +136,27 @@ def inception_v3(
     return model
 
 
+def resnet18(*, weights: WeightsArg = "imagenet", progress: bool = False) -> tvm.ResNet:
+    """torchvision's ResNet-18 (with its 1000-class ``fc``), with offline-safe weights.
+
+    Its ImageNet file is ``resnet18-f37072fd.pth`` in torchvision's cache. Arguments and errors
+    as :func:`vgg16`.
+    """
+    loaded = weights_state("resnet18", weights)
+    model = tvm.resnet18(weights=None, progress=progress)
+    if loaded is not None:
+        load_into(model, loaded[0], source=loaded[1], arch="resnet18")
+    return model
+
+
 def build_backbone(
     name: BackboneName, *, weights: WeightsArg, aux_logits: bool = True, progress: bool = False
 ) -> tuple[nn.Module, int]:
     """Build a feature extractor without its ImageNet classifier.
 
     Args:
-        name: ``"vgg16"`` or ``"vgg16_bn"`` (25088 features), or ``"inception_v3"`` (2048 features).
+        name: ``"vgg16"`` or ``"vgg16_bn"`` (25088 features), ``"inception_v3"`` (2048 features) or
+            ``"resnet18"`` (512 features).
         weights: ``"imagenet"``, ``None`` (scratch) or a path; see :mod:`models.weights.resolve`.
         aux_logits: Inception v3 only: keep the AuxLogits branch, which then returns
             :data:`INCEPTION_AUX_FEATURES`-d features in training mode, as the second item of
@@ -157,6 +176,9 @@ def build_backbone(
         builder = vgg16 if name == "vgg16" else vgg16_bn
         model: nn.Module = builder(weights=weights, progress=progress)
         model.classifier = nn.Identity()
+    elif name == "resnet18":
+        model = resnet18(weights=weights, progress=progress)
+        model.fc = nn.Identity()
     else:
         model = inception_v3(weights=weights, progress=progress, aux_logits=aux_logits)
         model.fc = nn.Identity()

@@ -113,7 +113,7 @@ def fetch_weights(names: tuple[str, ...] | list[str] = BACKBONE_NAMES, *, mirror
     """Download the ImageNet weights of ``names`` into torchvision's cache, hash-checked.
 
     Args:
-        names: Backbones (``vgg16``, ``vgg16_bn``, ``inception_v3``).
+        names: Backbones (``vgg16``, ``vgg16_bn``, ``inception_v3``, ``resnet18``).
         mirror: A base URL serving torchvision's file names instead of download.pytorch.org.
         force: Download again even when a file with a matching hash is cached.
         timeout: Seconds to wait for the connection and for each read.

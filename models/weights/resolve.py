@@ -37,7 +37,13 @@ from urllib.parse import urlparse
 
 import torch
 from torch import Tensor, nn
-from torchvision.models import Inception_V3_Weights, VGG16_BN_Weights, VGG16_Weights, WeightsEnum
+from torchvision.models import (
+    Inception_V3_Weights,
+    ResNet18_Weights,
+    VGG16_BN_Weights,
+    VGG16_Weights,
+    WeightsEnum,
+)
 
 from tasks.core.backbone_names import BACKBONE_NAMES, BackboneName
 from tasks.core.digest import sha256_file
@@ -71,7 +77,7 @@ class BackboneSpec:
     """Facts about a backbone, read from its torchvision weights enum.
 
     Attributes:
-        name: ``"vgg16"``, ``"vgg16_bn"`` or ``"inception_v3"``.
+        name: ``"vgg16"``, ``"vgg16_bn"``, ``"inception_v3"`` or ``"resnet18"``.
         imagenet: The torchvision weights enum member used for ``weights="imagenet"``.
         feature_size: Length of the feature vector :func:`build_backbone` returns.
         min_size: Smallest input side the network accepts (``meta["min_size"]``).
@@ -93,8 +99,9 @@ _IMAGENET: dict[str, WeightsEnum] = {
     "vgg16": VGG16_Weights.IMAGENET1K_V1,
     "vgg16_bn": VGG16_BN_Weights.IMAGENET1K_V1,
     "inception_v3": Inception_V3_Weights.IMAGENET1K_V1,
+    "resnet18": ResNet18_Weights.IMAGENET1K_V1,
 }
-_FEATURE_SIZE = {"vgg16": 512 * 7 * 7, "vgg16_bn": 512 * 7 * 7, "inception_v3": 2048}
+_FEATURE_SIZE = {"vgg16": 512 * 7 * 7, "vgg16_bn": 512 * 7 * 7, "inception_v3": 2048, "resnet18": 512}
 
 
 @cache
@@ -137,7 +144,7 @@ def resolve_weights(name: BackboneName, weights: WeightsArg) -> Path | None:
     any work; the builders call it too.
 
     Args:
-        name: ``"vgg16"``, ``"vgg16_bn"`` or ``"inception_v3"``.
+        name: ``"vgg16"``, ``"vgg16_bn"``, ``"inception_v3"`` or ``"resnet18"``.
         weights: ``"imagenet"``, the torchvision enum member, ``None``/``"none"``, or a path
             (read by :meth:`~tasks.core.weights_setting.WeightsSetting.verify`).
 

@@ -7,6 +7,7 @@ from typing import Literal, get_args
 
 __all__ = ["BACKBONE_NAMES", "BackboneName"]
 
-#: ``vgg16``, ``vgg16_bn`` (VGG16 with batch normalisation, the from-scratch baseline) and ``inception_v3``.
-BackboneName = Literal["vgg16", "vgg16_bn", "inception_v3"]
+#: ``vgg16``, ``vgg16_bn`` (VGG16 with batch normalisation, the from-scratch baseline), ``inception_v3`` and
+#: ``resnet18`` (the cheaper backbone the CPU recipe trains).
+BackboneName = Literal["vgg16", "vgg16_bn", "inception_v3", "resnet18"]
 BACKBONE_NAMES: tuple[BackboneName, ...] = get_args(BackboneName)

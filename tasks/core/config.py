@@ -178,7 +178,7 @@ class ModelConfig(_Frozen):
 
     model: BackboneName = Field(
         "vgg16", description="The torchvision backbone; vgg16_bn is VGG16 with batch normalisation (the from-scratch "
-        "baseline)."
+        "baseline); resnet18 is the cheaper backbone the cpu-scratch preset trains on the CPU."
     )
     weights: WeightsSetting = Field(
         "imagenet", validate_default=True,  # parsed once (WeightsSetting.verify); dumped as the text given

@@ -33,7 +33,7 @@ from tasks.evaluate.report_format import (
 
 
 _MODEL_NAMES = {"vgg16": "VGG16", "vgg16_bn": "VGG16 with batch normalisation (vgg16_bn)",
-                "inception_v3": "Inception v3"}
+                "inception_v3": "Inception v3", "resnet18": "ResNet-18"}
 
 
 # --------------------------------------------------------------------------------------

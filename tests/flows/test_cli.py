@@ -114,9 +114,9 @@ def test_run_takes_set_and_epochs_over_the_preset(tmp_path: Path, capsys, monkey
     assert seen["preset"] == "cpu-scratch"
     assert seen["config"] == {"train": {"lr": 0.01, "epochs": 3}, "slices": {"seed": 4}}
     cfg = pipeline_config(preset="cpu-scratch", base=seen["config"])
-    # The preset's recipe (scratch vgg16_bn, 64 px, flips only) stays under the settings given.
+    # The preset's recipe (scratch resnet18, 96 px, flips only) stays under the settings given.
     assert (cfg.model.model, cfg.model.weights, cfg.train.image_size, cfg.augment.max_rotation) == (
-        "vgg16_bn", "none", 64, 0.0)
+        "resnet18", "none", 96, 0.0)
     assert (cfg.train.epochs, cfg.train.lr, cfg.slices.seed) == (3, 0.01, 4)
     # A setting the configuration refuses stops before the flow, in one line, and leaves no folder.
     bad = tmp_path / "bad"

@@ -119,6 +119,18 @@ def test_inception_targets_mixed_7c() -> None:
     assert target_layer(model) is model.backbone.Mixed_7c
 
 
+def test_resnet18_targets_layer4_and_falls_back_to_a_finer_stage() -> None:
+    model = build_model(model="resnet18", weights=None, image_size=64, seed=0)
+    assert target_layer(model) is model.backbone.layer4
+    # 64 px: layer4 is 2 x 2, layer3 4 x 4, layer2 8 x 8: the last stage fine enough for a lesion.
+    chosen = localisation_layer(model, 64)
+    assert chosen["target_layer"] == "backbone.layer4" and chosen["target_resolution"] == [2, 2]
+    assert chosen["layer"] is model.backbone.layer2 and chosen["map_resolution"] == [8, 8]
+    images = torch.rand(2, 1, 64, 64, generator=torch.Generator().manual_seed(0))
+    maps = gradcam(model, images, layer=chosen["layer"])
+    assert maps.shape == (2, 64, 64) and float(maps.max()) <= 1
+
+
 def _png_rows(root: Path) -> pd.DataFrame:
     """48 px PNGs, network input 32 px: the boxes must be scaled by 2/3."""
     rows = []

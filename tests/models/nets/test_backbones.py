@@ -16,7 +16,7 @@ import pytest
 import torch
 import torchvision.models as tvm
 from torch import nn
-from torchvision.models import Inception_V3_Weights, VGG16_BN_Weights, VGG16_Weights
+from torchvision.models import Inception_V3_Weights, ResNet18_Weights, VGG16_BN_Weights, VGG16_Weights
 
 from models.nets.backbones import INCEPTION_AUX_MIN_SIZE, build_backbone, inception_v3
 from models.nets.classifier import build_model
@@ -79,6 +79,7 @@ def test_cache_location_follows_torch_home(torch_home: Path) -> None:
     assert imagenet_weights_file("vgg16") == checkpoints / "vgg16-397923af.pth"
     assert imagenet_weights_file("vgg16_bn") == checkpoints / "vgg16_bn-6c64b313.pth"
     assert imagenet_weights_file("inception_v3") == checkpoints / "inception_v3_google-0cc3c7bd.pth"
+    assert imagenet_weights_file("resnet18") == checkpoints / "resnet18-f37072fd.pth"
 
 
 @pytest.mark.parametrize(
@@ -87,6 +88,7 @@ def test_cache_location_follows_torch_home(torch_home: Path) -> None:
         ("vgg16", "vgg16-397923af.pth", VGG16_Weights.IMAGENET1K_V1.url),
         ("vgg16_bn", "vgg16_bn-6c64b313.pth", VGG16_BN_Weights.IMAGENET1K_V1.url),
         ("inception_v3", "inception_v3_google-0cc3c7bd.pth", Inception_V3_Weights.IMAGENET1K_V1.url),
+        ("resnet18", "resnet18-f37072fd.pth", ResNet18_Weights.IMAGENET1K_V1.url),
     ],
 )
 def test_missing_imagenet_weights_fail_fast_offline(
@@ -96,6 +98,7 @@ def test_missing_imagenet_weights_fail_fast_offline(
     monkeypatch.setattr(tvm, "vgg16", lambda **kw: pytest.fail("built VGG16 before checking weights"))
     monkeypatch.setattr(tvm, "vgg16_bn", lambda **kw: pytest.fail("built VGG16-BN before checking weights"))
     monkeypatch.setattr(tvm, "inception_v3", lambda **kw: pytest.fail("built Inception before checking weights"))
+    monkeypatch.setattr(tvm, "resnet18", lambda **kw: pytest.fail("built ResNet-18 before checking weights"))
     with pytest.raises(WeightsNotFoundError) as info:
         build_model(model=name, weights="imagenet", image_size=299)  # type: ignore[arg-type]
     message = str(info.value)
@@ -125,6 +128,31 @@ def test_vgg16_imagenet_weights_load_from_cache(torch_home: Path) -> None:
     with torch.no_grad():
         assert backbone(torch.randn(2, 3, 32, 32)).shape == (2, n_features)
         assert backbone(torch.randn(1, 3, 48, 40)).shape == (1, n_features)
+
+
+def test_resnet18_imagenet_weights_load_from_cache_and_give_512_features(torch_home: Path) -> None:
+    torch.manual_seed(2)
+    state = tvm.resnet18(weights=None).state_dict()
+    cached = torch_home / "hub" / "checkpoints" / "resnet18-f37072fd.pth"
+    cached.parent.mkdir(parents=True)
+    torch.save(state, cached)
+
+    backbone, n_features = build_backbone("resnet18", weights="imagenet")
+
+    assert n_features == 512
+    assert isinstance(backbone.fc, nn.Identity)
+    assert not any(k.startswith("fc.") for k in backbone.state_dict())
+    _assert_same_tensors(backbone, state)
+    backbone.eval()
+    with torch.no_grad():
+        assert backbone(torch.randn(2, 3, 64, 64)).shape == (2, 512)
+        assert backbone(torch.randn(1, 3, 96, 80)).shape == (1, 512)
+    # Another architecture's file is refused, naming it.
+    other = torch_home / "vgg.pth"
+    torch.save(tvm.vgg16_bn(weights=None, init_weights=False).features.state_dict(), other)
+    with pytest.raises(ValueError, match="resnet18"):
+        build_backbone("resnet18", weights=str(other))
+    other.unlink()
 
 
 def test_weights_enum_reads_the_cache(torch_home: Path, inception_file: tuple[Path, dict]) -> None:

@@ -87,7 +87,7 @@ def test_too_small_image_size_is_rejected(monkeypatch: pytest.MonkeyPatch, name:
 
 def test_bad_names_are_rejected_before_building(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(tvm, "inception_v3", lambda **kw: pytest.fail("built the network"))
-    with pytest.raises(ValueError, match=r"'resnet50'.*\['inception_v3', 'vgg16', 'vgg16_bn'\]"):
+    with pytest.raises(ValueError, match=r"'resnet50'.*\['inception_v3', 'resnet18', 'vgg16', 'vgg16_bn'\]"):
         build_model(model="resnet50", weights=None)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match=r"'dense5'"):
         build_model(model="inception_v3", weights=None, head="dense5", image_size=299)  # type: ignore[arg-type]

@@ -21,7 +21,7 @@ def _choices(parser: argparse.ArgumentParser, *path: str, dest: str) -> tuple[st
 
 
 def test_every_reader_offers_the_same_backbones() -> None:
-    assert BACKBONE_NAMES == ("vgg16", "vgg16_bn", "inception_v3")
+    assert BACKBONE_NAMES == ("vgg16", "vgg16_bn", "inception_v3", "resnet18")
     assert get_args(ModelConfig.model_fields["model"].annotation) == BACKBONE_NAMES
     assert [backbone_spec(n).name for n in BACKBONE_NAMES] == list(BACKBONE_NAMES)  # facts for each
     assert [row["name"] for row in cached_weights(check=False)] == list(BACKBONE_NAMES)
