@@ -231,7 +231,7 @@ def test_missing_weights_path(tmp_path: Path) -> None:
 
 def test_backbones_normalise_with_imagenet_statistics() -> None:
     mean, std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
-    for name in ("vgg16", "vgg16_bn", "inception_v3"):
+    for name in ("vgg16", "vgg16_bn", "inception_v3", "resnet18"):
         spec = backbone_spec(name)  # type: ignore[arg-type]
         assert spec.mean == pytest.approx(mean) and spec.std == pytest.approx(std)
 
