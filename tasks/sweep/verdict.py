@@ -18,6 +18,10 @@ size and starting point:
 * ``no answer`` otherwise, with the reasons in words: an arm under-trained (capped by
   ``--epochs``/``--max-batches`` before early stopping), neither arm (or not the pre-trained
   one) beats the brightness score, the interval includes 0.
+
+Where the start has a zero-shot row (the starting model on the target's test split before any
+fine-tuning), each verdict also gives that AUC beside the fine-tuned arm's mean over repeats,
+so a reader sees whether the difference comes from the start itself or from fine-tuning on it.
 """
 
 from __future__ import annotations
@@ -123,6 +127,23 @@ def _fmt(v: float | None) -> str:
     return "n/a" if v is None else f"{v:+.3f}"
 
 
+def _start_vs_zero_shot(table: pd.DataFrame, start: str, fraction: float, name: str) -> tuple[
+        float | None, float | None, str]:
+    """The start's zero-shot AUC, its fine-tuned mean AUC at ``fraction``, and a sentence on the two."""
+    if "roc_auc" not in table.columns:
+        return None, None, ""
+    own = table[table["weights"] == start]
+    zero = pd.to_numeric(own.loc[own["fraction"] == 0, "roc_auc"], errors="coerce").dropna()
+    tuned = pd.to_numeric(own.loc[own["fraction"] == fraction, "roc_auc"], errors="coerce").dropna()
+    if zero.empty or tuned.empty:
+        return None, None, ""
+    z, m = float(zero.iloc[0]), float(tuned.mean())
+    moved = ("fine-tuning on the target did not raise it above its start" if m <= z
+             else f"fine-tuning raised it by {m - z:+.3f} (a mean over repeats, without an interval)")
+    return z, m, (f" Before any fine-tuning, {name} alone scored AUC {z:.3f} on the same test split; fine-tuned, "
+                  f"{m:.3f} on average over {len(tuned)} repeat(s): {moved}.")
+
+
 def size_verdicts(table: pd.DataFrame, differences: Sequence[Mapping[str, Any]],
                   versus_trivial: Mapping[tuple[str, float], Mapping[str, Any]]) -> list[dict[str, Any]]:
     """The verdict per size and non-reference starting point, with its reasons and one sentence.
@@ -167,11 +188,13 @@ def size_verdicts(table: pd.DataFrame, differences: Sequence[Mapping[str, Any]],
         what = (f"{names.get(start, start)} against {names.get(ref, ref)} at {patients} training patients "
                 f"(fraction {f:g}), AUC difference {_fmt(d['roc_auc_difference'])} [{_fmt(low)}, {_fmt(high)}] "
                 f"pooled over {d.get('repeats', 1)} repeat(s)")
+        zero, tuned, start_note = _start_vs_zero_shot(table, start, f, names.get(start, start))
         sentence = (f"Pre-training {verdict}: {what}." if verdict != "no answer"
-                    else f"No answer for {what}: " + "; ".join(reasons) + ".")
+                    else f"No answer for {what}: " + "; ".join(reasons) + ".") + start_note
         out.append({"fraction": f, "train_patients": patients, "weights": start, "start": names.get(start, start),
                     "reference": ref, "verdict": verdict, "reasons": reasons, "sentence": sentence,
-                    "pretrained_beats_trivial": pre, "reference_beats_trivial": base})
+                    "pretrained_beats_trivial": pre, "reference_beats_trivial": base,
+                    "zero_shot_roc_auc": zero, "fine_tuned_roc_auc": tuned})
     return out
 
 

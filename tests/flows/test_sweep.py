@@ -101,6 +101,9 @@ def test_sweep_cli_two_fractions_two_starting_points(prefect_harness, small_data
     for v in report["verdict"]:
         assert v["verdict"] == "no answer" and any("under-trained" in r for r in v["reasons"]), v
         assert str(tmp_path) not in v["sentence"] and "run-a-" not in v["sentence"]  # short names, never paths
+        # The fine-tuned arm beside its start before fine-tuning (the zero-shot row).
+        assert v["zero_shot_roc_auc"] == pytest.approx(zero["roc_auc"].iloc[0])
+        assert f"alone scored AUC {v['zero_shot_roc_auc']:.3f}" in v["sentence"]
     assert report["trivial"]["score"] and report["trivial"]["roc_auc"] is not None
     # One self-contained page: verdicts, plot, table, learning curves, the source, the overlap audit; no paths.
     page = (sweep / "index.html").read_text()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+import pytest
 
 from tasks.sweep.verdict import pooled_difference, size_verdicts
 
@@ -67,3 +68,19 @@ def test_verdicts_say_helps_hurts_or_no_answer_with_reasons() -> None:
     [v] = size_verdicts(_table(capped=True), _diff(0.05, 0.3), _versus(0.02, -0.1))
     assert v["verdict"] == "no answer" and "under-trained: scratch" in v["reasons"][0]
     assert v["sentence"].startswith("No answer for from-src against scratch")
+
+
+def test_a_verdict_reads_the_fine_tuned_arm_beside_its_zero_shot_start() -> None:
+    table = _table()
+    table["roc_auc"] = [0.55, 0.57, 0.97, 0.95]  # scratch r0, r1; from-src r0, r1
+    zero = pd.DataFrame([{"weights": "/runs/src", "start": "from-src", "fraction": 0.0, "repeat": 0,
+                          "train_patients": 0, "capped": False, "roc_auc": 0.99}])
+    [v] = size_verdicts(pd.concat([zero, table], ignore_index=True), _diff(0.3, 0.5), _versus(0.2, -0.1))
+    assert v["verdict"] == "helps" and v["zero_shot_roc_auc"] == 0.99 and v["fine_tuned_roc_auc"] == pytest.approx(0.96)
+    assert "alone scored AUC 0.990" in v["sentence"] and "did not raise it above its start" in v["sentence"]
+    # Fine-tuning that does move the start says by how much; no zero-shot row, no such sentence.
+    zero["roc_auc"] = 0.90
+    [v] = size_verdicts(pd.concat([zero, table], ignore_index=True), _diff(0.3, 0.5), _versus(0.2, -0.1))
+    assert "raised it by +0.060" in v["sentence"]
+    [v] = size_verdicts(table, _diff(0.3, 0.5), _versus(0.2, -0.1))
+    assert v["zero_shot_roc_auc"] is None and "alone scored" not in v["sentence"]
