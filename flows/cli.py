@@ -87,7 +87,11 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
     from tasks.core.files import output_lock
 
+    from models.weights.resolve import resolve_weights
+
     config = train_config_from_args(args)
+    # Missing ImageNet weights (or a weights path that is not there): one line, before --out exists.
+    resolve_weights(config.model.model, config.model.weights)
     _writable(args.out)
     with output_lock(args.out, what="tomoflow train"):  # a second run into --out stops here, at once
         result = train_classifier(config=config)

@@ -123,3 +123,19 @@ def test_run_takes_set_and_epochs_over_the_preset(tmp_path: Path, capsys, monkey
     assert main(["run", "--data-root", str(tmp_path), "--out", str(bad), "--set", "train.no_such_field=1"]) == 2
     err = capsys.readouterr().err
     assert "no_such_field" in err and "Traceback" not in err and not bad.exists()
+
+
+def test_train_without_imagenet_weights_stops_before_its_folder_or_prefect(tmp_path: Path, capsys,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    import flows.train
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty-torch-home"))
+    monkeypatch.setattr(flows.train, "train_classifier", lambda **kw: pytest.fail("the flow started"))
+    out = tmp_path / "run"
+    manifest = tmp_path / "manifest.parquet"
+    manifest.write_bytes(b"")
+    assert main(["train", "--manifest", str(manifest), "--out", str(out), "--model", "resnet18",
+                 "--weights", "imagenet"]) == 2
+    err = capsys.readouterr().err
+    assert "resnet18-f37072fd.pth" in err and "--weights none" in err and "Traceback" not in err
+    assert not out.exists()
