@@ -74,6 +74,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from tasks.core.backbone_names import BACKBONE_NAMES
+
 #: The target of issue 19.
 MAX_TRIVIAL_AUC = 0.80
 MIN_MARGIN = 0.05
@@ -88,7 +90,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--epochs", type=int, default=20)
     p.add_argument("--image-size", type=int, default=64, help="network input side")
     p.add_argument("--png-size", type=int, default=96, help="prepared PNG side")
-    p.add_argument("--model", default="vgg16_bn", choices=["vgg16_bn", "resnet18"],
+    p.add_argument("--model", default="vgg16_bn", choices=BACKBONE_NAMES,
                    help="the scratch backbone (the preset's own is resnet18)")
     p.add_argument("--lr", type=float, default=0.001, help="head learning rate (backbone: x10, the scratch recipe)")
     p.add_argument("--batch-size", type=int, default=16)

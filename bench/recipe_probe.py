@@ -44,6 +44,7 @@ import torchvision
 from PIL import Image
 from sklearn.metrics import roc_auc_score
 
+from tasks.core.backbone_names import BACKBONE_NAMES
 from tasks.evaluate.trivial_scores import choose_score, score_images
 
 
@@ -52,7 +53,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("prepared", type=Path, help="A prepared folder (tomoflow prepare --out): manifest.parquet and PNGs.")
     p.add_argument("--arch", default="resnet18", choices=["resnet18", "vgg16_bn", "small", "tomoflow"],
                    help="The network; tomoflow is build_model's classifier (--backbone, head single).")
-    p.add_argument("--backbone", default="resnet18", help="tomoflow only: the backbone (default: resnet18).")
+    p.add_argument("--backbone", default="resnet18", choices=BACKBONE_NAMES, help="tomoflow only: the backbone (default: resnet18).")
     p.add_argument("--dropout", type=float, default=0.5, help="tomoflow only: the head's dropout (default: 0.5).")
     p.add_argument("--lr", type=float, default=0.001, help="Adam's learning rate (default: 0.001).")
     p.add_argument("--epochs", type=int, default=30, help="Epochs (default: 30).")
@@ -71,23 +72,24 @@ def load_split(manifest: pd.DataFrame, root: Path, split: str, size: int) -> tup
             torch.tensor(rows["label"].to_numpy(), dtype=torch.float32))
 
 
-def build(arch: str, args: argparse.Namespace | None = None) -> torch.nn.Module:
+class _Classifier(torch.nn.Module):
+    """tomoflow's classifier behind the probe's normalised 3-channel input: it takes one [0, 1] channel."""
+
+    def __init__(self, net: torch.nn.Module, mean: torch.Tensor, std: torch.Tensor) -> None:
+        super().__init__()
+        self.net, self.mean, self.std = net, mean, std
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x[:, :1] * self.std + self.mean)[:, None]
+
+
+def build(arch: str, args: argparse.Namespace, mean: torch.Tensor, std: torch.Tensor) -> torch.nn.Module:
     """A network with one output logit, from random initialisation."""
     if arch == "tomoflow":
         from models.nets.classifier import build_model
 
-        model = build_model(model=args.backbone, weights=None, image_size=args.size, dropout=args.dropout, seed=args.seed)
-
-        class Gray(torch.nn.Module):  # build_model's classifier takes one channel and normalises itself
-            def __init__(self) -> None:
-                super().__init__()
-                self.net = model
-
-            def forward(self, x: torch.Tensor) -> torch.Tensor:
-                return self.net(x[:, :1] * self.std + self.mean)[:, None]
-
-        wrapped = Gray()
-        return wrapped
+        return _Classifier(build_model(model=args.backbone, weights=None, image_size=args.size,
+                                       dropout=args.dropout, seed=args.seed), mean, std)
     if arch == "small":
         def block(i: int, o: int) -> list[torch.nn.Module]:
             return [torch.nn.Conv2d(i, o, 3, padding=1), torch.nn.BatchNorm2d(o), torch.nn.ReLU(), torch.nn.MaxPool2d(2)]
@@ -110,9 +112,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{args.arch}: {len(xtr)} / {len(xva)} / {len(xte)} images; trivial score {trivial} on test: "
           f"{'-' if floor is None else f'{floor:.3f}'}")
     mean, std = xtr.mean(), xtr.std()
-    net = build(args.arch, args)
-    if args.arch == "tomoflow":  # undo the probe's own normalisation: the classifier takes [0, 1]
-        net.mean, net.std = mean, std
+    net = build(args.arch, args, mean, std)
     opt = torch.optim.Adam(net.parameters(), lr=args.lr)
 
     def probabilities(x: torch.Tensor) -> np.ndarray:

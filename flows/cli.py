@@ -84,10 +84,9 @@ def _cmd_prepare(args: argparse.Namespace) -> int:
 
 def _cmd_train(args: argparse.Namespace) -> int:
     from flows.train import train_classifier
+    from models.weights.resolve import resolve_weights
 
     from tasks.core.files import output_lock
-
-    from models.weights.resolve import resolve_weights
 
     config = train_config_from_args(args)
     # Missing ImageNet weights (or a weights path that is not there): one line, before --out exists.

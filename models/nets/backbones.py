@@ -20,9 +20,9 @@ Feature extractors (:func:`build_backbone`):
         :data:`INCEPTION_AUX_MIN_SIZE` (299) pixels a side; below that :func:`~models.nets.classifier.build_model`
         disables it with a logged note and training uses the main loss only.
     ``resnet18``: everything up to the 512-d global-average-pooled features (``fc`` removed).
-        The cheaper backbone: 11 M weights, and its batch normalisation and residual
-        connections train from random initialisation on a few hundred CPU images where VGG16
-        stays at the constant model (``configs/cpu-scratch.yaml``).
+        The cheaper backbone (11 M weights): from random initialisation on the CPU it learns
+        ``moderate`` from about a thousand patients, where VGG16 with batch normalisation stayed
+        at the constant model on 400 (``configs/cpu-scratch.yaml``, ``bench/transfer.py``).
 """
 
 from __future__ import annotations
@@ -69,9 +69,11 @@ def _inception_aux_runs(side: int) -> bool:
 INCEPTION_AUX_MIN_SIZE: int = next(s for s in range(75, 2048) if _inception_aux_runs(s))
 
 
-def _vgg(name: Literal["vgg16", "vgg16_bn"], weights: WeightsArg, progress: bool) -> tvm.VGG:
+def _torchvision(name: Literal["vgg16", "vgg16_bn", "resnet18"], weights: WeightsArg, progress: bool) -> nn.Module:
+    """torchvision's ``name`` built bare, then the resolved weights loaded (VGG skips its init when it loads)."""
     loaded = weights_state(name, weights)
-    model = getattr(tvm, name)(weights=None, progress=progress, init_weights=loaded is None)
+    init = {"init_weights": loaded is None} if name.startswith("vgg") else {}
+    model = getattr(tvm, name)(weights=None, progress=progress, **init)
     if loaded is not None:
         load_into(model, loaded[0], source=loaded[1], arch=name)
     return model
@@ -89,7 +91,7 @@ def vgg16(*, weights: WeightsArg = "imagenet", progress: bool = False) -> tvm.VG
         FileNotFoundError: A weights path that doesn't exist.
         ValueError: A file that fails its hash check or doesn't fit the architecture.
     """
-    return _vgg("vgg16", weights, progress)
+    return _torchvision("vgg16", weights, progress)  # type: ignore[return-value]
 
 
 def vgg16_bn(*, weights: WeightsArg = "imagenet", progress: bool = False) -> tvm.VGG:
@@ -98,7 +100,7 @@ def vgg16_bn(*, weights: WeightsArg = "imagenet", progress: bool = False) -> tvm
     The from-scratch baseline that trains (see :mod:`models.nets.classifier`); its ImageNet file is
     ``vgg16_bn-6c64b313.pth`` in torchvision's cache. Arguments and errors as :func:`vgg16`.
     """
-    return _vgg("vgg16_bn", weights, progress)
+    return _torchvision("vgg16_bn", weights, progress)  # type: ignore[return-value]
 
 
 def inception_v3(
@@ -142,11 +144,7 @@ def resnet18(*, weights: WeightsArg = "imagenet", progress: bool = False) -> tvm
     Its ImageNet file is ``resnet18-f37072fd.pth`` in torchvision's cache. Arguments and errors
     as :func:`vgg16`.
     """
-    loaded = weights_state("resnet18", weights)
-    model = tvm.resnet18(weights=None, progress=progress)
-    if loaded is not None:
-        load_into(model, loaded[0], source=loaded[1], arch="resnet18")
-    return model
+    return _torchvision("resnet18", weights, progress)  # type: ignore[return-value]
 
 
 def build_backbone(

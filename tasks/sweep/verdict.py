@@ -130,8 +130,6 @@ def _fmt(v: float | None) -> str:
 def _start_vs_zero_shot(table: pd.DataFrame, start: str, fraction: float, name: str) -> tuple[
         float | None, float | None, str]:
     """The start's zero-shot AUC, its fine-tuned mean AUC at ``fraction``, and a sentence on the two."""
-    if "roc_auc" not in table.columns:
-        return None, None, ""
     own = table[table["weights"] == start]
     zero = pd.to_numeric(own.loc[own["fraction"] == 0, "roc_auc"], errors="coerce").dropna()
     tuned = pd.to_numeric(own.loc[own["fraction"] == fraction, "roc_auc"], errors="coerce").dropna()
